@@ -1,0 +1,128 @@
+//! The LIBSVM / SVMlight reader: `label idx:val idx:val ...`.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use super::text::{excerpt, for_each_line, parse_finite, zeros_checked, NumberError};
+use super::Dataset;
+use crate::{Error, Result};
+
+/// Reads a LIBSVM (SVMlight) dataset into a dense matrix.
+///
+/// Each non-blank line is `label idx:val idx:val ...`, separated by whitespace, with 1-based,
+/// strictly increasing feature indices; features that are not listed are zero. Everything
+/// from a `#` to the end of the line is a comment; blank and comment-only lines are skipped.
+/// A `qid:N` token right after the label (ranking files) is accepted and ignored.
+///
+/// The number of features is the largest index seen, or `min_features` if that is larger
+/// (use it to give a test file the width of its training file).
+///
+/// Errors are [`Error::Parse`] naming `path` and the 1-based line: a malformed or non-finite
+/// label or value, a token without `:`, index 0, an index not greater than the one before it,
+/// and a file without data rows. The dataset's name is `path` as text.
+pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Result<Dataset> {
+    let mut labels: Vec<f64> = Vec::new();
+    // (row, 0-based column, value) for every listed feature.
+    let mut entries: Vec<(usize, usize, f64)> = Vec::new();
+    let mut max_index = 0usize;
+    let mut max_index_line = 0usize;
+
+    let lines = for_each_line(reader, path, |line_no, line| {
+        let content = match line.find('#') {
+            Some(pos) => &line[..pos],
+            None => line,
+        };
+        let mut tokens = content.split_whitespace();
+        let Some(label_text) = tokens.next() else {
+            return Ok(());
+        };
+        let err = |m: String| Error::parse(path, line_no, m);
+        let label = match parse_finite(label_text) {
+            Ok(v) => v,
+            Err(NumberError::Malformed(m)) if label_text.contains(',') => {
+                return Err(err(format!(
+                    "label: {m}; this looks like CSV, which is read from files named .csv"
+                )));
+            }
+            Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+                return Err(err(format!("label: {m}")));
+            }
+        };
+        let row = labels.len();
+        labels.push(label);
+
+        let mut prev: usize = 0;
+        for (pos, token) in tokens.enumerate() {
+            let Some((idx_text, val_text)) = token.split_once(':') else {
+                return Err(err(format!(
+                    "expected 'index:value' but found '{}'",
+                    excerpt(token)
+                )));
+            };
+            if pos == 0 && idx_text == "qid" {
+                continue;
+            }
+            let idx: usize = idx_text.parse().map_err(|_| {
+                err(format!(
+                    "feature index '{}' is not a positive integer",
+                    excerpt(idx_text)
+                ))
+            })?;
+            if idx == 0 {
+                return Err(err("feature index 0: LIBSVM indices start at 1".to_string()));
+            }
+            if idx <= prev {
+                return Err(err(format!(
+                    "feature index {idx} is not greater than the previous index {prev}; indices must be strictly increasing"
+                )));
+            }
+            prev = idx;
+            let value = match parse_finite(val_text) {
+                Ok(v) => v,
+                Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+                    return Err(err(format!("feature {idx}: {m}")));
+                }
+            };
+            if idx > max_index {
+                max_index = idx;
+                max_index_line = line_no;
+            }
+            if value != 0.0 {
+                entries.push((row, idx - 1, value));
+            }
+        }
+        Ok(())
+    })?;
+
+    if labels.is_empty() {
+        return Err(Error::parse(
+            path,
+            lines + 1,
+            "no data rows before the end of the file",
+        ));
+    }
+    let n = labels.len();
+    let d = max_index.max(min_features);
+    let mut x = zeros_checked(n, d, &path.display().to_string()).map_err(|_| {
+        let line = if max_index >= min_features {
+            max_index_line
+        } else {
+            1
+        };
+        Error::parse(
+            path,
+            line,
+            format!(
+                "{n} rows x {d} features is too large for a dense matrix of f64 (largest feature index {max_index})"
+            ),
+        )
+    })?;
+    for (r, c, v) in entries {
+        x[[r, c]] = v;
+    }
+    Ok(Dataset {
+        x,
+        y: labels,
+        name: path.display().to_string(),
+    })
+}

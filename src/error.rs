@@ -1,0 +1,70 @@
+//! The library's typed error. Every message is one line that says what went wrong and,
+//! where a user can act on it, where (file and line, option name) and what to do.
+
+use std::path::PathBuf;
+
+/// Errors returned by the hypergrad library. The binary adds context with `anyhow`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A data or parameter file has a line that does not parse or does not fit.
+    #[error("{}:{line}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// Two inputs that must agree in shape do not.
+    #[error("dimension mismatch: {0}")]
+    Dimension(String),
+
+    /// Labels that the chosen problem cannot use (e.g. 0/1 labels for `logreg`).
+    #[error("{0}")]
+    Labels(String),
+
+    /// An option or argument value is out of its valid range.
+    #[error("invalid value for {option}: {message}")]
+    InvalidOption {
+        option: &'static str,
+        message: String,
+    },
+
+    /// A numerical failure: a non-finite value, a matrix that is not positive definite,
+    /// a solver that diverged.
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+
+    /// A backend (e.g. CUDA) is not available or failed.
+    #[error("backend error: {0}")]
+    Backend(String),
+}
+
+/// `Result` with the library's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidOption`].
+    pub fn option(option: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            option,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Parse`].
+    pub fn parse(path: impl Into<PathBuf>, line: usize, message: impl Into<String>) -> Self {
+        Error::Parse {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! # hypergrad
+//!
+//! Hypergradients and bilevel optimisation: implicit differentiation (exact, CG, Neumann,
+//! fixed-point), reverse- and forward-mode differentiation through inner solvers, each with
+//! a computable a posteriori error bound, on a CPU reference backend (f32/f64) and — with the
+//! CUDA backend — on NVIDIA GPUs.
+//!
+//! The math is fixed by `SPEC.md` (shared with the team); module map:
+//!
+//! * [`backend`]: the [`backend::Backend`] trait and the CPU backend;
+//! * [`data`]: LIBSVM/CSV readers, bundled datasets, synthetic generators, splits;
+//! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`);
+//! * [`solver`]: inner solvers (GD, AGD, Newton-CG) and matrix-free linear algebra;
+//! * [`hypergrad`]: the hypergradient estimators and error bounds;
+//! * [`cli`]: the `hypergrad` command line.
+
+pub mod backend;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod hypergrad;
+pub mod problem;
+pub mod solver;
+
+pub use error::{Error, Result};

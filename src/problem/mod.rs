@@ -1,0 +1,72 @@
+//! Bilevel problems: what the estimators need to know about `g`, `f` and their derivatives.
+//!
+//! A problem states its math through the [`Backend`] primitives; the estimators only ever
+//! see the traits below. SPEC §1 fixes the notation: `H = ∇²_ww g`, `B = ∇²_wθ g` (P×p),
+//! `∇F(θ) = −Bᵀq*` with `H q* = ∇_w f`.
+
+pub mod glm;
+
+pub use glm::{GlmBilevel, HyperLayout, ProblemKind};
+
+use crate::backend::Backend;
+use crate::error::Result;
+
+/// A backend buffer of problem `P`.
+pub type Buf<P> = <<P as InnerProblem>::B as Backend>::Buf;
+
+/// The inner problem `min_w g(w, θ)` at the current θ: a smooth, μ-strongly convex function.
+pub trait InnerProblem {
+    /// The backend holding the data.
+    type B: Backend;
+    /// The state a Hessian-vector product needs at a point (computed once, applied many times).
+    type Hessian;
+
+    fn backend(&self) -> &Self::B;
+    /// `P`, the number of inner variables.
+    fn inner_dim(&self) -> usize;
+    /// `g(w)`, and `∇_w g(w)` into `grad` when given.
+    fn inner_value_grad(&self, w: &Buf<Self>, grad: Option<&mut Buf<Self>>) -> Result<f64>;
+    /// The Hessian state at `w`.
+    fn hessian(&self, w: &Buf<Self>) -> Result<Self::Hessian>;
+    /// The Hessian of a quadratic majorant: `M ⪰ H(w)` for every `w` (for step sizes).
+    fn majorant(&self) -> Result<Self::Hessian>;
+    /// `out_b ← H v_b` for each vector of the batch `v` (`len(v)` a multiple of `P`).
+    fn hvp(&self, h: &Self::Hessian, v: &Buf<Self>, out: &mut Buf<Self>) -> Result<()>;
+    /// A lower bound `μ > 0` on the strong convexity of `g` (valid for every `w`).
+    fn strong_convexity(&self) -> f64;
+    /// An upper bound on `sup_w ‖H(w)‖₂` (valid, possibly loose).
+    fn smoothness_bound(&self) -> f64;
+}
+
+/// The Lipschitz constants and norms that the a posteriori bound of SPEC §4 needs, at `ŵ`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct BoundConstants {
+    /// Strong convexity of `g`: `H(w) ⪰ μ I` for every `w`.
+    pub mu: f64,
+    /// `‖H(w) − H(w')‖ ≤ L_H ‖w − w'‖`.
+    pub l_h: f64,
+    /// `‖B(w) − B(w')‖ ≤ L_B ‖w − w'‖`.
+    pub l_b: f64,
+    /// `‖∇f(w) − ∇f(w')‖ ≤ L_f ‖w − w'‖`.
+    pub l_f: f64,
+    /// An upper bound on `‖B(ŵ)‖₂`.
+    pub b_norm: f64,
+}
+
+/// A smooth bilevel problem: the inner problem plus the outer loss and the cross derivative.
+pub trait Bilevel: InnerProblem {
+    /// `p`, the number of hyper-parameters.
+    fn hyper_dim(&self) -> usize;
+    /// The current θ.
+    fn theta(&self) -> &[f64];
+    /// Set θ (everything that depends on it is recomputed here, once).
+    fn set_theta(&mut self, theta: &[f64]) -> Result<()>;
+    /// `f(w)`, and `∇_w f(w)` into `grad` when given.
+    fn outer_value_grad(&self, w: &Buf<Self>, grad: Option<&mut Buf<Self>>) -> Result<f64>;
+    /// `B(w)ᵀ q` (length p), so that `h = −B(ŵ)ᵀ q̂`.
+    fn cross_t(&self, w: &Buf<Self>, q: &Buf<Self>) -> Result<Vec<f64>>;
+    /// `batch ← batch + α B(w)`, the batch holding the p columns of B as vectors of length P.
+    fn cross_add(&self, w: &Buf<Self>, alpha: f64, batch: &mut Buf<Self>) -> Result<()>;
+    /// The constants of SPEC §4 at `w`.
+    fn bound_constants(&self, w: &Buf<Self>) -> Result<BoundConstants>;
+}
