@@ -14,6 +14,9 @@
 //! * [`hypergrad`]: the hypergradient estimators and error bounds;
 //! * [`cli`]: the `hypergrad` command line.
 
+// `!(x > 0.0)` is the NaN-rejecting test we mean wherever it appears.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod backend;
 pub mod cli;
 pub mod data;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `hypergrad` command line; everything lives in [`hypergrad::cli`].
+
+fn main() -> std::process::ExitCode {
+    hypergrad::cli::main()
+}

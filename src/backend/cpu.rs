@@ -141,7 +141,10 @@ fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
     const BLOCK: usize = 4096;
     let partial = |(pa, pb): (&[T], &[T])| dot(pa, pb).to_f64();
     if a.len() >= PARALLEL_MIN_WORK {
-        a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)).map(partial).sum()
+        a.par_chunks(BLOCK)
+            .zip(b.par_chunks(BLOCK))
+            .map(partial)
+            .sum()
     } else {
         a.chunks(BLOCK).zip(b.chunks(BLOCK)).map(partial).sum()
     }
@@ -610,15 +613,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         }
         let c = g.len() / x.n;
         check_len("glm_add_row_outer batch", batch.len(), x.n * c * d)?;
-        batch
-            .par_chunks_mut(c * d)
-            .enumerate()
-            .for_each(|(i, vi)| {
-                for k in 0..c {
-                    let a = coef[i] * g[i * c + k].to_f64();
-                    axpy(T::from_f64(a), x.row(i), &mut vi[k * d..(k + 1) * d]);
-                }
-            });
+        batch.par_chunks_mut(c * d).enumerate().for_each(|(i, vi)| {
+            for k in 0..c {
+                let a = coef[i] * g[i * c + k].to_f64();
+                axpy(T::from_f64(a), x.row(i), &mut vi[k * d..(k + 1) * d]);
+            }
+        });
         Ok(())
     }
 

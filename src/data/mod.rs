@@ -233,11 +233,40 @@ fn sniff_format(bytes: &[u8]) -> Format {
 ///
 /// The dataset's name is the spec string.
 pub fn load(spec: &str) -> Result<Dataset> {
+    load_tagged(spec).map(|(ds, _)| ds)
+}
+
+/// Loads several datasets that must share features (training, validation, test). LIBSVM files
+/// list only the features a row uses, so one file can end before another's last feature: the
+/// LIBSVM datasets are padded with zero columns to the widest of them. Other sources state
+/// every column and keep their width (a mismatch is then an error of the caller's).
+pub fn load_all(specs: &[&str]) -> Result<Vec<Dataset>> {
+    let loaded = specs
+        .iter()
+        .map(|spec| load_tagged(spec))
+        .collect::<Result<Vec<_>>>()?;
+    let width = loaded
+        .iter()
+        .filter(|(_, format)| *format == Some(Format::Libsvm))
+        .map(|(ds, _)| ds.d())
+        .max()
+        .unwrap_or(0);
+    loaded
+        .into_iter()
+        .map(|(ds, format)| match format {
+            Some(Format::Libsvm) => ds.with_columns(width),
+            _ => Ok(ds),
+        })
+        .collect()
+}
+
+/// [`load`], also saying which file format was read (`None` for bundled and synthetic data).
+fn load_tagged(spec: &str) -> Result<(Dataset, Option<Format>)> {
     if let Some(result) = bundled::load_bundled(spec) {
-        return result;
+        return result.map(|ds| (ds, None));
     }
     if spec.starts_with("synthetic:") {
-        return synthetic::parse_spec(spec);
+        return synthetic::parse_spec(spec).map(|ds| (ds, None));
     }
     let path = Path::new(spec);
     let bytes = text::read_file_bytes(path)?;
@@ -247,7 +276,7 @@ pub fn load(spec: &str) -> Result<Dataset> {
         Format::Libsvm => read_libsvm(bytes.as_slice(), path, 0)?,
     };
     ds.name = spec.to_string();
-    Ok(ds)
+    Ok((ds, Some(format)))
 }
 
 #[cfg(test)]

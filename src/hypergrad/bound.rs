@@ -28,7 +28,12 @@ pub fn rounding(epsilon: f64, len: usize, magnitude: f64) -> f64 {
 }
 
 /// The implicit bound `‖B‖D + L_B ε (‖q̂‖ + D)`; `None` when `L_H ε ≥ μ` (no valid bound).
-pub fn implicit(c: &BoundConstants, inner_grad_norm: f64, residual: f64, q_norm: f64) -> Option<f64> {
+pub fn implicit(
+    c: &BoundConstants,
+    inner_grad_norm: f64,
+    residual: f64,
+    q_norm: f64,
+) -> Option<f64> {
     let eps = inner_grad_norm / c.mu;
     let denominator = c.mu - c.l_h * eps;
     if !(denominator > 0.0) || !eps.is_finite() {

@@ -46,8 +46,7 @@ where
     let constants = problem.bound_constants(&inner.w)?;
     let u = b.precision().epsilon();
     let scale = problem.smoothness_bound();
-    let residual_allowance =
-        bound::rounding(u, dim, scale * q_norm + b.nrm2(&outer_grad)?);
+    let residual_allowance = bound::rounding(u, dim, scale * q_norm + b.nrm2(&outer_grad)?);
     let grad_allowance = bound::rounding(u, dim, scale * b.nrm2(&inner.w)?);
     let error_bound = bound::implicit(
         &constants,

@@ -72,7 +72,10 @@ impl std::str::FromStr for Method {
             .find(|m| m.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-                Error::option("--method", format!("unknown method '{s}' (use {})", names.join(", ")))
+                Error::option(
+                    "--method",
+                    format!("unknown method '{s}' (use {})", names.join(", ")),
+                )
             })
     }
 }
@@ -168,7 +171,10 @@ pub struct Hypergradient {
     pub w: Vec<f64>,
 }
 
-fn serialize_method<S: serde::Serializer>(m: &Method, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn serialize_method<S: serde::Serializer>(
+    m: &Method,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(m.name())
 }
 
@@ -200,7 +206,11 @@ pub fn default_step<P: InnerProblem>(problem: &P) -> Result<f64> {
 /// Computes the hypergradient of `problem` at its current θ with the method and options in
 /// `opts`. `w0` is the start of the inner solver (implicit methods) or the start of the
 /// differentiated trajectory (`unroll`, `forward`); zeros if `None`.
-pub fn compute<P: Bilevel>(problem: &P, opts: &Options, w0: Option<&Buf<P>>) -> Result<Hypergradient> {
+pub fn compute<P: Bilevel>(
+    problem: &P,
+    opts: &Options,
+    w0: Option<&Buf<P>>,
+) -> Result<Hypergradient> {
     opts.validate()?;
     let started = Instant::now();
     let b = problem.backend();
@@ -210,7 +220,9 @@ pub fn compute<P: Bilevel>(problem: &P, opts: &Options, w0: Option<&Buf<P>>) -> 
         Method::Exact | Method::Cg | Method::Neumann | Method::FixedPoint => {
             let inner = solver::solve(problem, w0, &opts.inner)?;
             match opts.method {
-                Method::Exact => implicit::hypergradient(problem, opts.method, &inner, exact::solve)?,
+                Method::Exact => {
+                    implicit::hypergradient(problem, opts.method, &inner, exact::solve)?
+                }
                 Method::Cg => implicit::hypergradient(problem, opts.method, &inner, |p, h, a| {
                     cg::solve(p, h, a, opts.linear_tol, iters)
                 })?,
@@ -247,8 +259,12 @@ pub fn compute<P: Bilevel>(problem: &P, opts: &Options, w0: Option<&Buf<P>>) -> 
                 residual_norm: None,
                 error_bound,
                 inner_iters: opts.unroll_steps,
-                linear_iters: opts.truncate.unwrap_or(opts.unroll_steps).min(opts.unroll_steps),
-                inner_converged: path.final_grad_norm <= opts.inner.tol * solver::gradient_scale(problem)?,
+                linear_iters: opts
+                    .truncate
+                    .unwrap_or(opts.unroll_steps)
+                    .min(opts.unroll_steps),
+                inner_converged: path.final_grad_norm
+                    <= opts.inner.tol * solver::gradient_scale(problem)?,
                 seconds: 0.0,
                 w: b.download(last)?,
             }
@@ -269,9 +285,18 @@ pub fn compute<P: Bilevel>(problem: &P, opts: &Options, w0: Option<&Buf<P>>) -> 
             let constants = problem.bound_constants(&fwd.w)?;
             let u = b.precision().epsilon();
             let len = b.len(&fwd.jacobian);
-            let rho = rho + bound::rounding(u, len, problem.smoothness_bound() * j_norm + constants.b_norm);
-            let grad_norm_bounded =
-                grad_norm + bound::rounding(u, problem.inner_dim(), problem.smoothness_bound() * b.nrm2(&fwd.w)?);
+            let rho = rho
+                + bound::rounding(
+                    u,
+                    len,
+                    problem.smoothness_bound() * j_norm + constants.b_norm,
+                );
+            let grad_norm_bounded = grad_norm
+                + bound::rounding(
+                    u,
+                    problem.inner_dim(),
+                    problem.smoothness_bound() * b.nrm2(&fwd.w)?,
+                );
             Hypergradient {
                 method: opts.method,
                 theta: problem.theta().to_vec(),

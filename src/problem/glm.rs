@@ -298,15 +298,19 @@ impl<B: Backend> GlmBilevel<B> {
     pub fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         let side = GlmData::new(&self.backend, data)?;
         let n = side.n as f64;
-        let loss =
-            self.outer_scale * self.backend.glm_value_grad(&side.x, self.loss, &side.y, None, w, 0.0, None)?
-                / n;
+        let loss = self.outer_scale
+            * self
+                .backend
+                .glm_value_grad(&side.x, self.loss, &side.y, None, w, 0.0, None)?
+            / n;
         let accuracy = match self.loss {
             Loss::Squared => None,
             _ => {
-                let g = self.backend.download(&self.backend.glm_row_factors(
-                    &side.x, self.loss, &side.y, w,
-                )?)?;
+                let g = self.backend.download(
+                    &self
+                        .backend
+                        .glm_row_factors(&side.x, self.loss, &side.y, w)?,
+                )?;
                 Some(accuracy_from_factors(self.loss, &g, &data.y) / n)
             }
         };
@@ -339,9 +343,7 @@ fn accuracy_from_factors(loss: Loss, g: &[f64], labels: &[f64]) -> f64 {
             .filter(|(gi, &y)| {
                 let k = y as usize;
                 let pk = gi[k] + 1.0;
-                gi.iter()
-                    .enumerate()
-                    .all(|(j, &gj)| j == k || gj < pk)
+                gi.iter().enumerate().all(|(j, &gj)| j == k || gj < pk)
             })
             .count() as f64,
     }
@@ -375,7 +377,11 @@ impl<B: Backend> InnerProblem for GlmBilevel<B> {
             b.mul_add(1.0, &self.state.reg_diag, w, grad)?;
         }
         let sq = b.group_dot(self.groups, w, w)?;
-        let reg: f64 = 0.5 * sq.iter().zip(&self.state.lambda).map(|(s, l)| s * l).sum::<f64>();
+        let reg: f64 = 0.5
+            * sq.iter()
+                .zip(&self.state.lambda)
+                .map(|(s, l)| s * l)
+                .sum::<f64>();
         Ok(data / n + reg)
     }
 
@@ -416,7 +422,11 @@ impl<B: Backend> InnerProblem for GlmBilevel<B> {
     }
 
     fn strong_convexity(&self) -> f64 {
-        self.state.lambda.iter().copied().fold(f64::INFINITY, f64::min)
+        self.state
+            .lambda
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
     }
 
     fn smoothness_bound(&self) -> f64 {
@@ -450,7 +460,10 @@ impl<B: Backend> Bilevel for GlmBilevel<B> {
             )));
         }
         if let Some(i) = theta.iter().position(|t| !t.is_finite()) {
-            return Err(Error::Numerical(format!("θ[{i}] = {} is not finite", theta[i])));
+            return Err(Error::Numerical(format!(
+                "θ[{i}] = {} is not finite",
+                theta[i]
+            )));
         }
         let b = &self.backend;
         let big_p = self.c * self.d;
@@ -500,7 +513,11 @@ impl<B: Backend> Bilevel for GlmBilevel<B> {
         match &self.state.weights {
             None => {
                 let dots = b.group_dot(self.groups, w, q)?;
-                Ok(dots.iter().zip(&self.state.lambda).map(|(d, l)| d * l).collect())
+                Ok(dots
+                    .iter()
+                    .zip(&self.state.lambda)
+                    .map(|(d, l)| d * l)
+                    .collect())
             }
             Some((_, _, ds)) => {
                 let n = self.train.n as f64;
@@ -547,7 +564,8 @@ impl<B: Backend> Bilevel for GlmBilevel<B> {
                 (l_b, b_norm)
             }
             Some((_, _, ds)) => {
-                let g = b.download(&b.glm_row_factors(&self.train.x, self.loss, &self.train.y, w)?)?;
+                let g =
+                    b.download(&b.glm_row_factors(&self.train.x, self.loss, &self.train.y, w)?)?;
                 let c = self.c;
                 let mut b_sq = 0.0;
                 let mut lb_sq = 0.0;

@@ -1,0 +1,462 @@
+//! `hypergrad grad`: one hypergradient with its diagnostics (SPEC §6).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::data_args::{DataArgs, Splits};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Precision};
+use crate::hypergrad::{self, Hypergradient, Method, Options};
+use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
+use crate::solver::Solver;
+
+#[derive(Debug, Args)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub problem: ProblemArgs,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    #[command(flatten)]
+    pub estimator: EstimatorArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which bilevel problem, and where θ starts.
+#[derive(Debug, Args)]
+pub struct ProblemArgs {
+    /// The bilevel problem (SPEC §2).
+    #[arg(long, value_enum)]
+    pub problem: ProblemArg,
+
+    /// Layout of θ: shared (one λ), per-feature (ridge, logreg), per-class (softmax),
+    /// per-sample (hyperclean). Default: per-sample for hyperclean, shared otherwise.
+    #[arg(long, value_enum)]
+    pub hyper: Option<HyperArg>,
+
+    /// Set every entry of θ to X (λ = exp(X); hyperclean weights σ(X)). Default 0.
+    #[arg(
+        long,
+        value_name = "X",
+        allow_hyphen_values = true,
+        conflicts_with = "theta_file"
+    )]
+    pub theta: Option<f64>,
+
+    /// Read θ from a file: p numbers separated by white space or commas.
+    #[arg(long, value_name = "FILE")]
+    pub theta_file: Option<PathBuf>,
+
+    /// The fixed ridge penalty C of hyperclean's inner problem.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "C",
+        default_value_t = 0.01
+    )]
+    pub l2: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProblemArg {
+    Ridge,
+    Logreg,
+    Softmax,
+    Hyperclean,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum HyperArg {
+    Shared,
+    PerFeature,
+    PerClass,
+    PerSample,
+}
+
+/// The hypergradient method and the accuracy of its inner and linear solves.
+#[derive(Debug, Args)]
+pub struct EstimatorArgs {
+    /// Hypergradient method (SPEC §3).
+    #[arg(long, value_enum, default_value = "cg")]
+    pub method: MethodArg,
+
+    /// Inner solver.
+    #[arg(long, value_enum, default_value = "newton")]
+    pub inner_solver: SolverArg,
+
+    /// Stop the inner solver when ‖∇g(w)‖ ≤ TOL·‖∇g(0)‖. Default 1e-10 (f64), 1e-5 (f32).
+    #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
+    pub inner_tol: Option<f64>,
+
+    /// Most inner-solver iterations.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub inner_iters: usize,
+
+    /// CG stops when ‖Hq − ∇f‖ ≤ TOL·‖∇f‖. Default 1e-10 (f64), 1e-5 (f32).
+    #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
+    pub linear_tol: Option<f64>,
+
+    /// Linear-solver iterations: CG's maximum (default 10000); the K of neumann and
+    /// fixed-point (default 100).
+    #[arg(long, value_name = "K")]
+    pub linear_iters: Option<usize>,
+
+    /// Step η of neumann, fixed-point, unroll and forward. Default 1/L̂, L̂ the largest
+    /// curvature estimated by power iteration.
+    #[arg(long, allow_negative_numbers = true, value_name = "ETA")]
+    pub step: Option<f64>,
+
+    /// T, the inner gradient steps that unroll and forward differentiate through.
+    #[arg(long, value_name = "T", default_value_t = 100)]
+    pub unroll_steps: usize,
+
+    /// Differentiate unroll through its last K steps only.
+    #[arg(long, value_name = "K")]
+    pub truncate: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MethodArg {
+    Exact,
+    Cg,
+    Neumann,
+    FixedPoint,
+    Unroll,
+    Forward,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SolverArg {
+    Gd,
+    Agd,
+    Newton,
+}
+
+/// Where the numbers are computed.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// auto: a GPU when one is usable, else the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Floating-point precision of the CPU backend.
+    #[arg(long, value_enum, default_value = "f64")]
+    pub precision: PrecisionArg,
+
+    /// CPU threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F64,
+}
+
+impl ProblemArgs {
+    pub fn kind(&self) -> ProblemKind {
+        match self.problem {
+            ProblemArg::Ridge => ProblemKind::Ridge,
+            ProblemArg::Logreg => ProblemKind::Logreg,
+            ProblemArg::Softmax => ProblemKind::Softmax,
+            ProblemArg::Hyperclean => ProblemKind::Hyperclean,
+        }
+    }
+
+    pub fn layout(&self) -> HyperLayout {
+        match self.hyper {
+            None => self.kind().default_layout(),
+            Some(HyperArg::Shared) => HyperLayout::Shared,
+            Some(HyperArg::PerFeature) => HyperLayout::PerFeature,
+            Some(HyperArg::PerClass) => HyperLayout::PerClass,
+            Some(HyperArg::PerSample) => HyperLayout::PerSample,
+        }
+    }
+
+    /// Builds the problem on `backend` and sets θ from `--theta` / `--theta-file`.
+    pub fn build<B: Backend>(&self, backend: B, splits: &Splits) -> Result<GlmBilevel<B>> {
+        let mut problem = GlmBilevel::new(
+            backend,
+            self.kind(),
+            self.layout(),
+            &splits.train,
+            &splits.val,
+            self.l2,
+        )?;
+        let p = problem.hyper_dim();
+        let theta = match (&self.theta_file, self.theta) {
+            (Some(path), _) => {
+                let theta = read_theta_file(path)?;
+                if theta.len() != p {
+                    bail!(
+                        "dimension mismatch: --theta-file {} holds {} numbers but {} with --hyper {} needs p = {p}",
+                        path.display(),
+                        theta.len(),
+                        self.kind().name(),
+                        self.layout().name()
+                    );
+                }
+                theta
+            }
+            (None, Some(x)) => {
+                if !x.is_finite() {
+                    bail!("invalid value for --theta: {x} is not a finite number");
+                }
+                vec![x; p]
+            }
+            (None, None) => vec![0.0; p],
+        };
+        problem.set_theta(&theta)?;
+        Ok(problem)
+    }
+}
+
+/// Reads p numbers separated by white space or commas; errors name the file and line.
+pub fn read_theta_file(path: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --theta-file {}", path.display()))?;
+    let mut theta = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or("");
+        for token in content.split(|c: char| c == ',' || c.is_whitespace()) {
+            if token.is_empty() {
+                continue;
+            }
+            let value: f64 = token.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}:{}: '{token}' is not a number",
+                    path.display(),
+                    number + 1
+                )
+            })?;
+            if !value.is_finite() {
+                bail!(
+                    "{}:{}: θ value '{token}' is not finite",
+                    path.display(),
+                    number + 1
+                );
+            }
+            theta.push(value);
+        }
+    }
+    Ok(theta)
+}
+
+impl EstimatorArgs {
+    pub fn method(&self) -> Method {
+        match self.method {
+            MethodArg::Exact => Method::Exact,
+            MethodArg::Cg => Method::Cg,
+            MethodArg::Neumann => Method::Neumann,
+            MethodArg::FixedPoint => Method::FixedPoint,
+            MethodArg::Unroll => Method::Unroll,
+            MethodArg::Forward => Method::Forward,
+        }
+    }
+
+    /// The library options for the given precision (defaults filled in).
+    pub fn options(&self, precision: Precision) -> Options {
+        let mut opts = Options::new(self.method(), precision);
+        opts.inner.solver = match self.inner_solver {
+            SolverArg::Gd => Solver::Gd,
+            SolverArg::Agd => Solver::Agd,
+            SolverArg::Newton => Solver::Newton,
+        };
+        if let Some(tol) = self.inner_tol {
+            opts.inner.tol = tol;
+        }
+        opts.inner.max_iters = self.inner_iters;
+        if let Some(tol) = self.linear_tol {
+            opts.linear_tol = tol;
+        }
+        opts.linear_iters = self.linear_iters;
+        opts.step = self.step;
+        opts.unroll_steps = self.unroll_steps;
+        opts.truncate = self.truncate;
+        opts
+    }
+}
+
+/// The backend a command runs on.
+pub enum Device {
+    CpuF64,
+    CpuF32,
+}
+
+impl DeviceArgs {
+    /// Resolves `--device` and `--precision`, and sizes the CPU thread pool.
+    pub fn resolve(&self) -> Result<Device> {
+        if let Some(threads) = self.threads {
+            if threads == 0 {
+                bail!("invalid value for --threads: must be at least 1");
+            }
+            // Fails only if the pool was already built, which a command does once.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+        }
+        if self.device == DeviceArg::Cuda {
+            bail!(
+                "--device cuda: this build of hypergrad has no CUDA backend yet; use --device cpu"
+            );
+        }
+        Ok(match self.precision {
+            PrecisionArg::F64 => Device::CpuF64,
+            PrecisionArg::F32 => Device::CpuF32,
+        })
+    }
+}
+
+pub fn run(args: GradArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    let splits = args.data.load(None)?;
+    match device {
+        Device::CpuF64 => grad_on(CpuBackend::<f64>::new(), &args, &splits),
+        Device::CpuF32 => grad_on(CpuBackend::<f32>::new(), &args, &splits),
+    }
+}
+
+fn grad_on<B: Backend>(backend: B, args: &GradArgs, splits: &Splits) -> Result<()> {
+    let device = backend.name();
+    let problem = args.problem.build(backend, splits)?;
+    let opts = args.estimator.options(problem.backend().precision());
+    let result = hypergrad::compute(&problem, &opts, None)?;
+    if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
+        bail!(
+            "numerical failure: hypergradient entry {i} is {} (check the data scale, θ and the step)",
+            result.hypergradient[i]
+        );
+    }
+    if args.json {
+        println!("{}", grad_json(&problem, splits, &device, &opts, &result)?);
+    } else {
+        print_table(&problem, splits, &device, &opts, &result);
+    }
+    Ok(())
+}
+
+fn grad_json<B: Backend>(
+    problem: &GlmBilevel<B>,
+    splits: &Splits,
+    device: &str,
+    opts: &Options,
+    result: &Hypergradient,
+) -> Result<String> {
+    let (c, d) = problem.shape();
+    let mut value = serde_json::to_value(result)?;
+    if let Some(object) = value.as_object_mut() {
+        let extra = json!({
+            "problem": problem.kind().name(),
+            "hyper": problem.layout().name(),
+            "device": device,
+            "train": splits.train.name,
+            "val": splits.val.name,
+            "n_train": splits.train.n(),
+            "n_val": splits.val.n(),
+            "features": d,
+            "outputs": c,
+            "p": problem.hyper_dim(),
+            "inner_solver": opts.inner.solver.name(),
+            "inner_tol": opts.inner.tol,
+            "linear_tol": opts.linear_tol,
+        });
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                object.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(serde_json::to_string(&value)?)
+}
+
+fn print_table<B: Backend>(
+    problem: &GlmBilevel<B>,
+    splits: &Splits,
+    device: &str,
+    opts: &Options,
+    r: &Hypergradient,
+) {
+    let (c, d) = problem.shape();
+    let optional = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3e}"));
+    let h_norm = r.hypergradient.iter().map(|h| h * h).sum::<f64>().sqrt();
+    println!(
+        "problem       {} (--hyper {}, p = {}), P = {}×{} inner variables",
+        problem.kind().name(),
+        problem.layout().name(),
+        problem.hyper_dim(),
+        c,
+        d
+    );
+    println!(
+        "data          {} rows train ({}), {} rows val ({})",
+        splits.train.n(),
+        splits.train.name,
+        splits.val.n(),
+        splits.val.name
+    );
+    println!("method        {} on {device}", r.method.name());
+    println!("θ             {}", preview(&r.theta));
+    println!("F(θ)          {:.10e}", r.outer_loss);
+    println!("∇F(θ)         {}", preview(&r.hypergradient));
+    println!("‖∇F(θ)‖       {h_norm:.6e}");
+    let inner = if r.method.is_trajectory() {
+        format!("{} fixed-size gradient steps", r.inner_iters)
+    } else {
+        format!(
+            "{} inner solver, {} iterations",
+            opts.inner.solver.name(),
+            r.inner_iters
+        )
+    };
+    let converged = if r.inner_converged {
+        "converged"
+    } else {
+        "NOT converged to --inner-tol"
+    };
+    println!(
+        "‖∇g(ŵ)‖       {:.3e}  ({inner}, {converged})",
+        r.inner_grad_norm
+    );
+    println!(
+        "residual      {}  ({} linear iterations)",
+        optional(r.residual_norm),
+        r.linear_iters
+    );
+    let relative = r
+        .error_bound
+        .filter(|_| h_norm > 0.0)
+        .map_or(String::new(), |e| {
+            format!("  ({:.1e} relative)", e / h_norm)
+        });
+    println!("error bound   {}{relative}", optional(r.error_bound));
+    println!("time          {:.3} s", r.seconds);
+}
+
+/// The first entries of a vector, formatted.
+fn preview(v: &[f64]) -> String {
+    const SHOWN: usize = 8;
+    let head: Vec<String> = v.iter().take(SHOWN).map(|x| format!("{x:.6e}")).collect();
+    if v.len() > SHOWN {
+        format!("[{}, … ({} entries)]", head.join(", "), v.len())
+    } else {
+        format!("[{}]", head.join(", "))
+    }
+}

@@ -1,0 +1,354 @@
+//! The command line: its JSON contract (SPEC §6) and one test per kind of bad input, each
+//! asserting a one-line error that names the file and line or the option, a non-zero exit
+//! code, and no panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn hypergrad(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
+        .args(args)
+        .output()
+        .expect("the hypergrad binary runs")
+}
+
+/// A fresh file under the system's temp directory with the given contents.
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hypergrad-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// Asserts the run failed with exactly one line on stderr containing every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "'{needle}' missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+const GOOD_CSV: &str = "1,0.5,1.0\n-1,1.5,-0.25\n1,-0.5,2.0\n-1,0.25,0.75\n1,1.0,1.0\n";
+
+fn grad_args<'a>(train: &'a str, val: &'a str) -> Vec<&'a str> {
+    vec![
+        "grad",
+        "--problem",
+        "logreg",
+        "--train",
+        train,
+        "--val",
+        val,
+    ]
+}
+
+#[test]
+fn json_output_has_the_contract_fields() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "logreg",
+        "--train",
+        "breast_cancer",
+        "--standardize",
+        "--theta",
+        "-2",
+        "--method",
+        "cg",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    for key in [
+        "problem",
+        "method",
+        "device",
+        "theta",
+        "outer_loss",
+        "hypergradient",
+        "inner_grad_norm",
+        "residual_norm",
+        "error_bound",
+        "inner_iters",
+        "linear_iters",
+        "seconds",
+    ] {
+        assert!(value.get(key).is_some(), "missing key {key} in {value}");
+    }
+    assert_eq!(value["problem"], "logreg");
+    assert_eq!(value["method"], "cg");
+    assert_eq!(value["hypergradient"].as_array().map(Vec::len), Some(1));
+    assert_eq!(value["theta"][0].as_f64(), Some(-2.0));
+    let bound = value["error_bound"]
+        .as_f64()
+        .expect("cg on logreg has a bound");
+    assert!(bound > 0.0 && bound < 1e-6, "bound {bound}");
+}
+
+#[test]
+fn cli_hypergradient_matches_finite_differences_of_the_cli_loss() {
+    // The end-to-end check of the number a user sees: the CLI's ∂F/∂θ against central
+    // differences of the CLI's own F(θ) (step 1e-4: truncation error ~1e-8·F''', the inner
+    // solve to 1e-12 contributes ~1e-12/1e-4 relative).
+    let run = |theta: f64| -> serde_json::Value {
+        let t = theta.to_string();
+        let out = hypergrad(&[
+            "grad",
+            "--problem",
+            "softmax",
+            "--train",
+            "digits",
+            "--standardize",
+            "--theta",
+            &t,
+            "--method",
+            "exact",
+            "--inner-tol",
+            "1e-13",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let theta = -1.5;
+    let step = 1e-4;
+    let h = run(theta)["hypergradient"][0].as_f64().expect("h");
+    let f_plus = run(theta + step)["outer_loss"].as_f64().expect("F");
+    let f_minus = run(theta - step)["outer_loss"].as_f64().expect("F");
+    let fd = (f_plus - f_minus) / (2.0 * step);
+    assert!(
+        (h - fd).abs() <= 1e-5 * fd.abs(),
+        "h = {h}, finite difference {fd}"
+    );
+}
+
+#[test]
+fn info_reports_backends() {
+    let out = hypergrad(&["info", "--json"]);
+    assert!(out.status.success());
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(value["backends"]["cpu"]["available"], true);
+    assert!(value["version"].is_string());
+}
+
+#[test]
+fn missing_file_is_named() {
+    let out = hypergrad(&grad_args("/nonexistent/train.csv", "/nonexistent/val.csv"));
+    assert_one_line_error(&out, &["/nonexistent/train.csv"]);
+}
+
+#[test]
+fn malformed_line_is_named_with_file_and_line() {
+    let train = temp_file("good_a.csv", GOOD_CSV);
+    let val = temp_file("malformed.csv", "1,0.5,1.0\n-1,abc,2\n");
+    let out = hypergrad(&grad_args(train.to_str().unwrap(), val.to_str().unwrap()));
+    assert_one_line_error(&out, &["malformed.csv:2"]);
+}
+
+#[test]
+fn ragged_csv_row_is_named() {
+    let train = temp_file("ragged.csv", "1,0.5,1.0\n-1,0.5\n");
+    let val = temp_file("good_b.csv", GOOD_CSV);
+    let out = hypergrad(&grad_args(train.to_str().unwrap(), val.to_str().unwrap()));
+    assert_one_line_error(&out, &["ragged.csv:2"]);
+}
+
+#[test]
+fn dimension_mismatch_between_train_and_val() {
+    let train = temp_file("three_cols.csv", GOOD_CSV);
+    let val = temp_file("four_cols.csv", "1,0.5,1.0,3\n-1,1,1,1\n");
+    let out = hypergrad(&grad_args(train.to_str().unwrap(), val.to_str().unwrap()));
+    assert_one_line_error(&out, &["dimension mismatch", "2 features", "3"]);
+}
+
+#[test]
+fn labels_that_do_not_fit_the_problem() {
+    // digits has labels 0..9: not ±1.
+    let out = hypergrad(&["grad", "--problem", "logreg", "--train", "digits"]);
+    assert_one_line_error(&out, &["digits"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("label"), "{stderr}");
+}
+
+#[test]
+fn fractional_class_labels_are_rejected() {
+    let train = temp_file("frac_labels.csv", "0,1,2\n1.5,1,1\n2,0,1\n");
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "softmax",
+        "--train",
+        train.to_str().unwrap(),
+        "--val",
+        train.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["label"]);
+}
+
+#[test]
+fn non_finite_value_is_named_with_file_and_line() {
+    let train = temp_file("good_c.csv", GOOD_CSV);
+    let val = temp_file("nan.csv", "1,0.5,1.0\n-1,0.5,1.0\n1,nan,1.0\n");
+    let out = hypergrad(&grad_args(train.to_str().unwrap(), val.to_str().unwrap()));
+    assert_one_line_error(&out, &["nan.csv:3"]);
+    let inf = temp_file("inf.svm", "1 1:0.5 2:inf\n");
+    let out = hypergrad(&grad_args(inf.to_str().unwrap(), val.to_str().unwrap()));
+    assert_one_line_error(&out, &["inf.svm:1"]);
+}
+
+#[test]
+fn malformed_libsvm_index_is_named() {
+    let train = temp_file("bad_index.svm", "1 1:0.5 2:1\n-1 2:0.5 1:1\n");
+    let out = hypergrad(&grad_args(train.to_str().unwrap(), train.to_str().unwrap()));
+    assert_one_line_error(&out, &["bad_index.svm:2"]);
+}
+
+#[test]
+fn unknown_option_is_named() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--frobnicate",
+    ]);
+    assert_one_line_error(&out, &["--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_method_value_is_named() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--method",
+        "magic",
+    ]);
+    assert_one_line_error(&out, &["magic", "--method"]);
+}
+
+#[test]
+fn out_of_range_option_values_are_named() {
+    for (option, value) in [
+        ("--inner-tol", "-1"),
+        ("--linear-tol", "nan"),
+        ("--step", "0"),
+        ("--split", "0.9,0.9"),
+        ("--theta", "inf"),
+        ("--threads", "0"),
+    ] {
+        let out = hypergrad(&[
+            "grad",
+            "--problem",
+            "ridge",
+            "--train",
+            "diabetes",
+            "--method",
+            "neumann",
+            option,
+            value,
+        ]);
+        assert_one_line_error(&out, &[option]);
+    }
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "hyperclean",
+        "--train",
+        "digits",
+        "--l2",
+        "0",
+    ]);
+    assert_one_line_error(&out, &["--l2"]);
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--hyper",
+        "per-class",
+    ]);
+    assert_one_line_error(&out, &["--hyper", "per-class"]);
+}
+
+#[test]
+fn theta_file_of_the_wrong_length_or_content() {
+    let short = temp_file("theta_short.txt", "0.1, 0.2\n");
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--hyper",
+        "per-feature",
+        "--theta-file",
+        short.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["theta_short.txt", "2 numbers", "p = 10"]);
+    let bad = temp_file("theta_bad.txt", "0.1\n0.2 zero\n");
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--theta-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["theta_bad.txt:2", "zero"]);
+}
+
+#[test]
+fn exact_refuses_a_hessian_too_large_to_assemble() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "softmax",
+        "--train",
+        "mnist_5k",
+        "--method",
+        "exact",
+    ]);
+    assert_one_line_error(&out, &["--method", "cg"]);
+}
+
+#[test]
+fn cuda_without_a_cuda_backend_is_a_clear_error() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--device",
+        "cuda",
+    ]);
+    assert_one_line_error(&out, &["--device cuda"]);
+}
