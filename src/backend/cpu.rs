@@ -12,8 +12,11 @@
 //! accumulators so that they vectorise.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use ndarray::Array2;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::{Backend, Curvature, Groups, Loss, Precision};
@@ -21,7 +24,7 @@ use crate::error::{Error, Result};
 
 /// Scalar type of the CPU backend (`f32` or `f64`).
 pub trait Real:
-    Copy
+    ndarray::LinalgScalar
     + Send
     + Sync
     + Default
@@ -78,17 +81,42 @@ impl<T: Real> CpuMatrix<T> {
     }
 }
 
-/// The CPU backend in precision `T`.
-#[derive(Clone, Copy, Debug, Default)]
+/// The CPU backend in precision `T`. Clones share their [`TrafficCounters`].
+#[derive(Clone, Debug, Default)]
 pub struct CpuBackend<T> {
+    counters: Arc<TrafficCounters>,
     _precision: PhantomData<T>,
+}
+
+/// How often the row kernels streamed a design matrix, and how many bytes of it: the
+/// memory traffic that bounds their speed (benchmarks divide it by time to get GB/s).
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    passes: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl<T: Real> CpuBackend<T> {
     pub fn new() -> Self {
         CpuBackend {
+            counters: Arc::default(),
             _precision: PhantomData,
         }
+    }
+
+    /// `(passes, bytes)` over design matrices since this backend (or its first clone) was
+    /// made.
+    pub fn design_traffic(&self) -> (u64, u64) {
+        (
+            self.counters.passes.load(Ordering::Relaxed),
+            self.counters.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn record_pass(&self, x: &CpuMatrix<T>) {
+        let bytes = (x.data.len() * std::mem::size_of::<T>()) as u64;
+        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -102,7 +130,7 @@ const LANES: usize = 16;
 #[inline]
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     debug_assert_eq!(a.len(), b.len());
-    let mut acc = [T::default(); LANES];
+    let mut acc = [T::zero(); LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -111,7 +139,7 @@ pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
             acc[l] += xa[l] * xb[l];
         }
     }
-    let mut tail = T::default();
+    let mut tail = T::zero();
     for (&p, &q) in ra.iter().zip(rb) {
         tail += p * q;
     }
@@ -225,37 +253,28 @@ fn row_loss_grad(loss: Loss, z: &[f64], y: f64, g: &mut [f64], p: &mut [f64]) ->
 
 // ---- the row-streaming driver -------------------------------------------------------------
 
-/// Streams the rows of `x` in parallel blocks. For each row `i`, `visit(i, x_i, acc, scratch)`
-/// adds its contribution into `acc` (length `acc_len`) and returns a scalar; the per-block
-/// accumulators and scalars are summed. `scratch` holds `scratch_len` f64.
-fn stream_rows<T, F>(
-    x: &CpuMatrix<T>,
-    acc_len: usize,
-    scratch_len: usize,
-    visit: F,
-) -> (Vec<T>, f64)
+/// Bytes of X per block of rows: small enough to stay in L2 between the two products a block
+/// takes part in (`Z = X_b Vᵀ`, then `acc += Uᵀ X_b`), so X comes from memory once.
+const BLOCK_BYTES: usize = 1 << 18;
+
+/// Streams the rows of `x` in blocks, in parallel. `visit(first_row, x_block, acc)` adds the
+/// block's contribution into `acc` (length `acc_len`) and returns a scalar; accumulators and
+/// scalars of all blocks are summed (each rayon task folds its blocks into one accumulator).
+fn stream_blocks<T, F>(x: &CpuMatrix<T>, acc_len: usize, visit: F) -> (Vec<T>, f64)
 where
     T: Real,
-    F: Fn(usize, &[T], &mut [T], &mut [f64]) -> f64 + Sync,
+    F: Fn(usize, ArrayView2<'_, T>, &mut [T]) -> f64 + Sync,
 {
     let d = x.d.max(1);
-    let work = x.n * d * (1 + acc_len / d);
-    let block_rows = if work < PARALLEL_MIN_WORK {
-        x.n.max(1)
-    } else {
-        // Enough blocks to balance the threads, few enough that reducing the accumulators
-        // (acc_len each) stays cheap next to streaming the rows.
-        let threads = rayon::current_num_threads().max(1);
-        x.n.div_ceil(4 * threads).max(64)
-    };
-    let run_block = |(b, rows): (usize, &[T])| {
-        let mut acc = vec![T::default(); acc_len];
-        let mut scratch = vec![0.0; scratch_len];
-        let mut total = 0.0;
-        for (r, xi) in rows.chunks_exact(d).enumerate() {
-            total += visit(b * block_rows + r, xi, &mut acc, &mut scratch);
-        }
-        (acc, total)
+    let block_rows = (BLOCK_BYTES / (d * std::mem::size_of::<T>())).clamp(8, 1024);
+    let identity = || (vec![T::zero(); acc_len], 0.0);
+    if x.n == 0 {
+        return identity();
+    }
+    let visit_block = |(mut acc, total): (Vec<T>, f64), (b, rows): (usize, &[T])| {
+        let view = ArrayView2::from_shape((rows.len() / d, d), rows).expect("block shape");
+        let value = visit(b * block_rows, view, &mut acc);
+        (acc, total + value)
     };
     let sum = |(mut a, s): (Vec<T>, f64), (b, t): (Vec<T>, f64)| {
         for (ai, &bi) in a.iter_mut().zip(&b) {
@@ -263,19 +282,85 @@ where
         }
         (a, s + t)
     };
-    let identity = || (vec![T::default(); acc_len], 0.0);
-    if x.n == 0 {
-        return identity();
-    }
-    if block_rows >= x.n {
-        run_block((0, &x.data[..]))
+    let blocks = x.data.chunks(block_rows * d).enumerate();
+    if x.n * d * (1 + acc_len / d) < PARALLEL_MIN_WORK {
+        blocks.fold(identity(), visit_block)
     } else {
         x.data
             .par_chunks(block_rows * d)
             .enumerate()
-            .map(run_block)
+            .fold(identity, visit_block)
             .reduce(identity, sum)
     }
+}
+
+/// `Z ← X_b Mᵀ` for a block `X_b` (rows×d) and `M` given as `rows_m×d` row-major: the
+/// products of every row of the block with every row of M (GEMM, vectorised by
+/// `matrixmultiply`).
+fn block_times_rows<T: Real>(block: ArrayView2<'_, T>, m: &[T], z: &mut Array2<T>) {
+    let d = block.ncols();
+    let m = ArrayView2::from_shape((m.len() / d, d), m).expect("operand shape");
+    general_mat_mul(T::one(), &block, &m.t(), T::zero(), z);
+}
+
+/// `acc ← acc + Uᵀ X_b` (acc is `cols(U)×d` row-major).
+fn accumulate_outer<T: Real>(u: &Array2<T>, block: ArrayView2<'_, T>, acc: &mut [T]) {
+    let d = block.ncols();
+    let mut acc = ArrayViewMut2::from_shape((u.ncols(), d), acc).expect("accumulator shape");
+    general_mat_mul(T::one(), &u.t(), &block, T::one(), &mut acc);
+}
+
+/// Batches at most this wide (rows of `M` in [`project_rows`]) take the row path: per row, dot
+/// products and axpys on `x_i` while it sits in L1 — memory-bound, X read once. Wider batches
+/// take blocked GEMMs, which reuse each loaded element of X across the batch.
+const ROW_PATH_MAX_WIDTH: usize = 2;
+
+/// The pattern shared by the loss gradient and the batched HVP: for every row `x_i`,
+/// `z_i = M x_i` (`M` is `k×d` row-major), then `transform(i, z_i, scratch)` rewrites `z_i`
+/// into coefficients `u_i` and returns a scalar, then (if `accumulate`) `acc += u_i ⊗ x_i`.
+/// Returns `(acc, Σ scalars)`; `acc` is `k×d` (empty if not accumulating).
+fn project_rows<T, F>(x: &CpuMatrix<T>, m: &[T], accumulate: bool, transform: F) -> (Vec<T>, f64)
+where
+    T: Real,
+    F: Fn(usize, &mut [T], &mut Vec<f64>) -> f64 + Sync,
+{
+    let d = x.d;
+    let k = m.len().checked_div(d).unwrap_or(0);
+    let acc_len = if accumulate { k * d } else { 0 };
+    stream_blocks(x, acc_len, |first, block, acc| {
+        let mut scratch = Vec::new();
+        let mut total = 0.0;
+        if k <= ROW_PATH_MAX_WIDTH {
+            let mut z = vec![T::zero(); k];
+            for (r, xi) in block.rows().into_iter().enumerate() {
+                let xi = xi
+                    .to_slice()
+                    .expect("rows of a standard-layout block are contiguous");
+                for (j, zj) in z.iter_mut().enumerate() {
+                    *zj = dot(&m[j * d..(j + 1) * d], xi);
+                }
+                total += transform(first + r, &mut z, &mut scratch);
+                if accumulate {
+                    for (j, &u) in z.iter().enumerate() {
+                        axpy(u, xi, &mut acc[j * d..(j + 1) * d]);
+                    }
+                }
+            }
+        } else {
+            let mut z = Array2::<T>::zeros((block.nrows(), k));
+            block_times_rows(block, m, &mut z);
+            for (r, mut zrow) in z.rows_mut().into_iter().enumerate() {
+                let zrow = zrow
+                    .as_slice_mut()
+                    .expect("rows of a new array are contiguous");
+                total += transform(first + r, zrow, &mut scratch);
+            }
+            if accumulate {
+                accumulate_outer(&z, block, acc);
+            }
+        }
+        total
+    })
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -301,7 +386,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::default(); len])
+        Ok(vec![T::zero(); len])
     }
 
     fn upload(&self, host: &[f64]) -> Result<Vec<T>> {
@@ -405,6 +490,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         grad_scale: f64,
         grad: Option<&mut Vec<T>>,
     ) -> Result<f64> {
+        self.record_pass(x);
         let c = loss.outputs();
         let d = x.d;
         check_len("labels", y.len(), x.n)?;
@@ -412,21 +498,19 @@ impl<T: Real> Backend for CpuBackend<T> {
         if let Some(s) = row_weights {
             check_len("row weights", s.len(), x.n)?;
         }
-        let want_grad = grad.is_some();
-        let acc_len = if want_grad { c * d } else { 0 };
-        // scratch: z (c) | g (c) | p (c)
-        let (acc, total) = stream_rows(x, acc_len, 3 * c, |i, xi, acc, scratch| {
-            let (z, rest) = scratch.split_at_mut(c);
+        let (acc, total) = project_rows(x, w, grad.is_some(), |i, z, scratch| {
+            // scratch: z (c) | g (c) | p (c), in f64.
+            scratch.resize(3 * c, 0.0);
+            let (zf, rest) = scratch.split_at_mut(c);
             let (g, p) = rest.split_at_mut(c);
-            for (k, zk) in z.iter_mut().enumerate() {
-                *zk = dot(&w[k * d..(k + 1) * d], xi).to_f64();
+            for (dst, src) in zf.iter_mut().zip(z.iter()) {
+                *dst = src.to_f64();
             }
             let weight = row_weights.map_or(1.0, |s| s[i].to_f64());
-            let value = row_loss_grad(loss, z, y[i].to_f64(), g, p);
-            if want_grad && weight != 0.0 {
-                for (k, &gk) in g.iter().enumerate() {
-                    axpy(T::from_f64(weight * gk), xi, &mut acc[k * d..(k + 1) * d]);
-                }
+            let value = row_loss_grad(loss, zf, y[i].to_f64(), g, p);
+            // z becomes the row's gradient factor s_i G_i.
+            for (dst, &gk) in z.iter_mut().zip(g.iter()) {
+                *dst = T::from_f64(weight * gk);
             }
             weight * value
         });
@@ -449,14 +533,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         w: &Vec<T>,
         scale: f64,
     ) -> Result<Curvature<Self>> {
+        self.record_pass(x);
         let c = loss.outputs();
         let d = x.d;
         check_len("labels", y.len(), x.n)?;
         check_len("inner variable", w.len(), c * d)?;
         let weight = |i: usize| scale * row_weights.map_or(1.0, |s| s[i].to_f64());
-        let mut row_scale = vec![T::default(); x.n];
+        let mut row_scale = vec![T::zero(); x.n];
         let mut probs = match loss {
-            Loss::Softmax { .. } => Some(vec![T::default(); x.n * c]),
+            Loss::Softmax { .. } => Some(vec![T::zero(); x.n * c]),
             _ => None,
         };
         let z_of = |i: usize, z: &mut [f64]| {
@@ -506,6 +591,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         v: &Vec<T>,
         out: &mut Vec<T>,
     ) -> Result<()> {
+        self.record_pass(x);
         let c = curvature.loss.outputs();
         let d = x.d;
         let p_len = c * d;
@@ -516,29 +602,25 @@ impl<T: Real> Backend for CpuBackend<T> {
             )));
         }
         check_len("glm_hvp output", out.len(), v.len())?;
-        let rows = v.len() / d; // m·c rows of the batch
-        let (acc, _) = stream_rows(x, v.len(), rows, |i, xi, acc, zv| {
-            for (r, z) in zv.iter_mut().enumerate() {
-                *z = dot(&v[r * d..(r + 1) * d], xi).to_f64();
-            }
+        let (acc, _) = project_rows(x, v, true, |i, z, u| {
+            u.clear();
+            u.extend(z.iter().map(|zj| zj.to_f64()));
             let scale = curvature.row_scale[i].to_f64();
             match &curvature.probs {
-                None => zv.iter_mut().for_each(|z| *z *= scale),
+                None => u.iter_mut().for_each(|uj| *uj *= scale),
                 Some(probs) => {
                     // (diag(p) − ppᵀ) u = p ⊙ (u − pᵀu), per vector of the batch.
                     let p = &probs[i * c..(i + 1) * c];
-                    for u in zv.chunks_exact_mut(c) {
-                        let pu: f64 = u.iter().zip(p).map(|(a, b)| a * b.to_f64()).sum();
-                        for (uk, pk) in u.iter_mut().zip(p) {
+                    for ub in u.chunks_exact_mut(c) {
+                        let pu: f64 = ub.iter().zip(p).map(|(a, b)| a * b.to_f64()).sum();
+                        for (uk, pk) in ub.iter_mut().zip(p) {
                             *uk = scale * pk.to_f64() * (*uk - pu);
                         }
                     }
                 }
             }
-            for (r, &u) in zv.iter().enumerate() {
-                if u != 0.0 {
-                    axpy(T::from_f64(u), xi, &mut acc[r * d..(r + 1) * d]);
-                }
+            for (dst, &src) in z.iter_mut().zip(u.iter()) {
+                *dst = T::from_f64(src);
             }
             0.0
         });
@@ -553,11 +635,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         y: &Vec<T>,
         w: &Vec<T>,
     ) -> Result<Vec<T>> {
+        self.record_pass(x);
         let c = loss.outputs();
         let d = x.d;
         check_len("labels", y.len(), x.n)?;
         check_len("inner variable", w.len(), c * d)?;
-        let mut out = vec![T::default(); x.n * c];
+        let mut out = vec![T::zero(); x.n * c];
         out.par_chunks_mut(c).enumerate().for_each(|(i, gi)| {
             let mut z = vec![0.0; c];
             let mut g = vec![0.0; c];
@@ -574,6 +657,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn glm_row_pairing(&self, x: &CpuMatrix<T>, q: &Vec<T>, g: &Vec<T>) -> Result<Vec<f64>> {
+        self.record_pass(x);
         let d = x.d;
         if x.n == 0 || g.len() % x.n != 0 {
             return Err(Error::Dimension(format!(
@@ -602,6 +686,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         g: &Vec<T>,
         batch: &mut Vec<T>,
     ) -> Result<()> {
+        self.record_pass(x);
         let d = x.d;
         check_len("glm_add_row_outer coefficients", coef.len(), x.n)?;
         if x.n == 0 || g.len() % x.n != 0 {

@@ -8,6 +8,7 @@ use crate::data::{self, Dataset};
 
 /// Training, validation and (optional) test data.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Data")]
 pub struct DataArgs {
     /// Training data: a CSV or LIBSVM file (optionally .gz), a bundled dataset (digits,
     /// breast_cancer, diabetes, mnist_5k) or a synthetic spec such as

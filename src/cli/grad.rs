@@ -34,6 +34,7 @@ pub struct GradArgs {
 
 /// Which bilevel problem, and where θ starts.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Problem")]
 pub struct ProblemArgs {
     /// The bilevel problem (SPEC §2).
     #[arg(long, value_enum)]
@@ -85,6 +86,7 @@ pub enum HyperArg {
 
 /// The hypergradient method and the accuracy of its inner and linear solves.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Method")]
 pub struct EstimatorArgs {
     /// Hypergradient method (SPEC §3).
     #[arg(long, value_enum, default_value = "cg")]
@@ -144,6 +146,7 @@ pub enum SolverArg {
 
 /// Where the numbers are computed.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Device")]
 pub struct DeviceArgs {
     /// auto: a GPU when one is usable, else the CPU.
     #[arg(long, value_enum, default_value = "auto")]

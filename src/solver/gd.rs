@@ -1,7 +1,7 @@
 //! First-order inner solvers: gradient descent and Nesterov's accelerated gradient, both with
 //! a backtracking estimate `L` of the local Lipschitz constant (step `1/L`).
 
-use super::{check_finite, linear, rounding_slack, InnerSolution, Solver};
+use super::{check_finite, linear, step_test, InnerSolution, Solver, StepTest};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
@@ -32,6 +32,7 @@ pub fn gradient_descent<P: InnerProblem>(
     let mut grad_norm = b.nrm2(&grad_w)?;
     check_finite(value_w, grad_norm, solver)?;
     let mut lipschitz = problem.smoothness_bound() / 16.0;
+    let mut grow_step = true;
     let mut momentum_t = 1.0_f64;
     let mut trial = b.zeros(dim)?;
     let mut grad_trial = b.zeros(dim)?;
@@ -39,19 +40,35 @@ pub fn gradient_descent<P: InnerProblem>(
     while grad_norm > threshold && iters < max_iters {
         // Backtracking: the largest step 1/L with the sufficient decrease of a 1/L-smooth
         // function, g(y − ∇g(y)/L) ≤ g(y) − ‖∇g(y)‖²/(2L).
-        lipschitz /= 2.0;
-        let grad_y_sq = b.dot(&grad_y, &grad_y)?;
+        if grow_step {
+            lipschitz /= 2.0;
+        }
+        let grad_y_norm = b.nrm2(&grad_y)?;
         let mut value_trial = f64::INFINITY;
+        let mut outcome = StepTest::Reject;
         for _ in 0..MAX_BACKTRACKS {
             b.copy(&y, &mut trial)?;
             b.axpy(-1.0 / lipschitz, &grad_y, &mut trial)?;
             value_trial = problem.inner_value_grad(&trial, Some(&mut grad_trial))?;
-            let decrease = grad_y_sq / (2.0 * lipschitz);
-            if value_trial <= value_y - decrease + rounding_slack(precision, value_y) {
+            let decrease = grad_y_norm * grad_y_norm / (2.0 * lipschitz);
+            outcome = step_test(
+                precision,
+                value_y,
+                value_trial,
+                decrease,
+                grad_y_norm,
+                b.nrm2(&grad_trial)?,
+            );
+            if outcome != StepTest::Reject {
                 break;
             }
             lipschitz *= 2.0;
         }
+        if outcome == StepTest::Reject {
+            break; // no step makes measurable progress: the precision floor
+        }
+        // At the precision floor the step stays as it is rather than growing into overshoot.
+        grow_step = outcome == StepTest::Decrease;
         iters += 1;
         let restart = accelerated && value_trial > value_w;
         if !accelerated || restart {

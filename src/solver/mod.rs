@@ -105,10 +105,37 @@ pub fn gradient_scale<P: InnerProblem>(problem: &P) -> Result<f64> {
     Ok(if norm > 0.0 { norm } else { 1.0 })
 }
 
-/// The slack that an Armijo test grants to rounding in `g`'s evaluation: near the optimum
-/// the decrease a step earns falls below the precision of `g` itself.
-fn rounding_slack(precision: Precision, value: f64) -> f64 {
-    64.0 * precision.epsilon() * value.abs().max(f64::MIN_POSITIVE)
+/// How a trial point of a line search fared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepTest {
+    /// The sufficient-decrease (Armijo) condition holds.
+    Decrease,
+    /// The decrease the step should earn is below the rounding error of `g` (we are at the
+    /// precision floor of the objective), but `g` did not measurably rise and the gradient
+    /// norm fell: accept, without growing the step any further.
+    NoisyProgress,
+    Reject,
+}
+
+/// The line-search test shared by the solvers. Near the optimum the decrease a step earns,
+/// `O(‖∇g‖²)`, falls below the precision of `g` itself (`u|g|`); from there on progress is
+/// judged by the gradient norm, which keeps shrinking well past that point.
+fn step_test(
+    precision: Precision,
+    value: f64,
+    value_trial: f64,
+    required_decrease: f64,
+    grad_norm: f64,
+    grad_norm_trial: f64,
+) -> StepTest {
+    let slack = 64.0 * precision.epsilon() * value.abs().max(f64::MIN_POSITIVE);
+    if value_trial <= value - required_decrease {
+        StepTest::Decrease
+    } else if value_trial <= value + slack && grad_norm_trial < grad_norm {
+        StepTest::NoisyProgress
+    } else {
+        StepTest::Reject
+    }
 }
 
 /// Fails on a non-finite objective (divergence or overflow) with a clear message.

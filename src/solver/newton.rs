@@ -3,7 +3,7 @@
 //! `η_k = min(½, ‖∇g(w_k)‖ / ‖∇g(w_0)‖)`, superlinear near the optimum), and `t` chosen by
 //! Armijo backtracking.
 
-use super::{check_finite, linear, rounding_slack, InnerSolution, Solver};
+use super::{check_finite, linear, step_test, InnerSolution, Solver, StepTest};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
@@ -41,15 +41,22 @@ pub fn newton_cg<P: InnerProblem>(
             forcing,
             10 * dim + 100,
         )?;
-        let slope = b.dot(&grad, &step)?; // > 0: the step is a descent direction of −p
+        let slope = b.dot(&grad, &step)?; // > 0: −p is a descent direction
         let mut t = 1.0;
         let mut accepted = false;
         for _ in 0..MAX_HALVINGS {
             b.copy(&w, &mut trial)?;
             b.axpy(-t, &step, &mut trial)?;
             let value_trial = problem.inner_value_grad(&trial, Some(&mut grad_trial))?;
-            let allowed = value - ARMIJO * t * slope + rounding_slack(b.precision(), value);
-            if value_trial <= allowed {
+            let test = step_test(
+                b.precision(),
+                value,
+                value_trial,
+                ARMIJO * t * slope,
+                grad_norm,
+                b.nrm2(&grad_trial)?,
+            );
+            if test != StepTest::Reject {
                 std::mem::swap(&mut w, &mut trial);
                 std::mem::swap(&mut grad, &mut grad_trial);
                 value = value_trial;
