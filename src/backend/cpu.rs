@@ -373,6 +373,23 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
+/// Checks the shapes of a GLM kernel's operands; returns `(c, d)`.
+fn check_glm_operands<T: Real>(
+    x: &CpuMatrix<T>,
+    loss: Loss,
+    y: &[T],
+    row_weights: Option<&Vec<T>>,
+    w: &[T],
+) -> Result<(usize, usize)> {
+    let c = loss.outputs();
+    check_len("labels", y.len(), x.n)?;
+    check_len("inner variable", w.len(), c * x.d)?;
+    if let Some(s) = row_weights {
+        check_len("row weights", s.len(), x.n)?;
+    }
+    Ok((c, x.d))
+}
+
 impl<T: Real> Backend for CpuBackend<T> {
     type Buf = Vec<T>;
     type Design = CpuMatrix<T>;
@@ -491,13 +508,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         grad: Option<&mut Vec<T>>,
     ) -> Result<f64> {
         self.record_pass(x);
-        let c = loss.outputs();
-        let d = x.d;
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * d)?;
-        if let Some(s) = row_weights {
-            check_len("row weights", s.len(), x.n)?;
-        }
+        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
         let (acc, total) = project_rows(x, w, grad.is_some(), |i, z, scratch| {
             // scratch: z (c) | g (c) | p (c), in f64.
             scratch.resize(3 * c, 0.0);
@@ -534,10 +545,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         scale: f64,
     ) -> Result<Curvature<Self>> {
         self.record_pass(x);
-        let c = loss.outputs();
-        let d = x.d;
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * d)?;
+        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
         let weight = |i: usize| scale * row_weights.map_or(1.0, |s| s[i].to_f64());
         let mut row_scale = vec![T::zero(); x.n];
         let mut probs = match loss {
@@ -636,10 +644,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         w: &Vec<T>,
     ) -> Result<Vec<T>> {
         self.record_pass(x);
-        let c = loss.outputs();
-        let d = x.d;
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * d)?;
+        let (c, d) = check_glm_operands(x, loss, y, None, w)?;
         let mut out = vec![T::zero(); x.n * c];
         out.par_chunks_mut(c).enumerate().for_each(|(i, gi)| {
             let mut z = vec![0.0; c];

@@ -5,10 +5,57 @@
 //! mode, but needs no stored trajectory and yields `J_T`, from which an a posteriori bound
 //! follows ([`super::bound::forward`]).
 
+use super::{bound, Hypergradient, Method, Options};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Bilevel, Buf};
 use crate::solver::linear::duplicate;
+
+/// `forward` from `start` with step `eta` for `opts.unroll_steps` steps, with the bound of
+/// [`bound::forward`]; `threshold` is the inner tolerance it is judged against.
+pub fn hypergradient<P: Bilevel>(
+    problem: &P,
+    start: &Buf<P>,
+    eta: f64,
+    opts: &Options,
+    threshold: f64,
+) -> Result<Hypergradient> {
+    let b = problem.backend();
+    let fwd = run(problem, start, eta, opts.unroll_steps)?;
+    let mut grad = b.zeros(problem.inner_dim())?;
+    problem.inner_value_grad(&fwd.w, Some(&mut grad))?;
+    let grad_norm = b.nrm2(&grad)?;
+    let j_norm = b.nrm2(&fwd.jacobian)?;
+    let constants = problem.bound_constants(&fwd.w)?;
+    // Inflate the measured residuals by their rounding error (see `bound::rounding`).
+    let u = b.precision().epsilon();
+    let scale = problem.smoothness_bound();
+    let rho = jacobian_residual(problem, &fwd.w, &fwd.jacobian)?
+        + bound::rounding(u, b.len(&fwd.jacobian), scale * j_norm + constants.b_norm);
+    let grad_norm_bounded =
+        grad_norm + bound::rounding(u, problem.inner_dim(), scale * b.nrm2(&fwd.w)?);
+    let error_bound = bound::forward(
+        &constants,
+        grad_norm_bounded,
+        rho,
+        j_norm,
+        b.nrm2(&fwd.outer_grad)?,
+    );
+    Ok(Hypergradient {
+        method: Method::Forward,
+        theta: problem.theta().to_vec(),
+        outer_loss: fwd.outer_loss,
+        hypergradient: fwd.hypergradient,
+        inner_grad_norm: grad_norm,
+        residual_norm: None,
+        error_bound,
+        inner_iters: opts.unroll_steps,
+        linear_iters: opts.unroll_steps,
+        inner_converged: grad_norm <= threshold,
+        seconds: 0.0,
+        w: b.download(&fwd.w)?,
+    })
+}
 
 /// Result of the forward recursion.
 pub struct ForwardResult<B: Backend> {

@@ -240,110 +240,20 @@ pub fn compute<P: Bilevel>(
                 }
             }
         }
-        Method::Unroll => {
+        Method::Unroll | Method::Forward => {
             let eta = step()?;
             let start = match w0 {
                 Some(w) => linear::duplicate(b, w)?,
                 None => b.zeros(problem.inner_dim())?,
             };
-            let path = unroll::trajectory(problem, &start, eta, opts.unroll_steps)?;
-            let (h, outer_loss) = unroll::backward(problem, &path, eta, opts.truncate)?;
-            let last = &path.points[opts.unroll_steps];
-            let error_bound = certify_by_reference(problem, last, path.final_grad_norm, &h)?;
-            Hypergradient {
-                method: opts.method,
-                theta: problem.theta().to_vec(),
-                outer_loss,
-                hypergradient: h,
-                inner_grad_norm: path.final_grad_norm,
-                residual_norm: None,
-                error_bound,
-                inner_iters: opts.unroll_steps,
-                linear_iters: opts
-                    .truncate
-                    .unwrap_or(opts.unroll_steps)
-                    .min(opts.unroll_steps),
-                inner_converged: path.final_grad_norm
-                    <= opts.inner.tol * solver::gradient_scale(problem)?,
-                seconds: 0.0,
-                w: b.download(last)?,
-            }
-        }
-        Method::Forward => {
-            let eta = step()?;
-            let start = match w0 {
-                Some(w) => linear::duplicate(b, w)?,
-                None => b.zeros(problem.inner_dim())?,
-            };
-            let fwd = forward::run(problem, &start, eta, opts.unroll_steps)?;
-            let mut grad = b.zeros(problem.inner_dim())?;
-            problem.inner_value_grad(&fwd.w, Some(&mut grad))?;
-            let grad_norm = b.nrm2(&grad)?;
-            let rho = forward::jacobian_residual(problem, &fwd.w, &fwd.jacobian)?;
-            let j_norm = b.nrm2(&fwd.jacobian)?;
-            let a_norm = b.nrm2(&fwd.outer_grad)?;
-            let constants = problem.bound_constants(&fwd.w)?;
-            let u = b.precision().epsilon();
-            let len = b.len(&fwd.jacobian);
-            let rho = rho
-                + bound::rounding(
-                    u,
-                    len,
-                    problem.smoothness_bound() * j_norm + constants.b_norm,
-                );
-            let grad_norm_bounded = grad_norm
-                + bound::rounding(
-                    u,
-                    problem.inner_dim(),
-                    problem.smoothness_bound() * b.nrm2(&fwd.w)?,
-                );
-            Hypergradient {
-                method: opts.method,
-                theta: problem.theta().to_vec(),
-                outer_loss: fwd.outer_loss,
-                hypergradient: fwd.hypergradient,
-                inner_grad_norm: grad_norm,
-                residual_norm: None,
-                error_bound: bound::forward(&constants, grad_norm_bounded, rho, j_norm, a_norm),
-                inner_iters: opts.unroll_steps,
-                linear_iters: opts.unroll_steps,
-                inner_converged: grad_norm <= opts.inner.tol * solver::gradient_scale(problem)?,
-                seconds: 0.0,
-                w: b.download(&fwd.w)?,
+            let threshold = opts.inner.tol * solver::gradient_scale(problem)?;
+            if opts.method == Method::Unroll {
+                unroll::hypergradient(problem, &start, eta, opts, threshold)?
+            } else {
+                forward::hypergradient(problem, &start, eta, opts, threshold)?
             }
         }
     };
     result.seconds = started.elapsed().as_secs_f64();
     Ok(result)
-}
-
-/// An a posteriori bound for an estimate `h` that has no `q̂` of its own (reverse mode through
-/// a trajectory): by the triangle inequality `‖h − ∇F‖ ≤ ‖h − h_ref‖ + bound(h_ref)`, with
-/// `h_ref` the CG hypergradient at the same inner point `w` and its own bound. It costs one
-/// linear solve.
-fn certify_by_reference<P: Bilevel>(
-    problem: &P,
-    w: &Buf<P>,
-    grad_norm: f64,
-    h: &[f64],
-) -> Result<Option<f64>> {
-    let b = problem.backend();
-    let at_w = solver::InnerSolution::<P::B> {
-        w: linear::duplicate(b, w)?,
-        value: f64::NAN,
-        grad_norm,
-        iters: 0,
-        converged: false,
-    };
-    let tol = Options::new(Method::Cg, b.precision()).linear_tol;
-    let reference = implicit::hypergradient(problem, Method::Cg, &at_w, |p, hess, a| {
-        cg::solve(p, hess, a, tol, 10_000)
-    })?;
-    let gap: f64 = h
-        .iter()
-        .zip(&reference.hypergradient)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt();
-    Ok(reference.error_bound.map(|e| gap + e))
 }
