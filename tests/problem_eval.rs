@@ -26,8 +26,8 @@ fn logistic_loss_and_accuracy_match_a_direct_computation() {
         b.clone(),
         ProblemKind::Logreg,
         HyperLayout::Shared,
-        &train,
-        &train,
+        train,
+        train,
         0.0,
     )
     .expect("problem");
