@@ -390,9 +390,59 @@ fn check_glm_operands<T: Real>(
     Ok((c, x.d))
 }
 
+/// `(rows, cols)` of a row-major buffer of `len` entries with `rows` given, checked.
+fn matrix_cols(what: &str, len: usize, rows: usize) -> Result<usize> {
+    if rows == 0 || len % rows != 0 {
+        return Err(Error::Dimension(format!(
+            "{what}: {len} entries do not form {rows} rows"
+        )));
+    }
+    Ok(len / rows)
+}
+
+/// The side of a square row-major matrix of `len` entries, checked.
+fn square_side(what: &str, len: usize) -> Result<usize> {
+    let side = (len as f64).sqrt().round() as usize;
+    if side * side != len {
+        return Err(Error::Dimension(format!(
+            "{what}: {len} entries do not form a square matrix"
+        )));
+    }
+    Ok(side)
+}
+
+/// Cholesky factor (lower, row-major, in place) of a small SPD matrix, in f64.
+fn cholesky_in_place(s: &mut [f64], m: usize) -> Result<()> {
+    for j in 0..m {
+        let mut pivot = s[j * m + j];
+        for k in 0..j {
+            pivot -= s[j * m + k] * s[j * m + k];
+        }
+        if !(pivot > 0.0 && pivot.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "Woodbury update: the capacitance matrix is not positive definite (pivot {j} is {pivot:e})"
+            )));
+        }
+        let l = pivot.sqrt();
+        s[j * m + j] = l;
+        for i in j + 1..m {
+            let mut v = s[i * m + j];
+            for k in 0..j {
+                v -= s[i * m + k] * s[j * m + k];
+            }
+            s[i * m + j] = v / l;
+        }
+        for k in j + 1..m {
+            s[j * m + k] = 0.0;
+        }
+    }
+    Ok(())
+}
+
 impl<T: Real> Backend for CpuBackend<T> {
     type Buf = Vec<T>;
     type Design = CpuMatrix<T>;
+    type Rows = Vec<usize>;
 
     fn name(&self) -> String {
         format!("cpu-{}", T::PRECISION)
@@ -429,6 +479,17 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn design_shape(&self, x: &CpuMatrix<T>) -> (usize, usize) {
         (x.n, x.d)
+    }
+
+    fn upload_rows(&self, rows: &[u32], n: usize) -> Result<Vec<usize>> {
+        match rows.iter().find(|&&r| r as usize >= n) {
+            Some(r) => Err(Error::Dimension(format!("row index {r} is not below {n}"))),
+            None => Ok(rows.iter().map(|&r| r as usize).collect()),
+        }
+    }
+
+    fn rows_len(&self, rows: &Vec<usize>) -> usize {
+        rows.len()
     }
 
     fn copy(&self, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {
@@ -744,5 +805,208 @@ impl<T: Real> Backend for CpuBackend<T> {
             batch[l * len + e] += T::from_f64(coef[l]) * we;
         }
         Ok(())
+    }
+
+    fn gemm(
+        &self,
+        transpose_a: bool,
+        transpose_b: bool,
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        a: &Vec<T>,
+        b: &Vec<T>,
+        beta: f64,
+        c: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("gemm A", a.len(), m * k)?;
+        check_len("gemm B", b.len(), k * n)?;
+        check_len("gemm C", c.len(), m * n)?;
+        let shape_err = |e: ndarray::ShapeError| Error::Dimension(format!("gemm: {e}"));
+        let a_view = if transpose_a {
+            ArrayView2::from_shape((k, m), a)
+                .map_err(shape_err)?
+                .reversed_axes()
+        } else {
+            ArrayView2::from_shape((m, k), a).map_err(shape_err)?
+        };
+        let b_view = if transpose_b {
+            ArrayView2::from_shape((n, k), b)
+                .map_err(shape_err)?
+                .reversed_axes()
+        } else {
+            ArrayView2::from_shape((k, n), b).map_err(shape_err)?
+        };
+        let mut c_view = ArrayViewMut2::from_shape((m, n), c).map_err(shape_err)?;
+        general_mat_mul(
+            T::from_f64(alpha),
+            &a_view,
+            &b_view,
+            T::from_f64(beta),
+            &mut c_view,
+        );
+        Ok(())
+    }
+
+    fn syrk(&self, alpha: f64, a: &Vec<T>, m: usize, beta: f64, c: &mut Vec<T>) -> Result<()> {
+        let p = matrix_cols("syrk A", a.len(), m)?;
+        self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
+    }
+
+    fn woodbury_update(&self, a: &mut Vec<T>, u: &Vec<T>, m: usize, alpha: f64) -> Result<()> {
+        if !(alpha > 0.0 && alpha.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "Woodbury update needs α > 0, got {alpha}"
+            )));
+        }
+        let p = square_side("Woodbury A", a.len())?;
+        check_len("Woodbury U", u.len(), m * p)?;
+        // AUᵀ (p×m), then the capacitance S = I/α + U A Uᵀ (m×m, in f64).
+        let mut au = vec![T::zero(); p * m];
+        self.gemm(false, true, (p, m, p), 1.0, a, u, 0.0, &mut au)?;
+        let mut s_t = vec![T::zero(); m * m];
+        self.gemm(false, false, (m, m, p), 1.0, u, &au, 0.0, &mut s_t)?;
+        let mut s: Vec<f64> = s_t.iter().map(|v| v.to_f64()).collect();
+        for i in 0..m {
+            s[i * m + i] += 1.0 / alpha;
+        }
+        cholesky_in_place(&mut s, m)?;
+        // X = S⁻¹ (AUᵀ)ᵀ (m×p): forward and back substitution per column.
+        let mut x = vec![T::zero(); m * p];
+        let mut col = vec![0.0; m];
+        for j in 0..p {
+            for r in 0..m {
+                let mut v = au[j * m + r].to_f64();
+                for k in 0..r {
+                    v -= s[r * m + k] * col[k];
+                }
+                col[r] = v / s[r * m + r];
+            }
+            for r in (0..m).rev() {
+                let mut v = col[r];
+                for k in r + 1..m {
+                    v -= s[k * m + r] * col[k];
+                }
+                col[r] = v / s[r * m + r];
+            }
+            for r in 0..m {
+                x[r * p + j] = T::from_f64(col[r]);
+            }
+        }
+        // A ← A − (AUᵀ) X.
+        self.gemm(false, false, (p, p, m), -1.0, &au, &x, 1.0, a)
+    }
+
+    fn glm_sgd_step(
+        &self,
+        x: &CpuMatrix<T>,
+        loss: Loss,
+        y: &Vec<T>,
+        row_weights: Option<&Vec<T>>,
+        rows: &Vec<usize>,
+        reg: &Vec<T>,
+        step: f64,
+        w: &mut Vec<T>,
+        factors: &mut Vec<T>,
+    ) -> Result<()> {
+        self.record_pass(x);
+        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
+        check_len("regulariser diagonal", reg.len(), c * d)?;
+        check_len("per-sample factors", factors.len(), rows.len() * c)?;
+        if rows.is_empty() {
+            return Err(Error::Dimension(
+                "an SGD step needs a non-empty batch".into(),
+            ));
+        }
+        let mut grad = vec![T::zero(); c * d];
+        let (mut z, mut g, mut p) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        for (pos, &i) in rows.iter().enumerate() {
+            let xi = x.row(i);
+            for (k, zk) in z.iter_mut().enumerate() {
+                *zk = dot(&w[k * d..(k + 1) * d], xi).to_f64();
+            }
+            row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
+            let weight = row_weights.map_or(1.0, |s| s[i].to_f64());
+            for (k, &gk) in g.iter().enumerate() {
+                factors[pos * c + k] = T::from_f64(gk);
+                axpy(T::from_f64(weight * gk), xi, &mut grad[k * d..(k + 1) * d]);
+            }
+        }
+        let (eta, inv_b) = (T::from_f64(step), T::from_f64(1.0 / rows.len() as f64));
+        for ((we, &ge), &re) in w.iter_mut().zip(&grad).zip(reg) {
+            *we = *we - eta * (inv_b * ge + re * *we);
+        }
+        Ok(())
+    }
+
+    fn glm_per_sample_gradients(
+        &self,
+        x: &CpuMatrix<T>,
+        rows: &Vec<usize>,
+        factors: &Vec<T>,
+        scale: Option<&Vec<T>>,
+        out: &mut Vec<T>,
+    ) -> Result<()> {
+        let b = rows.len();
+        let c = matrix_cols("per-sample factors", factors.len(), b)?;
+        let d = x.d;
+        check_len("per-sample gradients", out.len(), b * c * d)?;
+        if let Some(s) = scale {
+            check_len("per-sample scale", s.len(), b)?;
+        }
+        out.par_chunks_mut(c * d)
+            .enumerate()
+            .for_each(|(pos, row)| {
+                let sp = scale.map_or(1.0, |s| s[pos].to_f64());
+                let xi = x.row(rows[pos]);
+                for k in 0..c {
+                    let a = T::from_f64(sp * factors[pos * c + k].to_f64());
+                    for (o, &xv) in row[k * d..(k + 1) * d].iter_mut().zip(xi) {
+                        *o = a * xv;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn glm_kfac_factors(
+        &self,
+        x: &CpuMatrix<T>,
+        rows: &Vec<usize>,
+        factors: &Vec<T>,
+        scale: Option<&Vec<T>>,
+        alpha: f64,
+        beta: f64,
+        xx: &mut Vec<T>,
+        gg: &mut Vec<T>,
+    ) -> Result<()> {
+        let b = rows.len();
+        let c = matrix_cols("per-sample factors", factors.len(), b)?;
+        let d = x.d;
+        let mut gathered = Vec::with_capacity(b * d);
+        for &i in rows {
+            gathered.extend_from_slice(x.row(i));
+        }
+        self.gemm(
+            true,
+            false,
+            (d, d, b),
+            alpha,
+            &gathered,
+            &gathered,
+            beta,
+            xx,
+        )?;
+        let weighted: Vec<T> = match scale {
+            Some(s) => {
+                check_len("per-sample scale", s.len(), b)?;
+                factors
+                    .chunks_exact(c)
+                    .zip(s)
+                    .flat_map(|(g, &sp)| g.iter().map(move |&v| sp * v))
+                    .collect()
+            }
+            None => factors.clone(),
+        };
+        self.gemm(true, false, (c, c, b), alpha, &weighted, factors, beta, gg)
     }
 }

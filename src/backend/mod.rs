@@ -23,6 +23,7 @@
 //! primitive, in `f32` or `f64`.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 
@@ -158,11 +159,17 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A dense n×d data matrix owned by the backend.
     type Design: Send + Sync;
+    /// A list of row indices (a mini-batch) owned by the backend.
+    type Rows: Send + Sync;
 
     /// Human-readable name, e.g. `cpu-f64`.
     fn name(&self) -> String;
     /// Precision of the buffers.
     fn precision(&self) -> Precision;
+    /// Waits until all queued work is done (a no-op on the CPU; for timing).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 
     // ---- memory -------------------------------------------------------------------------
 
@@ -178,6 +185,10 @@ pub trait Backend: Send + Sync {
     fn upload_design(&self, x: &ndarray::Array2<f64>) -> Result<Self::Design>;
     /// `(n, d)` of a design matrix.
     fn design_shape(&self, x: &Self::Design) -> (usize, usize);
+    /// Copy a mini-batch of row indices in; every index must be below `n`.
+    fn upload_rows(&self, rows: &[u32], n: usize) -> Result<Self::Rows>;
+    /// Number of indices of a mini-batch.
+    fn rows_len(&self, rows: &Self::Rows) -> usize;
 
     // ---- BLAS-1 and reductions ---------------------------------------------------------------
 
@@ -278,5 +289,79 @@ pub trait Backend: Send + Sync {
         coef: &[f64],
         w: &Self::Buf,
         batch: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- dense linear algebra (row-major) -----------------------------------------------
+
+    /// `C ← α op(A) op(B) + β C` with `op(A)` m×k, `op(B)` k×n, `C` m×n, all row-major;
+    /// `op(X)` is `Xᵀ` when the flag is set (then X is stored k×m or n×k).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        transpose_a: bool,
+        transpose_b: bool,
+        dims: (usize, usize, usize),
+        alpha: f64,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        beta: f64,
+        c: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `C ← α AᵀA + β C` for `A` (m×p) and `C` (p×p): accumulates `Σ_r a_r a_rᵀ`, the empirical
+    /// Fisher's outer products when the rows of `A` are per-sample gradients. All of `C` is
+    /// written.
+    fn syrk(&self, alpha: f64, a: &Self::Buf, m: usize, beta: f64, c: &mut Self::Buf)
+        -> Result<()>;
+
+    /// Rank-m Woodbury update of a symmetric positive definite inverse, in place:
+    /// `A ← (A⁻¹ + α UᵀU)⁻¹ = A − A Uᵀ (I/α + U A Uᵀ)⁻¹ U A` for `A` (p×p), `U` (m×p), `α > 0`.
+    fn woodbury_update(&self, a: &mut Self::Buf, u: &Self::Buf, m: usize, alpha: f64)
+        -> Result<()>;
+
+    // ---- stochastic GLM kernels (mini-batches) -------------------------------------------
+
+    /// Fused mini-batch SGD step on a GLM's inner problem. For the b rows `r_p` of `rows`:
+    /// `factors_p ← G_p = ∇_z ℓ(W x_{r_p}, y_{r_p})` (unweighted, `b×c`), then
+    /// `W ← W − η ((1/b) Σ_p s_{r_p} G_p ⊗ x_{r_p} + reg ⊙ W)`. The factors stay on the backend
+    /// for the curvature estimate that reuses them.
+    #[allow(clippy::too_many_arguments)]
+    fn glm_sgd_step(
+        &self,
+        x: &Self::Design,
+        loss: Loss,
+        y: &Self::Buf,
+        row_weights: Option<&Self::Buf>,
+        rows: &Self::Rows,
+        reg: &Self::Buf,
+        step: f64,
+        w: &mut Self::Buf,
+        factors: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The per-sample gradients of a batch as b vectors of length `c·d`:
+    /// `out_p = scale_p · G_p ⊗ x_{r_p}` (`scale_p = 1` if `scale` is `None`).
+    fn glm_per_sample_gradients(
+        &self,
+        x: &Self::Design,
+        rows: &Self::Rows,
+        factors: &Self::Buf,
+        scale: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Kronecker factors of the Fisher of a linear softmax model over a batch:
+    /// `xx ← α Σ_p x_{r_p} x_{r_p}ᵀ + β xx` (d×d) and `gg ← α Σ_p s_p G_p G_pᵀ + β gg` (c×c).
+    #[allow(clippy::too_many_arguments)]
+    fn glm_kfac_factors(
+        &self,
+        x: &Self::Design,
+        rows: &Self::Rows,
+        factors: &Self::Buf,
+        scale: Option<&Self::Buf>,
+        alpha: f64,
+        beta: f64,
+        xx: &mut Self::Buf,
+        gg: &mut Self::Buf,
     ) -> Result<()>;
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::data_args::{DataArgs, Splits};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{CudaBackend, Storage};
 use crate::backend::{Backend, Precision};
 use crate::hypergrad::{self, Hypergradient, Method, Options};
 use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
@@ -148,17 +149,28 @@ pub enum SolverArg {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Device")]
 pub struct DeviceArgs {
-    /// auto: a GPU when one is usable, else the CPU.
+    /// auto: the first CUDA GPU when one is usable (f32), else the CPU.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
 
-    /// Floating-point precision of the CPU backend.
-    #[arg(long, value_enum, default_value = "f64")]
-    pub precision: PrecisionArg,
+    /// Floating-point precision. Default: f64 on the CPU, f32 on CUDA (the only one it has);
+    /// asking for f64 makes auto choose the CPU.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+
+    /// How CUDA stores the data matrices: f32, or bf16 (half the memory traffic, f32 math).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub storage: StorageArg,
 
     /// CPU threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -168,7 +180,7 @@ pub enum DeviceArg {
     Cuda,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     F32,
     F64,
@@ -302,11 +314,18 @@ impl EstimatorArgs {
 pub enum Device {
     CpuF64,
     CpuF32,
+    Cuda(CudaBackend),
+}
+
+/// The chosen device, and why `auto` fell back to the CPU (when it did).
+pub struct Resolved {
+    pub device: Device,
+    pub fallback_reason: Option<String>,
 }
 
 impl DeviceArgs {
-    /// Resolves `--device` and `--precision`, and sizes the CPU thread pool.
-    pub fn resolve(&self) -> Result<Device> {
+    /// Resolves `--device`, `--precision` and `--storage`, and sizes the CPU thread pool.
+    pub fn resolve(&self) -> Result<Resolved> {
         if let Some(threads) = self.threads {
             if threads == 0 {
                 bail!("invalid value for --threads: must be at least 1");
@@ -316,28 +335,66 @@ impl DeviceArgs {
                 .num_threads(threads)
                 .build_global();
         }
-        if self.device == DeviceArg::Cuda {
-            bail!(
-                "--device cuda: this build of hypergrad has no CUDA backend yet; use --device cpu"
-            );
+        let cpu = match self.precision {
+            Some(PrecisionArg::F32) => Device::CpuF32,
+            _ => Device::CpuF64,
+        };
+        let storage = match self.storage {
+            StorageArg::F32 => Storage::F32,
+            StorageArg::Bf16 => Storage::Bf16,
+        };
+        let wants_f64 = self.precision == Some(PrecisionArg::F64);
+        match self.device {
+            DeviceArg::Cpu => Ok(Resolved {
+                device: cpu,
+                fallback_reason: None,
+            }),
+            DeviceArg::Cuda => {
+                if wants_f64 {
+                    bail!("invalid value for --precision: f64 is CPU-only, the CUDA backend computes in f32");
+                }
+                let backend = CudaBackend::new(0, storage)
+                    .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+                Ok(Resolved {
+                    device: Device::Cuda(backend),
+                    fallback_reason: None,
+                })
+            }
+            DeviceArg::Auto if wants_f64 => Ok(Resolved {
+                device: cpu,
+                fallback_reason: Some("--precision f64 asks for the CPU".into()),
+            }),
+            DeviceArg::Auto => match CudaBackend::new(0, storage) {
+                Ok(backend) => Ok(Resolved {
+                    device: Device::Cuda(backend),
+                    fallback_reason: None,
+                }),
+                Err(e) => Ok(Resolved {
+                    device: cpu,
+                    fallback_reason: Some(e.to_string()),
+                }),
+            },
         }
-        Ok(match self.precision {
-            PrecisionArg::F64 => Device::CpuF64,
-            PrecisionArg::F32 => Device::CpuF32,
-        })
     }
 }
 
 pub fn run(args: GradArgs) -> Result<()> {
-    let device = args.device.resolve()?;
+    let resolved = args.device.resolve()?;
     let splits = args.data.load(None)?;
-    match device {
-        Device::CpuF64 => grad_on(CpuBackend::<f64>::new(), &args, &splits),
-        Device::CpuF32 => grad_on(CpuBackend::<f32>::new(), &args, &splits),
+    let note = resolved.fallback_reason.as_deref();
+    match resolved.device {
+        Device::CpuF64 => grad_on(CpuBackend::<f64>::new(), &args, &splits, note),
+        Device::CpuF32 => grad_on(CpuBackend::<f32>::new(), &args, &splits, note),
+        Device::Cuda(backend) => grad_on(backend, &args, &splits, note),
     }
 }
 
-fn grad_on<B: Backend>(backend: B, args: &GradArgs, splits: &Splits) -> Result<()> {
+fn grad_on<B: Backend>(
+    backend: B,
+    args: &GradArgs,
+    splits: &Splits,
+    fallback_reason: Option<&str>,
+) -> Result<()> {
     let device = backend.name();
     let problem = args.problem.build(backend, splits)?;
     let opts = args.estimator.options(problem.backend().precision());
@@ -349,9 +406,15 @@ fn grad_on<B: Backend>(backend: B, args: &GradArgs, splits: &Splits) -> Result<(
         );
     }
     if args.json {
-        println!("{}", grad_json(&problem, splits, &device, &opts, &result)?);
+        println!(
+            "{}",
+            grad_json(&problem, splits, &device, fallback_reason, &opts, &result)?
+        );
     } else {
         print_table(&problem, splits, &device, &opts, &result);
+        if let Some(reason) = fallback_reason {
+            println!("device note   auto chose the CPU: {reason}");
+        }
     }
     Ok(())
 }
@@ -360,6 +423,7 @@ fn grad_json<B: Backend>(
     problem: &GlmBilevel<B>,
     splits: &Splits,
     device: &str,
+    fallback_reason: Option<&str>,
     opts: &Options,
     result: &Hypergradient,
 ) -> Result<String> {
@@ -370,6 +434,7 @@ fn grad_json<B: Backend>(
             "problem": problem.kind().name(),
             "hyper": problem.layout().name(),
             "device": device,
+            "device_note": fallback_reason.map(|r| format!("auto chose the CPU: {r}")),
             "train": splits.train.name,
             "val": splits.val.name,
             "n_train": splits.train.n(),

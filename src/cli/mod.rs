@@ -1,9 +1,10 @@
-//! The `hypergrad` command line (SPEC §6): `grad` and `info`.
+//! The `hypergrad` command line (SPEC §6): `grad`, `bench` and `info`.
 //!
 //! Every failure ends in one line on stderr, `error: …`, and a non-zero exit code: 2 for a
 //! command line clap rejects, 1 for anything else (unreadable data, bad values, numerical
 //! failure). `--help` on any command explains its options.
 
+mod bench;
 mod data_args;
 mod grad;
 mod info;
@@ -40,6 +41,8 @@ pub struct Cli {
 enum Command {
     /// Compute one hypergradient ∇F(θ) with its diagnostics and error bound.
     Grad(grad::GradArgs),
+    /// Benchmark the kernels against the device's copy bandwidth and GEMM rate.
+    Bench(bench::BenchArgs),
     /// Show the version, the build, the backends and the devices found.
     Info(info::InfoArgs),
 }
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Grad(args) => grad::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
     };
     match outcome {

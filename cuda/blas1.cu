@@ -1,0 +1,264 @@
+// hypergrad CUDA kernels: BLAS-1, reductions, hyper-parameter groups, row outer products.
+//
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
+// file includes no header. Buffers are f32 row-major; reductions accumulate in double.
+// CPU twins: src/backend/cpu.rs (`CpuBackend<f32>`). Element-wise updates use the
+// round-to-nearest intrinsics (__fmul_rn, __fadd_rn), which the compiler never contracts
+// into FMAs, so they round exactly like the CPU's (non-contracted) f32 expressions: given
+// equal inputs the results are bit-identical.
+//
+// Launch configuration (all kernels): block = 256 threads (any multiple of 32 up to 1024
+// is correct), grid = min(ceil(n/256), 4096), except hg_batched_dot (grid (gx, m)). All
+// loops are grid-stride loops, so every grid size is correct. Memory traffic is given in
+// f32 words (4 bytes) per element.
+//
+// hg_fill(x, n, v)                     x[i] = v                               1 write
+// hg_scal(x, n, a)                     x[i] = a x[i]                          1 read 1 write
+// hg_axpby(x, y, n, a, b)              y[i] = a x[i] + b y[i]                 2 reads 1 write
+//     (b == 1 gives y[i] + a x[i] exactly: b*y is then exact.)
+// hg_mul_add(a, len_a, x, y, n, al)    y[i] += (al a[i % len_a]) x[i]         3 reads 1 write
+// hg_dot(x, y, n, out)                 out[0] += Σ_i x_i y_i  (double)        2 reads; 1 atomic/block
+// hg_batched_dot(batch, v, len, m, out)  grid (gx, m), blockIdx.y = b:
+//                                      out[b] += Σ_e batch[b·len+e] v[e]      2 reads; 1 atomic/block
+// hg_group_dot(x, y, len, mode, blk, out)  g(e) = 0 | e | e/blk (mode 0|1|2):
+//                                      out[g(e)] += x_e y_e  (double)         2 reads; mode 0: 1 atomic
+//     per block; mode 1: a plain += per entry (each entry is its own group); mode 2: a
+//     segmented warp reduction, one atomic per (warp, group) segment.
+// hg_group_expand(values, len, mode, blk, out)  out[e] = values[g(e)]        1 read 1 write
+// hg_group_scatter_add(coef, w, len, mode, blk, batch)
+//                                      batch[g(e)·len + e] += coef[g(e)] w[e] 3 reads 1 write
+// hg_add_row_outer_{f32,bf16}(x, n, d, coef, g, c, batch)  over (i, k, t) < (n, c, d):
+//                                      batch[(i c + k) d + t] += (coef_i g_ik) x_it
+//     grid-stride over n·c·d; 2 reads + 1 write of batch, x (2 or 4 bytes) read c times
+//     (L2 hits after the first).
+// hg_sgd_apply(w, grad, reg, len, eta, gs)  w[e] -= eta (gs grad[e] + reg[e] w[e])
+//                                                                             3 reads 1 write
+
+#define HG_FULL_MASK 0xffffffffu
+
+// ---- helpers --------------------------------------------------------------------------------
+
+__device__ __forceinline__ long long hg_gtid() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ long long hg_gstride() {
+    return (long long)gridDim.x * blockDim.x;
+}
+
+__device__ __forceinline__ float hg_bf16_to_f32(unsigned short h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+__device__ __forceinline__ float hg_load(const float* p, long long e) { return p[e]; }
+
+__device__ __forceinline__ float hg_load(const unsigned short* p, long long e) {
+    return hg_bf16_to_f32(p[e]);
+}
+
+// a / b for a ≥ 0, b > 0, with a 32-bit division when a fits (the common case).
+__device__ __forceinline__ long long hg_div(long long a, int b) {
+    if (a <= 0xffffffffLL) {
+        return (long long)((unsigned int)a / (unsigned int)b);
+    }
+    return a / (long long)b;
+}
+
+__device__ __forceinline__ double hg_warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        v += __shfl_xor_sync(HG_FULL_MASK, v, o);
+    }
+    return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in
+// thread 0. Every thread of the block must call it (it contains a __syncthreads), once per
+// kernel.
+__device__ __forceinline__ double hg_block_sum_d(double v) {
+    __shared__ double hg_warp_sums[32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
+    v = hg_warp_sum_d(v);
+    if (lane == 0) {
+        hg_warp_sums[warp] = v;
+    }
+    __syncthreads();
+    double r = 0.0;
+    if (warp == 0) {  // warp-uniform: all 32 lanes of warp 0 shuffle
+        r = (lane < nwarps) ? hg_warp_sums[lane] : 0.0;
+        r = hg_warp_sum_d(r);
+    }
+    return r;
+}
+
+__device__ __forceinline__ int hg_group_of(int e, int mode, int block) {
+    if (mode == 0) return 0;
+    if (mode == 1) return e;
+    return e / block;
+}
+
+// ---- element-wise ---------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256) hg_fill(float* x, int n, float v) {
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        x[i] = v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) hg_scal(float* x, int n, float a) {
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        x[i] = __fmul_rn(a, x[i]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_axpby(const float* x, float* y, int n, float a, float b) {
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        // b == 1: __fmul_rn(1, y) == y exactly, so this is y + a x rounded once, as y += a x.
+        y[i] = __fadd_rn(__fmul_rn(a, x[i]), __fmul_rn(b, y[i]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_mul_add(const float* a, int len_a, const float* x, float* y, int n, float alpha) {
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        const int ia = (int)i % len_a;  // i < n < 2^31
+        y[i] = __fadd_rn(y[i], __fmul_rn(__fmul_rn(alpha, a[ia]), x[i]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_sgd_apply(float* w, const float* grad, const float* reg, int len, float eta, float grad_scale) {
+    for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+        const float we = w[e];
+        const float step = __fadd_rn(__fmul_rn(grad_scale, grad[e]), __fmul_rn(reg[e], we));
+        w[e] = __fsub_rn(we, __fmul_rn(eta, step));
+    }
+}
+
+// ---- reductions -----------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_dot(const float* x, const float* y, int n, double* out) {
+    double s = 0.0;
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        s += (double)x[i] * (double)y[i];
+    }
+    s = hg_block_sum_d(s);
+    if (threadIdx.x == 0) {
+        atomicAdd(out, s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_batched_dot(const float* batch, const float* v, int len, int m, double* out) {
+    const int b = blockIdx.y;  // uniform over the block
+    if (b >= m) return;        // whole block leaves: no __syncthreads is skipped by a part of it
+    const float* xb = batch + (long long)b * len;
+    double s = 0.0;
+    for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+        s += (double)xb[e] * (double)v[e];
+    }
+    s = hg_block_sum_d(s);
+    if (threadIdx.x == 0) {
+        atomicAdd(out + b, s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_group_dot(const float* x, const float* y, int len, int mode, int block, double* out) {
+    if (mode == 0) {  // Shared: one group, block reduction, one atomic per block
+        double s = 0.0;
+        for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+            s += (double)x[e] * (double)y[e];
+        }
+        s = hg_block_sum_d(s);
+        if (threadIdx.x == 0) {
+            atomicAdd(out, s);
+        }
+    } else if (mode == 1) {  // Each: entry e is alone in group e, visited by one thread
+        for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+            out[e] += (double)x[e] * (double)y[e];
+        }
+    } else {  // Blocks: g(e) = e / block, nondecreasing in e
+        const int bl = block > 0 ? block : 1;
+        const int lane = threadIdx.x & 31;
+        const long long warp_id = hg_gtid() >> 5;
+        const long long warp_stride = hg_gstride() >> 5;
+        // The loop bound depends on the warp only, so all 32 lanes shuffle together.
+        for (long long base = warp_id * 32; base < len; base += warp_stride * 32) {
+            const long long e = base + lane;
+            double v = 0.0;
+            int g;
+            if (e < len) {
+                v = (double)x[e] * (double)y[e];
+                g = (int)e / bl;
+            } else {
+                g = (len - 1) / bl;  // joins the last segment, keeps g nondecreasing
+            }
+            // Segmented suffix sum: afterwards the first lane of each run of equal g holds the
+            // run's total (lanes of a run are contiguous since g is nondecreasing).
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const double ov = __shfl_down_sync(HG_FULL_MASK, v, o);
+                const int og = __shfl_down_sync(HG_FULL_MASK, g, o);
+                if (lane + o < 32 && og == g) {
+                    v += ov;
+                }
+            }
+            const int gprev = __shfl_up_sync(HG_FULL_MASK, g, 1);
+            if (lane == 0 || gprev != g) {
+                atomicAdd(out + g, v);
+            }
+        }
+    }
+}
+
+// ---- groups ---------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_group_expand(const float* values, int len, int mode, int block, float* out) {
+    const int bl = block > 0 ? block : 1;
+    for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+        out[e] = values[hg_group_of((int)e, mode, bl)];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_group_scatter_add(const float* coef, const float* w, int len, int mode, int block, float* batch) {
+    const int bl = block > 0 ? block : 1;
+    for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
+        const int g = hg_group_of((int)e, mode, bl);
+        const long long at = (long long)g * len + e;
+        batch[at] = __fadd_rn(batch[at], __fmul_rn(coef[g], w[e]));
+    }
+}
+
+// ---- per-row outer products -----------------------------------------------------------------
+
+template <typename XT>
+__device__ __forceinline__ void hg_add_row_outer_impl(const XT* x, int n, int d, const float* coef,
+                                                      const float* g, int c, float* batch) {
+    const long long total = (long long)n * c * d;
+    for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
+        const long long r = hg_div(idx, d);  // r = i c + k
+        const long long t = idx - r * d;
+        const long long i = hg_div(r, c);
+        const float a = __fmul_rn(coef[i], g[r]);
+        batch[idx] = __fadd_rn(batch[idx], __fmul_rn(a, hg_load(x, i * d + t)));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_add_row_outer_f32(const float* x, int n, int d, const float* coef, const float* g, int c,
+                     float* batch) {
+    hg_add_row_outer_impl<float>(x, n, d, coef, g, c, batch);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_add_row_outer_bf16(const unsigned short* x, int n, int d, const float* coef, const float* g,
+                      int c, float* batch) {
+    hg_add_row_outer_impl<unsigned short>(x, n, d, coef, g, c, batch);
+}

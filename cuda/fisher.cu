@@ -1,0 +1,237 @@
+// hypergrad CUDA kernels: per-sample gradients, K-FAC factors and the small Cholesky solves of
+// the Woodbury update (Fisher-type curvature estimates over mini-batches).
+//
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
+// file includes no header. Buffers are f32 row-major; bf16 designs are their bit patterns
+// (unsigned short), widened exactly (f32 = bits << 16). Grid-stride loops everywhere.
+// CPU twins: src/backend/cpu.rs (glm_per_sample_gradients, glm_kfac_factors,
+// woodbury_update with cholesky_in_place).
+//
+// hg_per_sample_grads_{f32,bf16}(x, rows, b, d, g, c, scale, out)
+//     out[p·c·d + k·d + t] = (scale_p g[p·c+k]) x[rows[p]·d + t]   (scale_p = 1 if null)
+//     block 256, grid min(ceil(b·c·d/256), 4096); flat grid-stride over b·c·d.
+//     Traffic: writes b·c·d f32; reads each gathered row c times (L2 hits after the first).
+// hg_gather_rows_{f32,bf16}(x, rows, b, d, out)   out[p·d + t] = x[rows[p]·d + t]
+//     block 256, grid min(ceil(b·d/256), 4096). Traffic: b·d reads and writes.
+// hg_add_diag(s, b, v)   s[i·b + i] += v, i < b. One block of 256. Traffic: 2b words.
+// hg_cholesky_small(s, b, info)   s = L Lᵀ for s (b×b SPD, b ≤ 96), L written back (lower,
+//     upper triangle zeroed). ONE block of 256 threads, dynamic shared memory b·b·4 bytes.
+//     Left-looking, column by column: every warp computes the pivot
+//     a_jj − Σ_{q<j} L_jq² (the same double-precision warp reduction in every warp, hence
+//     bitwise the same value), then warp w computes rows r = j+1+w, j+9+w, …:
+//     L_rj = (a_rj − Σ_{q<j} L_rq L_jq) / L_jj, dot products in double; one __syncthreads
+//     per column. A pivot that is ≤ 0 or not finite sets info[0] = j+1 (first failure only)
+//     and is replaced by 1; info is untouched on success. Traffic: b² reads + b² writes.
+// hg_cholesky_solve_cols(l, b, rhs, ncols)   rhs ← (L Lᵀ)⁻¹ rhs for rhs b×ncols (row-major),
+//     in place. Block 128, grid ceil(ncols/128), dynamic shared memory b·b·4 bytes (L).
+//     Thread j: forward then backward substitution on column j, dot products in double, the
+//     intermediate L⁻¹ rhs stored in rhs (f32). Traffic: L b² per block; per column ~b²
+//     re-reads of its own entries (L1/L2) and 2b writes.
+// hg_kfac_gg(g, scale, b, c, alpha, beta, gg)
+//     gg[k·c+l] = α Σ_p (scale_p g[p·c+k]) g[p·c+l] + β gg[k·c+l]  (gg not read when β == 0,
+//     as the CPU GEMM). One thread per (k, l), f32 sum over p in order; block 256,
+//     grid min(ceil(c²/256), 4096). Traffic: g is c·b words, read c times per row (L1/L2).
+
+#define HG_FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ long long hg_gtid() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ long long hg_gstride() {
+    return (long long)gridDim.x * blockDim.x;
+}
+
+__device__ __forceinline__ float hg_load(const float* p, long long e) { return p[e]; }
+
+__device__ __forceinline__ float hg_load(const unsigned short* p, long long e) {
+    return __uint_as_float(((unsigned int)p[e]) << 16);
+}
+
+// a / b for a ≥ 0, b > 0, with a 32-bit division when a fits (the common case).
+__device__ __forceinline__ long long hg_div(long long a, int b) {
+    if (a <= 0xffffffffLL) {
+        return (long long)((unsigned int)a / (unsigned int)b);
+    }
+    return a / (long long)b;
+}
+
+__device__ __forceinline__ double hg_warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        v += __shfl_xor_sync(HG_FULL_MASK, v, o);
+    }
+    return v;
+}
+
+extern __shared__ float4 hg_fisher_smem[];
+
+// ---- per-sample gradients and gathers -------------------------------------------------------
+
+template <typename XT>
+__device__ __forceinline__ void hg_per_sample_grads_impl(const XT* x, const int* rows, int b,
+                                                         int d, const float* g, int c,
+                                                         const float* scale, float* out) {
+    const long long total = (long long)b * c * d;
+    for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
+        const long long r = hg_div(idx, d);  // r = p c + k
+        const long long t = idx - r * d;
+        const long long p = hg_div(r, c);
+        const float a = scale ? __fmul_rn(scale[p], g[r]) : g[r];
+        out[idx] = __fmul_rn(a, hg_load(x, (long long)rows[p] * d + t));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_per_sample_grads_f32(const float* x, const int* rows, int b, int d, const float* g, int c,
+                        const float* scale, float* out) {
+    hg_per_sample_grads_impl<float>(x, rows, b, d, g, c, scale, out);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_per_sample_grads_bf16(const unsigned short* x, const int* rows, int b, int d, const float* g,
+                         int c, const float* scale, float* out) {
+    hg_per_sample_grads_impl<unsigned short>(x, rows, b, d, g, c, scale, out);
+}
+
+template <typename XT>
+__device__ __forceinline__ void hg_gather_rows_impl(const XT* x, const int* rows, int b, int d,
+                                                    float* out) {
+    const long long total = (long long)b * d;
+    for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
+        const long long p = hg_div(idx, d);
+        const long long t = idx - p * d;
+        out[idx] = hg_load(x, (long long)rows[p] * d + t);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_gather_rows_f32(const float* x, const int* rows, int b, int d, float* out) {
+    hg_gather_rows_impl<float>(x, rows, b, d, out);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_gather_rows_bf16(const unsigned short* x, const int* rows, int b, int d, float* out) {
+    hg_gather_rows_impl<unsigned short>(x, rows, b, d, out);
+}
+
+// ---- small dense linear algebra -------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256) hg_add_diag(float* s, int b, float v) {
+    for (long long i = hg_gtid(); i < b; i += hg_gstride()) {
+        const long long at = i * b + i;
+        s[at] = __fadd_rn(s[at], v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) hg_cholesky_small(float* s, int b, int* info) {
+    float* const a = reinterpret_cast<float*>(hg_fisher_smem);  // b×b, row-major
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int nwarps = blockDim.x >> 5;
+    const int bb = b * b;
+    for (int e = tid; e < bb; e += blockDim.x) {
+        a[e] = s[e];
+    }
+    __syncthreads();
+
+    bool failed = false;  // meaningful in thread 0
+    float ljj_prev = 0.0f;  // thread 0: L_{j-1,j-1}, stored once no warp can read a_{j-1,j-1}
+    for (int j = 0; j < b; ++j) {  // b is uniform: every thread runs every column
+        if (tid == 0 && j > 0) {
+            a[(j - 1) * b + (j - 1)] = ljj_prev;  // after the previous column's barrier
+        }
+        const float* aj = a + j * b;
+        // The pivot, computed identically by every warp (same lanes, same shuffle tree).
+        double dot = 0.0;
+        for (int q = lane; q < j; q += 32) {
+            const double l = (double)aj[q];
+            dot += l * l;
+        }
+        dot = hg_warp_sum_d(dot);
+        double pivot = (double)aj[j] - dot;
+        // Not (0 < pivot ≤ DBL_MAX): non-positive, NaN or infinite.
+        const bool bad = !(pivot > 0.0 && pivot <= 1.7976931348623157e308);
+        if (bad) {
+            pivot = 1.0;
+        }
+        const double ljj = sqrt(pivot);
+        if (tid == 0) {
+            if (bad && !failed) {
+                info[0] = j + 1;
+                failed = true;
+            }
+            ljj_prev = (float)ljj;
+        }
+        // Column j below the diagonal: warp w takes rows j+1+w, j+1+w+nwarps, ...
+        for (int r = j + 1 + warp; r < b; r += nwarps) {  // warp-uniform
+            const float* ar = a + r * b;
+            double v = 0.0;
+            for (int q = lane; q < j; q += 32) {
+                v += (double)ar[q] * (double)aj[q];
+            }
+            v = hg_warp_sum_d(v);
+            if (lane == 0) {
+                a[r * b + j] = (float)(((double)ar[j] - v) / ljj);
+            }
+        }
+        __syncthreads();
+    }
+    if (tid == 0 && b > 0) {
+        a[(b - 1) * b + (b - 1)] = ljj_prev;
+    }
+    __syncthreads();
+    for (int e = tid; e < bb; e += blockDim.x) {
+        const int r = e / b;
+        const int q = e - r * b;
+        s[e] = (q <= r) ? a[e] : 0.0f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+hg_cholesky_solve_cols(const float* l, int b, float* rhs, int ncols) {
+    float* const lf = reinterpret_cast<float*>(hg_fisher_smem);  // L, b×b
+    const int bb = b * b;
+    for (int e = threadIdx.x; e < bb; e += blockDim.x) {
+        lf[e] = l[e];
+    }
+    __syncthreads();  // no barrier after this point: threads may diverge freely
+    for (long long j = hg_gtid(); j < ncols; j += hg_gstride()) {
+        float* col = rhs + j;
+        // Forward: L y = rhs.
+        for (int r = 0; r < b; ++r) {
+            const float* lr = lf + r * b;
+            double v = (double)col[(long long)r * ncols];
+            for (int q = 0; q < r; ++q) {
+                v -= (double)lr[q] * (double)col[(long long)q * ncols];
+            }
+            col[(long long)r * ncols] = (float)(v / (double)lr[r]);
+        }
+        // Backward: Lᵀ x = y.
+        for (int r = b - 1; r >= 0; --r) {
+            double v = (double)col[(long long)r * ncols];
+            for (int q = r + 1; q < b; ++q) {
+                v -= (double)lf[q * b + r] * (double)col[(long long)q * ncols];
+            }
+            col[(long long)r * ncols] = (float)(v / (double)lf[r * b + r]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_kfac_gg(const float* g, const float* scale, int b, int c, float alpha, float beta, float* gg) {
+    const long long cc = (long long)c * c;
+    for (long long e = hg_gtid(); e < cc; e += hg_gstride()) {
+        const int kk = (int)(e / c);
+        const int ll = (int)(e - (long long)kk * c);
+        float sum = 0.0f;
+        for (int p = 0; p < b; ++p) {
+            const float* gp = g + (long long)p * c;
+            const float gk = scale ? __fmul_rn(scale[p], gp[kk]) : gp[kk];
+            sum = fmaf(gk, gp[ll], sum);
+        }
+        const float v = __fmul_rn(alpha, sum);
+        gg[e] = (beta == 0.0f) ? v : __fadd_rn(v, __fmul_rn(beta, gg[e]));
+    }
+}

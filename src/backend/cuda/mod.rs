@@ -1,0 +1,296 @@
+//! The CUDA backend: every [`crate::backend::Backend`] primitive as a kernel of `cuda/*.cu`
+//! or a cuBLAS call, on one NVIDIA GPU, in f32 (designs optionally stored as bf16).
+//!
+//! All data stays on the device. The only host transfers are the ones the trait's signature
+//! asks for (`upload`, `download`, and the scalar results of reductions such as `dot`); the
+//! backend counts them ([`CudaBackend::host_traffic`]) so tests can assert that a loop makes
+//! none. The driver library is loaded at run time: [`probe`] looks for it before a context
+//! is created (cudarc panics on a missing library), so a machine without a GPU gets an error,
+//! never a crash.
+
+mod kernels;
+mod ops;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+
+pub use kernels::{KernelBuild, KernelForm, KERNEL_BUILD};
+
+use crate::error::{Error, Result};
+use kernels::Kernels;
+
+/// Storage precision of design matrices on the device (compute is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    /// bfloat16: half the memory traffic, about 3 significant digits per entry.
+    Bf16,
+}
+
+/// How batched HVPs and loss gradients are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowPath {
+    /// The fused `glm_rows` kernel: X read once per batch of vectors (the default).
+    Fused,
+    /// Two cuBLAS GEMMs around a transform kernel: X read twice (kept for comparison, and
+    /// used automatically when a batch's accumulator does not fit in shared memory).
+    Cublas,
+}
+
+/// A GPU found by [`probe`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+    pub multiprocessors: u32,
+}
+
+/// What [`probe`] found: the devices, or why there are none.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Probe {
+    pub devices: Vec<DeviceInfo>,
+    /// Why no device is usable (when `devices` is empty).
+    pub reason: Option<String>,
+}
+
+/// Looks for NVIDIA GPUs without ever panicking: checks that the driver library can be
+/// loaded before asking it anything.
+pub fn probe() -> Probe {
+    // SAFETY: probing for a shared library only loads it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Probe {
+            devices: Vec::new(),
+            reason: Some("no NVIDIA driver library (libcuda.so) was found".into()),
+        };
+    }
+    let count = match CudaContext::device_count() {
+        Ok(count) => count.max(0) as usize,
+        Err(e) => {
+            return Probe {
+                devices: Vec::new(),
+                reason: Some(format!("the CUDA driver reports no usable device ({e})")),
+            }
+        }
+    };
+    let mut devices = Vec::new();
+    let mut reason = (count == 0).then(|| "the CUDA driver found no GPU".to_string());
+    for ordinal in 0..count {
+        match device_info(ordinal) {
+            Ok(info) => devices.push(info),
+            Err(e) => reason = Some(e.to_string()),
+        }
+    }
+    Probe { devices, reason }
+}
+
+fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
+    Ok(DeviceInfo {
+        ordinal,
+        name: ctx.name().map_err(driver_error)?,
+        compute_capability: ctx.compute_capability().map_err(driver_error)?,
+        memory_bytes: ctx.total_mem().map_err(driver_error)?,
+        multiprocessors: ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_error)? as u32,
+    })
+}
+
+pub(crate) fn driver_error(e: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("CUDA: {e}"))
+}
+
+/// Host syncs and transfers made by a backend (for tests that assert a loop makes none).
+#[derive(Debug, Default)]
+struct HostTraffic {
+    /// Calls that wait for the device (downloads, scalar reductions).
+    syncs: AtomicU64,
+    /// Host↔device copies.
+    transfers: AtomicU64,
+}
+
+/// A design matrix on the device.
+pub struct CudaDesign {
+    n: usize,
+    d: usize,
+    data: DesignData,
+    /// `0, 1, …, n−1`: the row indices of the whole design, for kernels that take a list.
+    iota: CudaSlice<i32>,
+}
+
+enum DesignData {
+    F32(CudaSlice<f32>),
+    /// bf16 bit patterns.
+    Bf16(CudaSlice<u16>),
+}
+
+/// A mini-batch of row indices on the device.
+pub struct CudaRows {
+    len: usize,
+    idx: CudaSlice<i32>,
+}
+
+/// The CUDA backend on one device. Clones share the context, stream and counters.
+#[derive(Clone)]
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    blas: Arc<CudaBlas>,
+    kernels: Arc<Kernels>,
+    info: DeviceInfo,
+    /// Largest dynamic shared memory a block may opt into.
+    max_shared_bytes: usize,
+    storage: Storage,
+    row_path: Arc<AtomicU8>,
+    traffic: Arc<HostTraffic>,
+    /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0); read
+    /// after every synchronising call.
+    health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
+}
+
+impl CudaBackend {
+    /// Creates the backend on device `ordinal`, loading (or NVRTC-compiling) every kernel.
+    /// Fails with a clear error, never a panic, when no usable GPU, driver or cuBLAS is there.
+    pub fn new(ordinal: usize, storage: Storage) -> Result<Self> {
+        let probe = probe();
+        if probe.devices.iter().all(|d| d.ordinal != ordinal) {
+            return Err(Error::Backend(format!(
+                "no usable CUDA device {ordinal}: {}",
+                probe.reason.unwrap_or_else(|| "it does not exist".into())
+            )));
+        }
+        // SAFETY: probing for a shared library only loads it.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Backend(
+                "cuBLAS (libcublas.so) was not found; install the CUDA 13 libraries".into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
+        // SAFETY: called before any buffer exists. One stream orders every operation, so the
+        // per-buffer events cudarc would record for cross-stream use are pure overhead.
+        unsafe { ctx.disable_event_tracking() };
+        let info = device_info(ordinal)?;
+        let max_shared_bytes = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver_error)? as usize;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(driver_error)?;
+        let kernels = Kernels::load(&ctx)?;
+        let health = stream.alloc_zeros::<i32>(1).map_err(driver_error)?;
+        Ok(CudaBackend {
+            stream,
+            blas: Arc::new(blas),
+            kernels: Arc::new(kernels),
+            info,
+            max_shared_bytes,
+            storage,
+            row_path: Arc::new(AtomicU8::new(0)),
+            traffic: Arc::default(),
+            health: Arc::new(std::sync::Mutex::new(health)),
+        })
+    }
+
+    /// The device this backend runs on.
+    pub fn device(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// `(syncs, transfers)` with the host since the backend was created.
+    pub fn host_traffic(&self) -> (u64, u64) {
+        (
+            self.traffic.syncs.load(Ordering::Relaxed),
+            self.traffic.transfers.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Chooses how batched HVPs and gradients run (for benchmarks and parity tests).
+    pub fn set_row_path(&self, path: RowPath) {
+        self.row_path.store(path as u8, Ordering::Relaxed);
+    }
+
+    fn row_path(&self) -> RowPath {
+        match self.row_path.load(Ordering::Relaxed) {
+            0 => RowPath::Fused,
+            _ => RowPath::Cublas,
+        }
+    }
+
+    /// Waits for the device; fails if a device-side check has tripped.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_error)?;
+        self.traffic.syncs.fetch_add(1, Ordering::Relaxed);
+        self.check_health()
+    }
+
+    fn check_health(&self) -> Result<()> {
+        let mut health = self
+            .health
+            .lock()
+            .map_err(|_| Error::Backend("the device health flag was poisoned".into()))?;
+        let flag = self.stream.clone_dtoh(&*health).map_err(driver_error)?;
+        if flag.first().copied().unwrap_or(0) != 0 {
+            self.stream
+                .memset_zeros(&mut *health)
+                .map_err(driver_error)?;
+            return Err(Error::Numerical(format!(
+                "a Woodbury update met a capacitance matrix that is not positive definite \
+                 (Cholesky pivot {})",
+                flag[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The raw device address of a buffer. One stream orders every use, so the cross-stream
+    /// events cudarc would record are not needed (the context runs without them).
+    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
+        let (ptr, _record) = buf.device_ptr(&self.stream);
+        ptr
+    }
+
+    /// The address of entry `offset` of a buffer of `T`.
+    fn ptr_at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> u64 {
+        self.ptr(buf) + (offset * std::mem::size_of::<T>()) as u64
+    }
+
+    fn count_transfer(&self) {
+        self.traffic.transfers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_sync(&self) {
+        self.traffic.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A kernel argument: a device address or a scalar.
+#[derive(Clone, Copy, Debug)]
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+}
+
+/// The null device pointer, for an absent optional buffer.
+const NULL: Arg = Arg::Ptr(0);
+
+/// One-dimensional launch over `n` elements with grid-stride loops: 256 threads a block, at
+/// most 4096 blocks.
+fn grid_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A size as the kernels' `int`, checked.
+fn int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| Error::Dimension(format!("{what} = {v} exceeds the kernels' 32-bit sizes")))
+}

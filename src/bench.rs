@@ -1,0 +1,358 @@
+//! Kernel benchmarks on any backend (`hypergrad bench kernels`): every primitive's achieved
+//! GB/s or TFLOP/s next to the ceilings measured in the same run on the same device — a
+//! device-to-device copy of the design's bytes and a square GEMM — so a number always comes
+//! with what it should be compared to.
+//!
+//! Conventions: a memory-bound kernel's GB/s counts the bytes of X it must read once
+//! (whatever it really moves); the copy ceiling counts read + write (the STREAM convention),
+//! so "fraction of copy" = kernel GB/s ÷ copy GB/s. A compute-bound kernel's TFLOP/s counts
+//! the flops of its defining formula; its ceiling is the GEMM rate at the same shapes.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, Curvature, Loss};
+use crate::data::rng::Rng;
+use crate::error::Result;
+
+/// Sizes of the kernel benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelBenchConfig {
+    /// Rows and features of the design X.
+    pub n: usize,
+    pub d: usize,
+    /// Classes of the softmax kernels.
+    pub classes: usize,
+    /// Rows of a mini-batch (SGD step, Fisher and K-FAC accumulation).
+    pub batch: usize,
+    /// P and rank m of the dense Woodbury update.
+    pub woodbury_dim: usize,
+    pub woodbury_rank: usize,
+    /// Side of the square GEMM ceiling.
+    pub gemm_side: usize,
+    /// Timed repetitions of each kernel (after one warm-up).
+    pub reps: usize,
+}
+
+/// One measured kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub kernel: String,
+    pub shape: String,
+    /// Mean seconds per call.
+    pub seconds: f64,
+    /// GB/s (1e9 bytes) for memory-bound kernels.
+    pub gb_per_s: Option<f64>,
+    /// TFLOP/s for compute-bound kernels.
+    pub tflop_per_s: Option<f64>,
+    /// What the rate is compared with.
+    pub ceiling: String,
+    /// Rate ÷ ceiling rate.
+    pub fraction_of_ceiling: Option<f64>,
+}
+
+/// Mean seconds per call of `f` over `reps` calls, after one warm-up call; the backend is
+/// synchronised around the timed loop so queued device work is counted.
+pub fn time_calls<B: Backend, F: FnMut() -> Result<()>>(
+    backend: &B,
+    reps: usize,
+    mut f: F,
+) -> Result<f64> {
+    f()?;
+    backend.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..reps.max(1) {
+        f()?;
+    }
+    backend.synchronize()?;
+    Ok(start.elapsed().as_secs_f64() / reps.max(1) as f64)
+}
+
+fn gaussian(len: usize, rng: &mut Rng) -> Vec<f64> {
+    (0..len).map(|_| rng.normal()).collect()
+}
+
+fn bandwidth_row(
+    kernel: &str,
+    shape: String,
+    seconds: f64,
+    bytes: f64,
+    copy_gbps: f64,
+) -> BenchRow {
+    let gbps = bytes / seconds / 1e9;
+    BenchRow {
+        kernel: kernel.to_string(),
+        shape,
+        seconds,
+        gb_per_s: Some(gbps),
+        tflop_per_s: None,
+        ceiling: "device copy".into(),
+        fraction_of_ceiling: Some(gbps / copy_gbps),
+    }
+}
+
+fn flops_row(
+    kernel: &str,
+    shape: String,
+    seconds: f64,
+    flops: f64,
+    ceiling: (&str, f64),
+) -> BenchRow {
+    let tflops = flops / seconds / 1e12;
+    BenchRow {
+        kernel: kernel.to_string(),
+        shape,
+        seconds,
+        gb_per_s: None,
+        tflop_per_s: Some(tflops),
+        ceiling: ceiling.0.to_string(),
+        fraction_of_ceiling: Some(tflops / ceiling.1),
+    }
+}
+
+/// Batched Hessian-vector products of a logistic GLM for each batch size in `batches`, as
+/// bandwidth rows (X read once is the ideal). `label` tags the rows (e.g. the code path).
+#[allow(clippy::too_many_arguments)]
+pub fn hvp_rows<B: Backend>(
+    backend: &B,
+    x: &B::Design,
+    curvature: &Curvature<B>,
+    batches: &[usize],
+    label: &str,
+    bytes_per_entry: usize,
+    reps: usize,
+    copy_gbps: f64,
+) -> Result<Vec<BenchRow>> {
+    let (n, d) = backend.design_shape(x);
+    let bytes = (n * d * bytes_per_entry) as f64;
+    let mut rng = Rng::new(7);
+    let mut rows = Vec::new();
+    for &k in batches {
+        let v = backend.upload(&gaussian(k * d, &mut rng))?;
+        let mut out = backend.zeros(k * d)?;
+        let seconds = time_calls(backend, reps, || {
+            backend.glm_hvp(x, curvature, &v, &mut out)
+        })?;
+        rows.push(bandwidth_row(
+            &format!("batched HVP k={k}{label}"),
+            format!("{n}×{d}"),
+            seconds,
+            bytes,
+            copy_gbps,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The whole kernel benchmark on `backend`. Returns the rows and the design (so a caller can
+/// time further variants on the same data).
+pub fn kernel_bench<B: Backend>(
+    backend: &B,
+    cfg: &KernelBenchConfig,
+) -> Result<(Vec<BenchRow>, BenchData<B>)> {
+    let (n, d, c) = (cfg.n, cfg.d, cfg.classes);
+    let reps = cfg.reps;
+    let mut rng = Rng::new(1);
+    let host_x = ndarray::Array2::from_shape_vec((n, d), gaussian(n * d, &mut rng))
+        .map_err(|e| crate::Error::Dimension(e.to_string()))?;
+    let x = backend.upload_design(&host_x)?;
+    drop(host_x);
+    let labels: Vec<f64> = (0..n)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let classes: Vec<f64> = (0..n).map(|i| (i % c) as f64).collect();
+    let y = backend.upload(&labels)?;
+    let y_class = backend.upload(&classes)?;
+    let x_bytes = (n * d * 4) as f64;
+    let mut rows = Vec::new();
+
+    // Ceilings.
+    let src = backend.upload(&gaussian(n * d, &mut rng))?;
+    let mut dst = backend.zeros(n * d)?;
+    let copy_seconds = time_calls(backend, reps, || backend.copy(&src, &mut dst))?;
+    let copy_gbps = 2.0 * x_bytes / copy_seconds / 1e9;
+    rows.push(BenchRow {
+        kernel: "ceiling: device copy (read + write)".into(),
+        shape: format!("{} MB", x_bytes / 1e6),
+        seconds: copy_seconds,
+        gb_per_s: Some(copy_gbps),
+        tflop_per_s: None,
+        ceiling: "—".into(),
+        fraction_of_ceiling: None,
+    });
+    drop((src, dst));
+    let s = cfg.gemm_side;
+    let a = backend.upload(&gaussian(s * s, &mut rng))?;
+    let b = backend.upload(&gaussian(s * s, &mut rng))?;
+    let mut cm = backend.zeros(s * s)?;
+    let gemm_seconds = time_calls(backend, reps, || {
+        backend.gemm(false, false, (s, s, s), 1.0, &a, &b, 0.0, &mut cm)
+    })?;
+    let gemm_tflops = 2.0 * (s as f64).powi(3) / gemm_seconds / 1e12;
+    rows.push(BenchRow {
+        kernel: "ceiling: GEMM (f32)".into(),
+        shape: format!("{s}×{s}×{s}"),
+        seconds: gemm_seconds,
+        gb_per_s: None,
+        tflop_per_s: Some(gemm_tflops),
+        ceiling: "—".into(),
+        fraction_of_ceiling: None,
+    });
+    drop((a, b, cm));
+
+    // Row kernels on a logistic GLM.
+    let w = backend.upload(
+        &gaussian(d, &mut rng)
+            .iter()
+            .map(|v| 0.01 * v)
+            .collect::<Vec<_>>(),
+    )?;
+    let curvature = backend.glm_curvature(&x, Loss::Logistic, &y, None, &w, 1.0 / n as f64)?;
+    rows.extend(hvp_rows(
+        backend,
+        &x,
+        &curvature,
+        &[1, 8],
+        "",
+        4,
+        reps,
+        copy_gbps,
+    )?);
+    let mut grad = backend.zeros(d)?;
+    let seconds = time_calls(backend, reps, || {
+        backend
+            .glm_value_grad(&x, Loss::Logistic, &y, None, &w, 1.0, Some(&mut grad))
+            .map(|_| ())
+    })?;
+    rows.push(bandwidth_row(
+        "loss + gradient (logistic)",
+        format!("{n}×{d}"),
+        seconds,
+        x_bytes,
+        copy_gbps,
+    ));
+
+    // Mini-batch kernels on a softmax GLM.
+    let batch = cfg.batch.min(n);
+    let picks: Vec<u32> = (0..batch).map(|_| rng.below(n) as u32).collect();
+    let rows_idx = backend.upload_rows(&picks, n)?;
+    let mut ws = backend.zeros(c * d)?;
+    let reg = backend.upload(&vec![1e-3; c * d])?;
+    let mut factors = backend.zeros(batch * c)?;
+    let seconds = time_calls(backend, reps, || {
+        backend.glm_sgd_step(
+            &x,
+            Loss::Softmax { classes: c },
+            &y_class,
+            None,
+            &rows_idx,
+            &reg,
+            0.1,
+            &mut ws,
+            &mut factors,
+        )
+    })?;
+    rows.push(bandwidth_row(
+        "fused SGD step (softmax)",
+        format!("b={batch}, c={c}, d={d}"),
+        seconds,
+        (batch * d * 4) as f64,
+        copy_gbps,
+    ));
+    let p = c * d;
+    let mut per_sample = backend.zeros(batch * p)?;
+    backend.glm_per_sample_gradients(&x, &rows_idx, &factors, None, &mut per_sample)?;
+    let woodbury_p = cfg.woodbury_dim;
+    let m = cfg.woodbury_rank;
+    let fisher_p = p.min(woodbury_p);
+    let fisher_rows = backend.upload(&gaussian(batch * fisher_p, &mut rng))?;
+    let mut fisher = backend.zeros(fisher_p * fisher_p)?;
+    let seconds = time_calls(backend, reps, || {
+        backend.syrk(1.0 / batch as f64, &fisher_rows, batch, 1.0, &mut fisher)
+    })?;
+    rows.push(flops_row(
+        "Fisher accumulation (SYRK via GEMM)",
+        format!("b={batch}, P={fisher_p}"),
+        seconds,
+        2.0 * batch as f64 * (fisher_p as f64).powi(2),
+        ("square GEMM", gemm_tflops),
+    ));
+    drop((fisher_rows, fisher));
+    let mut xx = backend.zeros(d * d)?;
+    let mut gg = backend.zeros(c * c)?;
+    let seconds = time_calls(backend, reps, || {
+        backend.glm_kfac_factors(&x, &rows_idx, &factors, None, 1.0, 0.0, &mut xx, &mut gg)
+    })?;
+    rows.push(flops_row(
+        "K-FAC factors",
+        format!("b={batch}, d={d}, c={c}"),
+        seconds,
+        2.0 * batch as f64 * ((d * d) as f64 + (c * c) as f64),
+        ("square GEMM", gemm_tflops),
+    ));
+
+    // Dense Woodbury update against GEMM at its own shapes (m×P)·(P×P).
+    let mut inverse = vec![0.0; woodbury_p * woodbury_p];
+    for i in 0..woodbury_p {
+        inverse[i * woodbury_p + i] = 1.0;
+    }
+    let mut a_inv = backend.upload(&inverse)?;
+    let u = backend.upload(
+        &gaussian(m * woodbury_p, &mut rng)
+            .iter()
+            .map(|v| v / (woodbury_p as f64).sqrt())
+            .collect::<Vec<_>>(),
+    )?;
+    let mut ua = backend.zeros(m * woodbury_p)?;
+    let gemm_shape_seconds = time_calls(backend, reps, || {
+        backend.gemm(
+            false,
+            false,
+            (m, woodbury_p, woodbury_p),
+            1.0,
+            &u,
+            &a_inv,
+            0.0,
+            &mut ua,
+        )
+    })?;
+    let gemm_shape_tflops =
+        2.0 * m as f64 * (woodbury_p as f64).powi(2) / gemm_shape_seconds / 1e12;
+    rows.push(BenchRow {
+        kernel: "ceiling: GEMM at Woodbury shapes".into(),
+        shape: format!("{m}×{woodbury_p}×{woodbury_p}"),
+        seconds: gemm_shape_seconds,
+        gb_per_s: None,
+        tflop_per_s: Some(gemm_shape_tflops),
+        ceiling: "—".into(),
+        fraction_of_ceiling: None,
+    });
+    // A small α keeps the tracked inverse well conditioned however often it is updated.
+    let seconds = time_calls(backend, reps, || {
+        backend.woodbury_update(&mut a_inv, &u, m, 1e-3)
+    })?;
+    let mp = m as f64 * woodbury_p as f64;
+    rows.push(flops_row(
+        "Woodbury update (dense inverse)",
+        format!("P={woodbury_p}, rank {m}"),
+        seconds,
+        4.0 * mp * woodbury_p as f64 + 2.0 * mp * m as f64,
+        ("GEMM at Woodbury shapes", gemm_shape_tflops),
+    ));
+    Ok((
+        rows,
+        BenchData {
+            x,
+            curvature,
+            copy_gbps,
+        },
+    ))
+}
+
+/// Data kept from [`kernel_bench`] for timing further variants.
+pub struct BenchData<B: Backend> {
+    pub x: B::Design,
+    pub curvature: Curvature<B>,
+    pub copy_gbps: f64,
+}

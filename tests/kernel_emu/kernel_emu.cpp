@@ -1,0 +1,287 @@
+// CPU emulation test of the CUDA kernels in cuda/*.cu: each kernel runs unchanged on the CPU
+// (shim.h: one std::thread per CUDA thread, a barrier for __syncthreads, emulated warp
+// shuffles) and is compared with a double-precision reference written from the CPU backend
+// (src/backend/cpu.rs). It checks index arithmetic, barriers, shuffles and the math of every
+// kernel where no GPU is available; it cannot see memory-model races or timing.
+// Driven by tests/kernel_emulation.rs, which copies the kernels with their dynamic shared
+// memory declared as large static arrays (emu_*.cu) and compiles this file with g++ -std=c++20.
+// Argument "quick" runs a subset of the kernel widths (the cargo test); no argument runs all.
+#include "shim.h"
+#include <random>
+#include <string>
+namespace kb { 
+#include "emu_blas1.cu"
+}
+namespace kg {
+#include "emu_glm_rows.cu"
+}
+namespace kf {
+#include "emu_fisher.cu"
+}
+static std::mt19937_64 rng(12345);
+static double unif(double a = -1, double b = 1) { return std::uniform_real_distribution<double>(a, b)(rng); }
+static int fails = 0, checks = 0;
+static void expect(bool ok, const char* what, double a = 0, double b = 0) {
+    ++checks;
+    if (!ok) { ++fails; if (fails < 40) printf("FAIL %s: got %.9g want %.9g\n", what, a, b); }
+}
+static void close(double got, double want, double tol, const char* what) {
+    expect(std::fabs(got - want) <= tol * (1.0 + std::fabs(want)) || (std::isnan(got) && std::isnan(want)), what, got, want);
+}
+static std::vector<float> randv(size_t n, double a = -1, double b = 1) { std::vector<float> v(n); for (auto& x : v) x = (float)unif(a, b); return v; }
+static unsigned short to_bf16(float f) { unsigned u; memcpy(&u, &f, 4); return (unsigned short)(u >> 16); }
+static float from_bf16(unsigned short h) { unsigned u = (unsigned)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static dim3 g1(unsigned x, unsigned y = 1) { return dim3{x, y, 1}; }
+
+static void test_blas1() {
+    const int n = 1000;
+    for (unsigned grid : {1u, 3u}) {
+        auto x = randv(n), y = randv(n), y0 = y;
+        launch(g1(grid), g1(256), [&] { kb::hg_fill(y.data(), n, 2.5f); });
+        for (int i = 0; i < n; ++i) expect(y[i] == 2.5f, "fill");
+        y = y0; launch(g1(grid), g1(256), [&] { kb::hg_scal(y.data(), n, 0.7f); });
+        for (int i = 0; i < n; ++i) expect(y[i] == 0.7f * y0[i], "scal");
+        for (float b : {1.0f, 0.3f, 0.0f}) {
+            y = y0; launch(g1(grid), g1(256), [&] { kb::hg_axpby(x.data(), y.data(), n, -1.3f, b); });
+            for (int i = 0; i < n; ++i) {
+                float want = (b == 1.0f) ? y0[i] + (-1.3f) * x[i] : (-1.3f) * x[i] + b * y0[i];
+                expect(y[i] == want, "axpby bit-exact", y[i], want);
+            }
+        }
+        auto a = randv(100);
+        y = y0; launch(g1(grid), g1(256), [&] { kb::hg_mul_add(a.data(), 100, x.data(), y.data(), n, 0.9f); });
+        for (int i = 0; i < n; ++i) expect(y[i] == y0[i] + 0.9f * a[i % 100] * x[i], "mul_add bit-exact");
+        double out = 0; launch(g1(grid), g1(256), [&] { kb::hg_dot(x.data(), y0.data(), n, &out); });
+        double want = 0; for (int i = 0; i < n; ++i) want += (double)x[i] * y0[i];
+        close(out, want, 1e-12, "dot");
+        const int m = 3, len = 333;
+        std::vector<double> bo(m, 0.0);
+        launch(g1(grid, m), g1(256), [&] { kb::hg_batched_dot(x.data(), y0.data(), len, m, bo.data()); });
+        for (int b = 0; b < m; ++b) { double w = 0; for (int e = 0; e < len; ++e) w += (double)x[b * len + e] * y0[e]; close(bo[b], w, 1e-12, "batched_dot"); }
+        // groups
+        const int L = 777;
+        for (int mode = 0; mode < 3; ++mode) for (int blk : {1, 3, 7, 32, 40, 100, 1000}) {
+            if (mode != 2 && blk != 7) continue;
+            auto gof = [&](int e) { return mode == 0 ? 0 : mode == 1 ? e : e / blk; };
+            int cnt = mode == 0 ? 1 : mode == 1 ? L : (L + blk - 1) / blk;
+            std::vector<double> go(cnt, 0.0), gw(cnt, 0.0);
+            launch(g1(grid), g1(256), [&] { kb::hg_group_dot(x.data(), y0.data(), L, mode, blk, go.data()); });
+            for (int e = 0; e < L; ++e) gw[gof(e)] += (double)x[e] * y0[e];
+            for (int g = 0; g < cnt; ++g) close(go[g], gw[g], 1e-12, "group_dot");
+            auto vals = randv(cnt);
+            std::vector<float> ex(L, -9.f);
+            launch(g1(grid), g1(256), [&] { kb::hg_group_expand(vals.data(), L, mode, blk, ex.data()); });
+            for (int e = 0; e < L; ++e) expect(ex[e] == vals[gof(e)], "group_expand");
+            if (mode == 1) continue;  // batch would be L*L; tested below with small len
+            std::vector<float> batch = randv((size_t)cnt * L), b0 = batch;
+            launch(g1(grid), g1(256), [&] { kb::hg_group_scatter_add(vals.data(), x.data(), L, mode, blk, batch.data()); });
+            for (int g = 0; g < cnt; ++g) for (int e = 0; e < L; ++e) {
+                float w = b0[(size_t)g * L + e]; if (gof(e) == g) w = w + vals[g] * x[e];
+                expect(batch[(size_t)g * L + e] == w, "group_scatter_add");
+            }
+        }
+        { // mode 1 scatter with small len
+            const int l2 = 40; auto vals = randv(l2); std::vector<float> batch = randv(l2 * l2), b0 = batch;
+            launch(g1(grid), g1(256), [&] { kb::hg_group_scatter_add(vals.data(), x.data(), l2, 1, 0, batch.data()); });
+            for (int g = 0; g < l2; ++g) for (int e = 0; e < l2; ++e) {
+                float w = b0[g * l2 + e]; if (g == e) w = w + vals[g] * x[e];
+                expect(batch[g * l2 + e] == w, "group_scatter_add each");
+            }
+        }
+        // add_row_outer
+        const int rn = 7, rd = 13, rc = 3;
+        auto xr = randv(rn * rd), coef = randv(rn), gr = randv(rn * rc);
+        std::vector<unsigned short> xb(rn * rd); for (int e = 0; e < rn * rd; ++e) xb[e] = to_bf16(xr[e]);
+        for (int bf = 0; bf < 2; ++bf) {
+            auto batch = randv(rn * rc * rd), b0 = batch;
+            if (bf) launch(g1(grid), g1(256), [&] { kb::hg_add_row_outer_bf16(xb.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
+            else launch(g1(grid), g1(256), [&] { kb::hg_add_row_outer_f32(xr.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
+            for (int i = 0; i < rn; ++i) for (int k = 0; k < rc; ++k) for (int t = 0; t < rd; ++t) {
+                size_t at = ((size_t)i * rc + k) * rd + t;
+                float xv = bf ? from_bf16(xb[i * rd + t]) : xr[i * rd + t];
+                float w = b0[at] + (coef[i] * gr[i * rc + k]) * xv;
+                expect(batch[at] == w, "add_row_outer");
+            }
+        }
+        auto w = randv(n), g = randv(n), reg = randv(n, 0, 1), w0 = w;
+        launch(g1(grid), g1(256), [&] { kb::hg_sgd_apply(w.data(), g.data(), reg.data(), n, 0.1f, 0.25f); });
+        for (int e = 0; e < n; ++e) expect(w[e] == w0[e] - 0.1f * (0.25f * g[e] + reg[e] * w0[e]), "sgd_apply bit-exact");
+    }
+}
+
+// ---- glm rows ----
+static double sigm(double t) { return t >= 0 ? 1 / (1 + exp(-t)) : exp(t) / (1 + exp(t)); }
+static double splus(double t) { return t > 0 ? t + log1p(exp(-t)) : log1p(exp(t)); }
+
+template <int KMAX, class XT>
+static void run_glm(int n_total, int n_rows, int d, int k, int c, int mode, int loss, bool use_rows,
+                    bool use_w, bool use_zin, bool use_acc, unsigned grid) {
+    // data
+    std::vector<float> xf = randv((size_t)n_total * d);
+    std::vector<XT> x(xf.size());
+    for (size_t e = 0; e < xf.size(); ++e) {
+        if constexpr (sizeof(XT) == 2) { x[e] = to_bf16(xf[e]); xf[e] = from_bf16(x[e]); } else x[e] = xf[e];
+    }
+    std::vector<int> rows(n_rows);
+    for (int p = 0; p < n_rows; ++p) rows[p] = use_rows ? (int)(rng() % n_total) : p;
+    auto m = randv((size_t)k * d, -0.5, 0.5);
+    std::vector<float> y(n_total);
+    for (auto& v : y) v = loss == 0 ? (float)unif() : loss == 1 ? (rng() % 2 ? 1.f : -1.f) : (float)(rng() % c);
+    auto rw = randv(n_total, 0.1, 2.0), rsc = randv(n_total, 0.1, 2.0);
+    std::vector<float> aux;
+    bool use_aux = (mode == 1 && c > 1) || mode == 4;
+    if (mode == 1 && c > 1) { // probabilities
+        aux.resize((size_t)n_total * c);
+        for (int i = 0; i < n_total; ++i) { double s = 0; for (int l = 0; l < c; ++l) { aux[i * c + l] = (float)unif(0.05, 1); s += aux[i * c + l]; } for (int l = 0; l < c; ++l) aux[i * c + l] /= (float)s; }
+    } else if (mode == 4) aux = randv((size_t)n_total * c);
+    // reference
+    std::vector<double> z((size_t)n_rows * k), u((size_t)n_rows * k, 0.0), ro((size_t)n_rows * c, 0.0), ro2((size_t)n_rows * c, 0.0), acc((size_t)k * d, 0.0);
+    double lsum = 0;
+    for (int p = 0; p < n_rows; ++p) {
+        int i = rows[p];
+        for (int j = 0; j < k; ++j) { double s = 0; for (int t = 0; t < d; ++t) s += (double)m[j * d + t] * xf[(size_t)i * d + t]; z[p * k + j] = s; }
+        double* zp = &z[p * k];
+        double s = use_w ? rw[i] : 1.0;
+        std::vector<double> g(c), pr(c);
+        double ell = 0;
+        if (mode == 0 || mode == 3 || mode == 2) {
+            if (loss == 0) { g[0] = zp[0] - y[i]; ell = 0.5 * g[0] * g[0]; }
+            else if (loss == 1) { double mm = y[i] * zp[0]; g[0] = -y[i] * sigm(-mm); ell = splus(-mm); }
+            else { double mx = -1e300; for (int l = 0; l < c; ++l) mx = std::max(mx, zp[l]); double su = 0; for (int l = 0; l < c; ++l) { pr[l] = exp(zp[l] - mx); su += pr[l]; } for (int l = 0; l < c; ++l) { pr[l] /= su; g[l] = pr[l]; } int yc = (int)y[i]; g[yc] -= 1; ell = mx + log(su) - zp[yc]; }
+        }
+        if (mode == 0) { for (int j = 0; j < k; ++j) { u[p * k + j] = s * g[j]; ro[p * c + j] = g[j]; } lsum += s * ell; }
+        if (mode == 3) for (int j = 0; j < k; ++j) ro[p * c + j] = g[j];
+        if (mode == 1) {
+            double sc = rsc[i];
+            if (!use_aux) for (int j = 0; j < k; ++j) u[p * k + j] = sc * zp[j];
+            else for (int b = 0; b < k / c; ++b) { double pu = 0; for (int l = 0; l < c; ++l) pu += aux[i * c + l] * zp[b * c + l]; for (int l = 0; l < c; ++l) u[p * k + b * c + l] = sc * aux[i * c + l] * (zp[b * c + l] - pu); }
+        }
+        if (mode == 2) {
+            double w = 0.75 * s;
+            if (loss == 1) { double mm = y[i] * zp[0]; w *= sigm(mm) * sigm(-mm); }
+            ro[p * c] = w;
+            if (loss == 2) for (int l = 0; l < c; ++l) ro2[p * c + l] = pr[l];
+        }
+        if (mode == 4) { double q = 0; for (int j = 0; j < k; ++j) q += zp[j] * aux[i * c + j]; ro[p * c] = q; }
+        for (int j = 0; j < k; ++j) for (int t = 0; t < d; ++t) acc[j * d + t] += u[p * k + j] * xf[(size_t)i * d + t];
+    }
+    // device run
+    std::vector<float> zin(z.size()); for (size_t e = 0; e < z.size(); ++e) zin[e] = (float)z[e];
+    std::vector<float> u_out((size_t)n_rows * k, -7.f), acc_out((size_t)k * d, 0.5f), row_out((size_t)n_rows * c, -7.f), row_out2((size_t)n_rows * c, -7.f);
+    double loss_out = 0.25;
+    bool want_acc = use_acc && !use_zin;
+    launch(g1(grid), g1(256), [&] {
+        kg::hg_glm_rows<KMAX, XT>(use_zin ? nullptr : x.data(), use_rows ? rows.data() : nullptr, n_rows, d, use_zin ? nullptr : m.data(), k, c, mode, loss, 0.75f, y.data(),
+            use_w ? rw.data() : nullptr, rsc.data(), use_aux ? aux.data() : nullptr, use_zin ? zin.data() : nullptr,
+            u_out.data(), want_acc ? acc_out.data() : nullptr, row_out.data(), row_out2.data(), mode == 0 ? &loss_out : nullptr);
+    });
+    char what[200];
+    snprintf(what, sizeof what, "glm KMAX=%d bf16=%d n=%d d=%d k=%d c=%d mode=%d loss=%d rows=%d w=%d zin=%d acc=%d grid=%u", KMAX, (int)(sizeof(XT) == 2), n_rows, d, k, c, mode, loss, use_rows, use_w, use_zin, use_acc, grid);
+    const double tol = 2e-5;
+    double umax = 1e-30; for (double v : u) umax = std::max(umax, std::fabs(v));
+    for (size_t e = 0; e < u.size(); ++e) { double want = (mode >= 2) ? 0.0 : u[e]; if (!(std::fabs(u_out[e] - want) <= tol * (1 + umax))) { expect(false, what, u_out[e], want); break; } ++checks; }
+    if (want_acc) { double amax = 1e-30; for (double v : acc) amax = std::max(amax, std::fabs(v));
+        for (size_t e = 0; e < acc.size(); ++e) { double want = 0.5 + acc[e]; if (!(std::fabs(acc_out[e] - want) <= tol * (1 + amax))) { expect(false, what, acc_out[e], want); break; } ++checks; } }
+    else for (size_t e = 0; e < acc_out.size(); ++e) if (acc_out[e] != 0.5f) { expect(false, what, acc_out[e], 0.5); break; }
+    if (mode == 0 || mode == 3) for (int p = 0; p < n_rows; ++p) for (int j = 0; j < c; ++j) close(row_out[p * c + j], ro[p * c + j], tol, what);
+    if (mode == 2 || mode == 4) { for (int p = 0; p < n_rows; ++p) close(row_out[p], ro[p * c], tol, what); for (size_t e = n_rows; e < row_out.size(); ++e) expect(row_out[e] == -7.f, what); }
+    if (mode == 2 && loss == 2) for (int p = 0; p < n_rows; ++p) for (int j = 0; j < c; ++j) close(row_out2[p * c + j], ro2[p * c + j], tol, what);
+    else for (float v : row_out2) expect(v == -7.f, what);
+    if (mode == 0) close(loss_out, 0.25 + lsum, 1e-6, what);
+}
+
+template <int KMAX, class XT>
+static void glm_suite() {
+    const int ks[] = {KMAX, KMAX / 2 + 1};
+    for (int kk : ks) {
+        if (kk > KMAX) continue;
+        for (int d : {1, 37, 300}) for (int nr : {1, 13, 50}) {
+            unsigned grid = 1 + (rng() % 4);
+            bool rows = rng() % 2, w = rng() % 2, zin = (rng() % 4) == 0;
+            int n_total = nr + 5;
+            // mode 0 / 3 / 2 with softmax (c = kk), single-output losses when kk == 1
+            for (int mode : {0, 2, 3}) {
+                if (kk == 1) { for (int loss : {0, 1}) run_glm<KMAX, XT>(n_total, nr, d, 1, 1, mode, loss, rows, w, zin, true, grid); }
+                if (kk >= 2) run_glm<KMAX, XT>(n_total, nr, d, kk, kk, mode, 2, rows, w, zin, true, grid);
+            }
+            // HVP: aux null with k = kk; with aux: c divides k
+            run_glm<KMAX, XT>(n_total, nr, d, kk, 1, 1, 0, rows, w, zin, true, grid);
+            for (int c = 2; c <= kk; ++c) if (kk % c == 0 && (c == 2 || c == kk || c == 3 || c == 5)) run_glm<KMAX, XT>(n_total, nr, d, kk, c, 1, 2, rows, w, zin, true, grid);
+            run_glm<KMAX, XT>(n_total, nr, d, kk, kk, 4, 2, rows, w, zin, false, grid);
+        }
+    }
+    printf("glm suite KMAX=%d bf16=%d done: %d checks, %d fails\n", KMAX, (int)(sizeof(XT) == 2), checks, fails);
+}
+
+static void test_fisher() {
+    const int b = 5, d = 11, c = 3, n = 9;
+    auto x = randv(n * d), g = randv(b * c), sc = randv(b);
+    std::vector<unsigned short> xb(n * d); for (int e = 0; e < n * d; ++e) xb[e] = to_bf16(x[e]);
+    std::vector<int> rows = {3, 0, 8, 3, 5};
+    for (int bf = 0; bf < 2; ++bf) for (int s = 0; s < 2; ++s) for (unsigned grid : {1u, 2u}) {
+        std::vector<float> out(b * c * d, -1.f);
+        if (bf) launch(g1(grid), g1(256), [&] { kf::hg_per_sample_grads_bf16(xb.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
+        else launch(g1(grid), g1(256), [&] { kf::hg_per_sample_grads_f32(x.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
+        for (int p = 0; p < b; ++p) for (int k = 0; k < c; ++k) for (int t = 0; t < d; ++t) {
+            float xv = bf ? from_bf16(xb[rows[p] * d + t]) : x[rows[p] * d + t];
+            float a = s ? sc[p] * g[p * c + k] : g[p * c + k];
+            expect(out[p * c * d + k * d + t] == a * xv, "per_sample_grads");
+        }
+        std::vector<float> ga(b * d, -1.f);
+        if (bf) launch(g1(grid), g1(256), [&] { kf::hg_gather_rows_bf16(xb.data(), rows.data(), b, d, ga.data()); });
+        else launch(g1(grid), g1(256), [&] { kf::hg_gather_rows_f32(x.data(), rows.data(), b, d, ga.data()); });
+        for (int p = 0; p < b; ++p) for (int t = 0; t < d; ++t) expect(ga[p * d + t] == (bf ? from_bf16(xb[rows[p] * d + t]) : x[rows[p] * d + t]), "gather");
+    }
+    // add_diag + cholesky + solve
+    for (int bb : {1, 2, 5, 33, 64, 96}) {
+        std::vector<double> B((size_t)bb * bb); for (auto& v : B) v = unif();
+        std::vector<float> A((size_t)bb * bb);
+        for (int i = 0; i < bb; ++i) for (int j = 0; j < bb; ++j) { double s = 0; for (int q = 0; q < bb; ++q) s += B[i * bb + q] * B[j * bb + q]; A[i * bb + j] = (float)s; }
+        launch(g1(1), g1(256), [&] { kf::hg_add_diag(A.data(), bb, 0.5f); });
+        std::vector<double> L(A.begin(), A.end());
+        for (int j = 0; j < bb; ++j) { double pv = L[j * bb + j]; for (int q = 0; q < j; ++q) pv -= L[j * bb + q] * L[j * bb + q]; double l = sqrt(pv); L[j * bb + j] = l;
+            for (int i = j + 1; i < bb; ++i) { double v = L[i * bb + j]; for (int q = 0; q < j; ++q) v -= L[i * bb + q] * L[j * bb + q]; L[i * bb + j] = v / l; }
+            for (int q = j + 1; q < bb; ++q) L[j * bb + q] = 0; }
+        std::vector<float> S = A; int info = 0;
+        launch(g1(1), g1(256), [&] { kf::hg_cholesky_small(S.data(), bb, &info); });
+        expect(info == 0, "cholesky info");
+        double lmax = 0; for (double v : L) lmax = std::max(lmax, std::fabs(v));
+        for (int e = 0; e < bb * bb; ++e) { if (!(std::fabs(S[e] - L[e]) <= 1e-3 * lmax)) { expect(false, "cholesky L", S[e], L[e]); break; } ++checks; }
+        for (int i = 0; i < bb; ++i) for (int j = i + 1; j < bb; ++j) expect(S[i * bb + j] == 0.f, "cholesky upper");
+        const int nc = 300;
+        auto rhs = randv((size_t)bb * nc); auto r0 = rhs;
+        launch(g1(bb % 2 ? 1 : 3), g1(128), [&] { kf::hg_cholesky_solve_cols(S.data(), bb, rhs.data(), nc); });
+        // check A X = RHS (with the float factor's product)
+        double worst = 0;
+        for (int i = 0; i < bb; ++i) for (int j = 0; j < nc; ++j) { double s = 0; for (int q = 0; q < bb; ++q) s += (double)A[i * bb + q] * rhs[q * nc + j]; worst = std::max(worst, std::fabs(s - r0[i * nc + j])); }
+        close(worst, 0, 1e-3, "cholesky_solve residual");
+    }
+    { // failure: pivot 3 negative
+        const int bb = 6; std::vector<float> A(bb * bb, 0.f); for (int i = 0; i < bb; ++i) A[i * bb + i] = 4.f; A[3 * bb + 3] = -1.f; A[4 * bb + 4] = -2.f;
+        int info = 0; launch(g1(1), g1(256), [&] { kf::hg_cholesky_small(A.data(), bb, &info); });
+        expect(info == 4, "cholesky failure info", info, 4);
+        expect(A[3 * bb + 3] == 1.f && A[0] == 2.f && A[5 * bb + 5] == 2.f, "cholesky failure continues");
+    }
+    // kfac_gg
+    const int kb_ = 20, kc = 7;
+    auto gg0 = randv(kc * kc), G = randv(kb_ * kc), S2 = randv(kb_);
+    for (float beta : {0.0f, 0.3f}) for (int s = 0; s < 2; ++s) {
+        auto gg = gg0; if (beta == 0) gg[3] = NAN;
+        launch(g1(1), g1(256), [&] { kf::hg_kfac_gg(G.data(), s ? S2.data() : nullptr, kb_, kc, 0.5f, beta, gg.data()); });
+        for (int k = 0; k < kc; ++k) for (int l = 0; l < kc; ++l) { double sum = 0; for (int p = 0; p < kb_; ++p) sum += (s ? S2[p] : 1.0) * G[p * kc + k] * G[p * kc + l]; close(gg[k * kc + l], 0.5 * sum + beta * gg0[k * kc + l] * (beta != 0), 1e-5, "kfac_gg"); }
+    }
+}
+
+int main(int argc, char** argv) {
+    bool quick = argc > 1 && std::string(argv[1]) == "quick";
+    test_blas1(); printf("blas1: %d checks, %d fails\n", checks, fails);
+    test_fisher(); printf("fisher: %d checks, %d fails\n", checks, fails);
+    glm_suite<1, float>(); glm_suite<8, float>(); glm_suite<32, float>();
+    glm_suite<4, unsigned short>();
+    if (!quick) {
+        glm_suite<2, float>(); glm_suite<4, float>(); glm_suite<16, float>();
+        glm_suite<1, unsigned short>(); glm_suite<32, unsigned short>();
+    }
+    printf("TOTAL: %d checks, %d fails\n", checks, fails);
+    return fails != 0;
+}

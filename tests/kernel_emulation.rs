@@ -1,0 +1,82 @@
+//! Runs the CUDA kernels of `cuda/*.cu` on the CPU (tests/kernel_emu): every kernel against
+//! a double-precision reference written from the CPU backend. This is how the kernels are
+//! checked on machines without a GPU (CI); on a GPU, tests/cuda_parity.rs checks them for
+//! real. Needs a C++20 compiler (`CXX`, else `g++`); says plainly when it is skipped.
+//! `HYPERGRAD_KERNEL_EMU=full` runs every kernel width instead of the quick subset.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The kernels with their `extern __shared__` (dynamic) arrays turned into static ones large
+/// enough for the emulated launches.
+fn emulation_copy(source: &Path, out_dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(source).expect("read kernel source");
+    let converted: String = text
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim();
+            match trimmed
+                .strip_prefix("extern __shared__ float4 ")
+                .and_then(|rest| rest.strip_suffix("[];"))
+            {
+                Some(name) => format!("static float4 {name}[1 << 16];"),
+                None => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let name = source.file_name().expect("file name").to_string_lossy();
+    let target = out_dir.join(format!("emu_{name}"));
+    std::fs::write(&target, converted + "\n").expect("write emulation copy");
+    target
+}
+
+#[test]
+fn cuda_kernels_match_their_cpu_twins_under_emulation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if Command::new(&compiler).arg("--version").output().is_err() {
+        eprintln!("kernel_emulation: SKIPPED — no C++ compiler '{compiler}' (set CXX)");
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("hypergrad-kernel-emu-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("temp dir");
+    for kernel in ["blas1", "glm_rows", "fisher"] {
+        emulation_copy(&root.join("cuda").join(format!("{kernel}.cu")), &work);
+    }
+    std::fs::copy(root.join("tests/kernel_emu/shim.h"), work.join("shim.h")).expect("copy shim");
+    std::fs::copy(
+        root.join("tests/kernel_emu/kernel_emu.cpp"),
+        work.join("kernel_emu.cpp"),
+    )
+    .expect("copy driver");
+    let binary = work.join("kernel_emu");
+    let build = Command::new(&compiler)
+        .args(["-std=c++20", "-O2", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(work.join("kernel_emu.cpp"))
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        build.status.success(),
+        "the emulated kernels do not compile:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let mode = match std::env::var("HYPERGRAD_KERNEL_EMU").as_deref() {
+        Ok("full") => "full",
+        _ => "quick",
+    };
+    let run = Command::new(&binary)
+        .arg(mode)
+        .output()
+        .expect("run the emulation");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let _ = std::fs::remove_dir_all(&work);
+    assert!(run.status.success(), "kernel emulation failed:\n{stdout}");
+    let total = stdout
+        .lines()
+        .find(|l| l.starts_with("TOTAL"))
+        .unwrap_or("no TOTAL line");
+    assert!(total.ends_with(" 0 fails"), "{stdout}");
+    eprintln!("kernel_emulation ({mode}): {total}");
+}
