@@ -174,7 +174,7 @@ pub fn kernel_bench<B: Backend>(
     let copy_gbps = 2.0 * x_bytes / copy_seconds / 1e9;
     rows.push(BenchRow {
         kernel: "ceiling: device copy (read + write)".into(),
-        shape: format!("{} MB", x_bytes / 1e6),
+        shape: format!("{:.1} MB", x_bytes / 1e6),
         seconds: copy_seconds,
         gb_per_s: Some(copy_gbps),
         tflop_per_s: None,

@@ -352,3 +352,64 @@ fn cuda_without_a_cuda_backend_is_a_clear_error() {
     ]);
     assert_one_line_error(&out, &["--device cuda"]);
 }
+
+#[test]
+fn bench_kernels_reports_every_kernel_against_a_measured_ceiling() {
+    let out = hypergrad(&[
+        "bench",
+        "kernels",
+        "--device",
+        "cpu",
+        "--n",
+        "2048",
+        "--d",
+        "64",
+        "--batch",
+        "64",
+        "--woodbury-dim",
+        "128",
+        "--woodbury-rank",
+        "8",
+        "--gemm-side",
+        "128",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = value["kernels"].as_array().expect("kernel rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["kernel"].as_str()).collect();
+    for kernel in [
+        "ceiling: device copy (read + write)",
+        "ceiling: GEMM (f32)",
+        "batched HVP k=1",
+        "batched HVP k=8",
+        "fused SGD step (softmax)",
+        "Woodbury update (dense inverse)",
+    ] {
+        assert!(names.contains(&kernel), "{kernel} missing from {names:?}");
+    }
+    for row in rows
+        .iter()
+        .filter(|r| !r["kernel"].as_str().unwrap_or("").starts_with("ceiling"))
+    {
+        let fraction = row["fraction_of_ceiling"].as_f64().expect("fraction");
+        assert!(fraction > 0.0 && fraction.is_finite(), "{row}");
+    }
+    let out = hypergrad(&["bench", "kernels", "--device", "cpu", "--reps", "0"]);
+    assert_one_line_error(&out, &["--reps"]);
+}
+
+#[test]
+fn info_reports_how_the_kernels_were_built() {
+    let out = hypergrad(&["info", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let compiler = value["kernels"]["compiler"].as_str().expect("compiler");
+    assert!(compiler == "nvcc" || compiler == "nvrtc", "{compiler}");
+    assert!(value["backends"]["cuda"]["status"].is_string());
+}
