@@ -23,6 +23,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod hypergrad;
+pub mod linalg;
 pub mod problem;
 pub mod solver;
 

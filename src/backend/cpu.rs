@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::{Backend, Curvature, Groups, Loss, Precision};
 use crate::error::{Error, Result};
+use crate::linalg::{cholesky, cholesky_solve_in_place};
 
 /// Scalar type of the CPU backend (`f32` or `f64`).
 pub trait Real:
@@ -409,34 +410,6 @@ fn square_side(what: &str, len: usize) -> Result<usize> {
         )));
     }
     Ok(side)
-}
-
-/// Cholesky factor (lower, row-major, in place) of a small SPD matrix, in f64.
-fn cholesky_in_place(s: &mut [f64], m: usize) -> Result<()> {
-    for j in 0..m {
-        let mut pivot = s[j * m + j];
-        for k in 0..j {
-            pivot -= s[j * m + k] * s[j * m + k];
-        }
-        if !(pivot > 0.0 && pivot.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "Woodbury update: the capacitance matrix is not positive definite (pivot {j} is {pivot:e})"
-            )));
-        }
-        let l = pivot.sqrt();
-        s[j * m + j] = l;
-        for i in j + 1..m {
-            let mut v = s[i * m + j];
-            for k in 0..j {
-                v -= s[i * m + k] * s[j * m + k];
-            }
-            s[i * m + j] = v / l;
-        }
-        for k in j + 1..m {
-            s[j * m + k] = 0.0;
-        }
-    }
-    Ok(())
 }
 
 impl<T: Real> Backend for CpuBackend<T> {
@@ -869,27 +842,21 @@ impl<T: Real> Backend for CpuBackend<T> {
         for i in 0..m {
             s[i * m + i] += 1.0 / alpha;
         }
-        cholesky_in_place(&mut s, m)?;
-        // X = S⁻¹ (AUᵀ)ᵀ (m×p): forward and back substitution per column.
+        cholesky(&mut s, m).map_err(|(j, pivot)| {
+            Error::Numerical(format!(
+                "Woodbury update: the capacitance matrix is not positive definite (pivot {j} is {pivot:e})"
+            ))
+        })?;
+        // X = S⁻¹ (AUᵀ)ᵀ (m×p), column by column.
         let mut x = vec![T::zero(); m * p];
         let mut col = vec![0.0; m];
         for j in 0..p {
-            for r in 0..m {
-                let mut v = au[j * m + r].to_f64();
-                for k in 0..r {
-                    v -= s[r * m + k] * col[k];
-                }
-                col[r] = v / s[r * m + r];
+            for (r, v) in col.iter_mut().enumerate() {
+                *v = au[j * m + r].to_f64();
             }
-            for r in (0..m).rev() {
-                let mut v = col[r];
-                for k in r + 1..m {
-                    v -= s[k * m + r] * col[k];
-                }
-                col[r] = v / s[r * m + r];
-            }
-            for r in 0..m {
-                x[r * p + j] = T::from_f64(col[r]);
+            cholesky_solve_in_place(&s, m, &mut col);
+            for (r, &v) in col.iter().enumerate() {
+                x[r * p + j] = T::from_f64(v);
             }
         }
         // A ← A − (AUᵀ) X.

@@ -4,6 +4,7 @@
 use super::implicit::LinearSolution;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::linalg::{cholesky, cholesky_solve_in_place};
 use crate::problem::{Bilevel, Buf, InnerProblem};
 
 /// Largest P for which `exact` assembles the dense Hessian (P² f64 = 128 MiB at 4096).
@@ -48,51 +49,6 @@ pub fn dense_hessian<P: InnerProblem>(problem: &P, hessian: &P::Hessian) -> Resu
     Ok(h)
 }
 
-/// In-place Cholesky factorisation `A = LLᵀ` of a row-major SPD matrix (lower triangle).
-pub fn cholesky(a: &mut [f64], dim: usize) -> Result<()> {
-    for j in 0..dim {
-        let mut diag = a[j * dim + j];
-        for k in 0..j {
-            diag -= a[j * dim + k] * a[j * dim + k];
-        }
-        if !(diag > 0.0) {
-            return Err(Error::Numerical(format!(
-                "the Hessian is not positive definite (pivot {j} is {diag:e})"
-            )));
-        }
-        let l_jj = diag.sqrt();
-        a[j * dim + j] = l_jj;
-        for i in j + 1..dim {
-            let mut s = a[i * dim + j];
-            for k in 0..j {
-                s -= a[i * dim + k] * a[j * dim + k];
-            }
-            a[i * dim + j] = s / l_jj;
-        }
-    }
-    Ok(())
-}
-
-/// Solves `LLᵀ x = rhs` given the factor from [`cholesky`].
-pub fn cholesky_solve(l: &[f64], dim: usize, rhs: &[f64]) -> Vec<f64> {
-    let mut x = rhs.to_vec();
-    for i in 0..dim {
-        let mut s = x[i];
-        for k in 0..i {
-            s -= l[i * dim + k] * x[k];
-        }
-        x[i] = s / l[i * dim + i];
-    }
-    for i in (0..dim).rev() {
-        let mut s = x[i];
-        for k in i + 1..dim {
-            s -= l[k * dim + i] * x[k];
-        }
-        x[i] = s / l[i * dim + i];
-    }
-    x
-}
-
 /// `q = H⁻¹ a` by a dense f64 Cholesky solve.
 pub fn solve<P: Bilevel>(
     problem: &P,
@@ -102,8 +58,13 @@ pub fn solve<P: Bilevel>(
     let b = problem.backend();
     let dim = problem.inner_dim();
     let mut h = dense_hessian(problem, hessian)?;
-    cholesky(&mut h, dim)?;
-    let q = cholesky_solve(&h, dim, &b.download(rhs)?);
+    cholesky(&mut h, dim).map_err(|(j, pivot)| {
+        Error::Numerical(format!(
+            "the Hessian is not positive definite (pivot {j} is {pivot:e})"
+        ))
+    })?;
+    let mut q = b.download(rhs)?;
+    cholesky_solve_in_place(&h, dim, &mut q);
     Ok(LinearSolution {
         q: b.upload(&q)?,
         iters: 0,
