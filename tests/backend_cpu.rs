@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{ksum, logits, rel_err, row_loss, CLASSES};
+use common::{glm_data, ksum, logits, normals, r32, rel_err, row_loss, GlmData, CLASSES};
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::{Backend, Groups, Loss, Precision};
 use hypergrad::data::rng::Rng;
@@ -24,15 +24,6 @@ use ndarray::Array2;
 
 const TOL64: f64 = 1e-12;
 const TOL32: f64 = 1e-5;
-
-/// Rounds to the nearest f32 (so the value is exact in both backends).
-fn r32(v: f64) -> f64 {
-    v as f32 as f64
-}
-
-fn normals(rng: &mut Rng, len: usize, sd: f64) -> Vec<f64> {
-    (0..len).map(|_| r32(sd * rng.normal())).collect()
-}
 
 /// Sizes `(n, d)`: tiny, one with d not a multiple of the 16 lanes of the dot kernel, and one
 /// big enough for every row kernel to split the rows over rayon (n·d·(1 + batch) ≥ 2¹⁶, more
@@ -48,41 +39,10 @@ fn losses() -> [Loss; 4] {
     ]
 }
 
-/// Random design, labels fitting `loss`, row weights in [0, 2) (one exactly 0), and `W`.
-struct Data {
-    x: Array2<f64>,
-    y: Vec<f64>,
-    s: Vec<f64>,
-    w: Vec<f64>,
-}
-
-fn data(loss: Loss, n: usize, d: usize, seed: u64) -> Data {
-    let mut rng = Rng::new(seed);
-    let c = loss.outputs();
-    let x = Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0)).unwrap();
-    let y = (0..n)
-        .map(|_| match loss {
-            Loss::Squared => r32(2.0 * rng.normal()),
-            Loss::Logistic => {
-                if rng.uniform() < 0.5 {
-                    -1.0
-                } else {
-                    1.0
-                }
-            }
-            Loss::Softmax { classes } => rng.below(classes) as f64,
-        })
-        .collect();
-    let mut s: Vec<f64> = (0..n).map(|_| r32(2.0 * rng.uniform())).collect();
-    s[n / 2] = 0.0;
-    let w = normals(&mut rng, c * d, 1.0 / (d as f64).sqrt());
-    Data { x, y, s, w }
-}
-
 // ---- references -----------------------------------------------------------------------------
 
 /// `(Σ s_i ℓ_i, grad_scale Σ s_i ∇_z ℓ_i ⊗ x_i)`.
-fn ref_value_grad(loss: Loss, dt: &Data, weights: bool, grad_scale: f64) -> (f64, Vec<f64>) {
+fn ref_value_grad(loss: Loss, dt: &GlmData, weights: bool, grad_scale: f64) -> (f64, Vec<f64>) {
     let (c, d) = (loss.outputs(), dt.x.ncols());
     let mut value = 0.0;
     let mut grad = vec![0.0; c * d];
@@ -100,7 +60,7 @@ fn ref_value_grad(loss: Loss, dt: &Data, weights: bool, grad_scale: f64) -> (f64
 }
 
 /// Dense `scale Σ s_i x_i x_iᵀ ⊗ ∇²_z ℓ_i` (P×P, class-major).
-fn ref_data_hessian(loss: Loss, dt: &Data, weights: bool, scale: f64) -> Array2<f64> {
+fn ref_data_hessian(loss: Loss, dt: &GlmData, weights: bool, scale: f64) -> Array2<f64> {
     let (c, d) = (loss.outputs(), dt.x.ncols());
     let mut h = Array2::zeros((c * d, c * d));
     for (i, xi) in dt.x.rows().into_iter().enumerate() {
@@ -124,7 +84,7 @@ fn ref_data_hessian(loss: Loss, dt: &Data, weights: bool, scale: f64) -> Array2<
 }
 
 /// Per-row factors `G_i = ∇_z ℓ_i` (n×c).
-fn ref_row_factors(loss: Loss, dt: &Data) -> Vec<f64> {
+fn ref_row_factors(loss: Loss, dt: &GlmData) -> Vec<f64> {
     let c = loss.outputs();
     dt.x.rows()
         .into_iter()
@@ -178,7 +138,7 @@ fn check_value_grad<B: Backend>(b: &B) {
     let tol = tol_of(b);
     for loss in losses() {
         for (t, &(n, d)) in SIZES.iter().enumerate() {
-            let dt = data(loss, n, d, 100 + t as u64);
+            let dt = glm_data(loss, n, d, 100 + t as u64);
             let x = b.upload_design(&dt.x).unwrap();
             let y = b.upload(&dt.y).unwrap();
             let s = b.upload(&dt.s).unwrap();
@@ -209,7 +169,7 @@ fn check_curvature_hvp<B: Backend>(b: &B) {
     let tol = tol_of(b);
     for loss in losses() {
         for (t, &(n, d)) in SIZES.iter().enumerate() {
-            let dt = data(loss, n, d, 200 + t as u64);
+            let dt = glm_data(loss, n, d, 200 + t as u64);
             let p = loss.outputs() * d;
             let x = b.upload_design(&dt.x).unwrap();
             let y = b.upload(&dt.y).unwrap();
@@ -250,7 +210,7 @@ fn check_row_kernels<B: Backend>(b: &B) {
     for loss in losses() {
         let c = loss.outputs();
         for (t, &(n, d)) in SIZES.iter().enumerate() {
-            let dt = data(loss, n, d, 400 + t as u64);
+            let dt = glm_data(loss, n, d, 400 + t as u64);
             let x = b.upload_design(&dt.x).unwrap();
             let y = b.upload(&dt.y).unwrap();
             let w = b.upload(&dt.w).unwrap();
@@ -490,7 +450,7 @@ fn check_dimension_errors<B: Backend>(b: &B) {
         b.batched_dot(&x3, &y2).is_err(),
         "batched_dot with a ragged batch"
     );
-    let dt = data(Loss::Squared, 4, 3, 1);
+    let dt = glm_data(Loss::Squared, 4, 3, 1);
     let x = b.upload_design(&dt.x).unwrap();
     let y = b.upload(&dt.y).unwrap();
     let w = b.upload(&dt.w).unwrap();

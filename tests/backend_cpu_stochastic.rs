@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{logits, rel_err, row_loss};
+use common::{glm_data, logits, normals, r32, rel_err, row_loss, GlmData};
 use hypergrad::backend::{Backend, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use ndarray::Array2;
@@ -29,15 +29,6 @@ use ndarray::Array2;
 const TOL64: f64 = 1e-12;
 const TOL32: f64 = 1e-5;
 const WOODBURY_TOL64: f64 = 1e-9;
-
-/// Rounds to the nearest f32 (so the value is exact in both precisions).
-fn r32(v: f64) -> f64 {
-    v as f32 as f64
-}
-
-fn normals(rng: &mut Rng, len: usize, sd: f64) -> Vec<f64> {
-    (0..len).map(|_| r32(sd * rng.normal())).collect()
-}
 
 fn tol_of<B: Backend>(b: &B) -> f64 {
     match b.precision() {
@@ -162,40 +153,6 @@ fn random_spd(rng: &mut Rng, p: usize) -> Vec<f64> {
 
 // ---- GLM data --------------------------------------------------------------------------------
 
-/// Random design (f32-representable), labels fitting `loss`, row weights in [0, 2) with one
-/// exactly 0, `W` and the regulariser diagonal.
-struct Data {
-    x: Array2<f64>,
-    y: Vec<f64>,
-    s: Vec<f64>,
-    w: Vec<f64>,
-    reg: Vec<f64>,
-}
-
-fn data(loss: Loss, n: usize, d: usize, seed: u64) -> Data {
-    let mut rng = Rng::new(seed);
-    let c = loss.outputs();
-    let x = Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0)).unwrap();
-    let y = (0..n)
-        .map(|_| match loss {
-            Loss::Squared => r32(2.0 * rng.normal()),
-            Loss::Logistic => {
-                if rng.uniform() < 0.5 {
-                    -1.0
-                } else {
-                    1.0
-                }
-            }
-            Loss::Softmax { classes } => rng.below(classes) as f64,
-        })
-        .collect();
-    let mut s: Vec<f64> = (0..n).map(|_| r32(2.0 * rng.uniform())).collect();
-    s[n / 2] = 0.0;
-    let w = normals(&mut rng, c * d, 1.0 / (d as f64).sqrt());
-    let reg = (0..c * d).map(|_| r32(0.5 * rng.uniform())).collect();
-    Data { x, y, s, w, reg }
-}
-
 fn losses() -> [Loss; 3] {
     [Loss::Squared, Loss::Logistic, Loss::Softmax { classes: 3 }]
 }
@@ -223,12 +180,18 @@ fn upload_rows<B: Backend>(b: &B, rows: &[usize], n: usize) -> B::Rows {
 }
 
 /// The gradient factor `G_i = ∇_z ℓ(W x_i, y_i)` of row `i`.
-fn factor(loss: Loss, dt: &Data, w: &[f64], i: usize) -> Vec<f64> {
+fn factor(loss: Loss, dt: &GlmData, w: &[f64], i: usize) -> Vec<f64> {
     row_loss(loss, &logits(w, dt.x.row(i), loss.outputs()), dt.y[i]).1
 }
 
 /// `(w − η((1/b) Σ_p s_{r_p} G_p ⊗ x_{r_p} + reg ⊙ w), [G_p]_p)`.
-fn ref_sgd(loss: Loss, dt: &Data, weights: bool, rows: &[usize], eta: f64) -> (Vec<f64>, Vec<f64>) {
+fn ref_sgd(
+    loss: Loss,
+    dt: &GlmData,
+    weights: bool,
+    rows: &[usize],
+    eta: f64,
+) -> (Vec<f64>, Vec<f64>) {
     let (c, d) = (loss.outputs(), dt.x.ncols());
     let mut grad = vec![0.0; c * d];
     let mut factors = Vec::with_capacity(rows.len() * c);
@@ -468,7 +431,7 @@ fn check_sgd_step<B: Backend>(b: &B) {
     for loss in losses() {
         let c = loss.outputs();
         for (t, &(n, d)) in SIZES.iter().enumerate() {
-            let dt = data(loss, n, d, 1300 + t as u64);
+            let dt = glm_data(loss, n, d, 1300 + t as u64);
             let x = b.upload_design(&dt.x).unwrap();
             let y = b.upload(&dt.y).unwrap();
             let s = b.upload(&dt.s).unwrap();
@@ -513,7 +476,7 @@ fn check_sgd_step<B: Backend>(b: &B) {
 
     // Errors: an empty batch, and operands of the wrong size.
     let loss = Loss::Softmax { classes: 3 };
-    let dt = data(loss, 6, 4, 1500);
+    let dt = glm_data(loss, 6, 4, 1500);
     let x = b.upload_design(&dt.x).unwrap();
     let y = b.upload(&dt.y).unwrap();
     let reg = b.upload(&dt.reg).unwrap();

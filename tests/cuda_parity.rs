@@ -43,7 +43,7 @@ mod common;
 use std::io::Write;
 use std::sync::Once;
 
-use common::rel_err;
+use common::{normals, r32, rel_err};
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{self, CudaBackend, RowPath, Storage};
 use hypergrad::backend::{Backend, Groups, Loss, Precision};
@@ -159,15 +159,6 @@ impl Ctx {
             x.clone()
         }
     }
-}
-
-/// Rounds to the nearest f32 (so the value is exact in both backends).
-fn r32(v: f64) -> f64 {
-    v as f32 as f64
-}
-
-fn normals(rng: &mut Rng, len: usize, sd: f64) -> Vec<f64> {
-    (0..len).map(|_| r32(sd * rng.normal())).collect()
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {

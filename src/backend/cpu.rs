@@ -19,6 +19,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use super::shape::{check_gemm, check_len, per_part, square_side};
 use super::{Backend, Curvature, Groups, Loss, Precision};
 use crate::error::{Error, Result};
 use crate::linalg::{cholesky, cholesky_solve_in_place};
@@ -364,16 +365,6 @@ where
     })
 }
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Dimension(format!(
-            "{what} has {got} entries, expected {want}"
-        )))
-    }
-}
-
 /// Checks the shapes of a GLM kernel's operands; returns `(c, d)`.
 fn check_glm_operands<T: Real>(
     x: &CpuMatrix<T>,
@@ -389,27 +380,6 @@ fn check_glm_operands<T: Real>(
         check_len("row weights", s.len(), x.n)?;
     }
     Ok((c, x.d))
-}
-
-/// `(rows, cols)` of a row-major buffer of `len` entries with `rows` given, checked.
-fn matrix_cols(what: &str, len: usize, rows: usize) -> Result<usize> {
-    if rows == 0 || len % rows != 0 {
-        return Err(Error::Dimension(format!(
-            "{what}: {len} entries do not form {rows} rows"
-        )));
-    }
-    Ok(len / rows)
-}
-
-/// The side of a square row-major matrix of `len` entries, checked.
-fn square_side(what: &str, len: usize) -> Result<usize> {
-    let side = (len as f64).sqrt().round() as usize;
-    if side * side != len {
-        return Err(Error::Dimension(format!(
-            "{what}: {len} entries do not form a square matrix"
-        )));
-    }
-    Ok(side)
 }
 
 impl<T: Real> Backend for CpuBackend<T> {
@@ -504,13 +474,7 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn mul_add(&self, alpha: f64, a: &Vec<T>, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         check_len("mul_add operand", x.len(), y.len())?;
-        if a.is_empty() || x.len() % a.len() != 0 {
-            return Err(Error::Dimension(format!(
-                "mul_add: batch of {} entries is not a multiple of {}",
-                x.len(),
-                a.len()
-            )));
-        }
+        per_part("mul_add", x.len(), a.len())?;
         let al = T::from_f64(alpha);
         for (yb, xb) in y.chunks_exact_mut(a.len()).zip(x.chunks_exact(a.len())) {
             for ((yi, &xi), &ai) in yb.iter_mut().zip(xb).zip(a) {
@@ -521,13 +485,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn batched_dot(&self, batch: &Vec<T>, v: &Vec<T>) -> Result<Vec<f64>> {
-        if v.is_empty() || batch.len() % v.len() != 0 {
-            return Err(Error::Dimension(format!(
-                "batched_dot: batch of {} entries is not a multiple of {}",
-                batch.len(),
-                v.len()
-            )));
-        }
+        per_part("batched_dot", batch.len(), v.len())?;
         Ok(batch.chunks_exact(v.len()).map(|b| dot_f64(b, v)).collect())
     }
 
@@ -637,12 +595,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         let c = curvature.loss.outputs();
         let d = x.d;
         let p_len = c * d;
-        if p_len == 0 || v.len() % p_len != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_hvp: batch of {} entries is not a multiple of P = {p_len}",
-                v.len()
-            )));
-        }
+        per_part("glm_hvp batch", v.len(), p_len)?;
         check_len("glm_hvp output", out.len(), v.len())?;
         let (acc, _) = project_rows(x, v, true, |i, z, u| {
             u.clear();
@@ -698,14 +651,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn glm_row_pairing(&self, x: &CpuMatrix<T>, q: &Vec<T>, g: &Vec<T>) -> Result<Vec<f64>> {
         self.record_pass(x);
         let d = x.d;
-        if x.n == 0 || g.len() % x.n != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_row_pairing: {} factors for {} rows",
-                g.len(),
-                x.n
-            )));
-        }
-        let c = g.len() / x.n;
+        let c = per_part("glm_row_pairing", g.len(), x.n)?;
         check_len("glm_row_pairing vector", q.len(), c * d)?;
         Ok((0..x.n)
             .into_par_iter()
@@ -728,14 +674,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.record_pass(x);
         let d = x.d;
         check_len("glm_add_row_outer coefficients", coef.len(), x.n)?;
-        if x.n == 0 || g.len() % x.n != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_add_row_outer: {} factors for {} rows",
-                g.len(),
-                x.n
-            )));
-        }
-        let c = g.len() / x.n;
+        let c = per_part("glm_add_row_outer", g.len(), x.n)?;
         check_len("glm_add_row_outer batch", batch.len(), x.n * c * d)?;
         batch.par_chunks_mut(c * d).enumerate().for_each(|(i, vi)| {
             for k in 0..c {
@@ -791,9 +730,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         beta: f64,
         c: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("gemm A", a.len(), m * k)?;
-        check_len("gemm B", b.len(), k * n)?;
-        check_len("gemm C", c.len(), m * n)?;
+        check_gemm((m, n, k), a.len(), b.len(), c.len())?;
         let shape_err = |e: ndarray::ShapeError| Error::Dimension(format!("gemm: {e}"));
         let a_view = if transpose_a {
             ArrayView2::from_shape((k, m), a)
@@ -821,7 +758,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn syrk(&self, alpha: f64, a: &Vec<T>, m: usize, beta: f64, c: &mut Vec<T>) -> Result<()> {
-        let p = matrix_cols("syrk A", a.len(), m)?;
+        let p = per_part("syrk A", a.len(), m)?;
         self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
     }
 
@@ -914,7 +851,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         out: &mut Vec<T>,
     ) -> Result<()> {
         let b = rows.len();
-        let c = matrix_cols("per-sample factors", factors.len(), b)?;
+        let c = per_part("per-sample factors", factors.len(), b)?;
         let d = x.d;
         check_len("per-sample gradients", out.len(), b * c * d)?;
         if let Some(s) = scale {
@@ -947,7 +884,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         gg: &mut Vec<T>,
     ) -> Result<()> {
         let b = rows.len();
-        let c = matrix_cols("per-sample factors", factors.len(), b)?;
+        let c = per_part("per-sample factors", factors.len(), b)?;
         let d = x.d;
         let mut gathered = Vec::with_capacity(b * d);
         for &i in rows {

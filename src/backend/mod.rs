@@ -24,6 +24,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod shape;
 
 use crate::error::Result;
 

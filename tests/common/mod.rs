@@ -534,3 +534,49 @@ pub fn ksum(values: impl IntoIterator<Item = f64>) -> f64 {
     }
     sum + comp
 }
+
+/// Rounds to the nearest f32 (so the value is exact in both backends).
+pub fn r32(v: f64) -> f64 {
+    v as f32 as f64
+}
+
+/// `len` normal draws scaled by `sd`, rounded to f32.
+pub fn normals(rng: &mut hypergrad::data::rng::Rng, len: usize, sd: f64) -> Vec<f64> {
+    (0..len).map(|_| r32(sd * rng.normal())).collect()
+}
+
+/// Random GLM operands (all f32-representable): a design, labels fitting `loss`, row weights
+/// in [0, 2) with one exactly 0, `W` (c×d) and a regulariser diagonal.
+pub struct GlmData {
+    pub x: ndarray::Array2<f64>,
+    pub y: Vec<f64>,
+    pub s: Vec<f64>,
+    pub w: Vec<f64>,
+    pub reg: Vec<f64>,
+}
+
+pub fn glm_data(loss: hypergrad::backend::Loss, n: usize, d: usize, seed: u64) -> GlmData {
+    use hypergrad::backend::Loss;
+    let mut rng = hypergrad::data::rng::Rng::new(seed);
+    let c = loss.outputs();
+    let x = ndarray::Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0))
+        .expect("n×d entries");
+    let y = (0..n)
+        .map(|_| match loss {
+            Loss::Squared => r32(2.0 * rng.normal()),
+            Loss::Logistic => {
+                if rng.uniform() < 0.5 {
+                    -1.0
+                } else {
+                    1.0
+                }
+            }
+            Loss::Softmax { classes } => rng.below(classes) as f64,
+        })
+        .collect();
+    let mut s: Vec<f64> = (0..n).map(|_| r32(2.0 * rng.uniform())).collect();
+    s[n / 2] = 0.0;
+    let w = normals(&mut rng, c * d, 1.0 / (d as f64).sqrt());
+    let reg = (0..c * d).map(|_| r32(0.5 * rng.uniform())).collect();
+    GlmData { x, y, s, w, reg }
+}

@@ -11,6 +11,7 @@ use super::{
     driver_error, grid_1d, int, Arg, CudaBackend, CudaDesign, CudaRows, DesignData, RowPath,
     Storage, NULL,
 };
+use crate::backend::shape::{check_gemm, check_len, per_part, square_side};
 use crate::backend::{Backend, Curvature, Groups, Loss, Precision};
 use crate::error::{Error, Result};
 
@@ -63,16 +64,6 @@ fn kmax_for(k: usize) -> Result<usize> {
 /// accumulator when it accumulates.
 fn fused_shared_bytes(k: usize, d: usize, accumulate: bool) -> Result<usize> {
     Ok(4 * (ROWS_TILE * kmax_for(k)? + if accumulate { k * d } else { 0 }))
-}
-
-fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Dimension(format!(
-            "{what} has {got} entries, expected {want}"
-        )))
-    }
 }
 
 /// One call of the fused row kernel (see cuda/glm_rows.cu for the meaning of each field).
@@ -576,13 +567,7 @@ impl Backend for CudaBackend {
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check_len("mul_add operand", x.len(), y.len())?;
-        if a.is_empty() || x.len() % a.len() != 0 {
-            return Err(Error::Dimension(format!(
-                "mul_add: batch of {} entries is not a multiple of {}",
-                x.len(),
-                a.len()
-            )));
-        }
+        per_part("mul_add", x.len(), a.len())?;
         let n = x.len();
         self.launch(
             "hg_mul_add",
@@ -599,13 +584,7 @@ impl Backend for CudaBackend {
     }
 
     fn batched_dot(&self, batch: &CudaSlice<f32>, v: &CudaSlice<f32>) -> Result<Vec<f64>> {
-        if v.is_empty() || batch.len() % v.len() != 0 {
-            return Err(Error::Dimension(format!(
-                "batched_dot: batch of {} entries is not a multiple of {}",
-                batch.len(),
-                v.len()
-            )));
-        }
+        per_part("batched_dot", batch.len(), v.len())?;
         let m = batch.len() / v.len();
         let out = self
             .stream
@@ -704,16 +683,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let c = curvature.loss.outputs();
         let p = c * x.d;
-        if p == 0 || v.len() % p != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_hvp: batch of {} entries is not a multiple of P = {p}",
-                v.len()
-            )));
-        }
+        let vectors = per_part("glm_hvp batch", v.len(), p)?;
         check_len("glm_hvp output", out.len(), v.len())?;
         self.zero(out)?;
         // Chunks of whole vectors whose m·c rows fit the widest kernel variant (32).
-        let vectors = v.len() / p;
         let per_launch = (32 / c).max(1);
         let mut first = 0;
         while first < vectors {
@@ -752,14 +725,7 @@ impl Backend for CudaBackend {
         q: &CudaSlice<f32>,
         g: &CudaSlice<f32>,
     ) -> Result<Vec<f64>> {
-        if x.n == 0 || g.len() % x.n != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_row_pairing: {} factors for {} rows",
-                g.len(),
-                x.n
-            )));
-        }
-        let c = g.len() / x.n;
+        let c = per_part("glm_row_pairing", g.len(), x.n)?;
         check_len("glm_row_pairing vector", q.len(), c * x.d)?;
         let out = self.alloc_f32(x.n)?;
         // The loss only fixes c here; mode 4 does not evaluate it.
@@ -779,14 +745,7 @@ impl Backend for CudaBackend {
         batch: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check_len("glm_add_row_outer coefficients", coef.len(), x.n)?;
-        if x.n == 0 || g.len() % x.n != 0 {
-            return Err(Error::Dimension(format!(
-                "glm_add_row_outer: {} factors for {} rows",
-                g.len(),
-                x.n
-            )));
-        }
-        let c = g.len() / x.n;
+        let c = per_part("glm_add_row_outer", g.len(), x.n)?;
         check_len("glm_add_row_outer batch", batch.len(), x.n * c * x.d)?;
         let coef = self.small_upload(coef)?;
         let (x_ptr, storage) = self.design_ptr(x);
@@ -892,9 +851,7 @@ impl Backend for CudaBackend {
         beta: f64,
         c: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("gemm A", a.len(), m * k)?;
-        check_len("gemm B", b.len(), k * n)?;
-        check_len("gemm C", c.len(), m * n)?;
+        check_gemm((m, n, k), a.len(), b.len(), c.len())?;
         self.gemm_raw(
             transpose_a,
             transpose_b,
@@ -915,13 +872,7 @@ impl Backend for CudaBackend {
         beta: f64,
         c: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if m == 0 || a.len() % m != 0 {
-            return Err(Error::Dimension(format!(
-                "syrk A: {} entries do not form {m} rows",
-                a.len()
-            )));
-        }
-        let p = a.len() / m;
+        let p = per_part("syrk A", a.len(), m)?;
         self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
     }
 
@@ -942,13 +893,7 @@ impl Backend for CudaBackend {
                 "Woodbury update of rank {m}: the CUDA backend handles ranks 1 to {MAX_WOODBURY_RANK}"
             )));
         }
-        let p = (a.len() as f64).sqrt().round() as usize;
-        if p * p != a.len() {
-            return Err(Error::Dimension(format!(
-                "Woodbury A: {} entries do not form a square matrix",
-                a.len()
-            )));
-        }
+        let p = square_side("Woodbury A", a.len())?;
         check_len("Woodbury U", u.len(), m * p)?;
         // UA (m×p) = (AUᵀ)ᵀ since A is symmetric; S = UA·Uᵀ + I/α (m×m); X = S⁻¹ UA;
         // A ← A − (UA)ᵀ X.
@@ -1056,13 +1001,7 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let b = rows.len;
-        if b == 0 || factors.len() % b != 0 {
-            return Err(Error::Dimension(format!(
-                "per-sample factors: {} entries for {b} rows",
-                factors.len()
-            )));
-        }
-        let c = factors.len() / b;
+        let c = per_part("per-sample factors", factors.len(), b)?;
         check_len("per-sample gradients", out.len(), b * c * x.d)?;
         let (x_ptr, storage) = self.design_ptr(x);
         self.launch(
@@ -1093,13 +1032,7 @@ impl Backend for CudaBackend {
         gg: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let b = rows.len;
-        if b == 0 || factors.len() % b != 0 {
-            return Err(Error::Dimension(format!(
-                "per-sample factors: {} entries for {b} rows",
-                factors.len()
-            )));
-        }
-        let c = factors.len() / b;
+        let c = per_part("per-sample factors", factors.len(), b)?;
         let d = x.d;
         check_len("K-FAC input factor", xx.len(), d * d)?;
         check_len("K-FAC output factor", gg.len(), c * c)?;
