@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use super::problem::{L1Data, L1Problem, Penalty};
 use super::solver::{
-    coordinate_lipschitz, duality_gap, gap_threshold, residual, soft_threshold, solve,
-    L1Solver, Solution, SolveOptions,
+    coordinate_lipschitz, duality_gap, gap_threshold, residual, soft_threshold, solve, L1Solver,
+    Solution, SolveOptions,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::solver::linear::conjugate_gradient;
@@ -225,7 +225,14 @@ fn b_column(pen: &Penalty, w: &[f64], support: &[usize], k: usize) -> Vec<f64> {
 }
 
 /// `out ← A v = X_Sᵀ(X_S v)/n + λ₂ v` for v on S; `tmp` has length n.
-fn apply_a(train: &L1Data, pen: &Penalty, support: &[usize], v: &[f64], tmp: &mut [f64], out: &mut [f64]) {
+fn apply_a(
+    train: &L1Data,
+    pen: &Penalty,
+    support: &[usize],
+    v: &[f64],
+    tmp: &mut [f64],
+    out: &mut [f64],
+) {
     let n = train.y.len() as f64;
     tmp.iter_mut().for_each(|t| *t = 0.0);
     for (a, &j) in support.iter().enumerate() {
@@ -354,8 +361,8 @@ fn implicit_forward(
         let mut max_entry: f64 = 0.0;
         for (c, (jk, rk)) in jac.iter_mut().zip(res.iter_mut()).enumerate() {
             for (a, &j) in support.iter().enumerate() {
-                let new = (train.x.col_dot(j, rk) / nf + lips[a] * jk[a] - bs[c][a])
-                    / (lips[a] + pen.l2);
+                let new =
+                    (train.x.col_dot(j, rk) / nf + lips[a] * jk[a] - bs[c][a]) / (lips[a] + pen.l2);
                 let delta = new - jk[a];
                 if delta != 0.0 {
                     train.x.col_axpy(j, -delta, rk);
@@ -478,7 +485,9 @@ fn forward_cd(
     let mut jac = vec![vec![0.0; d]; p];
     let mut jr = vec![vec![0.0; n]; p];
     // Column k is identically 0 until something feeds it (wlasso: coordinate k active).
-    let mut live: Vec<bool> = (0..p).map(|k| pen.kind != super::L1Kind::Wlasso || k >= d).collect();
+    let mut live: Vec<bool> = (0..p)
+        .map(|k| pen.kind != super::L1Kind::Wlasso || k >= d)
+        .collect();
     let threshold = gap_threshold(train, inner.tol);
     let mut gap = f64::INFINITY;
     let mut iters = 0;

@@ -164,7 +164,9 @@ impl L1Data {
         let m = self.y.len() as f64;
         let mut r = vec![0.0; self.y.len()];
         self.x.matvec(w, &mut r);
-        r.iter_mut().zip(&self.y).for_each(|(ri, yi)| *ri = yi - *ri);
+        r.iter_mut()
+            .zip(&self.y)
+            .for_each(|(ri, yi)| *ri = yi - *ri);
         let mse = r.iter().map(|a| a * a).sum::<f64>() / m;
         let mut g = vec![0.0; w.len()];
         self.x.rmatvec(&r, &mut g);

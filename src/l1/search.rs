@@ -1,10 +1,12 @@
 //! Outer search over θ = log λ, minimising a held-out or cross-validation [`Criterion`]:
 //!
 //! * `hoag`: gradient descent with an adaptive step and a line search, in the style of HOAG
-//!   (Pedregosa 2016) and sparse-ho's `LineSearch`: step `1/L`, `L₀ = ‖∇F(θ₀)‖` (the first
-//!   step moves θ by 1), a step that decreases F (`F⁺ ≤ F − 10⁻⁴ ⟨∇F, θ − θ⁺⟩`) is accepted
-//!   and the next one is longer (`L ← 0.9 L`), otherwise θ is kept and `L ← 2L`; the inner
-//!   tolerance decreases geometrically from `tol_start` to `tol_end` as in HOAG;
+//!   (Pedregosa 2016) and sparse-ho's `LineSearch`: step `1/L` (at most 2 in θ),
+//!   `L₀ = ‖∇F(θ₀)‖` (the first step moves θ by 1); a step that decreases F
+//!   (`F⁺ ≤ F − 10⁻⁴ ⟨∇F, θ − θ⁺⟩`) is accepted and L is re-estimated from the secant
+//!   curvature `⟨Δ∇F, Δθ⟩/‖Δθ‖²` (Barzilai–Borwein, kept ≥ L/10; halved when not positive),
+//!   otherwise θ is kept and `L ← 2L`; the inner tolerance decreases geometrically from
+//!   `tol_start` to `tol_end` over the accepted steps, as in HOAG;
 //! * `adam`: Adam on θ (β = 0.9, 0.999), learning rate `lr`;
 //! * `grid`: `steps` points of a log-spaced grid from λ_max down to `λ_max · ratio` (a
 //!   product grid of ⌈√steps⌉² points for `enet`; one shared λ for `wlasso`), warm-started
@@ -47,15 +49,20 @@ impl OuterOpt {
 impl std::str::FromStr for OuterOpt {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [OuterOpt::Hoag, OuterOpt::Adam, OuterOpt::Grid, OuterOpt::Random]
-            .into_iter()
-            .find(|o| o.name() == s)
-            .ok_or_else(|| {
-                Error::option(
-                    "--outer-opt",
-                    format!("unknown optimiser '{s}' (use hoag, adam, grid, random)"),
-                )
-            })
+        [
+            OuterOpt::Hoag,
+            OuterOpt::Adam,
+            OuterOpt::Grid,
+            OuterOpt::Random,
+        ]
+        .into_iter()
+        .find(|o| o.name() == s)
+        .ok_or_else(|| {
+            Error::option(
+                "--outer-opt",
+                format!("unknown optimiser '{s}' (use hoag, adam, grid, random)"),
+            )
+        })
     }
 }
 
@@ -129,6 +136,9 @@ pub struct SearchResult {
     pub seconds: f64,
 }
 
+/// Longest HOAG step in θ (log-λ units).
+const MAX_STEP: f64 = 2.0;
+
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|a| a * a).sum::<f64>().sqrt()
 }
@@ -160,10 +170,16 @@ pub fn search(
 ) -> Result<SearchResult> {
     let started = Instant::now();
     if !(search.ratio > 0.0 && search.ratio < 1.0) {
-        return Err(Error::option("--ratio", format!("must be in (0, 1), got {}", search.ratio)));
+        return Err(Error::option(
+            "--ratio",
+            format!("must be in (0, 1), got {}", search.ratio),
+        ));
     }
     if !(search.lr > 0.0 && search.lr.is_finite()) {
-        return Err(Error::option("--lr", format!("must be > 0, got {}", search.lr)));
+        return Err(Error::option(
+            "--lr",
+            format!("must be > 0, got {}", search.lr),
+        ));
     }
     let kind = criterion.kind();
     let d = criterion.d();
@@ -226,25 +242,40 @@ pub fn search(
 
     match search.opt {
         OuterOpt::Hoag => {
-            let tol_at = |k: usize| {
-                (search.tol_start * search.tol_decay.powi(k as i32)).max(search.tol_end)
-            };
+            let tol_at =
+                |k: usize| (search.tol_start * search.tol_decay.powi(k as i32)).max(search.tol_end);
             let mut theta = theta0;
             clip(&mut theta);
             eval.opts.inner.tol = tol_at(0);
             let mut cur = eval.value_and_grad(&theta)?;
-            record(0, &theta, cur.value, Some(&cur.hypergradient), true, iters_of(&cur), &mut trace)?;
+            record(
+                0,
+                &theta,
+                cur.value,
+                Some(&cur.hypergradient),
+                true,
+                iters_of(&cur),
+                &mut trace,
+            )?;
             let gn = norm(&cur.hypergradient);
             let mut lip = if gn > 0.0 { gn } else { 1.0 };
             let mut accepted_steps = 0;
             for step in 1..=search.steps {
                 let mut next = theta.clone();
+                let scale = (norm(&cur.hypergradient) / lip / MAX_STEP).max(1.0);
                 for (t, g) in next.iter_mut().zip(&cur.hypergradient) {
-                    *t -= g / lip;
+                    *t -= g / (lip * scale);
                 }
                 clip(&mut next);
-                if next == theta {
-                    // At a box corner with the gradient pointing out: nothing left to do.
+                let moved = norm(
+                    &next
+                        .iter()
+                        .zip(&theta)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<_>>(),
+                );
+                if moved <= 1e-10 {
+                    // Converged, or at a box corner with the gradient pointing out.
                     break;
                 }
                 eval.opts.inner.tol = tol_at(accepted_steps + 1);
@@ -256,11 +287,32 @@ pub fn search(
                     .map(|(g, (a, b))| g * (a - b))
                     .sum();
                 let ok = cand.value <= cur.value - 1e-4 * decrease;
-                record(step, &next, cand.value, Some(&cand.hypergradient), ok, iters_of(&cand), &mut trace)?;
+                record(
+                    step,
+                    &next,
+                    cand.value,
+                    Some(&cand.hypergradient),
+                    ok,
+                    iters_of(&cand),
+                    &mut trace,
+                )?;
                 if ok {
+                    // Secant (Barzilai–Borwein) curvature along the step, when positive.
+                    let curv: f64 = cand
+                        .hypergradient
+                        .iter()
+                        .zip(&cur.hypergradient)
+                        .zip(next.iter().zip(&theta))
+                        .map(|((g1, g0), (t1, t0))| (g1 - g0) * (t1 - t0))
+                        .sum::<f64>()
+                        / (moved * moved);
+                    lip = if curv > 0.0 {
+                        curv.max(0.1 * lip)
+                    } else {
+                        0.5 * lip
+                    };
                     theta = next;
                     cur = cand;
-                    lip *= 0.9;
                     accepted_steps += 1;
                 } else {
                     lip *= 2.0;
@@ -278,7 +330,15 @@ pub fn search(
             let mut v = vec![0.0; p];
             for step in 0..=search.steps {
                 let e = eval.value_and_grad(&theta)?;
-                record(step, &theta, e.value, Some(&e.hypergradient), true, iters_of(&e), &mut trace)?;
+                record(
+                    step,
+                    &theta,
+                    e.value,
+                    Some(&e.hypergradient),
+                    true,
+                    iters_of(&e),
+                    &mut trace,
+                )?;
                 if step == search.steps {
                     break;
                 }
@@ -317,7 +377,12 @@ pub fn search(
 }
 
 /// The θ points of grid or random search, in evaluation order (grid: from λ_max down).
-fn grid_points(search: &SearchOptions, kind: L1Kind, p: usize, boxes: &[(f64, f64)]) -> Vec<Vec<f64>> {
+fn grid_points(
+    search: &SearchOptions,
+    kind: L1Kind,
+    p: usize,
+    boxes: &[(f64, f64)],
+) -> Vec<Vec<f64>> {
     let count = search.steps.max(1);
     let line = |(lo, hi): (f64, f64), m: usize| -> Vec<f64> {
         if m == 1 {

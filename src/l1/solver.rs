@@ -116,7 +116,9 @@ pub fn soft_threshold(z: f64, t: f64) -> f64 {
 pub fn residual(data: &L1Data, w: &[f64]) -> Vec<f64> {
     let mut r = vec![0.0; data.y.len()];
     data.x.matvec(w, &mut r);
-    r.iter_mut().zip(&data.y).for_each(|(ri, yi)| *ri = yi - *ri);
+    r.iter_mut()
+        .zip(&data.y)
+        .for_each(|(ri, yi)| *ri = yi - *ri);
     r
 }
 
@@ -215,7 +217,12 @@ pub fn solve(
 /// Proximal coordinate descent: full cyclic sweeps, each followed by sweeps over the
 /// nonzero coordinates only while they still move (an active-set speed-up that leaves the
 /// fixed point unchanged); the gap is checked after every `gap_every` full sweeps.
-fn solve_cd(data: &L1Data, pen: &Penalty, mut w: Vec<f64>, opts: &SolveOptions) -> Result<Solution> {
+fn solve_cd(
+    data: &L1Data,
+    pen: &Penalty,
+    mut w: Vec<f64>,
+    opts: &SolveOptions,
+) -> Result<Solution> {
     let x = &data.x;
     let lips = coordinate_lipschitz(x);
     let mut r = residual(data, &w);
@@ -285,7 +292,12 @@ fn solve_cd(data: &L1Data, pen: &Penalty, mut w: Vec<f64>, opts: &SolveOptions) 
 /// ```
 ///
 /// with `β_k = (t_k − 1)/t_{k+1}` (FISTA) or 0 (ISTA).
-fn solve_pgd(data: &L1Data, pen: &Penalty, mut w: Vec<f64>, opts: &SolveOptions) -> Result<Solution> {
+fn solve_pgd(
+    data: &L1Data,
+    pen: &Penalty,
+    mut w: Vec<f64>,
+    opts: &SolveOptions,
+) -> Result<Solution> {
     let x = &data.x;
     let n = data.y.len() as f64;
     let lipschitz = x.spectral_norm_sq(50) / n + pen.l2;
