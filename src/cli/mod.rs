@@ -8,6 +8,7 @@ mod bench;
 mod data_args;
 mod grad;
 mod info;
+pub mod l1;
 
 use std::process::ExitCode;
 
