@@ -88,6 +88,38 @@ impl Design {
         }
     }
 
+    /// Dense storage of the same matrix when its density `nnz/(n·d)` is at least
+    /// `min_density` (dense columns are faster to sweep than nearly full sparse ones);
+    /// otherwise a copy of `self`.
+    pub fn densify_if(&self, min_density: f64) -> Design {
+        match self {
+            Design::Sparse(m) if (m.nnz() as f64) >= min_density * (m.n * m.d) as f64 => {
+                let mut data = vec![0.0; m.n * m.d];
+                for j in 0..m.d {
+                    let (idx, val) = m.col(j);
+                    for (&i, &v) in idx.iter().zip(val) {
+                        data[j * m.n + i] = v;
+                    }
+                }
+                Design::Dense {
+                    n: m.n,
+                    d: m.d,
+                    data,
+                }
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// Stored entries of column j.
+    #[inline]
+    pub fn col_nnz(&self, j: usize) -> usize {
+        match self {
+            Design::Dense { n, .. } => *n,
+            Design::Sparse(m) => m.indptr[j + 1] - m.indptr[j],
+        }
+    }
+
     /// `x_jᵀ v`.
     #[inline]
     pub fn col_dot(&self, j: usize, v: &[f64]) -> f64 {

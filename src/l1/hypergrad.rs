@@ -264,8 +264,10 @@ fn implicit(
     let mut tmp = vec![0.0; train.y.len()];
     let mut q = vec![0.0; s];
     let mut iters = 0;
-    if s <= opts.cholesky_max {
-        // Dense A, column by column: A e_a.
+    // Dense A, column by column (A e_a), factorised by Cholesky when |S| is small; CG when
+    // |S| is large or A is singular (an inexact inner solution can carry more than n
+    // nonzeros, making X_SᵀX_S rank-deficient).
+    let factor = (s <= opts.cholesky_max).then(|| {
         let mut a = vec![0.0; s * s];
         let mut e = vec![0.0; s];
         let mut col = vec![0.0; s];
@@ -277,13 +279,11 @@ fn implicit(
                 a[r * s + c] = col[r];
             }
         }
-        crate::linalg::cholesky(&mut a, s).map_err(|(i, v)| {
-            Error::Numerical(format!(
-                "X_SᵀX_S/n + λ₂I is not positive definite on the support (pivot {i} = {v:e}); the columns of the support are collinear"
-            ))
-        })?;
+        crate::linalg::cholesky(&mut a, s).ok().map(|_| a)
+    });
+    if let Some(Some(l)) = factor {
         q.copy_from_slice(&rhs);
-        crate::linalg::cholesky_solve_in_place(&a, s, &mut q);
+        crate::linalg::cholesky_solve_in_place(&l, s, &mut q);
     } else {
         let backend = CpuBackend::<f64>::new();
         let report = conjugate_gradient(

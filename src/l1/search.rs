@@ -5,7 +5,8 @@
 //!   `L₀ = ‖∇F(θ₀)‖` (the first step moves θ by 1); a step that decreases F
 //!   (`F⁺ ≤ F − 10⁻⁴ ⟨∇F, θ − θ⁺⟩`) is accepted and L is re-estimated from the secant
 //!   curvature `⟨Δ∇F, Δθ⟩/‖Δθ‖²` (Barzilai–Borwein, kept ≥ L/10; halved when not positive),
-//!   otherwise θ is kept and `L ← 2L`; the inner tolerance decreases geometrically from
+//!   otherwise θ is kept and `L ← 2L`; the inner tolerance ε_k (also the linear / Jacobian
+//!   tolerance, when looser than the one in the options) decreases geometrically from
 //!   `tol_start` to `tol_end` over the accepted steps, as in HOAG;
 //! * `adam`: Adam on θ (β = 0.9, 0.999), learning rate `lr`;
 //! * `grid`: `steps` points of a log-spaced grid from λ_max down to `λ_max · ratio` (a
@@ -246,7 +247,13 @@ pub fn search(
                 |k: usize| (search.tol_start * search.tol_decay.powi(k as i32)).max(search.tol_end);
             let mut theta = theta0;
             clip(&mut theta);
-            eval.opts.inner.tol = tol_at(0);
+            let linear_tol = eval.opts.linear_tol;
+            // HOAG's ε_k bounds both the inner and the linear (Jacobian) accuracy.
+            let set_tol = |o: &mut L1Options, t: f64| {
+                o.inner.tol = t;
+                o.linear_tol = linear_tol.max(t);
+            };
+            set_tol(&mut eval.opts, tol_at(0));
             let mut cur = eval.value_and_grad(&theta)?;
             record(
                 0,
@@ -278,7 +285,7 @@ pub fn search(
                     // Converged, or at a box corner with the gradient pointing out.
                     break;
                 }
-                eval.opts.inner.tol = tol_at(accepted_steps + 1);
+                set_tol(&mut eval.opts, tol_at(accepted_steps + 1));
                 let cand = eval.value_and_grad(&next)?;
                 let decrease: f64 = cur
                     .hypergradient
