@@ -10,6 +10,9 @@
 //!
 //! Everything here runs on the host in f64.
 
+// Index loops over several arrays at once mirror the equations they implement.
+#![allow(clippy::needless_range_loop)]
+
 pub mod cv;
 pub mod design;
 pub mod hypergrad;

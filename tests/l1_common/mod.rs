@@ -1,6 +1,6 @@
 //! Shared helpers of the ℓ1 tests: random sparse-regression instances stored dense and
 //! sparse, and naive dense f64 references written from the formulas (no library kernels).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)]
 
 use hypergrad::data::rng::Rng;
 use hypergrad::data::sparse::CsrMatrix;
