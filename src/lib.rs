@@ -24,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod hypergrad;
 pub mod linalg;
+pub mod outer;
 pub mod problem;
 pub mod solver;
 
