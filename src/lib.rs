@@ -26,6 +26,7 @@ pub mod error;
 pub mod hypergrad;
 pub mod l1;
 pub mod linalg;
+pub mod outer;
 pub mod problem;
 pub mod solver;
 

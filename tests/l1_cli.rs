@@ -202,3 +202,76 @@ fn bad_input_is_one_line_and_nonzero() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn run_writes_a_trace_and_improves_the_criterion() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_run_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svm, _) = write_data(&dir);
+    for (problem, opt, steps) in [
+        ("lasso", "hoag", 8),
+        ("enet", "adam", 5),
+        ("wlasso", "hoag", 4),
+        ("lasso", "grid", 9),
+        ("lasso", "random", 6),
+        ("lasso", "hoag", 0),
+    ] {
+        let trace = dir.join(format!("{problem}_{opt}_{steps}.jsonl"));
+        let out = bin()
+            .args([
+                "run",
+                "--problem",
+                problem,
+                "--train",
+                &svm,
+                "--method",
+                "implicit-forward",
+            ])
+            .args([
+                "--outer-opt",
+                opt,
+                "--outer-steps",
+                &steps.to_string(),
+                "--json",
+                "--trace",
+            ])
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lines: Vec<Value> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        match opt {
+            "grid" | "random" => assert_eq!(lines.len(), steps.max(1)),
+            _ => assert!(!lines.is_empty() && lines.len() <= steps + 1),
+        }
+        assert_eq!(summary["evaluations"], lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["step"], i);
+            for key in [
+                "seconds",
+                "theta_norm",
+                "outer_loss",
+                "hypergradient_norm",
+                "test_loss",
+            ] {
+                assert!(l.get(key).is_some(), "{key} missing in {l}");
+            }
+        }
+        let first = lines[0]["outer_loss"].as_f64().unwrap();
+        let best = summary["best_loss"].as_f64().unwrap();
+        assert!(best <= first);
+        if steps == 0 {
+            assert_eq!(lines.len(), 1);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

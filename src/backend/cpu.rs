@@ -395,6 +395,10 @@ impl<T: Real> Backend for CpuBackend<T> {
         T::PRECISION
     }
 
+    fn fork(&self) -> Result<Self> {
+        Ok(self.clone())
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }
@@ -754,6 +758,15 @@ impl<T: Real> Backend for CpuBackend<T> {
             T::from_f64(beta),
             &mut c_view,
         );
+        Ok(())
+    }
+
+    fn set_diagonal(&self, a: &mut Vec<T>, diag: &Vec<T>, invert: bool) -> Result<()> {
+        let p = diag.len();
+        check_len("diagonal's matrix", a.len(), p * p)?;
+        for (i, &v) in diag.iter().enumerate() {
+            a[i * p + i] = if invert { T::one() / v } else { v };
+        }
         Ok(())
     }
 

@@ -151,6 +151,9 @@ pub struct Curvature<B: Backend + ?Sized> {
     pub probs: Option<B::Buf>,
 }
 
+/// Markers per handle available to [`Backend::signal`].
+pub const QUEUE_MARKERS: usize = 4;
+
 /// A compute backend: buffers plus the primitives the estimators are written in.
 ///
 /// Scalars cross the trait as `f64` whatever the backend's precision; reductions accumulate
@@ -170,6 +173,34 @@ pub trait Backend: Send + Sync {
     /// Waits until all queued work is done (a no-op on the CPU; for timing).
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    // ---- queues -------------------------------------------------------------------------
+
+    /// A second handle on the same device and buffers whose work may run concurrently with
+    /// this one's (a second CUDA stream), ordered against it only by [`Backend::signal`] and
+    /// [`Backend::wait_for`]. The CPU runs every call to completion in order, so its fork is a
+    /// clone and the markers are no-ops.
+    fn fork(&self) -> Result<Self>
+    where
+        Self: Sized;
+    /// Records marker `slot` (`< QUEUE_MARKERS`) at the current end of this handle's queue.
+    fn signal(&self, _slot: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Makes later work of this handle wait until `other` has passed its marker `slot`,
+    /// without blocking the host.
+    fn wait_for(&self, _other: &Self, _slot: usize) -> Result<()>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
+    /// `(syncs, transfers)` with the host made so far by this backend and its forks: calls
+    /// that wait for the device and host↔device copies. Zero for the CPU, where there is no
+    /// device to wait for.
+    fn host_traffic(&self) -> (u64, u64) {
+        (0, 0)
     }
 
     // ---- memory -------------------------------------------------------------------------
@@ -308,6 +339,10 @@ pub trait Backend: Send + Sync {
         beta: f64,
         c: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// `A[i, i] ← diag_i` (or `1/diag_i` when `invert`) for the `p = len(diag)` diagonal
+    /// entries of a p×p matrix; the other entries are left as they are.
+    fn set_diagonal(&self, a: &mut Self::Buf, diag: &Self::Buf, invert: bool) -> Result<()>;
 
     /// `C ← α AᵀA + β C` for `A` (m×p) and `C` (p×p): accumulates `Σ_r a_r a_rᵀ`, the empirical
     /// Fisher's outer products when the rows of `A` are per-sample gradients. All of `C` is

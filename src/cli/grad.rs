@@ -7,9 +7,11 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::data_args::{DataArgs, Splits};
+use super::stochastic_args::StochasticArgs;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Storage};
 use crate::backend::{Backend, Precision};
+use crate::hypergrad::stochastic::StochasticEstimator;
 use crate::hypergrad::{self, Hypergradient, Method, Options};
 use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
 use crate::solver::Solver;
@@ -24,6 +26,9 @@ pub struct GradArgs {
 
     #[command(flatten)]
     pub estimator: EstimatorArgs,
+
+    #[command(flatten)]
+    pub stochastic: StochasticArgs,
 
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -147,6 +152,10 @@ pub enum MethodArg {
     Implicit,
     /// ℓ1 problems only: Jacobian recursion on the support after the inner solve.
     ImplicitForward,
+    Nhgd,
+    Stocbio,
+    Amigo,
+    Soba,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -307,6 +316,10 @@ impl EstimatorArgs {
             // ℓ1-only methods; `run` refuses them for the smooth problems first.
             MethodArg::Implicit => Method::Cg,
             MethodArg::ImplicitForward => Method::Forward,
+            MethodArg::Nhgd => Method::Nhgd,
+            MethodArg::Stocbio => Method::Stocbio,
+            MethodArg::Amigo => Method::Amigo,
+            MethodArg::Soba => Method::Soba,
         }
     }
 
@@ -421,7 +434,7 @@ pub fn run(args: GradArgs) -> Result<()> {
     }
 }
 
-fn grad_on<B: Backend>(
+fn grad_on<B: Backend + Clone>(
     backend: B,
     args: &GradArgs,
     splits: &Splits,
@@ -430,7 +443,20 @@ fn grad_on<B: Backend>(
     let device = backend.name();
     let problem = args.problem.build(backend, splits)?;
     let opts = args.estimator.options(problem.backend().precision());
-    let result = hypergrad::compute(&problem, &opts, None)?;
+    let result = if opts.method.is_stochastic() {
+        let stochastic = args.stochastic.options(
+            opts.method,
+            problem.kind().is_multiclass(),
+            opts.linear_iters,
+            opts.linear_tol,
+            args.data.seed,
+        );
+        // One estimate from a cold start: T SGD steps from w = 0.
+        let mut estimator = StochasticEstimator::new(&problem, &splits.train, stochastic)?;
+        estimator.estimate(&problem, 0)?.0
+    } else {
+        hypergrad::compute(&problem, &opts, None)?
+    };
     if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
         bail!(
             "numerical failure: hypergradient entry {i} is {} (check the data scale, θ and the step)",

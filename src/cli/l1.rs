@@ -11,12 +11,16 @@ use ndarray::Array2;
 use serde_json::json;
 
 use super::data_args::DataArgs;
-use super::grad::{read_theta_file, DeviceArg, GradArgs, MethodArg, PrecisionArg, ProblemArg};
+use super::grad::{
+    read_theta_file, DeviceArg, DeviceArgs, EstimatorArgs, GradArgs, MethodArg, PrecisionArg,
+    ProblemArg, ProblemArgs,
+};
+use super::run::{OuterOptArg, RunArgs};
 use crate::data::sparse::{self, CsrMatrix};
 use crate::data::{self, Dataset};
 use crate::l1::{
     self, Criterion, Design, L1Data, L1Hypergradient, L1Kind, L1Method, L1Options, L1Problem,
-    L1Solver, SearchOptions, SearchResult, TraceEntry,
+    L1Solver, OuterOpt, SearchOptions, SearchResult, TraceEntry,
 };
 
 /// Options of the ℓ1 problems (`--problem lasso|enet|wlasso`).
@@ -213,8 +217,8 @@ pub fn load_l1(args: &DataArgs, test: Option<&str>) -> Result<L1Splits> {
 /// The ℓ1 options from the shared `grad` options: `--inner-tol` is the relative duality
 /// gap (default 1e-12), `--inner-iters` the epochs, `--linear-tol` (default 1e-10) and
 /// `--linear-iters` (default 10000) steer the support solve / Jacobian sweeps.
-pub fn l1_options(args: &GradArgs) -> Result<L1Options> {
-    let method = match args.estimator.method {
+pub fn l1_options(est: &EstimatorArgs, l1args: &L1Args) -> Result<L1Options> {
+    let method = match est.method {
         MethodArg::Forward => L1Method::Forward,
         MethodArg::Implicit | MethodArg::Cg | MethodArg::Exact => L1Method::Implicit,
         MethodArg::ImplicitForward => L1Method::ImplicitForward,
@@ -224,19 +228,19 @@ pub fn l1_options(args: &GradArgs) -> Result<L1Options> {
         ),
     };
     let mut opts = L1Options::new(method);
-    opts.inner.solver = match args.l1.l1_solver {
+    opts.inner.solver = match l1args.l1_solver {
         L1SolverArg::Cd => L1Solver::Cd,
         L1SolverArg::Pgd => L1Solver::Pgd,
         L1SolverArg::Fista => L1Solver::Fista,
     };
-    if let Some(tol) = args.estimator.inner_tol {
+    if let Some(tol) = est.inner_tol {
         opts.inner.tol = tol;
     }
-    opts.inner.max_iters = args.estimator.inner_iters;
-    if let Some(tol) = args.estimator.linear_tol {
+    opts.inner.max_iters = est.inner_iters;
+    if let Some(tol) = est.linear_tol {
         opts.linear_tol = tol;
     }
-    if let Some(k) = args.estimator.linear_iters {
+    if let Some(k) = est.linear_iters {
         opts.linear_iters = k;
     }
     Ok(opts)
@@ -244,8 +248,8 @@ pub fn l1_options(args: &GradArgs) -> Result<L1Options> {
 
 /// θ from `--theta` / `--theta-file`, or every λ = λ_max/10 (λ_max = ‖Xᵀy‖∞/n on the
 /// training rows; `enet`'s λ₂ likewise).
-fn theta_from(args: &GradArgs, p: usize, lambda_max: f64) -> Result<Vec<f64>> {
-    match (&args.problem.theta_file, args.problem.theta) {
+fn theta_from(args: &ProblemArgs, p: usize, lambda_max: f64) -> Result<Vec<f64>> {
+    match (&args.theta_file, args.theta) {
         (Some(path), _) => {
             let theta = read_theta_file(path)?;
             if theta.len() != p {
@@ -253,7 +257,7 @@ fn theta_from(args: &GradArgs, p: usize, lambda_max: f64) -> Result<Vec<f64>> {
                     "dimension mismatch: --theta-file {} holds {} numbers but {} needs p = {p}",
                     path.display(),
                     theta.len(),
-                    args.problem.problem.l1_kind().map_or("", |k| k.name())
+                    args.problem.l1_kind().map_or("", |k| k.name())
                 );
             }
             Ok(theta)
@@ -274,11 +278,11 @@ fn theta_from(args: &GradArgs, p: usize, lambda_max: f64) -> Result<Vec<f64>> {
 }
 
 /// Refuses devices and precisions the ℓ1 problems do not have (they run on the CPU in f64).
-fn check_device(args: &GradArgs) -> Result<Option<&'static str>> {
-    if args.device.precision == Some(PrecisionArg::F32) {
+fn check_device(device: &DeviceArgs) -> Result<Option<&'static str>> {
+    if device.precision == Some(PrecisionArg::F32) {
         bail!("invalid value for --precision: the ℓ1 problems compute in f64 only");
     }
-    match args.device.device {
+    match device.device {
         DeviceArg::Cuda => bail!(
             "invalid value for --device: the ℓ1 problems (lasso, enet, wlasso) run on the CPU only"
         ),
@@ -289,15 +293,15 @@ fn check_device(args: &GradArgs) -> Result<Option<&'static str>> {
 
 /// `hypergrad grad --problem lasso|enet|wlasso`.
 pub fn grad(kind: L1Kind, args: &GradArgs) -> Result<()> {
-    let note = check_device(args)?;
+    let note = check_device(&args.device)?;
     if args.problem.hyper.is_some() {
         bail!("invalid value for --hyper: the ℓ1 problems fix θ's layout (lasso p = 1, enet p = 2, wlasso p = d)");
     }
-    let opts = l1_options(args)?;
+    let opts = l1_options(&args.estimator, &args.l1)?;
     let splits = load_l1(&args.data, None)?;
     let d = splits.train.x.d();
     let p = kind.hyper_dim(d);
-    let theta = theta_from(args, p, splits.train.lambda_max())?;
+    let theta = theta_from(&args.problem, p, splits.train.lambda_max())?;
     let (criterion_name, result) = match args.l1.folds {
         Some(k) => {
             let crit = Criterion::cross_val(kind, &splits.train, k, args.data.seed)?;
@@ -461,13 +465,18 @@ pub fn run_l1(
         )),
         None => None,
     };
-    let test_loss = |entry: &TraceEntry| -> crate::Result<Option<f64>> {
+    // The test loss of each step's θ: ŵ refit on the training rows (warm-started from the
+    // previous step's refit), scored on the test rows. Its time counts in `seconds`.
+    let mut test_warm: Option<Vec<f64>> = None;
+    let mut test_loss = |entry: &TraceEntry| -> crate::Result<Option<f64>> {
         let Some(test) = &splits.test else {
             return Ok(None);
         };
         let pen = l1::Penalty::new(kind, &entry.theta, splits.train.x.d())?;
-        let sol = l1::solve(&splits.train, &pen, None, &opts.inner)?;
-        Ok(Some(test.mse(&sol.w)))
+        let sol = l1::solve(&splits.train, &pen, test_warm.as_deref(), &opts.inner)?;
+        let loss = test.mse(&sol.w);
+        test_warm = Some(sol.w);
+        Ok(Some(loss))
     };
     let result = l1::search(criterion, opts, search, |entry| {
         if let Some(f) = file.as_mut() {
@@ -486,4 +495,119 @@ pub fn run_l1(
         Ok(())
     })?;
     Ok(result)
+}
+
+/// `hypergrad run --problem lasso|enet|wlasso`: the outer search of [`run_l1`] driven by the
+/// `run` options (`--outer-opt hoag|adam|grid|random`, `--outer-steps`, `--outer-lr` for
+/// adam (default 0.5), `--cold-start`, `--trace`, `--test`, `--theta`/`--theta-file` for the
+/// start, `--folds` for a CV criterion); prints a summary table or, with `--json`, one object.
+pub fn run(kind: L1Kind, args: &RunArgs) -> Result<()> {
+    let note = check_device(&args.device)?;
+    if args.problem.hyper.is_some() {
+        bail!("invalid value for --hyper: the ℓ1 problems fix θ's layout (lasso p = 1, enet p = 2, wlasso p = d)");
+    }
+    if args.outer.corrupt.is_some() {
+        bail!("invalid value for --corrupt: label corruption needs class labels (softmax or hyperclean)");
+    }
+    if args.outer.checkpoint.is_some() {
+        bail!("invalid value for --checkpoint: not supported for the ℓ1 problems yet");
+    }
+    let opt = match args.outer.outer_opt {
+        OuterOptArg::Hoag => OuterOpt::Hoag,
+        OuterOptArg::Adam => OuterOpt::Adam,
+        OuterOptArg::Grid => OuterOpt::Grid,
+        OuterOptArg::Random => OuterOpt::Random,
+        other => bail!(
+            "invalid value for --outer-opt: {} is not available for the ℓ1 problems (use hoag, adam, grid or random)",
+            format!("{other:?}").to_lowercase()
+        ),
+    };
+    let opts = l1_options(&args.estimator, &args.l1)?;
+    let splits = load_l1(&args.data, args.outer.test.as_deref())?;
+    let d = splits.train.x.d();
+    let p = kind.hyper_dim(d);
+    let steps = usize::try_from(args.outer.outer_steps)
+        .map_err(|_| anyhow::anyhow!("invalid value for --outer-steps: too large"))?;
+    let mut search = SearchOptions::new(opt, steps);
+    if args.problem.theta.is_some() || args.problem.theta_file.is_some() {
+        search.theta0 = Some(theta_from(&args.problem, p, splits.train.lambda_max())?);
+    }
+    if let Some(lr) = args.outer.outer_lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("invalid value for --outer-lr: must be > 0, got {lr}");
+        }
+        search.lr = lr;
+    }
+    search.seed = args.data.seed;
+    search.warm_start = !args.outer.cold_start;
+    let result = run_l1(
+        kind,
+        &splits,
+        args.l1.folds,
+        args.data.seed,
+        opts,
+        &search,
+        args.outer.trace.as_deref(),
+    )?;
+    let test_loss = match &splits.test {
+        Some(test) if !result.best_theta.is_empty() => {
+            let pen = l1::Penalty::new(kind, &result.best_theta, d)?;
+            Some(test.mse(&l1::solve(&splits.train, &pen, None, &opts.inner)?.w))
+        }
+        _ => None,
+    };
+    let last = result.trace.last();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "problem": kind.name(),
+                "method": opts.method.name(),
+                "outer_opt": opt.name(),
+                "device": "cpu-f64",
+                "device_note": note,
+                "criterion": args.l1.folds.map_or("held-out MSE".to_string(), |k| format!("{k}-fold cross-validation MSE")),
+                "outer_steps": steps,
+                "evaluations": result.trace.len(),
+                "warm_start": search.warm_start,
+                "best_theta": result.best_theta,
+                "best_loss": result.best_loss,
+                "test_loss": test_loss,
+                "final": last,
+                "seconds": result.seconds,
+                "sparse": splits.sparse,
+                "n_train": splits.train.y.len(),
+                "n_val": splits.val.y.len(),
+                "features": d,
+                "p": p,
+            })
+        );
+    } else {
+        println!(
+            "problem       {} (p = {p}), {d} features, {} design; criterion {}",
+            kind.name(),
+            if splits.sparse { "sparse" } else { "dense" },
+            args.l1
+                .folds
+                .map_or("held-out MSE".to_string(), |k| format!(
+                    "{k}-fold cross-validation MSE"
+                ))
+        );
+        println!(
+            "search        {} with {} hypergradients, {} evaluations in {:.3} s",
+            opt.name(),
+            opts.method.name(),
+            result.trace.len(),
+            result.seconds
+        );
+        println!("best θ        {}", preview(&result.best_theta));
+        println!("best F(θ)     {:.10e}", result.best_loss);
+        if let Some(t) = test_loss {
+            println!("test MSE      {t:.10e}  (refit on the training rows at the best θ)");
+        }
+        if let Some(n) = note {
+            println!("device note   {n}");
+        }
+    }
+    Ok(())
 }

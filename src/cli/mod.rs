@@ -9,6 +9,8 @@ mod data_args;
 mod grad;
 mod info;
 pub mod l1;
+mod run;
+mod stochastic_args;
 
 use std::process::ExitCode;
 
@@ -42,6 +44,9 @@ pub struct Cli {
 enum Command {
     /// Compute one hypergradient ∇F(θ) with its diagnostics and error bound.
     Grad(grad::GradArgs),
+    /// Bilevel optimisation: θ ← θ − step(∇F(θ)) for --outer-steps steps, with a trace.
+    /// Without --problem and --train, runs the main job (label cleaning of mnist_5k with NHGD).
+    Run(run::RunArgs),
     /// Benchmark the kernels against the device's copy bandwidth and GEMM rate.
     Bench(bench::BenchArgs),
     /// Show the version, the build, the backends and the devices found.
@@ -51,12 +56,13 @@ enum Command {
 /// Entry point of the binary: parses the command line, runs the command, and turns every
 /// error into one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(run::with_main_job_defaults(std::env::args_os())) {
         Ok(cli) => cli,
         Err(err) => return report_clap_error(err),
     };
     let outcome = match cli.command {
         Command::Grad(args) => grad::run(args),
+        Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
     };

@@ -6,14 +6,17 @@
 //! | `exact`, `cg`, `neumann`, `fixed-point` | [`implicit`] with the linear solver of [`exact`], [`cg`], [`neumann`], [`fixed_point`] |
 //! | `unroll` | [`unroll`] (reverse mode through T steps) |
 //! | `forward` | [`forward`] (forward mode through the same T steps) |
+//! | `nhgd`, `stocbio`, `amigo`, `soba` | [`stochastic`] (mini-batch SGD; NHGD's curvature in [`fisher`]) |
 
 pub mod bound;
 pub mod cg;
 pub mod exact;
+pub mod fisher;
 pub mod fixed_point;
 pub mod forward;
 pub mod implicit;
 pub mod neumann;
+pub mod stochastic;
 pub mod unroll;
 
 use std::time::Instant;
@@ -32,10 +35,18 @@ pub enum Method {
     FixedPoint,
     Unroll,
     Forward,
+    Nhgd,
+    Stocbio,
+    Amigo,
+    Soba,
 }
 
 impl Method {
-    /// All methods, in the order of SPEC §3.
+    /// The stochastic methods ([`stochastic::StochasticEstimator`]).
+    pub const STOCHASTIC: [Method; 4] =
+        [Method::Nhgd, Method::Stocbio, Method::Amigo, Method::Soba];
+
+    /// The deterministic methods of [`compute`], in the order of SPEC §3.
     pub const ALL: [Method; 6] = [
         Method::Exact,
         Method::Cg,
@@ -54,6 +65,10 @@ impl Method {
             Method::FixedPoint => "fixed-point",
             Method::Unroll => "unroll",
             Method::Forward => "forward",
+            Method::Nhgd => "nhgd",
+            Method::Stocbio => "stocbio",
+            Method::Amigo => "amigo",
+            Method::Soba => "soba",
         }
     }
 
@@ -62,21 +77,24 @@ impl Method {
     pub fn is_trajectory(self) -> bool {
         matches!(self, Method::Unroll | Method::Forward)
     }
+
+    /// Whether the method estimates from mini-batches ([`stochastic`]).
+    pub fn is_stochastic(self) -> bool {
+        Method::STOCHASTIC.contains(&self)
+    }
 }
 
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-                Error::option(
-                    "--method",
-                    format!("unknown method '{s}' (use {})", names.join(", ")),
-                )
-            })
+        let all = || Method::ALL.into_iter().chain(Method::STOCHASTIC);
+        all().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<_> = all().map(|m| m.name()).collect();
+            Error::option(
+                "--method",
+                format!("unknown method '{s}' (use {})", names.join(", ")),
+            )
+        })
     }
 }
 
@@ -239,6 +257,15 @@ pub fn compute<P: Bilevel>(
                     })?
                 }
             }
+        }
+        m @ (Method::Nhgd | Method::Stocbio | Method::Amigo | Method::Soba) => {
+            return Err(Error::option(
+                "--method",
+                format!(
+                    "{} draws mini-batches and needs the training rows: use stochastic::StochasticEstimator",
+                    m.name()
+                ),
+            ))
         }
         Method::Unroll | Method::Forward => {
             let eta = step()?;

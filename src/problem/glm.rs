@@ -144,6 +144,22 @@ struct ThetaState<B: Backend> {
     weights: Option<(B::Buf, Vec<f64>, Vec<f64>)>,
 }
 
+/// Borrowed view of the training side of a [`GlmBilevel`] at its current θ.
+pub struct TrainView<'a, B: Backend> {
+    pub x: &'a B::Design,
+    pub y: &'a B::Buf,
+    /// Hyper-cleaning's row weights `s_i = σ(θ_i)` (on the backend and on the host).
+    pub weights: Option<&'a B::Buf>,
+    pub weights_host: Option<&'a [f64]>,
+    /// The regulariser's Hessian `R = diag(r)`, P entries.
+    pub reg_diag: &'a B::Buf,
+    /// How the λ of [`TrainView::lambda`] map onto the P entries of `r`.
+    pub groups: Groups,
+    pub lambda: &'a [f64],
+    pub loss: Loss,
+    pub n: usize,
+}
+
 /// The GLM bilevel problem (see the module docs).
 pub struct GlmBilevel<B: Backend> {
     backend: B,
@@ -319,6 +335,21 @@ impl<B: Backend> GlmBilevel<B> {
 
     fn p(&self) -> usize {
         self.state.theta.len()
+    }
+
+    /// The training side as stochastic methods (mini-batch SGD, per-sample gradients) use it.
+    pub fn train_view(&self) -> TrainView<'_, B> {
+        TrainView {
+            x: &self.train.x,
+            y: &self.train.y,
+            weights: self.train_weights(),
+            weights_host: self.train_weights_host(),
+            reg_diag: &self.state.reg_diag,
+            groups: self.groups,
+            lambda: &self.state.lambda,
+            loss: self.loss,
+            n: self.train.n,
+        }
     }
 
     fn train_weights(&self) -> Option<&B::Buf> {

@@ -6,7 +6,7 @@
 
 pub mod glm;
 
-pub use glm::{GlmBilevel, HyperLayout, ProblemKind};
+pub use glm::{GlmBilevel, HyperLayout, ProblemKind, TrainView};
 
 use crate::backend::Backend;
 use crate::error::Result;

@@ -47,6 +47,7 @@ inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); retu
 inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }

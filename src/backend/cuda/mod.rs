@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 pub use kernels::{KernelBuild, KernelForm, KERNEL_BUILD};
 
@@ -102,6 +103,18 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
     })
 }
 
+/// The markers of a stream: events without timing, created once (recording one is cheap).
+fn stream_markers(stream: &Arc<CudaStream>) -> Result<Vec<CudaEvent>> {
+    (0..crate::backend::QUEUE_MARKERS)
+        .map(|_| {
+            stream
+                .context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                .map_err(driver_error)
+        })
+        .collect()
+}
+
 pub(crate) fn driver_error(e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("CUDA: {e}"))
 }
@@ -136,10 +149,14 @@ pub struct CudaRows {
     idx: CudaSlice<i32>,
 }
 
-/// The CUDA backend on one device. Clones share the context, stream and counters.
+/// The CUDA backend on one device. Clones share the context, stream and counters;
+/// [`crate::backend::Backend::fork`] gives a handle on a second stream (same context,
+/// buffers, kernels and counters) with its own cuBLAS handle and markers.
 #[derive(Clone)]
 pub struct CudaBackend {
     stream: Arc<CudaStream>,
+    /// Markers of this handle's stream (`Backend::signal` / `wait_for`), timing disabled.
+    events: Arc<Vec<CudaEvent>>,
     blas: Arc<CudaBlas>,
     kernels: Arc<Kernels>,
     info: DeviceInfo,
@@ -182,8 +199,10 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(driver_error)?;
         let kernels = Kernels::load(&ctx)?;
         let health = stream.alloc_zeros::<i32>(1).map_err(driver_error)?;
+        let events = Arc::new(stream_markers(&stream)?);
         Ok(CudaBackend {
             stream,
+            events,
             blas: Arc::new(blas),
             kernels: Arc::new(kernels),
             info,
@@ -206,6 +225,41 @@ impl CudaBackend {
             self.traffic.syncs.load(Ordering::Relaxed),
             self.traffic.transfers.load(Ordering::Relaxed),
         )
+    }
+
+    /// A handle on a new stream of the same context: it shares every buffer, kernel and
+    /// counter, and starts after the work queued so far on this handle.
+    pub fn fork_stream(&self) -> Result<Self> {
+        let stream = self.stream.fork().map_err(driver_error)?;
+        let blas = CudaBlas::new(stream.clone()).map_err(driver_error)?;
+        let events = Arc::new(stream_markers(&stream)?);
+        Ok(CudaBackend {
+            stream,
+            events,
+            blas: Arc::new(blas),
+            ..self.clone()
+        })
+    }
+
+    /// Records marker `slot` at the current end of this handle's stream.
+    pub fn signal(&self, slot: usize) -> Result<()> {
+        self.marker(slot)?
+            .record(&self.stream)
+            .map_err(driver_error)
+    }
+
+    /// Makes this handle's stream wait (on the device) for marker `slot` of `other`.
+    pub fn wait_for(&self, other: &CudaBackend, slot: usize) -> Result<()> {
+        self.stream.wait(other.marker(slot)?).map_err(driver_error)
+    }
+
+    fn marker(&self, slot: usize) -> Result<&CudaEvent> {
+        self.events.get(slot).ok_or_else(|| {
+            Error::Backend(format!(
+                "queue marker {slot} does not exist (there are {})",
+                self.events.len()
+            ))
+        })
     }
 
     /// Chooses how batched HVPs and gradients run (for benchmarks and parity tests).

@@ -408,6 +408,22 @@ impl Backend for CudaBackend {
         CudaBackend::synchronize(self)
     }
 
+    fn fork(&self) -> Result<Self> {
+        self.fork_stream()
+    }
+
+    fn signal(&self, slot: usize) -> Result<()> {
+        CudaBackend::signal(self, slot)
+    }
+
+    fn wait_for(&self, other: &Self, slot: usize) -> Result<()> {
+        CudaBackend::wait_for(self, other, slot)
+    }
+
+    fn host_traffic(&self) -> (u64, u64) {
+        CudaBackend::host_traffic(self)
+    }
+
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.alloc_f32(len)
     }
@@ -861,6 +877,27 @@ impl Backend for CudaBackend {
             self.ptr(b),
             beta,
             self.ptr(c),
+        )
+    }
+
+    fn set_diagonal(
+        &self,
+        a: &mut CudaSlice<f32>,
+        diag: &CudaSlice<f32>,
+        invert: bool,
+    ) -> Result<()> {
+        let p = diag.len();
+        check_len("diagonal's matrix", a.len(), p * p)?;
+        // hg_set_diag(a, diag, p, invert): a is p×p, diag has p entries (checked above).
+        self.launch(
+            "hg_set_diag",
+            grid_1d(p),
+            &[
+                Arg::Ptr(self.ptr(a)),
+                Arg::Ptr(self.ptr(diag)),
+                Arg::I32(int("diagonal", p)?),
+                Arg::I32(invert as i32),
+            ],
         )
     }
 

@@ -1,0 +1,408 @@
+//! The damped empirical Fisher `Ĥ = F + R` of NHGD (SPEC §5) and the application of its
+//! inverse, in three representations.
+//!
+//! The inner SGD loop hands every step's per-sample gradients `g_p` (p = 1..b, each weighted
+//! by the row weight `s_p` of hyper-cleaning, once, as in the Hessian) to [`FisherTracker::update`]:
+//!
+//! | representation | state | per step | at the end: `q = Ĥ⁻¹ a` |
+//! |---|---|---|---|
+//! | dense, Woodbury | `A = Ĥ⁻¹` (P×P), `A₀ = R⁻¹` | `A ← (A⁻¹ + (1/N) UᵀU)⁻¹`, `U_p = √s_p g_p` | `A a` |
+//! | dense, accumulate | `F` (P×P) | `F ← F + (1/N) UᵀU` (SYRK) | CG on `(F + R) q = a` |
+//! | kfac | `XX` (d×d), `GG` (c×c) | `XX += (1/N) Σ x xᵀ`, `GG += (1/N) Σ s G Gᵀ` | `(GG + Λ/π)⁻¹ V (XX + πI)⁻¹` |
+//! | lowrank | `U` (r×P) | `U ← U + N^{-½} S_t G_t` (sketch) | Woodbury on `R + UᵀU` |
+//!
+//! With the running mean, every step is normalised by the number of samples the whole inner
+//! loop sees, `N = T·b`, so each step adds a fixed rank-b term and after the last step `A`
+//! equals `(F + R)⁻¹` exactly (SPEC §5 (2)). With an exponential moving average of factor ρ,
+//! `F ← ρF + ((1−ρ)/b) Σ s g gᵀ`, which is not a low-rank update of `(F + R)⁻¹`; so the
+//! Woodbury representation only supports the running mean, and the others scale their state
+//! by ρ (√ρ for the sketch, whose square is what counts).
+//!
+//! `kfac` (linear softmax models) uses `E[s (GGᵀ) ⊗ (xxᵀ)] ≈ E[s GGᵀ] ⊗ E[xxᵀ]` (class-major
+//! layout, so the class factor is the outer one) and factored Tikhonov damping
+//! `(GG + Λ/π) ⊗ (XX + πI)`, whose cross term `Λ ⊗ I` is exactly `R` (Λ the per-class λ);
+//! `π² = λ̄ (tr XX / d) / (tr GG / c)` balances the two other damping terms (Martens & Grosse).
+//!
+//! `lowrank` keeps a random sketch: `S_t` (r×b) has independent entries `±1/√r`, so
+//! `E[UᵀU] = F` and `R + UᵀU` is applied by Woodbury with an r×r system.
+
+use crate::backend::{Backend, Groups};
+use crate::error::{Error, Result};
+use crate::linalg::{cholesky, cholesky_solve_in_place};
+use crate::solver::linear;
+
+/// How the curvature estimate is represented (`--curvature`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Representation {
+    /// The full P×P matrix (or its inverse).
+    Dense,
+    /// Kronecker factors of a linear softmax model.
+    Kfac,
+    /// A rank-r sketch plus the regulariser.
+    Lowrank { rank: usize },
+}
+
+/// How the dense representation is kept up to date (`--fisher-update`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenseUpdate {
+    /// `A = Ĥ⁻¹` updated in place by Sherman–Morrison (b = 1) or Woodbury (rank b).
+    Woodbury,
+    /// `F` accumulated by SYRK, the system solved once per outer step by CG.
+    Accumulate,
+}
+
+/// Running mean over the inner loop, or exponential moving average.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Averaging {
+    Mean,
+    Ema { rho: f64 },
+}
+
+/// Everything that fixes how the tracker scales one step's contribution.
+#[derive(Clone, Copy, Debug)]
+pub struct FisherSpec {
+    pub representation: Representation,
+    pub dense_update: DenseUpdate,
+    pub averaging: Averaging,
+    /// Mini-batch size b.
+    pub batch: usize,
+    /// Inner steps T per outer step.
+    pub steps: usize,
+    /// `(c, d)`: outputs and features of the linear model (`P = c·d`).
+    pub shape: (usize, usize),
+}
+
+impl FisherSpec {
+    fn total_samples(&self) -> f64 {
+        (self.batch * self.steps) as f64
+    }
+
+    /// `(α, β)` of one step: `state ← β state + α Σ_p (…)`.
+    fn step_weights(&self) -> (f64, f64) {
+        match self.averaging {
+            Averaging::Mean => (1.0 / self.total_samples(), 1.0),
+            Averaging::Ema { rho } => ((1.0 - rho) / self.batch as f64, rho),
+        }
+    }
+
+    /// Checks the combination before any work is done.
+    pub fn validate(&self) -> Result<()> {
+        if let Averaging::Ema { rho } = self.averaging {
+            if !(0.0..1.0).contains(&rho) {
+                return Err(Error::option(
+                    "--ema",
+                    format!("ρ must be in [0, 1), got {rho}"),
+                ));
+            }
+            if self.representation == Representation::Dense
+                && self.dense_update == DenseUpdate::Woodbury
+            {
+                return Err(Error::option(
+                    "--fisher-update",
+                    "woodbury tracks (F + R)⁻¹ exactly only for the running mean; use --fisher-update accumulate with --ema",
+                ));
+            }
+        }
+        if let Representation::Lowrank { rank } = self.representation {
+            if rank == 0 {
+                return Err(Error::option("--rank", "must be at least 1"));
+            }
+        }
+        if self.batch == 0 || self.steps == 0 {
+            return Err(Error::option(
+                "--batch-size",
+                "the batch size and the inner steps must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a step needs the per-sample gradients written out (b×P).
+    pub fn needs_gradients(&self) -> bool {
+        self.representation != Representation::Kfac
+    }
+}
+
+/// One inner step's inputs to the curvature update, already on the backend.
+pub struct StepInputs<'a, B: Backend> {
+    pub x: &'a B::Design,
+    pub rows: &'a B::Rows,
+    /// Unweighted factors `G_p = ∇_z ℓ` (b×c) left by the SGD step.
+    pub factors: &'a B::Buf,
+    /// `√s_p` per batch position (weighted losses), for the gradient rows.
+    pub sqrt_weights: Option<&'a B::Buf>,
+    /// `s_p` per batch position, for K-FAC's class factor.
+    pub weights: Option<&'a B::Buf>,
+    /// The sketch `S_t` (r×b) of `lowrank`.
+    pub sketch: Option<&'a B::Buf>,
+}
+
+/// The tracked state (see the module docs).
+pub enum FisherTracker<B: Backend> {
+    DenseInverse {
+        a: B::Buf,
+        p: usize,
+    },
+    DenseFisher {
+        f: B::Buf,
+        p: usize,
+    },
+    Kfac {
+        xx: B::Buf,
+        gg: B::Buf,
+        c: usize,
+        d: usize,
+    },
+    Lowrank {
+        u: B::Buf,
+        rank: usize,
+        p: usize,
+    },
+}
+
+impl<B: Backend> FisherTracker<B> {
+    /// The state at the start of an inner loop: `A₀ = R⁻¹`, or zero Fisher terms.
+    pub fn start(backend: &B, spec: &FisherSpec, reg_diag: &B::Buf) -> Result<Self> {
+        let (c, d) = spec.shape;
+        let p = c * d;
+        Ok(match (spec.representation, spec.dense_update) {
+            (Representation::Dense, DenseUpdate::Woodbury) => {
+                let mut a = backend.zeros(p * p)?;
+                backend.set_diagonal(&mut a, reg_diag, true)?;
+                FisherTracker::DenseInverse { a, p }
+            }
+            (Representation::Dense, DenseUpdate::Accumulate) => FisherTracker::DenseFisher {
+                f: backend.zeros(p * p)?,
+                p,
+            },
+            (Representation::Kfac, _) => FisherTracker::Kfac {
+                xx: backend.zeros(d * d)?,
+                gg: backend.zeros(c * c)?,
+                c,
+                d,
+            },
+            (Representation::Lowrank { rank }, _) => FisherTracker::Lowrank {
+                u: backend.zeros(rank * p)?,
+                rank,
+                p,
+            },
+        })
+    }
+
+    /// Adds one step's per-sample gradients. `grads` is b×P scratch (unused by `kfac`).
+    /// Makes no host synchronisation and no host copy.
+    pub fn update(
+        &mut self,
+        backend: &B,
+        spec: &FisherSpec,
+        step: &StepInputs<'_, B>,
+        grads: &mut B::Buf,
+    ) -> Result<()> {
+        let b = backend.rows_len(step.rows);
+        let (alpha, beta) = spec.step_weights();
+        let gradient_rows = |grads: &mut B::Buf| {
+            backend.glm_per_sample_gradients(
+                step.x,
+                step.rows,
+                step.factors,
+                step.sqrt_weights,
+                grads,
+            )
+        };
+        match self {
+            FisherTracker::DenseInverse { a, .. } => {
+                gradient_rows(grads)?;
+                backend.woodbury_update(a, grads, b, alpha)
+            }
+            FisherTracker::DenseFisher { f, .. } => {
+                gradient_rows(grads)?;
+                backend.syrk(alpha, grads, b, beta, f)
+            }
+            FisherTracker::Kfac { xx, gg, .. } => backend.glm_kfac_factors(
+                step.x,
+                step.rows,
+                step.factors,
+                step.weights,
+                alpha,
+                beta,
+                xx,
+                gg,
+            ),
+            FisherTracker::Lowrank { u, rank, p } => {
+                let sketch = step.sketch.ok_or_else(|| {
+                    Error::Backend("internal: the lowrank update needs a sketch".into())
+                })?;
+                gradient_rows(grads)?;
+                backend.gemm(
+                    false,
+                    false,
+                    (*rank, *p, b),
+                    alpha.sqrt(),
+                    sketch,
+                    grads,
+                    beta.sqrt(),
+                    u,
+                )
+            }
+        }
+    }
+
+    /// `q = Ĥ⁻¹ a` with `Ĥ = F + R`, `R = diag(reg_diag)` whose entries are `λ_{g(e)}` over
+    /// `groups`. Returns the iterations of the linear solve (dense accumulate only).
+    pub fn apply_inverse(
+        &self,
+        backend: &B,
+        reg: &Regulariser<'_, B>,
+        a: &B::Buf,
+        linear_tol: f64,
+    ) -> Result<(B::Buf, usize)> {
+        match self {
+            FisherTracker::DenseInverse { a: inv, p } => {
+                let mut q = backend.zeros(*p)?;
+                backend.gemm(false, false, (*p, 1, *p), 1.0, inv, a, 0.0, &mut q)?;
+                Ok((q, 0))
+            }
+            FisherTracker::DenseFisher { f, p } => {
+                let mut q = backend.zeros(*p)?;
+                let report = linear::conjugate_gradient(
+                    backend,
+                    |v, out| {
+                        backend.gemm(false, false, (*p, 1, *p), 1.0, f, v, 0.0, out)?;
+                        backend.mul_add(1.0, reg.diag, v, out)
+                    },
+                    a,
+                    &mut q,
+                    linear_tol,
+                    10 * *p,
+                )?;
+                Ok((q, report.iters))
+            }
+            FisherTracker::Kfac { xx, gg, c, d } => {
+                let (g_inv, x_inv) = kfac_damped_inverses(
+                    &backend.download(gg)?,
+                    &backend.download(xx)?,
+                    &reg.class_lambdas(*c, *d)?,
+                    *c,
+                    *d,
+                )?;
+                let g_inv = backend.upload(&g_inv)?;
+                let x_inv = backend.upload(&x_inv)?;
+                // Q = G̃⁻¹ V X̃⁻¹ with V the c×d matrix of a.
+                let mut gv = backend.zeros(c * d)?;
+                backend.gemm(false, false, (*c, *d, *c), 1.0, &g_inv, a, 0.0, &mut gv)?;
+                let mut q = backend.zeros(c * d)?;
+                backend.gemm(false, false, (*c, *d, *d), 1.0, &gv, &x_inv, 0.0, &mut q)?;
+                Ok((q, 0))
+            }
+            FisherTracker::Lowrank { u, rank, p } => {
+                let r = *rank;
+                let inv_diag = reg.inverse_diag(*p)?;
+                // z = R⁻¹a, UR = U R⁻¹ (rows scaled), K = UR Uᵀ, t = U z.
+                let mut z = backend.zeros(*p)?;
+                backend.mul_add(1.0, &inv_diag, a, &mut z)?;
+                let mut ur = backend.zeros(r * p)?;
+                backend.mul_add(1.0, &inv_diag, u, &mut ur)?;
+                let mut k = backend.zeros(r * r)?;
+                backend.gemm(false, true, (r, r, *p), 1.0, &ur, u, 0.0, &mut k)?;
+                let mut t = backend.zeros(r)?;
+                backend.gemm(false, false, (r, 1, *p), 1.0, u, &z, 0.0, &mut t)?;
+                // (I + K) s = t on the host (r×r), then q = z − URᵀ s.
+                let mut k = backend.download(&k)?;
+                for i in 0..r {
+                    k[i * r + i] += 1.0;
+                }
+                cholesky(&mut k, r).map_err(|(j, v)| {
+                    Error::Numerical(format!(
+                        "lowrank curvature: I + U R⁻¹ Uᵀ is not positive definite (pivot {j} is {v:e})"
+                    ))
+                })?;
+                let mut s = backend.download(&t)?;
+                cholesky_solve_in_place(&k, r, &mut s);
+                let s = backend.upload(&s)?;
+                backend.gemm(true, false, (*p, 1, r), -1.0, &ur, &s, 1.0, &mut z)?;
+                Ok((z, 0))
+            }
+        }
+    }
+}
+
+/// The regulariser `R = diag(r)` with `r_e = λ_{g(e)}`.
+pub struct Regulariser<'a, B: Backend> {
+    pub backend: &'a B,
+    pub diag: &'a B::Buf,
+    pub groups: Groups,
+    pub lambda: &'a [f64],
+}
+
+impl<B: Backend> Regulariser<'_, B> {
+    /// `1/r` as a buffer of P entries.
+    fn inverse_diag(&self, p: usize) -> Result<B::Buf> {
+        let inv: Vec<f64> = self.lambda.iter().map(|l| 1.0 / l).collect();
+        self.backend.group_expand(self.groups, &inv, p)
+    }
+
+    /// λ per class for K-FAC: `R = Λ ⊗ I_d` needs λ constant within each class's block.
+    fn class_lambdas(&self, c: usize, d: usize) -> Result<Vec<f64>> {
+        match self.groups {
+            Groups::Shared => Ok(vec![self.lambda[0]; c]),
+            Groups::Blocks { block } if block == d => Ok(self.lambda.to_vec()),
+            _ => Err(Error::option(
+                "--curvature",
+                "kfac needs a regulariser that is constant within each class (--hyper shared or per-class, or hyperclean)",
+            )),
+        }
+    }
+}
+
+/// `(GG + Λ/π)⁻¹` (c×c) and `(XX + πI)⁻¹` (d×d) in f64, with
+/// `π² = λ̄ (tr XX / d) / (tr GG / c)` (π = √λ̄ when either trace is zero).
+pub fn kfac_damped_inverses(
+    gg: &[f64],
+    xx: &[f64],
+    lambda: &[f64],
+    c: usize,
+    d: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mean_lambda = lambda.iter().sum::<f64>() / c as f64;
+    let tr_x = (0..d).map(|j| xx[j * d + j]).sum::<f64>() / d as f64;
+    let tr_g = (0..c).map(|k| gg[k * c + k]).sum::<f64>() / c as f64;
+    let pi = if tr_x > 0.0 && tr_g > 0.0 {
+        (mean_lambda * tr_x / tr_g).sqrt()
+    } else {
+        mean_lambda.sqrt()
+    };
+    let mut g_damped = gg.to_vec();
+    for k in 0..c {
+        g_damped[k * c + k] += lambda[k] / pi;
+    }
+    let mut x_damped = xx.to_vec();
+    for j in 0..d {
+        x_damped[j * d + j] += pi;
+    }
+    Ok((
+        spd_inverse(g_damped, c, "K-FAC class factor")?,
+        spd_inverse(x_damped, d, "K-FAC input factor")?,
+    ))
+}
+
+/// The inverse of a symmetric positive definite matrix by Cholesky, in f64.
+pub fn spd_inverse(mut a: Vec<f64>, dim: usize, what: &str) -> Result<Vec<f64>> {
+    cholesky(&mut a, dim).map_err(|(j, v)| {
+        Error::Numerical(format!(
+            "{what} is not positive definite (pivot {j} is {v:e})"
+        ))
+    })?;
+    let mut inv = vec![0.0; dim * dim];
+    let mut column = vec![0.0; dim];
+    for j in 0..dim {
+        column.iter_mut().for_each(|v| *v = 0.0);
+        column[j] = 1.0;
+        cholesky_solve_in_place(&a, dim, &mut column);
+        for i in 0..dim {
+            inv[i * dim + j] = column[i];
+        }
+    }
+    Ok(inv)
+}

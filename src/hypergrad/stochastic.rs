@@ -1,0 +1,620 @@
+//! Stochastic hypergradients of the GLM problems (SPEC §3, §5): NHGD and the
+//! optimise-then-approximate baselines `stocbio`, `amigo` and `soba`, on one machinery.
+//!
+//! Every method runs T steps of mini-batch SGD on the inner problem,
+//! `w ← w − η ((1/b) Σ_p s_p ∇ℓ_p(w) + r ⊙ w)`, with the fused SGD kernel, which leaves the
+//! batch's per-sample gradient factors on the backend. Then `q ≈ H⁻¹ a`, `a = ∇_w f(w)` on the
+//! validation rows, and `h = −B(w)ᵀ q`:
+//!
+//! * `nhgd`: `q = Ĥ⁻¹ a` with `Ĥ` the damped empirical Fisher of the SGD steps' own
+//!   per-sample gradients, tracked on a second queue (CUDA stream) while SGD goes on
+//!   ([`fisher`](super::fisher) has the representations). The inner loop makes no host
+//!   synchronisation and no host copy: batches, weights and sketches are uploaded before it.
+//! * `stocbio` (Ji, Yang & Liang 2021): `q = β Σ_{k<K} Π_{j<k} (I − β H_{B_j}) a`, a truncated
+//!   Neumann series with an independent mini-batch Hessian per factor.
+//! * `amigo` (Arbel & Mairal 2022): K steps of SGD on `½ qᵀHq − aᵀq`,
+//!   `q ← q − β (H_{B_k} q − a)`, warm-started from the previous outer step's q.
+//! * `soba` (Dagréou et al. 2022): single loop — each of the T steps moves `w` by one SGD step
+//!   and `q` by one step on the linear system at the new `w`, both warm-started; with `T = 1`
+//!   (the textbook form) θ then moves after every joint step.
+//!
+//! Mini-batch Hessians of the baselines use a fixed partition of the training rows into
+//! batches of b, each uploaded once as its own design matrix (a batch is drawn uniformly among
+//! them). The error bound of these estimates is `None`: no valid bound is known (SPEC §4).
+
+use std::time::Instant;
+
+use super::fisher::{
+    Averaging, DenseUpdate, FisherSpec, FisherTracker, Regulariser, Representation, StepInputs,
+};
+use super::{Hypergradient, Method};
+use crate::backend::{Backend, Curvature};
+use crate::data::rng::Rng;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
+use crate::solver::linear;
+
+/// Options of the stochastic estimators (defaults by [`StochasticOptions::new`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StochasticOptions {
+    pub method: Method,
+    /// T, inner SGD steps per estimate.
+    pub inner_steps: usize,
+    /// b, rows per mini-batch.
+    pub batch: usize,
+    /// SGD step η; `None`: `1/(L̂ + max r)`, `L̂` the data term's largest curvature with every
+    /// row weight at 1 (an upper bound over θ), estimated once.
+    pub inner_lr: Option<f64>,
+    /// K, steps of the linear solve of `stocbio` and `amigo`.
+    pub linear_steps: usize,
+    /// β, step of the linear solve; `None`: the SGD step.
+    pub linear_lr: Option<f64>,
+    /// NHGD's curvature representation, dense update rule and averaging.
+    pub representation: Representation,
+    pub dense_update: DenseUpdate,
+    pub averaging: Averaging,
+    /// CG tolerance of NHGD's dense accumulate path.
+    pub linear_tol: f64,
+    /// Keep `w` (and `q`) from the previous estimate (warm start), or restart from zero.
+    pub warm_start: bool,
+    /// Also report `‖∇g(w)‖` (one extra pass over the training rows).
+    pub diagnostics: bool,
+    /// Seed of the mini-batches and sketches (mixed with the step number).
+    pub seed: u64,
+}
+
+impl StochasticOptions {
+    pub fn new(method: Method) -> Self {
+        StochasticOptions {
+            method,
+            inner_steps: 100,
+            batch: 64,
+            inner_lr: None,
+            linear_steps: 10,
+            linear_lr: None,
+            representation: Representation::Dense,
+            dense_update: DenseUpdate::Woodbury,
+            averaging: Averaging::Mean,
+            linear_tol: 1e-6,
+            warm_start: true,
+            diagnostics: true,
+            seed: 0,
+        }
+    }
+
+    fn fisher_spec(&self, shape: (usize, usize)) -> FisherSpec {
+        FisherSpec {
+            representation: self.representation,
+            dense_update: self.dense_update,
+            averaging: self.averaging,
+            batch: self.batch,
+            steps: self.inner_steps,
+            shape,
+        }
+    }
+}
+
+/// What one estimate cost the host, measured across the inner loop only.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LoopStats {
+    pub inner_seconds: f64,
+    pub inner_host_syncs: u64,
+    pub inner_host_transfers: u64,
+}
+
+/// A batch of the fixed partition, as its own design matrix.
+struct Chunk<B: Backend> {
+    x: B::Design,
+    y: B::Buf,
+    rows: Vec<usize>,
+    weights: Option<B::Buf>,
+}
+
+/// The per-step inputs of one inner loop, uploaded before it starts.
+struct Prepared<B: Backend> {
+    rows: Vec<B::Rows>,
+    sqrt_weights: Vec<Option<B::Buf>>,
+    weights: Vec<Option<B::Buf>>,
+    sketches: Vec<Option<B::Buf>>,
+}
+
+/// A stochastic estimator with the state it carries between outer steps.
+pub struct StochasticEstimator<B: Backend> {
+    opts: StochasticOptions,
+    /// The second queue the curvature update runs on.
+    curvature_queue: B,
+    w: B::Buf,
+    q: Option<B::Buf>,
+    n_train: usize,
+    data_curvature: f64,
+    chunks: Vec<Chunk<B>>,
+}
+
+impl<B: Backend + Clone> StochasticEstimator<B> {
+    /// Sets the estimator up for `problem`, whose training rows are `train`.
+    pub fn new(problem: &GlmBilevel<B>, train: &Dataset, opts: StochasticOptions) -> Result<Self> {
+        if !matches!(
+            opts.method,
+            Method::Nhgd | Method::Stocbio | Method::Amigo | Method::Soba
+        ) {
+            return Err(Error::option(
+                "--method",
+                format!("{} is not a stochastic method", opts.method.name()),
+            ));
+        }
+        let b = problem.backend();
+        let (c, d) = problem.shape();
+        if train.n() != problem.train_view().n || train.d() != d {
+            return Err(Error::Dimension(
+                "the training rows given to the stochastic estimator are not the problem's".into(),
+            ));
+        }
+        if opts.batch == 0 || opts.batch > train.n() {
+            return Err(Error::option(
+                "--batch-size",
+                format!(
+                    "must be between 1 and the {} training rows, got {}",
+                    train.n(),
+                    opts.batch
+                ),
+            ));
+        }
+        if opts.inner_steps == 0 {
+            return Err(Error::option("--inner-steps", "must be at least 1"));
+        }
+        for (name, v) in [
+            ("--inner-lr", opts.inner_lr),
+            ("--linear-lr", opts.linear_lr),
+        ] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(Error::option(name, format!("must be > 0, got {v}")));
+                }
+            }
+        }
+        if opts.method == Method::Nhgd {
+            opts.fisher_spec((c, d)).validate()?;
+            if opts.representation == Representation::Kfac && c < 2 {
+                return Err(Error::option(
+                    "--curvature",
+                    "kfac is for the softmax models (softmax, hyperclean)",
+                ));
+            }
+        }
+        let chunks = if opts.method == Method::Nhgd {
+            Vec::new()
+        } else {
+            partition(b, train, opts.batch, opts.seed)?
+        };
+        Ok(StochasticEstimator {
+            curvature_queue: b.fork()?,
+            w: b.zeros(c * d)?,
+            q: None,
+            n_train: train.n(),
+            data_curvature: data_curvature(problem)?,
+            chunks,
+            opts,
+        })
+    }
+
+    /// The current inner iterate.
+    pub fn w(&self) -> &B::Buf {
+        &self.w
+    }
+
+    /// Restores the carried state (for resuming a checkpointed run).
+    pub fn restore(&mut self, backend: &B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
+        if w.len() != backend.len(&self.w) {
+            return Err(Error::Dimension(format!(
+                "the checkpoint's inner variable has {} entries, the problem {}",
+                w.len(),
+                backend.len(&self.w)
+            )));
+        }
+        self.w = backend.upload(w)?;
+        self.q = q.map(|q| backend.upload(q)).transpose()?;
+        Ok(())
+    }
+
+    /// The carried state `(w, q)` on the host.
+    pub fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+        Ok((
+            backend.download(&self.w)?,
+            self.q.as_ref().map(|q| backend.download(q)).transpose()?,
+        ))
+    }
+
+    /// The SGD step at the problem's current θ.
+    pub fn inner_lr(&self, problem: &GlmBilevel<B>) -> f64 {
+        self.opts.inner_lr.unwrap_or_else(|| {
+            let r_max = problem
+                .train_view()
+                .lambda
+                .iter()
+                .copied()
+                .fold(0.0, f64::max);
+            1.0 / (self.data_curvature + r_max)
+        })
+    }
+
+    /// One hypergradient estimate at the problem's current θ; `step` (the outer step) seeds
+    /// the mini-batches, so the same seed and step always draw the same batches.
+    pub fn estimate(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        let started = Instant::now();
+        let b = problem.backend();
+        let p = problem.inner_dim();
+        if !self.opts.warm_start {
+            b.fill(&mut self.w, 0.0)?;
+            self.q = None;
+        }
+        let mut rng = Rng::new(self.opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let eta = self.inner_lr(problem);
+        let beta = self.opts.linear_lr.unwrap_or(eta);
+        let mut a = b.zeros(p)?;
+        let (q, stats, linear_iters, outer_loss) = match self.opts.method {
+            Method::Nhgd => {
+                let prepared = self.prepare(problem, &mut rng)?;
+                let spec = self.opts.fisher_spec(problem.shape());
+                let view = problem.train_view();
+                let mut tracker = FisherTracker::start(b, &spec, view.reg_diag)?;
+                let stats = self.nhgd_inner_loop(problem, &prepared, &spec, &mut tracker, eta)?;
+                let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
+                let reg = Regulariser {
+                    backend: b,
+                    diag: view.reg_diag,
+                    groups: view.groups,
+                    lambda: view.lambda,
+                };
+                let (q, iters) = tracker.apply_inverse(b, &reg, &a, self.opts.linear_tol)?;
+                (q, stats, iters, outer_loss)
+            }
+            Method::Soba => {
+                let prepared = self.prepare(problem, &mut rng)?;
+                self.upload_chunk_weights(problem)?;
+                let loop_start = Instant::now();
+                let traffic = b.host_traffic();
+                let mut q = self.take_q(b, p)?;
+                let mut outer_loss = 0.0;
+                let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;
+                for rows in &prepared.rows {
+                    self.sgd_step(problem, rows, eta, &mut factors)?;
+                    outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
+                    let chunk = rng.below(self.chunks.len());
+                    self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
+                }
+                let stats = loop_stats(b, loop_start, traffic);
+                (q, stats, prepared.rows.len(), outer_loss)
+            }
+            Method::Stocbio | Method::Amigo => {
+                let prepared = self.prepare(problem, &mut rng)?;
+                self.upload_chunk_weights(problem)?;
+                let loop_start = Instant::now();
+                let traffic = b.host_traffic();
+                let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;
+                for rows in &prepared.rows {
+                    self.sgd_step(problem, rows, eta, &mut factors)?;
+                }
+                let stats = loop_stats(b, loop_start, traffic);
+                let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
+                let q = if self.opts.method == Method::Stocbio {
+                    self.neumann(problem, &a, beta, &mut rng)?
+                } else {
+                    let mut q = self.take_q(b, p)?;
+                    for _ in 0..self.opts.linear_steps {
+                        let chunk = rng.below(self.chunks.len());
+                        self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
+                    }
+                    q
+                };
+                (q, stats, self.opts.linear_steps, outer_loss)
+            }
+            _ => unreachable!("checked in new()"),
+        };
+        let hypergradient: Vec<f64> = problem.cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        let inner_grad_norm = if self.opts.diagnostics {
+            let mut g = b.zeros(p)?;
+            problem.inner_value_grad(&self.w, Some(&mut g))?;
+            b.nrm2(&g)?
+        } else {
+            f64::NAN
+        };
+        if matches!(self.opts.method, Method::Amigo | Method::Soba) {
+            self.q = Some(q);
+        }
+        let result = Hypergradient {
+            method: self.opts.method,
+            theta: problem.theta().to_vec(),
+            outer_loss,
+            hypergradient,
+            inner_grad_norm,
+            residual_norm: None,
+            error_bound: None,
+            inner_iters: self.opts.inner_steps,
+            linear_iters,
+            inner_converged: false,
+            seconds: started.elapsed().as_secs_f64(),
+            w: Vec::new(),
+        };
+        Ok((result, stats))
+    }
+
+    /// Draws the T mini-batches (cycling through seeded permutations of the rows) and uploads
+    /// them with their weights and sketches, so the inner loop needs nothing from the host.
+    fn prepare(&self, problem: &GlmBilevel<B>, rng: &mut Rng) -> Result<Prepared<B>> {
+        let b = problem.backend();
+        let view = problem.train_view();
+        let batch = self.opts.batch;
+        let n = self.n_train;
+        let sketch_rank = match (self.opts.method, self.opts.representation) {
+            (Method::Nhgd, Representation::Lowrank { rank }) => Some(rank),
+            _ => None,
+        };
+        let mut order = rng.permutation(n);
+        let mut cursor = 0;
+        let mut prepared = Prepared {
+            rows: Vec::with_capacity(self.opts.inner_steps),
+            sqrt_weights: Vec::new(),
+            weights: Vec::new(),
+            sketches: Vec::new(),
+        };
+        for _ in 0..self.opts.inner_steps {
+            let mut rows = Vec::with_capacity(batch);
+            while rows.len() < batch {
+                if cursor == n {
+                    order = rng.permutation(n);
+                    cursor = 0;
+                }
+                rows.push(order[cursor] as u32);
+                cursor += 1;
+            }
+            if let Some(s) = view.weights_host {
+                let w: Vec<f64> = rows.iter().map(|&r| s[r as usize]).collect();
+                let root: Vec<f64> = w.iter().map(|v| v.sqrt()).collect();
+                prepared.weights.push(Some(b.upload(&w)?));
+                prepared.sqrt_weights.push(Some(b.upload(&root)?));
+            } else {
+                prepared.weights.push(None);
+                prepared.sqrt_weights.push(None);
+            }
+            prepared.sketches.push(match sketch_rank {
+                Some(r) => {
+                    let scale = 1.0 / (r as f64).sqrt();
+                    let signs: Vec<f64> = (0..r * batch)
+                        .map(|_| {
+                            if rng.next_u64() >> 63 == 0 {
+                                scale
+                            } else {
+                                -scale
+                            }
+                        })
+                        .collect();
+                    Some(b.upload(&signs)?)
+                }
+                None => None,
+            });
+            prepared.rows.push(b.upload_rows(&rows, n)?);
+        }
+        Ok(prepared)
+    }
+
+    /// NHGD's inner loop: SGD on the main queue, the curvature update on the second queue,
+    /// overlapping the next SGD step. Factors are double-buffered: SGD step t writes buffer
+    /// t mod 2 after the update of step t − 2 has read it (marker t mod 2 of each queue).
+    fn nhgd_inner_loop(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        prepared: &Prepared<B>,
+        spec: &FisherSpec,
+        tracker: &mut FisherTracker<B>,
+        eta: f64,
+    ) -> Result<LoopStats> {
+        let main = problem.backend();
+        let side = &self.curvature_queue;
+        let view = problem.train_view();
+        let (c, d) = problem.shape();
+        let batch = self.opts.batch;
+        let mut factors = [main.zeros(batch * c)?, main.zeros(batch * c)?];
+        let mut grads = main.zeros(if spec.needs_gradients() {
+            batch * c * d
+        } else {
+            0
+        })?;
+        let loop_start = Instant::now();
+        let traffic = main.host_traffic();
+        for (t, rows) in prepared.rows.iter().enumerate() {
+            let slot = t % 2;
+            if t >= 2 {
+                main.wait_for(side, slot)?;
+            }
+            main.glm_sgd_step(
+                view.x,
+                view.loss,
+                view.y,
+                view.weights,
+                rows,
+                view.reg_diag,
+                eta,
+                &mut self.w,
+                &mut factors[slot],
+            )?;
+            main.signal(slot)?;
+            side.wait_for(main, slot)?;
+            let inputs = StepInputs {
+                x: view.x,
+                rows,
+                factors: &factors[slot],
+                sqrt_weights: prepared.sqrt_weights[t].as_ref(),
+                weights: prepared.weights[t].as_ref(),
+                sketch: prepared.sketches[t].as_ref(),
+            };
+            tracker.update(side, spec, &inputs, &mut grads)?;
+            side.signal(slot)?;
+        }
+        main.wait_for(side, (prepared.rows.len() - 1) % 2)?;
+        let mut stats = loop_stats(main, loop_start, traffic);
+        // The loop queued work without waiting; the time is the device's once it is done.
+        main.synchronize()?;
+        stats.inner_seconds = loop_start.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    fn sgd_step(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        rows: &B::Rows,
+        eta: f64,
+        factors: &mut B::Buf,
+    ) -> Result<()> {
+        let view = problem.train_view();
+        problem.backend().glm_sgd_step(
+            view.x,
+            view.loss,
+            view.y,
+            view.weights,
+            rows,
+            view.reg_diag,
+            eta,
+            &mut self.w,
+            factors,
+        )
+    }
+
+    fn take_q(&mut self, b: &B, p: usize) -> Result<B::Buf> {
+        match self.q.take() {
+            Some(q) => Ok(q),
+            None => b.zeros(p),
+        }
+    }
+
+    /// Row weights of every chunk at the current θ (hyper-cleaning).
+    fn upload_chunk_weights(&mut self, problem: &GlmBilevel<B>) -> Result<()> {
+        let b = problem.backend();
+        if let Some(s) = problem.train_view().weights_host {
+            for chunk in &mut self.chunks {
+                let w: Vec<f64> = chunk.rows.iter().map(|&r| s[r]).collect();
+                chunk.weights = Some(b.upload(&w)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// `out ← H_B v`: the mini-batch Hessian of chunk `k` at the current `w`, plus `R`.
+    fn batch_hvp(
+        &self,
+        problem: &GlmBilevel<B>,
+        curvature: &Curvature<B>,
+        k: usize,
+        v: &B::Buf,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        let b = problem.backend();
+        b.glm_hvp(&self.chunks[k].x, curvature, v, out)?;
+        b.mul_add(1.0, problem.train_view().reg_diag, v, out)
+    }
+
+    fn batch_curvature(&self, problem: &GlmBilevel<B>, k: usize) -> Result<Curvature<B>> {
+        let chunk = &self.chunks[k];
+        let view = problem.train_view();
+        problem.backend().glm_curvature(
+            &chunk.x,
+            view.loss,
+            &chunk.y,
+            chunk.weights.as_ref(),
+            &self.w,
+            1.0 / chunk.rows.len() as f64,
+        )
+    }
+
+    /// `q ← q − β (H_B q − a)` on chunk `k`.
+    fn linear_sgd_step(
+        &self,
+        problem: &GlmBilevel<B>,
+        k: usize,
+        a: &B::Buf,
+        beta: f64,
+        q: &mut B::Buf,
+    ) -> Result<()> {
+        let b = problem.backend();
+        let curvature = self.batch_curvature(problem, k)?;
+        let mut hq = b.zeros(b.len(q))?;
+        self.batch_hvp(problem, &curvature, k, q, &mut hq)?;
+        b.axpy(-1.0, a, &mut hq)?;
+        b.axpy(-beta, &hq, q)
+    }
+
+    /// `q = β Σ_{k<K} Π_{j<k} (I − β H_{B_j}) a` (stocbio).
+    fn neumann(
+        &self,
+        problem: &GlmBilevel<B>,
+        a: &B::Buf,
+        beta: f64,
+        rng: &mut Rng,
+    ) -> Result<B::Buf> {
+        let b = problem.backend();
+        let mut term = linear::duplicate(b, a)?;
+        let mut q = linear::duplicate(b, a)?;
+        b.scal(beta, &mut q)?;
+        let mut hv = b.zeros(b.len(a))?;
+        for _ in 1..self.opts.linear_steps {
+            let k = rng.below(self.chunks.len());
+            let curvature = self.batch_curvature(problem, k)?;
+            self.batch_hvp(problem, &curvature, k, &term, &mut hv)?;
+            b.axpy(-beta, &hv, &mut term)?;
+            b.axpy(beta, &term, &mut q)?;
+        }
+        Ok(q)
+    }
+}
+
+fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> LoopStats {
+    let after = b.host_traffic();
+    LoopStats {
+        inner_seconds: started.elapsed().as_secs_f64(),
+        inner_host_syncs: after.0 - before.0,
+        inner_host_transfers: after.1 - before.1,
+    }
+}
+
+/// The training rows in a seeded order, cut into batches of `batch` (the last may be
+/// shorter), each uploaded as a design matrix.
+fn partition<B: Backend>(b: &B, train: &Dataset, batch: usize, seed: u64) -> Result<Vec<Chunk<B>>> {
+    let order = Rng::new(seed ^ 0x5EED_BA7C).permutation(train.n());
+    order
+        .chunks(batch)
+        .map(|rows| {
+            let part = train.select(rows);
+            Ok(Chunk {
+                x: b.upload_design(&part.x)?,
+                y: b.upload(&part.y)?,
+                rows: rows.to_vec(),
+                weights: None,
+            })
+        })
+        .collect()
+}
+
+/// `L̂`: the largest eigenvalue of the data term's curvature majorant `ℓ''_max (1/n) Σ x xᵀ`
+/// (row weights at their bound 1) by power iteration, inflated by 5%.
+fn data_curvature<B: Backend>(problem: &GlmBilevel<B>) -> Result<f64> {
+    let b = problem.backend();
+    let view = problem.train_view();
+    let (c, d) = problem.shape();
+    let majorant = Curvature {
+        loss: crate::backend::Loss::Squared,
+        row_scale: b.upload(&vec![view.loss.max_curvature() / view.n as f64; view.n])?,
+        probs: None,
+    };
+    let estimate =
+        linear::largest_eigenvalue(b, |v, out| b.glm_hvp(view.x, &majorant, v, out), c * d, 50)?;
+    if !(estimate > 0.0 && estimate.is_finite()) {
+        return Err(Error::Numerical(format!(
+            "the curvature estimate {estimate} of the training data is not a positive number"
+        )));
+    }
+    Ok(1.05 * estimate)
+}

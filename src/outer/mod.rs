@@ -1,0 +1,436 @@
+//! The outer loop of bilevel optimisation (`hypergrad run`): θ ← θ − step(h), with h from any
+//! estimator, the inner problem warm- or cold-started (Vicol et al. 2022), a trace record per
+//! step, and a checkpoint that lets an interrupted run resume and end where an uninterrupted
+//! one with the same seed would.
+//!
+//! Optimisers ([`OuterOpt`]):
+//! * `sgd`: `θ ← θ − α h`;
+//! * `adam`: Kingma & Ba with bias correction;
+//! * `maid` (deterministic methods only): the adaptive-accuracy step in the style of Salehi,
+//!   Mukherjee, Roberts & Ehrhardt (MAID). The inner tolerance ε and the linear tolerance δ
+//!   start loose. At each step the hypergradient's a posteriori bound e (SPEC §4) must be at
+//!   most half of ‖h‖ — then `⟨h, ∇F⟩ ≥ ‖h‖² − ‖h‖e > 0`, so −h descends — and a backtracking
+//!   line search must find `F̂(θ − αh) ≤ F̂(θ) − c α ‖h‖²`. Only when one of the two fails are
+//!   ε and δ tightened (×ν) and h recomputed; after an accepted step α grows, and after
+//!   `RELAX_AFTER` steps without tightening, ε and δ are relaxed (×1/ν, never above their
+//!   start), so accuracy is spent only where the step needs it.
+
+pub mod checkpoint;
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
+use crate::hypergrad::{self, Hypergradient, Options};
+use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
+use crate::solver;
+
+pub use checkpoint::Checkpoint;
+
+/// The outer optimiser (`--outer-opt`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OuterOpt {
+    Sgd {
+        lr: f64,
+    },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Maid {
+        lr: f64,
+    },
+}
+
+impl OuterOpt {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OuterOpt::Sgd { .. } => "sgd",
+            OuterOpt::Adam { .. } => "adam",
+            OuterOpt::Maid { .. } => "maid",
+        }
+    }
+}
+
+/// The optimiser's state, carried between steps (and through checkpoints).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptState {
+    /// Adam's first and second moments and its step count.
+    pub m: Vec<f64>,
+    pub v: Vec<f64>,
+    pub t: u64,
+    /// MAID's inner and linear tolerances and its step size.
+    pub inner_tol: f64,
+    pub linear_tol: f64,
+    pub alpha: f64,
+    pub steps_since_tightening: u64,
+}
+
+/// Where a hypergradient comes from.
+pub enum Estimator<B: Backend> {
+    /// `exact`, `cg`, … at an inner solution (warm-started from the last one if `warm`).
+    Deterministic {
+        opts: Options,
+        warm: bool,
+        w: Option<B::Buf>,
+    },
+    /// `nhgd`, `stocbio`, `amigo`, `soba` (warm/cold start is in their options).
+    Stochastic(Box<StochasticEstimator<B>>),
+}
+
+impl<B: Backend + Clone> Estimator<B> {
+    /// One estimate at the problem's current θ.
+    pub fn estimate(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, Option<LoopStats>)> {
+        match self {
+            Estimator::Deterministic { opts, warm, w } => {
+                let start = if *warm { w.as_ref() } else { None };
+                let result = hypergrad::compute(problem, opts, start)?;
+                *w = Some(problem.backend().upload(&result.w)?);
+                Ok((result, None))
+            }
+            Estimator::Stochastic(est) => {
+                let (result, stats) = est.estimate(problem, step)?;
+                Ok((result, Some(stats)))
+            }
+        }
+    }
+
+    /// The current inner iterate (for test-set evaluation).
+    pub fn w(&self) -> Option<&B::Buf> {
+        match self {
+            Estimator::Deterministic { w, .. } => w.as_ref(),
+            Estimator::Stochastic(est) => Some(est.w()),
+        }
+    }
+
+    fn state(&self, b: &B) -> Result<(Option<Vec<f64>>, Option<Vec<f64>>)> {
+        match self {
+            Estimator::Deterministic { w, .. } => {
+                Ok((w.as_ref().map(|w| b.download(w)).transpose()?, None))
+            }
+            Estimator::Stochastic(est) => {
+                let (w, q) = est.state(b)?;
+                Ok((Some(w), q))
+            }
+        }
+    }
+
+    fn restore(&mut self, b: &B, w: Option<&[f64]>, q: Option<&[f64]>) -> Result<()> {
+        match self {
+            Estimator::Deterministic { w: current, .. } => {
+                *current = w.map(|w| b.upload(w)).transpose()?;
+                Ok(())
+            }
+            Estimator::Stochastic(est) => match w {
+                Some(w) => est.restore(b, w, q),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// One record of the trace (SPEC §6), written as a JSON line.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepRecord {
+    pub step: u64,
+    /// Wall-clock seconds since the run started (across resumptions).
+    pub seconds: f64,
+    pub theta_norm: f64,
+    pub outer_loss: f64,
+    pub hypergradient_norm: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// ‖∇g(ŵ)‖ (null where not computed).
+    pub inner_grad_norm: Option<f64>,
+    pub error_bound: Option<f64>,
+    /// Host synchronisations and copies inside the inner loop (stochastic methods).
+    pub inner_host_syncs: Option<u64>,
+    pub inner_host_transfers: Option<u64>,
+    /// MAID's tolerances (null for the other optimisers).
+    pub inner_tol: Option<f64>,
+    pub linear_tol: Option<f64>,
+}
+
+/// Configuration of [`run`].
+pub struct RunConfig<'a> {
+    pub outer_steps: u64,
+    pub opt: OuterOpt,
+    pub test: Option<&'a Dataset>,
+    /// Identifies the run in a checkpoint (problem, method, data, seed…), so that a checkpoint
+    /// of another run is refused.
+    pub fingerprint: String,
+    pub checkpoint: Option<&'a std::path::Path>,
+}
+
+/// Result of [`run`].
+pub struct RunOutcome {
+    pub records: Vec<StepRecord>,
+    pub theta: Vec<f64>,
+    /// The step the run resumed from (0 for a fresh run).
+    pub resumed_from: Option<u64>,
+}
+
+/// Runs the outer loop, calling `on_record` as soon as each step's record exists (the trace
+/// writer and the progress bar), and writing the checkpoint after every step.
+pub fn run<B: Backend + Clone>(
+    problem: &mut GlmBilevel<B>,
+    estimator: &mut Estimator<B>,
+    config: &RunConfig<'_>,
+    mut on_record: impl FnMut(&StepRecord) -> Result<()>,
+) -> Result<RunOutcome> {
+    let b = problem.backend().clone();
+    let p = problem.hyper_dim();
+    let mut opt_state = initial_state(&config.opt, estimator, p);
+    let mut first_step = 0u64;
+    let mut elapsed_before = 0.0;
+    let mut resumed_from = None;
+    if let Some(path) = config.checkpoint {
+        if let Some(ck) = Checkpoint::load(path)? {
+            ck.check_matches(&config.fingerprint, p)?;
+            problem.set_theta(&ck.theta)?;
+            estimator.restore(&b, ck.w.as_deref(), ck.q.as_deref())?;
+            opt_state = ck.opt;
+            first_step = ck.step + 1;
+            elapsed_before = ck.seconds;
+            resumed_from = Some(ck.step);
+        }
+    }
+    let started = Instant::now();
+    let mut records = Vec::new();
+    let mut step = first_step;
+    while step <= config.outer_steps {
+        let (h, stats) = match config.opt {
+            OuterOpt::Maid { .. } => maid_hypergradient(problem, estimator, &mut opt_state, step)?,
+            _ => estimator.estimate(problem, step)?,
+        };
+        if let Some(i) = h.hypergradient.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "outer step {step}: hypergradient entry {i} is {} (lower the learning rates)",
+                h.hypergradient[i]
+            )));
+        }
+        let (test_loss, test_accuracy) = match (config.test, estimator.w()) {
+            (Some(test), Some(w)) => {
+                let (loss, acc) = problem.evaluate(w, test)?;
+                (Some(loss), acc)
+            }
+            _ => (None, None),
+        };
+        let record = StepRecord {
+            step,
+            seconds: elapsed_before + started.elapsed().as_secs_f64(),
+            theta_norm: norm(problem.theta()),
+            outer_loss: h.outer_loss,
+            hypergradient_norm: norm(&h.hypergradient),
+            test_loss,
+            test_accuracy,
+            inner_grad_norm: Some(h.inner_grad_norm).filter(|v| v.is_finite()),
+            error_bound: h.error_bound,
+            inner_host_syncs: stats.map(|s| s.inner_host_syncs),
+            inner_host_transfers: stats.map(|s| s.inner_host_transfers),
+            inner_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.inner_tol),
+            linear_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.linear_tol),
+        };
+        on_record(&record)?;
+        records.push(record);
+        if step == config.outer_steps {
+            break;
+        }
+        let theta = match config.opt {
+            OuterOpt::Maid { .. } => maid_step(problem, estimator, &mut opt_state, &h)?,
+            opt => update(&opt, &mut opt_state, problem.theta(), &h.hypergradient),
+        };
+        problem.set_theta(&theta)?;
+        if let Some(path) = config.checkpoint {
+            let (w, q) = estimator.state(&b)?;
+            Checkpoint {
+                fingerprint: config.fingerprint.clone(),
+                step,
+                seconds: elapsed_before + started.elapsed().as_secs_f64(),
+                theta,
+                opt: opt_state.clone(),
+                w,
+                q,
+            }
+            .save(path)?;
+        }
+        step += 1;
+    }
+    Ok(RunOutcome {
+        records,
+        theta: problem.theta().to_vec(),
+        resumed_from,
+    })
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn initial_state<B: Backend>(opt: &OuterOpt, estimator: &Estimator<B>, p: usize) -> OptState {
+    let mut state = OptState::default();
+    match opt {
+        OuterOpt::Adam { .. } => {
+            state.m = vec![0.0; p];
+            state.v = vec![0.0; p];
+        }
+        OuterOpt::Maid { lr } => {
+            state.alpha = *lr;
+            if let Estimator::Deterministic { opts, .. } = estimator {
+                state.inner_tol = opts.inner.tol;
+                state.linear_tol = opts.linear_tol;
+            }
+        }
+        OuterOpt::Sgd { .. } => {}
+    }
+    state
+}
+
+/// θ after one step of SGD or Adam.
+pub fn update(opt: &OuterOpt, state: &mut OptState, theta: &[f64], h: &[f64]) -> Vec<f64> {
+    match *opt {
+        OuterOpt::Sgd { lr } | OuterOpt::Maid { lr } => {
+            theta.iter().zip(h).map(|(t, g)| t - lr * g).collect()
+        }
+        OuterOpt::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
+            state.t += 1;
+            let t = state.t as i32;
+            let c1 = 1.0 - beta1.powi(t);
+            let c2 = 1.0 - beta2.powi(t);
+            theta
+                .iter()
+                .zip(h)
+                .enumerate()
+                .map(|(i, (th, g))| {
+                    state.m[i] = beta1 * state.m[i] + (1.0 - beta1) * g;
+                    state.v[i] = beta2 * state.v[i] + (1.0 - beta2) * g * g;
+                    th - lr * (state.m[i] / c1) / ((state.v[i] / c2).sqrt() + eps)
+                })
+                .collect()
+        }
+    }
+}
+
+/// MAID's tightening factor ν, Armijo constant c, backtracking steps, and the number of
+/// accepted steps after which the tolerances are relaxed again.
+const MAID_NU: f64 = 0.1;
+const MAID_ARMIJO: f64 = 1e-4;
+const MAID_BACKTRACKS: usize = 12;
+const RELAX_AFTER: u64 = 3;
+/// The tolerances never go below this (f64 rounding makes tighter ones meaningless).
+const MAID_TOL_FLOOR: f64 = 1e-14;
+
+fn deterministic_opts<B: Backend>(estimator: &mut Estimator<B>) -> Result<&mut Options> {
+    match estimator {
+        Estimator::Deterministic { opts, .. } => Ok(opts),
+        Estimator::Stochastic(_) => Err(Error::option(
+            "--outer-opt",
+            "maid needs a deterministic method (exact, cg, neumann, fixed-point) with an error bound",
+        )),
+    }
+}
+
+/// A hypergradient whose bound is at most ½‖h‖, tightening the tolerances until it is.
+fn maid_hypergradient<B: Backend + Clone>(
+    problem: &GlmBilevel<B>,
+    estimator: &mut Estimator<B>,
+    state: &mut OptState,
+    step: u64,
+) -> Result<(Hypergradient, Option<LoopStats>)> {
+    loop {
+        {
+            let opts = deterministic_opts(estimator)?;
+            opts.inner.tol = state.inner_tol;
+            opts.linear_tol = state.linear_tol;
+        }
+        let (h, stats) = estimator.estimate(problem, step)?;
+        let good = h
+            .error_bound
+            .is_some_and(|e| e <= 0.5 * norm(&h.hypergradient));
+        if good || !tighten(state) {
+            return Ok((h, stats));
+        }
+    }
+}
+
+/// Tightens ε and δ; false when both are already at the floor.
+fn tighten(state: &mut OptState) -> bool {
+    if state.inner_tol <= MAID_TOL_FLOOR && state.linear_tol <= MAID_TOL_FLOOR {
+        return false;
+    }
+    state.inner_tol = (state.inner_tol * MAID_NU).max(MAID_TOL_FLOOR);
+    state.linear_tol = (state.linear_tol * MAID_NU).max(MAID_TOL_FLOOR);
+    state.steps_since_tightening = 0;
+    true
+}
+
+/// The backtracking line search of MAID from θ along −h; returns the accepted θ (or θ itself,
+/// with tightened tolerances, when no step length gives sufficient decrease).
+fn maid_step<B: Backend + Clone>(
+    problem: &mut GlmBilevel<B>,
+    estimator: &mut Estimator<B>,
+    state: &mut OptState,
+    h: &Hypergradient,
+) -> Result<Vec<f64>> {
+    let theta = problem.theta().to_vec();
+    let h_sq: f64 = h.hypergradient.iter().map(|v| v * v).sum();
+    let inner = {
+        let opts = deterministic_opts(estimator)?;
+        let mut inner = opts.inner;
+        inner.tol = state.inner_tol;
+        inner
+    };
+    let start = match estimator {
+        Estimator::Deterministic { w: Some(w), .. } => {
+            Some(crate::solver::linear::duplicate(problem.backend(), w)?)
+        }
+        _ => None,
+    };
+    let mut alpha = state.alpha;
+    for _ in 0..MAID_BACKTRACKS {
+        let trial: Vec<f64> = theta
+            .iter()
+            .zip(&h.hypergradient)
+            .map(|(t, g)| t - alpha * g)
+            .collect();
+        problem.set_theta(&trial)?;
+        let solved = solver::solve(problem, start.as_ref(), &inner)?;
+        let value = problem.outer_value_grad(&solved.w, None)?;
+        if value <= h.outer_loss - MAID_ARMIJO * alpha * h_sq {
+            state.alpha = (alpha * 2.0).min(1e6);
+            state.steps_since_tightening += 1;
+            if state.steps_since_tightening >= RELAX_AFTER {
+                let opts = deterministic_opts(estimator)?;
+                state.inner_tol = (state.inner_tol / MAID_NU).min(opts_start(opts).0);
+                state.linear_tol = (state.linear_tol / MAID_NU).min(opts_start(opts).1);
+                state.steps_since_tightening = 0;
+            }
+            return Ok(trial);
+        }
+        alpha *= 0.5;
+    }
+    // No sufficient decrease: the function values were too inexact to tell. Stay, tighten.
+    tighten(state);
+    state.alpha = alpha;
+    problem.set_theta(&theta)?;
+    Ok(theta)
+}
+
+/// The loosest tolerances MAID may relax to: the method's defaults.
+fn opts_start(opts: &Options) -> (f64, f64) {
+    let defaults = Options::new(opts.method, crate::backend::Precision::F64);
+    (defaults.inner.tol.max(1e-4), defaults.linear_tol.max(1e-4))
+}
