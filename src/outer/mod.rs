@@ -111,6 +111,7 @@ impl<B: Backend + Clone> Estimator<B> {
         }
     }
 
+    #[allow(clippy::type_complexity)] // (w, q) snapshots for the checkpoint
     fn state(&self, b: &B) -> Result<(Option<Vec<f64>>, Option<Vec<f64>>)> {
         match self {
             Estimator::Deterministic { w, .. } => {
