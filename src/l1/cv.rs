@@ -8,7 +8,7 @@
 //! where `ŵ^{(k)}` is trained on every row outside fold `V_k`. An [`Evaluator`] keeps one
 //! warm start per fold between calls, which is what makes an outer search cheap.
 
-use super::hypergrad::{hypergradient_on, L1Hypergradient, L1Options};
+use super::hypergrad::{hypergradient_warm, L1Hypergradient, L1Options};
 use super::problem::{L1Data, L1Kind, L1Problem, Penalty};
 use super::solver::solve;
 use crate::data::rng::Rng;
@@ -108,6 +108,7 @@ pub struct Evaluator {
     pub criterion: Criterion,
     pub opts: L1Options,
     warm: Vec<Option<Vec<f64>>>,
+    jac: Vec<Option<Vec<Vec<f64>>>>,
 }
 
 impl Evaluator {
@@ -117,12 +118,14 @@ impl Evaluator {
             criterion,
             opts,
             warm: vec![None; k],
+            jac: vec![None; k],
         }
     }
 
-    /// Forget the warm starts (the next solves start from 0).
+    /// Forget the warm starts (the next solves and Jacobian recursions start from 0).
     pub fn cold_start(&mut self) {
         self.warm.iter_mut().for_each(|w| *w = None);
+        self.jac.iter_mut().for_each(|j| *j = None);
     }
 
     /// F(θ) and ∇F(θ) with the method in `self.opts`.
@@ -133,9 +136,17 @@ impl Evaluator {
         let k = pairs.len() as f64;
         let mut folds = Vec::with_capacity(pairs.len());
         for (f, (train, val)) in pairs.into_iter().enumerate() {
-            let mut h = hypergradient_on(train, val, &pen, &self.opts, self.warm[f].as_deref())?;
+            let mut h = hypergradient_warm(
+                train,
+                val,
+                &pen,
+                &self.opts,
+                self.warm[f].as_deref(),
+                self.jac[f].as_deref(),
+            )?;
             h.theta = theta.to_vec();
             self.warm[f] = Some(h.w.clone());
+            self.jac[f] = h.jacobian.take();
             folds.push(h);
         }
         let value = folds.iter().map(|h| h.outer_loss).sum::<f64>() / k;

@@ -207,5 +207,6 @@ pub fn forward_pgd_on<B: SparseOps>(
         support_size: w_host.iter().filter(|a| **a != 0.0).count(),
         seconds: started.elapsed().as_secs_f64(),
         w: w_host,
+        jacobian: None,
     })
 }

@@ -71,7 +71,8 @@ pub struct L1Options {
     pub linear_tol: f64,
     /// Most CG iterations or Jacobian sweeps.
     pub linear_iters: usize,
-    /// `implicit` uses a dense Cholesky factorisation of A when |S| ≤ this, CG otherwise.
+    /// `implicit` uses a dense Cholesky factorisation of A when |S| ≤ this (forming A costs
+    /// |S| products with X_SᵀX_S, more than CG's iterations on large supports), CG otherwise.
     pub cholesky_max: usize,
 }
 
@@ -83,7 +84,7 @@ impl L1Options {
             inner: SolveOptions::default(),
             linear_tol: 1e-10,
             linear_iters: 10_000,
-            cholesky_max: 1000,
+            cholesky_max: 200,
         }
     }
 
@@ -127,6 +128,10 @@ pub struct L1Hypergradient {
     /// ŵ.
     #[serde(skip)]
     pub w: Vec<f64>,
+    /// `implicit-forward` for `lasso`/`enet`: `∂ŵ/∂θ_k` as p vectors of length d (0 off S),
+    /// to warm-start the next Jacobian recursion at a nearby θ. `None` otherwise.
+    #[serde(skip)]
+    pub jacobian: Option<Vec<Vec<f64>>>,
 }
 
 fn serialize_method<S: serde::Serializer>(
@@ -160,6 +165,19 @@ pub fn hypergradient_on(
     opts: &L1Options,
     w0: Option<&[f64]>,
 ) -> Result<L1Hypergradient> {
+    hypergradient_warm(train, val, pen, opts, w0, None)
+}
+
+/// [`hypergradient_on`] with `implicit-forward`'s Jacobian recursion started from `jac0` (the
+/// `jacobian` of a result at a nearby θ) instead of 0; the fixed point is the same.
+pub fn hypergradient_warm(
+    train: &L1Data,
+    val: &L1Data,
+    pen: &Penalty,
+    opts: &L1Options,
+    w0: Option<&[f64]>,
+    jac0: Option<&[Vec<f64>]>,
+) -> Result<L1Hypergradient> {
     opts.validate()?;
     if train.x.d() != val.x.d() {
         return Err(Error::Dimension(format!(
@@ -175,10 +193,11 @@ pub fn hypergradient_on(
             let sol = solve(train, pen, w0, &opts.inner)?;
             let (outer_loss, grad_f) = val.mse_and_grad(&sol.w);
             let support: Vec<usize> = (0..sol.w.len()).filter(|&j| sol.w[j] != 0.0).collect();
-            let (h, residual_norm, linear_iters) = if opts.method == L1Method::Implicit {
-                implicit(train, pen, &sol, &support, &grad_f, opts)?
+            let (h, residual_norm, linear_iters, jacobian) = if opts.method == L1Method::Implicit {
+                let (h, r, i) = implicit(train, pen, &sol, &support, &grad_f, opts)?;
+                (h, r, i, None)
             } else {
-                implicit_forward(train, pen, &sol, &support, &grad_f, opts)?
+                implicit_forward(train, pen, &sol, &support, &grad_f, opts, jac0)?
             };
             L1Hypergradient {
                 method: opts.method,
@@ -194,6 +213,7 @@ pub fn hypergradient_on(
                 support_size: support.len(),
                 seconds: 0.0,
                 w: sol.w,
+                jacobian,
             }
         }
     };
@@ -321,8 +341,10 @@ fn implicit(
 /// J_jk ← (x_jᵀ R_k/n + L_j J_jk − b_jk) / (L_j + λ₂),   R_k ← R_k − x_j ΔJ_jk
 /// ```
 ///
-/// where `R_k = −X_S J_k`; the fixed point is `J = −A⁻¹B`. Returns
-/// `(h = J_Sᵀ ∇_S f, ‖AJ + B‖_F, sweeps)`.
+/// where `R_k = −X_S J_k`; the fixed point is `J = −A⁻¹B`. Starts from `jac0` restricted to
+/// S when given (lasso/enet), else from 0. Returns `(h = J_Sᵀ ∇_S f, ‖AJ + B‖_F, sweeps,
+/// J as p vectors of length d for lasso/enet)`.
+#[allow(clippy::type_complexity)]
 fn implicit_forward(
     train: &L1Data,
     pen: &Penalty,
@@ -330,14 +352,17 @@ fn implicit_forward(
     support: &[usize],
     grad_f: &[f64],
     opts: &L1Options,
-) -> Result<(Vec<f64>, f64, usize)> {
+    jac0: Option<&[Vec<f64>]>,
+) -> Result<(Vec<f64>, f64, usize, Option<Vec<Vec<f64>>>)> {
     let p = pen.hyper_dim();
     let n = train.y.len();
     let nf = n as f64;
     let mut h = vec![0.0; p];
     let s = support.len();
+    let d = train.x.d();
+    let keep = pen.kind != super::L1Kind::Wlasso;
     if s == 0 {
-        return Ok((h, 0.0, 0));
+        return Ok((h, 0.0, 0, keep.then(|| vec![vec![0.0; d]; p])));
     }
     let lips: Vec<f64> = support
         .iter()
@@ -354,6 +379,17 @@ fn implicit_forward(
         .collect();
     let mut jac = vec![vec![0.0; s]; cols.len()];
     let mut res = vec![vec![0.0; n]; cols.len()];
+    if let Some(j0) = jac0.filter(|j0| keep && j0.len() == p && j0.iter().all(|c| c.len() == d)) {
+        for (c, &k) in cols.iter().enumerate() {
+            for (a, &j) in support.iter().enumerate() {
+                let v = j0[k][j];
+                if v != 0.0 && v.is_finite() {
+                    jac[c][a] = v;
+                    train.x.col_axpy(j, -v, &mut res[c]);
+                }
+            }
+        }
+    }
     let mut sweeps = 0;
     while sweeps < opts.linear_iters {
         sweeps += 1;
@@ -397,7 +433,19 @@ fn implicit_forward(
             .map(|(a, b)| (a + b) * (a + b))
             .sum::<f64>();
     }
-    Ok((h, res2.sqrt(), sweeps))
+    let full = keep.then(|| {
+        cols.iter()
+            .enumerate()
+            .map(|(c, _)| {
+                let mut v = vec![0.0; d];
+                for (a, &j) in support.iter().enumerate() {
+                    v[j] = jac[c][a];
+                }
+                v
+            })
+            .collect()
+    });
+    Ok((h, res2.sqrt(), sweeps, full))
 }
 
 /// Largest p·(n + d) a forward-mode Jacobian may have (about 2 GB of f64).
@@ -465,6 +513,7 @@ fn forward(
         support_size: w.iter().filter(|v| **v != 0.0).count(),
         seconds: 0.0,
         w,
+        jacobian: None,
     })
 }
 

@@ -25,7 +25,9 @@ pub mod solver;
 
 pub use cv::{kfold, Criterion, Evaluation, Evaluator};
 pub use design::Design;
-pub use hypergrad::{hypergradient, hypergradient_on, L1Hypergradient, L1Method, L1Options};
+pub use hypergrad::{
+    hypergradient, hypergradient_on, hypergradient_warm, L1Hypergradient, L1Method, L1Options,
+};
 pub use problem::{L1Data, L1Kind, L1Problem, Penalty};
 pub use search::{search, OuterOpt, SearchOptions, SearchResult, TraceEntry};
 pub use solver::{duality_gap, solve, L1Solver, Solution, SolveOptions};

@@ -215,10 +215,16 @@ pub fn solve(
     }
 }
 
-/// Proximal coordinate descent: full cyclic sweeps, each followed by the duality-gap check
-/// and then by sweeps over the nonzero coordinates only (until their largest move shrinks
-/// 1000-fold, within about one full sweep's worth of work): an active-set speed-up that
-/// leaves the fixed point unchanged. `iters` counts the full sweeps.
+/// Most full sweeps between two duality-gap checks of coordinate descent.
+const GAP_EVERY_MAX: usize = 10;
+/// Most sweeps over the active set between two full sweeps.
+const ACTIVE_SWEEPS_MAX: usize = 1000;
+
+/// Proximal coordinate descent with an active set (as glmnet): a full cyclic sweep, then
+/// sweeps over the nonzero coordinates only until their largest move is ≤ ε·max|w| (ε from
+/// 1e-3, divided by 10 after each failed gap check), then the next full sweep. The duality gap
+/// is checked after a full sweep that barely moved w (≤ 1e-3·max|w|), and at least every 10
+/// full sweeps. The fixed point is that of plain cyclic CD. `iters` counts the full sweeps.
 fn solve_cd(
     data: &L1Data,
     pen: &Penalty,
@@ -232,14 +238,28 @@ fn solve_cd(
     let mut gap = f64::INFINITY;
     let mut iters = 0;
     let mut active: Vec<usize> = Vec::new();
+    // Relative accuracy to which the active set is solved between full sweeps; tightened
+    // after every gap check that fails.
+    let mut active_tol = 1e-3;
+    let mut since_gap = 0;
     while iters < opts.max_iters {
         iters += 1;
+        since_gap += 1;
+        let mut max_change: f64 = 0.0;
+        let mut max_w: f64 = 0.0;
         for j in 0..w.len() {
             if lips[j] > 0.0 {
-                cd_update(x, pen, lips[j], j, &mut w, &mut r);
+                let old = w[j];
+                let (_, new) = cd_update(x, pen, lips[j], j, &mut w, &mut r);
+                max_change = max_change.max((new - old).abs());
+                max_w = max_w.max(new.abs());
             }
         }
-        {
+        // The gap costs as much as a sweep: check it once a full sweep barely moves w (or
+        // at least every `GAP_EVERY_MAX` sweeps, and at the last one).
+        let quiet = max_change <= 1e-3 * max_w || max_w == 0.0;
+        if quiet || since_gap >= GAP_EVERY_MAX || iters == opts.max_iters {
+            since_gap = 0;
             gap = duality_gap(data, pen, &w, &r);
             if !gap.is_finite() && w.iter().any(|v| !v.is_finite()) {
                 return Err(Error::Numerical(
@@ -255,23 +275,23 @@ fn solve_cd(
                     converged: true,
                 });
             }
+            if quiet {
+                active_tol *= 0.1;
+            }
         }
-        // Sweeps over the active set: until its largest move has shrunk 1000-fold, within
-        // a budget of about one full sweep's worth of work.
+        // Sweeps over the active set until the largest move is ≤ active_tol · max|w|.
         active.clear();
         active.extend((0..w.len()).filter(|&j| w[j] != 0.0 && lips[j] > 0.0));
-        let active_cost: usize = active.iter().map(|&j| x.col_nnz(j)).sum::<usize>().max(1);
-        let budget = (x.nnz() / active_cost).clamp(1, 1000);
-        let mut first_move = None;
-        for _ in 0..budget {
+        for _ in 0..ACTIVE_SWEEPS_MAX {
             let mut max_move: f64 = 0.0;
+            let mut max_a: f64 = 0.0;
             for &j in &active {
                 let old = w[j];
                 let (_, new) = cd_update(x, pen, lips[j], j, &mut w, &mut r);
                 max_move = max_move.max((new - old).abs());
+                max_a = max_a.max(new.abs());
             }
-            let first = *first_move.get_or_insert(max_move);
-            if max_move <= 1e-3 * first || max_move == 0.0 {
+            if max_move <= active_tol * max_a {
                 break;
             }
         }
