@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench l1_peers -- --train T.svm --val V.svm --target 0.123 [--steps 30]
 //!     [--method implicit-forward|implicit|forward] [--opt hoag|adam|grid|random]
-//!     [--folds-file FOLDS]
+//!     [--folds-file FOLDS] [--tol-start T0] [--tol-end T1]
 //! ```
 //!
 //! With `--folds-file` (one fold number per row of `--train`, white-space separated) the
@@ -15,7 +15,7 @@
 //! Prints one JSON object: `load_seconds` (reading and converting the files),
 //! `seconds_to_target` (search time until the held-out MSE first reached `--target`, null
 //! if never), `best_loss`, `best_lambda`, `search_seconds`, `evaluations` and the trace
-//! `[[seconds, loss], ...]`. The search clock starts with the data in memory, as the
+//! `[[wall seconds, CPU seconds, loss, λ], ...]`. The search clock starts with the data in memory, as the
 //! Python peers' clocks do.
 
 use std::time::Instant;
@@ -118,22 +118,35 @@ fn run() -> anyhow::Result<()> {
         None => Criterion::HeldOut(L1Problem::new(L1Kind::Lasso, splits.train, splits.val)?),
     };
     let opts = L1Options::new(method);
-    let search_opts = SearchOptions::new(opt, steps);
+    let mut search_opts = SearchOptions::new(opt, steps);
+    if let Some(t) = arg(&args, "--tol-start") {
+        search_opts.tol_start = t.parse()?;
+    }
+    if let Some(t) = arg(&args, "--tol-end") {
+        search_opts.tol_end = t.parse()?;
+    }
     let started = Instant::now();
     let cpu_start = cpu_seconds();
     let mut reached: Option<f64> = None;
     let mut reached_cpu: Option<f64> = None;
+    let mut cpu_trace: Vec<f64> = Vec::new();
     let result = search(criterion, opts, &search_opts, |e| {
+        let cpu = cpu_seconds()
+            .zip(cpu_start)
+            .map_or(f64::NAN, |(a, b)| a - b);
+        cpu_trace.push(cpu);
         if reached.is_none() && e.outer_loss <= target {
             reached = Some(started.elapsed().as_secs_f64());
-            reached_cpu = cpu_seconds().zip(cpu_start).map(|(a, b)| a - b);
+            reached_cpu = Some(cpu);
         }
         Ok(())
     })?;
-    let trace: Vec<[f64; 2]> = result
+    // [wall seconds, CPU seconds, criterion, λ] per evaluation.
+    let trace: Vec<[f64; 4]> = result
         .trace
         .iter()
-        .map(|e| [e.seconds, e.outer_loss])
+        .zip(&cpu_trace)
+        .map(|(e, &c)| [e.seconds, c, e.outer_loss, e.theta[0].exp()])
         .collect();
     println!(
         "{}",
