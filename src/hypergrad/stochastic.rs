@@ -287,7 +287,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                     let chunk = rng.below(self.chunks.len());
                     self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
                 }
-                let stats = loop_stats(b, loop_start, traffic);
+                let stats = loop_stats(b, loop_start, traffic)?;
                 (q, stats, prepared.rows.len(), outer_loss)
             }
             Method::Stocbio | Method::Amigo => {
@@ -299,7 +299,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 for rows in &prepared.rows {
                     self.sgd_step(problem, rows, eta, &mut factors)?;
                 }
-                let stats = loop_stats(b, loop_start, traffic);
+                let stats = loop_stats(b, loop_start, traffic)?;
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                 let q = if self.opts.method == Method::Stocbio {
                     self.neumann(problem, &a, beta, &mut rng)?
@@ -456,11 +456,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             side.signal(slot)?;
         }
         main.wait_for(side, (prepared.rows.len() - 1) % 2)?;
-        let mut stats = loop_stats(main, loop_start, traffic);
-        // The loop queued work without waiting; the time is the device's once it is done.
-        main.synchronize()?;
-        stats.inner_seconds = loop_start.elapsed().as_secs_f64();
-        Ok(stats)
+        loop_stats(main, loop_start, traffic)
     }
 
     fn sgd_step(
@@ -571,13 +567,16 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
     }
 }
 
-fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> LoopStats {
+/// The host traffic of a loop since `before`, then (after waiting for the device, which is
+/// not counted) its time.
+fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result<LoopStats> {
     let after = b.host_traffic();
-    LoopStats {
+    b.synchronize()?;
+    Ok(LoopStats {
         inner_seconds: started.elapsed().as_secs_f64(),
         inner_host_syncs: after.0 - before.0,
         inner_host_transfers: after.1 - before.1,
-    }
+    })
 }
 
 /// The training rows in a seeded order, cut into batches of `batch` (the last may be
