@@ -168,18 +168,16 @@ fn bench_on<B: Backend + Clone>(backend: B, args: &NhgdBenchArgs) -> Result<()> 
         let u = backend.upload(&vec![0.25; args.batch_size * p])?;
         let mut out = backend.zeros(args.batch_size * p)?;
         let seconds = time_calls(&backend, args.reps.max(3), || {
-            backend
-                .gemm(
-                    false,
-                    false,
-                    (args.batch_size, p, p),
-                    1.0,
-                    &u,
-                    &a,
-                    0.0,
-                    &mut out,
-                )
-                .map_err(Into::into)
+            backend.gemm(
+                false,
+                false,
+                (args.batch_size, p, p),
+                1.0,
+                &u,
+                &a,
+                0.0,
+                &mut out,
+            )
         })?;
         Some(2.0 * (args.batch_size * p * p) as f64 / seconds / 1e12)
     } else {
