@@ -12,6 +12,7 @@
 //! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`);
 //! * [`solver`]: inner solvers (GD, AGD, Newton-CG) and matrix-free linear algebra;
 //! * [`hypergrad`]: the hypergradient estimators and error bounds;
+//! * [`l1`]: sparse model selection (`lasso`, `enet`, `wlasso`): prox solvers, hypergradients, outer search;
 //! * [`cli`]: the `hypergrad` command line.
 
 // `!(x > 0.0)` is the NaN-rejecting test we mean wherever it appears.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod hypergrad;
+pub mod l1;
 pub mod linalg;
 pub mod outer;
 pub mod problem;

@@ -33,6 +33,9 @@ pub struct GradArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    #[command(flatten)]
+    pub l1: super::l1::L1Args,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -80,6 +83,10 @@ pub enum ProblemArg {
     Logreg,
     Softmax,
     Hyperclean,
+    /// ℓ1 problems (SPEC §2), handled by `cli::l1`.
+    Lasso,
+    Enet,
+    Wlasso,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -141,6 +148,10 @@ pub enum MethodArg {
     FixedPoint,
     Unroll,
     Forward,
+    /// ℓ1 problems only: support-restricted linear solve.
+    Implicit,
+    /// ℓ1 problems only: Jacobian recursion on the support after the inner solve.
+    ImplicitForward,
     Nhgd,
     Stocbio,
     Amigo,
@@ -202,6 +213,9 @@ impl ProblemArgs {
             ProblemArg::Logreg => ProblemKind::Logreg,
             ProblemArg::Softmax => ProblemKind::Softmax,
             ProblemArg::Hyperclean => ProblemKind::Hyperclean,
+            // The ℓ1 problems are dispatched to `cli::l1` before anything asks for a smooth
+            // kind; `build` refuses them.
+            ProblemArg::Lasso | ProblemArg::Enet | ProblemArg::Wlasso => ProblemKind::Ridge,
         }
     }
 
@@ -217,6 +231,12 @@ impl ProblemArgs {
 
     /// Builds the problem on `backend` and sets θ from `--theta` / `--theta-file`.
     pub fn build<B: Backend>(&self, backend: B, splits: &Splits) -> Result<GlmBilevel<B>> {
+        if let Some(kind) = self.problem.l1_kind() {
+            bail!(
+                "invalid value for --problem: {} is an ℓ1 problem (see cli::l1)",
+                kind.name()
+            );
+        }
         let mut problem = GlmBilevel::new(
             backend,
             self.kind(),
@@ -293,6 +313,9 @@ impl EstimatorArgs {
             MethodArg::FixedPoint => Method::FixedPoint,
             MethodArg::Unroll => Method::Unroll,
             MethodArg::Forward => Method::Forward,
+            // ℓ1-only methods; `run` refuses them for the smooth problems first.
+            MethodArg::Implicit => Method::Cg,
+            MethodArg::ImplicitForward => Method::Forward,
             MethodArg::Nhgd => Method::Nhgd,
             MethodArg::Stocbio => Method::Stocbio,
             MethodArg::Amigo => Method::Amigo,
@@ -392,6 +415,15 @@ impl DeviceArgs {
 }
 
 pub fn run(args: GradArgs) -> Result<()> {
+    if let Some(kind) = args.problem.problem.l1_kind() {
+        return super::l1::grad(kind, &args);
+    }
+    if matches!(
+        args.estimator.method,
+        MethodArg::Implicit | MethodArg::ImplicitForward
+    ) {
+        bail!("invalid value for --method: implicit and implicit-forward are for the ℓ1 problems (lasso, enet, wlasso); use cg or forward");
+    }
     let resolved = args.device.resolve()?;
     let splits = args.data.load(None)?;
     let note = resolved.fallback_reason.as_deref();

@@ -9,6 +9,7 @@ mod bench_nhgd;
 mod data_args;
 mod grad;
 mod info;
+pub mod l1;
 mod run;
 mod stochastic_args;
 

@@ -81,6 +81,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    #[command(flatten)]
+    pub l1: super::l1::L1Args,
+
     /// Print one JSON object with the outcome instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -94,7 +97,9 @@ pub struct OuterArgs {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub outer_steps: u64,
 
-    /// Outer optimiser: sgd, adam, or maid (adaptive accuracy; deterministic methods only).
+    /// Outer optimiser: sgd, adam, or maid (adaptive accuracy; deterministic methods only);
+    /// for the ℓ1 problems: hoag (line search, adaptive step and accuracy), adam, grid,
+    /// random.
     #[arg(long, value_enum, default_value = "adam")]
     pub outer_opt: OuterOptArg,
 
@@ -132,6 +137,12 @@ pub enum OuterOptArg {
     Sgd,
     Adam,
     Maid,
+    /// ℓ1 problems only.
+    Hoag,
+    /// ℓ1 problems only.
+    Grid,
+    /// ℓ1 problems only.
+    Random,
 }
 
 impl OuterArgs {
@@ -152,6 +163,9 @@ impl OuterArgs {
                 eps: 1e-8,
             },
             OuterOptArg::Maid => OuterOpt::Maid { lr },
+            OuterOptArg::Hoag | OuterOptArg::Grid | OuterOptArg::Random => bail!(
+                "invalid value for --outer-opt: hoag, grid and random are for the ℓ1 problems (lasso, enet, wlasso); use sgd, adam or maid"
+            ),
         })
     }
 }
@@ -183,6 +197,9 @@ fn load_data(args: &RunArgs) -> Result<RunData> {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    if let Some(kind) = args.problem.problem.l1_kind() {
+        return super::l1::run(kind, &args);
+    }
     let resolved = args.device.resolve()?;
     let data = load_data(&args)?;
     let note = resolved.fallback_reason.as_deref();

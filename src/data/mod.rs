@@ -29,6 +29,7 @@ mod bundled;
 mod csv;
 mod libsvm;
 pub mod rng;
+pub mod sparse;
 mod split;
 pub mod synthetic;
 mod text;
@@ -180,14 +181,14 @@ pub fn bundled_names() -> &'static [&'static str] {
 
 /// The text formats a data file can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Csv,
     Libsvm,
 }
 
 /// Format from the file name (ignoring a final `.gz`): `.csv` is CSV; `.svm`, `.libsvm`,
 /// `.txt` are LIBSVM; anything else is unknown.
-fn format_from_name(path: &Path) -> Option<Format> {
+pub(crate) fn format_from_name(path: &Path) -> Option<Format> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     let ext = name.rsplit_once('.')?.1;
@@ -200,7 +201,7 @@ fn format_from_name(path: &Path) -> Option<Format> {
 
 /// Format from the content: the first line that is not blank or a `#` comment is LIBSVM if
 /// a ':' follows its first token, otherwise CSV.
-fn sniff_format(bytes: &[u8]) -> Format {
+pub(crate) fn sniff_format(bytes: &[u8]) -> Format {
     for line in bytes.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
         let t = line.trim();

@@ -1,0 +1,103 @@
+//! The Rust side of the ℓ1 peer benchmark (`benches/peers/lasso_peers.py` drives it):
+//! HOAG with `implicit-forward` hypergradients on the Lasso held-out MSE, on the same
+//! train/validation files the peers use, reporting the time to reach a target criterion.
+//!
+//! ```text
+//! cargo bench --bench l1_peers -- --train T.svm --val V.svm --target 0.123 [--steps 30]
+//!     [--method implicit-forward|implicit|forward] [--opt hoag|adam|grid|random]
+//! ```
+//!
+//! Prints one JSON object: `load_seconds` (reading and converting the files),
+//! `seconds_to_target` (search time until the held-out MSE first reached `--target`, null
+//! if never), `best_loss`, `best_lambda`, `search_seconds`, `evaluations` and the trace
+//! `[[seconds, loss], ...]`. The search clock starts with the data in memory, as the
+//! Python peers' clocks do.
+
+use std::time::Instant;
+
+use hypergrad::cli::DataArgs;
+use hypergrad::l1::{
+    search, Criterion, L1Kind, L1Method, L1Options, L1Problem, OuterOpt, SearchOptions,
+};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") && arg(&args, "--train").is_none() {
+        // `cargo bench` with no arguments: nothing to do without data files.
+        println!("l1_peers: run through benches/peers/lasso_peers.py (needs --train/--val files)");
+        return Ok(());
+    }
+    let train = arg(&args, "--train").ok_or_else(|| anyhow::anyhow!("--train is required"))?;
+    let val = arg(&args, "--val").ok_or_else(|| anyhow::anyhow!("--val is required"))?;
+    let target: f64 = arg(&args, "--target").map_or(Ok(f64::NEG_INFINITY), |t| t.parse())?;
+    let steps: usize = arg(&args, "--steps").map_or(Ok(30), |t| t.parse())?;
+    let method = match arg(&args, "--method").as_deref() {
+        None | Some("implicit-forward") => L1Method::ImplicitForward,
+        Some("implicit") => L1Method::Implicit,
+        Some("forward") => L1Method::Forward,
+        Some(m) => anyhow::bail!("unknown --method {m}"),
+    };
+    let opt: OuterOpt = arg(&args, "--opt")
+        .unwrap_or_else(|| "hoag".into())
+        .parse()?;
+
+    let loaded = Instant::now();
+    let data = DataArgs {
+        train,
+        val: Some(val),
+        split: "0.6,0.2,0.2".into(),
+        seed: 0,
+        standardize: false,
+    };
+    let mut splits = hypergrad::cli::l1::load_l1(&data, None)?;
+    // Nearly full designs (the leukemia shape) are swept faster as dense columns.
+    splits.train.x = splits.train.x.densify_if(0.25);
+    splits.val.x = splits.val.x.densify_if(0.25);
+    let load_seconds = loaded.elapsed().as_secs_f64();
+
+    let problem = L1Problem::new(L1Kind::Lasso, splits.train, splits.val)?;
+    let opts = L1Options::new(method);
+    let search_opts = SearchOptions::new(opt, steps);
+    let started = Instant::now();
+    let mut reached: Option<f64> = None;
+    let result = search(Criterion::HeldOut(problem), opts, &search_opts, |e| {
+        if reached.is_none() && e.outer_loss <= target {
+            reached = Some(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    })?;
+    let trace: Vec<[f64; 2]> = result
+        .trace
+        .iter()
+        .map(|e| [e.seconds, e.outer_loss])
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "load_seconds": load_seconds,
+            "seconds_to_target": reached,
+            "best_loss": result.best_loss,
+            "best_lambda": result.best_theta.first().map(|t| t.exp()),
+            "search_seconds": result.seconds,
+            "evaluations": result.trace.len(),
+            "method": method.name(),
+            "opt": opt.name(),
+            "trace": trace,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Sparse design matrices: compressed sparse rows (CSR, as LIBSVM files are laid out) and
+//! compressed sparse columns (CSC, what coordinate descent reads), and a LIBSVM reader that
+//! never builds the dense matrix.
+//!
+//! Both layouts store `f64` values with `u32`-free `usize` indices; explicit zeros are not
+//! stored. `CsrMatrix::to_csc` and `CscMatrix::to_csr` are exact transposes of the storage
+//! (same values, sorted indices).
+
+use std::io::BufRead;
+use std::path::Path;
+
+use super::text::{excerpt, for_each_line, parse_finite, NumberError};
+use crate::{Error, Result};
+
+/// An n×d matrix in compressed sparse row form: the entries of row i are
+/// `indices[indptr[i]..indptr[i+1]]` (strictly increasing columns) with `values` alongside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsrMatrix {
+    pub n: usize,
+    pub d: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// An n×d matrix in compressed sparse column form: the entries of column j are
+/// `indices[indptr[j]..indptr[j+1]]` (strictly increasing rows) with `values` alongside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CscMatrix {
+    pub n: usize,
+    pub d: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// Counting-sort transpose of compressed storage: `(outer, inner)` → `(inner, outer)`.
+fn transpose(
+    outer: usize,
+    inner: usize,
+    indptr: &[usize],
+    indices: &[usize],
+    values: &[f64],
+) -> (Vec<usize>, Vec<usize>, Vec<f64>) {
+    let mut count = vec![0usize; inner + 1];
+    for &j in indices {
+        count[j + 1] += 1;
+    }
+    for j in 0..inner {
+        count[j + 1] += count[j];
+    }
+    let new_ptr = count.clone();
+    let mut next = count;
+    let mut new_idx = vec![0usize; indices.len()];
+    let mut new_val = vec![0.0; values.len()];
+    for i in 0..outer {
+        for k in indptr[i]..indptr[i + 1] {
+            let j = indices[k];
+            let dst = next[j];
+            new_idx[dst] = i;
+            new_val[dst] = values[k];
+            next[j] += 1;
+        }
+    }
+    (new_ptr, new_idx, new_val)
+}
+
+impl CsrMatrix {
+    /// The CSR form of a dense row-major matrix (zeros dropped).
+    pub fn from_dense(x: &ndarray::Array2<f64>) -> CsrMatrix {
+        let (n, d) = x.dim();
+        let mut indptr = vec![0];
+        let mut indices = Vec::new();
+        let mut values = Vec::new();
+        for row in x.rows() {
+            for (j, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    indices.push(j);
+                    values.push(v);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        CsrMatrix {
+            n,
+            d,
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    /// Number of stored entries.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The same matrix in CSC form.
+    pub fn to_csc(&self) -> CscMatrix {
+        let (indptr, indices, values) =
+            transpose(self.n, self.d, &self.indptr, &self.indices, &self.values);
+        CscMatrix {
+            n: self.n,
+            d: self.d,
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    /// The rows `rows` (0-based, in order; repeats allowed) as a new matrix.
+    ///
+    /// # Panics
+    /// If an index is `>= self.n`.
+    pub fn select_rows(&self, rows: &[usize]) -> CsrMatrix {
+        let mut indptr = vec![0];
+        let mut indices = Vec::new();
+        let mut values = Vec::new();
+        for &i in rows {
+            let range = self.indptr[i]..self.indptr[i + 1];
+            indices.extend_from_slice(&self.indices[range.clone()]);
+            values.extend_from_slice(&self.values[range]);
+            indptr.push(indices.len());
+        }
+        CsrMatrix {
+            n: rows.len(),
+            d: self.d,
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    /// The same rows with `d` columns (`d ≥ self.d`; nothing is stored for the new columns).
+    /// Errors: [`Error::Dimension`] if `d < self.d`.
+    pub fn with_columns(&self, d: usize) -> Result<CsrMatrix> {
+        if d < self.d {
+            return Err(Error::Dimension(format!(
+                "a sparse matrix with {} columns cannot shrink to {d}",
+                self.d
+            )));
+        }
+        let mut out = self.clone();
+        out.d = d;
+        Ok(out)
+    }
+
+    /// The dense row-major form. Errors: [`Error::Dimension`] if it cannot be allocated.
+    pub fn to_dense(&self) -> Result<ndarray::Array2<f64>> {
+        let mut x = super::text::zeros_checked(self.n, self.d, "sparse matrix")?;
+        for i in 0..self.n {
+            for k in self.indptr[i]..self.indptr[i + 1] {
+                x[[i, self.indices[k]]] = self.values[k];
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl CscMatrix {
+    /// Number of stored entries.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The same matrix in CSR form.
+    pub fn to_csr(&self) -> CsrMatrix {
+        let (indptr, indices, values) =
+            transpose(self.d, self.n, &self.indptr, &self.indices, &self.values);
+        CsrMatrix {
+            n: self.n,
+            d: self.d,
+            indptr,
+            indices,
+            values,
+        }
+    }
+
+    /// Column j as `(row indices, values)`.
+    #[inline]
+    pub fn col(&self, j: usize) -> (&[usize], &[f64]) {
+        let r = self.indptr[j]..self.indptr[j + 1];
+        (&self.indices[r.clone()], &self.values[r])
+    }
+}
+
+/// A labelled dataset with a sparse (CSR) design, as read from a LIBSVM file.
+#[derive(Clone, Debug)]
+pub struct SparseDataset {
+    pub x: CsrMatrix,
+    pub y: Vec<f64>,
+    pub name: String,
+}
+
+impl SparseDataset {
+    /// Number of rows.
+    pub fn n(&self) -> usize {
+        self.x.n
+    }
+    /// Number of features.
+    pub fn d(&self) -> usize {
+        self.x.d
+    }
+    /// The rows `rows` as a new dataset with the same name.
+    ///
+    /// # Panics
+    /// If an index is `>= self.n()`.
+    pub fn select(&self, rows: &[usize]) -> SparseDataset {
+        SparseDataset {
+            x: self.x.select_rows(rows),
+            y: rows.iter().map(|&i| self.y[i]).collect(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Reads a LIBSVM file into CSR storage without ever building the dense matrix: the same
+/// format, rules and error messages as [`super::read_libsvm`] (1-based strictly increasing
+/// indices, `#` comments, an optional `qid:` token; malformed or non-finite numbers are
+/// [`Error::Parse`] naming `path` and the line). Explicit zeros are dropped. The width is the
+/// largest index seen, or `min_features` if that is larger.
+pub fn read_libsvm_sparse(
+    reader: impl BufRead,
+    path: &Path,
+    min_features: usize,
+) -> Result<SparseDataset> {
+    let mut labels: Vec<f64> = Vec::new();
+    let mut indptr = vec![0usize];
+    let mut indices: Vec<usize> = Vec::new();
+    let mut values: Vec<f64> = Vec::new();
+    let mut max_index = 0usize;
+
+    let lines = for_each_line(reader, path, |line_no, line| {
+        let content = match line.find('#') {
+            Some(pos) => &line[..pos],
+            None => line,
+        };
+        let mut tokens = content.split_whitespace();
+        let Some(label_text) = tokens.next() else {
+            return Ok(());
+        };
+        let err = |m: String| Error::parse(path, line_no, m);
+        let label = match parse_finite(label_text) {
+            Ok(v) => v,
+            Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+                return Err(err(format!("label: {m}")));
+            }
+        };
+        labels.push(label);
+        let mut prev = 0usize;
+        for (pos, token) in tokens.enumerate() {
+            let Some((idx_text, val_text)) = token.split_once(':') else {
+                return Err(err(format!(
+                    "expected 'index:value' but found '{}'",
+                    excerpt(token)
+                )));
+            };
+            if pos == 0 && idx_text == "qid" {
+                continue;
+            }
+            let idx: usize = idx_text.parse().map_err(|_| {
+                err(format!(
+                    "feature index '{}' is not a positive integer",
+                    excerpt(idx_text)
+                ))
+            })?;
+            if idx == 0 {
+                return Err(err("feature index 0: LIBSVM indices start at 1".to_string()));
+            }
+            if idx <= prev {
+                return Err(err(format!(
+                    "feature index {idx} is not greater than the previous index {prev}; indices must be strictly increasing"
+                )));
+            }
+            prev = idx;
+            let value = match parse_finite(val_text) {
+                Ok(v) => v,
+                Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+                    return Err(err(format!("feature {idx}: {m}")));
+                }
+            };
+            max_index = max_index.max(idx);
+            if value != 0.0 {
+                indices.push(idx - 1);
+                values.push(value);
+            }
+        }
+        indptr.push(indices.len());
+        Ok(())
+    })?;
+    if labels.is_empty() {
+        return Err(Error::parse(
+            path,
+            lines + 1,
+            "no data rows before the end of the file",
+        ));
+    }
+    Ok(SparseDataset {
+        x: CsrMatrix {
+            n: labels.len(),
+            d: max_index.max(min_features),
+            indptr,
+            indices,
+            values,
+        },
+        y: labels,
+        name: path.display().to_string(),
+    })
+}
+
+/// Whether `spec` names a LIBSVM file (by its extension `.svm`, `.libsvm`, `.txt`, optionally
+/// `.gz`, or, for other names, by its first data line), i.e. whether [`load_sparse`] keeps it
+/// sparse.
+pub fn is_libsvm_file(spec: &str) -> bool {
+    if super::bundled_names().contains(&spec) || spec.starts_with("synthetic:") {
+        return false;
+    }
+    let path = Path::new(spec);
+    match super::format_from_name(path) {
+        Some(f) => f == super::Format::Libsvm,
+        None => super::text::read_file_bytes(path)
+            .map(|b| super::sniff_format(&b) == super::Format::Libsvm)
+            .unwrap_or(false),
+    }
+}
+
+/// Reads a LIBSVM file (optionally gzipped) as a [`SparseDataset`] named `spec`.
+pub fn load_sparse(spec: &str) -> Result<SparseDataset> {
+    let path = Path::new(spec);
+    let bytes = super::text::read_file_bytes(path)?;
+    let mut ds = read_libsvm_sparse(bytes.as_slice(), path, 0)?;
+    ds.name = spec.to_string();
+    Ok(ds)
+}

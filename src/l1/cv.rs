@@ -1,0 +1,175 @@
+//! The model-selection criteria: held-out MSE on one validation set, and K-fold
+//! cross-validation
+//!
+//! ```text
+//! F_cv(θ) = (1/K) Σ_k (1/|V_k|) ‖y_{V_k} − X_{V_k} ŵ^{(k)}(θ)‖²,    ∇F_cv = (1/K) Σ_k ∇F_k,
+//! ```
+//!
+//! where `ŵ^{(k)}` is trained on every row outside fold `V_k`. An [`Evaluator`] keeps one
+//! warm start per fold between calls, which is what makes an outer search cheap.
+
+use super::hypergrad::{hypergradient_on, L1Hypergradient, L1Options};
+use super::problem::{L1Data, L1Kind, L1Problem, Penalty};
+use super::solver::solve;
+use crate::data::rng::Rng;
+use crate::{Error, Result};
+
+/// K folds of `data`: rows are shuffled by `Rng::new(seed).permutation(n)` and fold k holds
+/// positions `[⌊kn/K⌋, ⌊(k+1)n/K⌋)` of that order. Returns `(train, held-out)` per fold.
+/// Errors: [`Error::InvalidOption`] (`--folds`) unless `2 ≤ K ≤ n`.
+pub fn kfold(data: &L1Data, k: usize, seed: u64) -> Result<Vec<(L1Data, L1Data)>> {
+    let n = data.y.len();
+    if k < 2 || k > n {
+        return Err(Error::option(
+            "--folds",
+            format!("needs 2 ≤ K ≤ n = {n}, got {k}"),
+        ));
+    }
+    let perm = Rng::new(seed).permutation(n);
+    Ok((0..k)
+        .map(|f| {
+            let (lo, hi) = (f * n / k, (f + 1) * n / k);
+            let mut held: Vec<usize> = perm[lo..hi].to_vec();
+            held.sort_unstable();
+            let mut fit: Vec<usize> = perm[..lo].iter().chain(&perm[hi..]).copied().collect();
+            fit.sort_unstable();
+            (data.select(&fit), data.select(&held))
+        })
+        .collect())
+}
+
+/// The criterion an outer search minimises.
+// One criterion per search: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Criterion {
+    /// Held-out MSE on the problem's validation data.
+    HeldOut(L1Problem),
+    /// Mean held-out MSE over K folds.
+    CrossVal {
+        kind: L1Kind,
+        folds: Vec<(L1Data, L1Data)>,
+    },
+}
+
+impl Criterion {
+    /// K-fold cross-validation of `kind` on `data`.
+    pub fn cross_val(kind: L1Kind, data: &L1Data, k: usize, seed: u64) -> Result<Criterion> {
+        Ok(Criterion::CrossVal {
+            kind,
+            folds: kfold(data, k, seed)?,
+        })
+    }
+
+    /// `(training, held-out)` pairs (one for held-out, K for CV).
+    pub fn pairs(&self) -> Vec<(&L1Data, &L1Data)> {
+        match self {
+            Criterion::HeldOut(p) => vec![(&p.train, &p.val)],
+            Criterion::CrossVal { folds, .. } => folds.iter().map(|(a, b)| (a, b)).collect(),
+        }
+    }
+
+    /// The problem kind.
+    pub fn kind(&self) -> L1Kind {
+        match self {
+            Criterion::HeldOut(p) => p.kind,
+            Criterion::CrossVal { kind, .. } => *kind,
+        }
+    }
+
+    /// d.
+    pub fn d(&self) -> usize {
+        self.pairs()[0].0.x.d()
+    }
+
+    /// The largest `λ_max = ‖Xᵀy‖_∞/n` over the training sets.
+    pub fn lambda_max(&self) -> f64 {
+        self.pairs()
+            .iter()
+            .map(|(t, _)| t.lambda_max())
+            .fold(0.0, f64::max)
+    }
+}
+
+/// The criterion and its hypergradient at one θ.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub theta: Vec<f64>,
+    /// F(θ) (held-out or mean CV MSE).
+    pub value: f64,
+    /// ∇F(θ) (mean of the fold hypergradients); empty when only the value was asked for.
+    pub hypergradient: Vec<f64>,
+    /// Per fold (one entry for held-out).
+    pub folds: Vec<L1Hypergradient>,
+}
+
+/// Evaluates a [`Criterion`] with warm starts carried between calls.
+pub struct Evaluator {
+    pub criterion: Criterion,
+    pub opts: L1Options,
+    warm: Vec<Option<Vec<f64>>>,
+}
+
+impl Evaluator {
+    pub fn new(criterion: Criterion, opts: L1Options) -> Evaluator {
+        let k = criterion.pairs().len();
+        Evaluator {
+            criterion,
+            opts,
+            warm: vec![None; k],
+        }
+    }
+
+    /// Forget the warm starts (the next solves start from 0).
+    pub fn cold_start(&mut self) {
+        self.warm.iter_mut().for_each(|w| *w = None);
+    }
+
+    /// F(θ) and ∇F(θ) with the method in `self.opts`.
+    pub fn value_and_grad(&mut self, theta: &[f64]) -> Result<Evaluation> {
+        let kind = self.criterion.kind();
+        let pen = Penalty::new(kind, theta, self.criterion.d())?;
+        let pairs = self.criterion.pairs();
+        let k = pairs.len() as f64;
+        let mut folds = Vec::with_capacity(pairs.len());
+        for (f, (train, val)) in pairs.into_iter().enumerate() {
+            let mut h = hypergradient_on(train, val, &pen, &self.opts, self.warm[f].as_deref())?;
+            h.theta = theta.to_vec();
+            self.warm[f] = Some(h.w.clone());
+            folds.push(h);
+        }
+        let value = folds.iter().map(|h| h.outer_loss).sum::<f64>() / k;
+        let mut grad = vec![0.0; pen.hyper_dim()];
+        for h in &folds {
+            for (g, v) in grad.iter_mut().zip(&h.hypergradient) {
+                *g += v / k;
+            }
+        }
+        Ok(Evaluation {
+            theta: theta.to_vec(),
+            value,
+            hypergradient: grad,
+            folds,
+        })
+    }
+
+    /// F(θ) only (inner solves, no hypergradient): what grid and random search need.
+    pub fn value(&mut self, theta: &[f64]) -> Result<f64> {
+        let kind = self.criterion.kind();
+        let pen = Penalty::new(kind, theta, self.criterion.d())?;
+        let pairs = self.criterion.pairs();
+        let k = pairs.len() as f64;
+        let mut total = 0.0;
+        for (f, (train, val)) in pairs.into_iter().enumerate() {
+            let sol = solve(train, &pen, self.warm[f].as_deref(), &self.opts.inner)?;
+            total += val.mse(&sol.w);
+            self.warm[f] = Some(sol.w);
+        }
+        Ok(total / k)
+    }
+
+    /// The current warm starts (ŵ of the last evaluation per fold).
+    pub fn warm_starts(&self) -> &[Option<Vec<f64>>] {
+        &self.warm
+    }
+}

@@ -1,0 +1,277 @@
+//! `hypergrad grad --problem lasso|enet|wlasso`: the SPEC §6 JSON contract on a sparse
+//! LIBSVM file and a dense CSV of the same numbers, method agreement, and bad input.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
+}
+
+/// A LIBSVM file and a CSV file holding the same 150×40 sparse regression data.
+fn write_data(dir: &std::path::Path) -> (String, String) {
+    let mut rng = hypergrad::data::rng::Rng::new(5);
+    let (mut svm, mut csv) = (String::new(), String::new());
+    for _ in 0..150 {
+        let mut row = vec![0.0; 40];
+        for v in row.iter_mut() {
+            if rng.uniform() < 0.3 {
+                *v = rng.normal();
+            }
+        }
+        let y: f64 = row[..6].iter().sum::<f64>() + 0.1 * rng.normal();
+        svm.push_str(&format!("{y}"));
+        csv.push_str(&format!("{y}"));
+        for (j, v) in row.iter().enumerate() {
+            if *v != 0.0 {
+                svm.push_str(&format!(" {}:{v}", j + 1));
+            }
+            csv.push_str(&format!(",{v}"));
+        }
+        svm.push('\n');
+        csv.push('\n');
+    }
+    let (a, b) = (dir.join("d.svm"), dir.join("d.csv"));
+    std::fs::write(&a, svm).unwrap();
+    std::fs::write(&b, csv).unwrap();
+    (a.display().to_string(), b.display().to_string())
+}
+
+fn grad_json(args: &[&str]) -> Value {
+    let out = bin().arg("grad").args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn hg(v: &Value) -> Vec<f64> {
+    v["hypergradient"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn grad_json_contract_and_agreement() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_cli_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svm, csv) = write_data(&dir);
+    for (problem, p) in [("lasso", 1), ("enet", 2), ("wlasso", 40)] {
+        let mut results = Vec::new();
+        for method in ["forward", "implicit", "implicit-forward"] {
+            for file in [&svm, &csv] {
+                let v = grad_json(&[
+                    "--problem",
+                    problem,
+                    "--train",
+                    file,
+                    "--method",
+                    method,
+                    "--theta",
+                    "-3",
+                ]);
+                for key in [
+                    "problem",
+                    "method",
+                    "device",
+                    "theta",
+                    "outer_loss",
+                    "hypergradient",
+                    "inner_grad_norm",
+                    "residual_norm",
+                    "error_bound",
+                    "inner_iters",
+                    "linear_iters",
+                    "seconds",
+                ] {
+                    assert!(v.get(key).is_some(), "{key} missing");
+                }
+                assert_eq!(v["problem"], problem);
+                assert_eq!(v["method"], method);
+                assert_eq!(v["sparse"], Value::Bool(file == &svm));
+                assert!(v["error_bound"].is_null());
+                assert_eq!(hg(&v).len(), p);
+                assert_eq!(v["theta"].as_array().unwrap().len(), p);
+                results.push(hg(&v));
+            }
+        }
+        for r in &results[1..] {
+            let e = r
+                .iter()
+                .zip(&results[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                e <= 1e-6 * results[0].iter().fold(1e-3f64, |m, v| m.max(v.abs())),
+                "{problem}: {e:e}"
+            );
+        }
+    }
+    // Cross-validation criterion.
+    let v = grad_json(&[
+        "--problem",
+        "lasso",
+        "--train",
+        &svm,
+        "--folds",
+        "3",
+        "--method",
+        "implicit-forward",
+    ]);
+    assert_eq!(v["folds"], 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_one_line_and_nonzero() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_bad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.svm");
+    std::fs::write(&bad, "1 1:2\n2 1:inf\n").unwrap();
+    let bad = bad.display().to_string();
+    let theta = dir.join("theta.txt");
+    std::fs::write(&theta, "1 2\n").unwrap();
+    let theta = theta.display().to_string();
+    let good = dir.join("good.svm");
+    std::fs::write(
+        &good,
+        "1 1:1 2:1\n2 1:2\n0.5 2:3\n1 1:1\n3 2:2\n2 1:1 2:1\n",
+    )
+    .unwrap();
+    let good = good.display().to_string();
+    for (args, needle) in [
+        (vec!["--problem", "lasso", "--train", &bad], "bad.svm:2"),
+        (
+            vec![
+                "--problem",
+                "lasso",
+                "--train",
+                &good,
+                "--theta-file",
+                &theta,
+            ],
+            "--theta-file",
+        ),
+        (
+            vec![
+                "--problem",
+                "lasso",
+                "--train",
+                &good,
+                "--method",
+                "neumann",
+            ],
+            "--method",
+        ),
+        (
+            vec!["--problem", "lasso", "--train", &good, "--device", "cuda"],
+            "--device",
+        ),
+        (
+            vec!["--problem", "lasso", "--train", &good, "--inner-tol", "-1"],
+            "--inner-tol",
+        ),
+        (
+            vec![
+                "--problem",
+                "ridge",
+                "--train",
+                "diabetes",
+                "--method",
+                "implicit",
+            ],
+            "--method",
+        ),
+        (
+            vec!["--problem", "lasso", "--train", &good, "--standardize"],
+            "--standardize",
+        ),
+    ] {
+        let out = bin().arg("grad").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_writes_a_trace_and_improves_the_criterion() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_run_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svm, _) = write_data(&dir);
+    for (problem, opt, steps) in [
+        ("lasso", "hoag", 8),
+        ("enet", "adam", 5),
+        ("wlasso", "hoag", 4),
+        ("lasso", "grid", 9),
+        ("lasso", "random", 6),
+        ("lasso", "hoag", 0),
+    ] {
+        let trace = dir.join(format!("{problem}_{opt}_{steps}.jsonl"));
+        let out = bin()
+            .args([
+                "run",
+                "--problem",
+                problem,
+                "--train",
+                &svm,
+                "--method",
+                "implicit-forward",
+            ])
+            .args([
+                "--outer-opt",
+                opt,
+                "--outer-steps",
+                &steps.to_string(),
+                "--json",
+                "--trace",
+            ])
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lines: Vec<Value> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        match opt {
+            "grid" | "random" => assert_eq!(lines.len(), steps.max(1)),
+            _ => assert!(!lines.is_empty() && lines.len() <= steps + 1),
+        }
+        assert_eq!(summary["evaluations"], lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["step"], i);
+            for key in [
+                "seconds",
+                "theta_norm",
+                "outer_loss",
+                "hypergradient_norm",
+                "test_loss",
+            ] {
+                assert!(l.get(key).is_some(), "{key} missing in {l}");
+            }
+        }
+        let first = lines[0]["outer_loss"].as_f64().unwrap();
+        let best = summary["best_loss"].as_f64().unwrap();
+        assert!(best <= first);
+        if steps == 0 {
+            assert_eq!(lines.len(), 1);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
