@@ -1434,13 +1434,27 @@ fn nhgd_estimates<B: Backend + Clone>(backend: B) -> Vec<(String, Vec<f64>, u64)
         0.1,
     )
     .unwrap();
-    let theta: Vec<f64> = (0..300).map(|i| ((i * 7) % 11) as f64 / 5.0 - 1.0).collect();
+    let theta: Vec<f64> = (0..300)
+        .map(|i| ((i * 7) % 11) as f64 / 5.0 - 1.0)
+        .collect();
     problem.set_theta(&theta).unwrap();
     let cases = [
-        ("dense woodbury", Representation::Dense, DenseUpdate::Woodbury),
-        ("dense accumulate", Representation::Dense, DenseUpdate::Accumulate),
+        (
+            "dense woodbury",
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "dense accumulate",
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ),
         ("kfac", Representation::Kfac, DenseUpdate::Woodbury),
-        ("lowrank", Representation::Lowrank { rank: 16 }, DenseUpdate::Woodbury),
+        (
+            "lowrank",
+            Representation::Lowrank { rank: 16 },
+            DenseUpdate::Woodbury,
+        ),
     ];
     cases
         .iter()
@@ -1468,7 +1482,10 @@ fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
     let on_gpu = nhgd_estimates(gpu);
     let on_cpu = nhgd_estimates(CpuBackend::<f64>::new());
     for ((name, h_gpu, traffic), (_, h_cpu, _)) in on_gpu.iter().zip(&on_cpu) {
-        assert_eq!(*traffic, 0, "{name}: {traffic} host syncs/copies inside the inner loop");
+        assert_eq!(
+            *traffic, 0,
+            "{name}: {traffic} host syncs/copies inside the inner loop"
+        );
         let err = rel_err(h_gpu, h_cpu);
         assert!(err <= 1e-3, "{name}: CUDA vs CPU f64 hypergradient {err:e}");
     }
@@ -1482,9 +1499,11 @@ fn set_diagonal_matches_the_cpu() {
         for invert in [false, true] {
             let diag: Vec<f64> = (0..p).map(|i| 0.5 + i as f64).collect();
             let mut a_gpu = gpu.upload(&vec![3.0; p * p]).unwrap();
-            gpu.set_diagonal(&mut a_gpu, &gpu.upload(&diag).unwrap(), invert).unwrap();
+            gpu.set_diagonal(&mut a_gpu, &gpu.upload(&diag).unwrap(), invert)
+                .unwrap();
             let mut a_cpu = cpu.upload(&vec![3.0; p * p]).unwrap();
-            cpu.set_diagonal(&mut a_cpu, &cpu.upload(&diag).unwrap(), invert).unwrap();
+            cpu.set_diagonal(&mut a_cpu, &cpu.upload(&diag).unwrap(), invert)
+                .unwrap();
             assert_eq!(gpu.download(&a_gpu).unwrap(), cpu.download(&a_cpu).unwrap());
         }
     }
