@@ -5,7 +5,12 @@
 //! ```text
 //! cargo bench --bench l1_peers -- --train T.svm --val V.svm --target 0.123 [--steps 30]
 //!     [--method implicit-forward|implicit|forward] [--opt hoag|adam|grid|random]
+//!     [--folds-file FOLDS]
 //! ```
+//!
+//! With `--folds-file` (one fold number per row of `--train`, white-space separated) the
+//! criterion is the K-fold cross-validation MSE over those folds instead, and `--val` may be
+//! left out.
 //!
 //! Prints one JSON object: `load_seconds` (reading and converting the files),
 //! `seconds_to_target` (search time until the held-out MSE first reached `--target`, null
@@ -42,7 +47,12 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     let train = arg(&args, "--train").ok_or_else(|| anyhow::anyhow!("--train is required"))?;
-    let val = arg(&args, "--val").ok_or_else(|| anyhow::anyhow!("--val is required"))?;
+    let folds_file = arg(&args, "--folds-file");
+    let val = match arg(&args, "--val") {
+        Some(v) => v,
+        None if folds_file.is_some() => train.clone(),
+        None => anyhow::bail!("--val is required (or --folds-file)"),
+    };
     let target: f64 = arg(&args, "--target").map_or(Ok(f64::NEG_INFINITY), |t| t.parse())?;
     let steps: usize = arg(&args, "--steps").map_or(Ok(30), |t| t.parse())?;
     let method = match arg(&args, "--method").as_deref() {
@@ -69,12 +79,40 @@ fn run() -> anyhow::Result<()> {
     splits.val.x = splits.val.x.densify_if(0.25);
     let load_seconds = loaded.elapsed().as_secs_f64();
 
-    let problem = L1Problem::new(L1Kind::Lasso, splits.train, splits.val)?;
+    let criterion = match &folds_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)?;
+            let ids: Vec<usize> = text
+                .split_whitespace()
+                .map(|t| t.parse())
+                .collect::<Result<_, _>>()?;
+            if ids.len() != splits.train.y.len() {
+                anyhow::bail!(
+                    "{path}: {} fold numbers for {} rows",
+                    ids.len(),
+                    splits.train.y.len()
+                );
+            }
+            let k = ids.iter().max().map_or(0, |m| m + 1);
+            let folds = (0..k)
+                .map(|f| {
+                    let held: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == f).collect();
+                    let fit: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] != f).collect();
+                    (splits.train.select(&fit), splits.train.select(&held))
+                })
+                .collect();
+            Criterion::CrossVal {
+                kind: L1Kind::Lasso,
+                folds,
+            }
+        }
+        None => Criterion::HeldOut(L1Problem::new(L1Kind::Lasso, splits.train, splits.val)?),
+    };
     let opts = L1Options::new(method);
     let search_opts = SearchOptions::new(opt, steps);
     let started = Instant::now();
     let mut reached: Option<f64> = None;
-    let result = search(Criterion::HeldOut(problem), opts, &search_opts, |e| {
+    let result = search(criterion, opts, &search_opts, |e| {
         if reached.is_none() && e.outer_loss <= target {
             reached = Some(started.elapsed().as_secs_f64());
         }

@@ -23,8 +23,10 @@
 //! primitive, in `f32` or `f64`.
 
 pub mod cpu;
+mod cpu_sparse;
 pub mod cuda;
 mod shape;
+pub mod sparse;
 
 use crate::error::Result;
 

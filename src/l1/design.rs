@@ -111,6 +111,36 @@ impl Design {
         }
     }
 
+    /// The columns `cols` (all when `None`) as a dense row-major n×|cols| matrix, for backends
+    /// that take dense designs. Errors: [`Error::Dimension`] if it cannot be allocated.
+    pub fn to_row_major(&self, cols: Option<&[usize]>) -> Result<Array2<f64>> {
+        let n = self.n();
+        let all: Vec<usize>;
+        let cols = match cols {
+            Some(c) => c,
+            None => {
+                all = (0..self.d()).collect();
+                &all
+            }
+        };
+        let k = cols.len();
+        let too_big =
+            || Error::Dimension(format!("a dense {n} x {k} design is too large to allocate"));
+        let len = n.checked_mul(k).ok_or_else(too_big)?;
+        let mut data: Vec<f64> = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| too_big())?;
+        data.resize(len, 0.0);
+        let mut col = vec![0.0; n];
+        for (c, &j) in cols.iter().enumerate() {
+            col.iter_mut().for_each(|v| *v = 0.0);
+            self.col_axpy(j, 1.0, &mut col);
+            for i in 0..n {
+                data[i * k + c] = col[i];
+            }
+        }
+        Array2::from_shape_vec((n, k), data).map_err(|_| too_big())
+    }
+
     /// Stored entries of column j.
     #[inline]
     pub fn col_nnz(&self, j: usize) -> usize {

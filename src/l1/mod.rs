@@ -6,15 +6,18 @@
 //! * [`solver`]: proximal coordinate descent and ISTA/FISTA with duality-gap stopping;
 //! * [`hypergrad`]: `forward`, `implicit`, `implicit-forward` hypergradients;
 //! * [`cv`]: K-fold cross-validation and the warm-started criterion evaluator;
-//! * [`search`]: outer search (HOAG-style line search, Adam, grid, random).
+//! * [`search`]: outer search (HOAG-style line search, Adam, grid, random);
+//! * [`device`]: `implicit` and `forward` (ISTA/FISTA) on a [`crate::backend::Backend`]
+//!   (CPU f32/f64 or CUDA), with the prox kernels of `cuda/prox.cu`.
 //!
-//! Everything here runs on the host in f64.
+//! Everything but [`device`] runs on the host in f64.
 
 // Index loops over several arrays at once mirror the equations they implement.
 #![allow(clippy::needless_range_loop)]
 
 pub mod cv;
 pub mod design;
+pub mod device;
 pub mod hypergrad;
 pub mod problem;
 pub mod search;

@@ -10,6 +10,7 @@
 
 mod kernels;
 mod ops;
+mod sparse;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

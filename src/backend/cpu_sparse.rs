@@ -1,0 +1,99 @@
+//! CPU twins of `cuda/prox.cu` ([`SparseOps`] for the CPU backend): the same expressions in
+//! the same order, in the backend's precision `T`.
+
+use super::cpu::{CpuBackend, Real};
+use super::sparse::SparseOps;
+use crate::error::{Error, Result};
+
+fn check(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Dimension(format!(
+            "{what} has {got} entries, expected {want}"
+        )))
+    }
+}
+
+impl<T: Real> SparseOps for CpuBackend<T> {
+    fn prox_step(
+        &self,
+        v: &Vec<T>,
+        grad: &Vec<T>,
+        l1: &Vec<T>,
+        eta: f64,
+        w: &mut Vec<T>,
+    ) -> Result<()> {
+        let d = w.len();
+        check("prox_step v", v.len(), d)?;
+        check("prox_step grad", grad.len(), d)?;
+        check("prox_step l1", l1.len(), d)?;
+        let eta = T::from_f64(eta);
+        let zero = T::from_f64(0.0);
+        for j in 0..d {
+            let z = v[j] - eta * grad[j];
+            let t = eta * l1[j];
+            w[j] = if z > t {
+                z - t
+            } else if z < zero - t {
+                z + t
+            } else {
+                zero
+            };
+        }
+        Ok(())
+    }
+
+    fn prox_jacobian(
+        &self,
+        w: &Vec<T>,
+        v: &Vec<T>,
+        jv: &Vec<T>,
+        dgrad: &Vec<T>,
+        gsm: &Vec<T>,
+        l1: &Vec<T>,
+        dl1: &Vec<T>,
+        eta: f64,
+        deta: &[f64],
+        dl2: &[f64],
+        jw: &mut Vec<T>,
+    ) -> Result<()> {
+        let d = w.len();
+        let m = deta.len();
+        check("prox_jacobian v", v.len(), d)?;
+        check("prox_jacobian dl2", dl2.len(), m)?;
+        for (what, len) in [
+            ("jv", jv.len()),
+            ("dgrad", dgrad.len()),
+            ("dl1", dl1.len()),
+            ("jw", jw.len()),
+        ] {
+            check(&format!("prox_jacobian {what}"), len, d * m)?;
+        }
+        check("prox_jacobian gsm", gsm.len(), d)?;
+        check("prox_jacobian l1", l1.len(), d)?;
+        let eta = T::from_f64(eta);
+        let zero = T::from_f64(0.0);
+        for (k, (&dk, &d2)) in deta.iter().zip(dl2).enumerate() {
+            let dk = T::from_f64(dk);
+            let d2 = T::from_f64(d2);
+            for j in 0..d {
+                let e = k * d + j;
+                jw[e] = if w[j] != zero {
+                    let s = if w[j] > zero {
+                        T::from_f64(1.0)
+                    } else {
+                        T::from_f64(-1.0)
+                    };
+                    let g = dgrad[e] + d2 * v[j];
+                    let dz = jv[e] - eta * g - gsm[j] * dk;
+                    let shrink = l1[j] * dk + eta * dl1[e];
+                    dz - s * shrink
+                } else {
+                    zero
+                };
+            }
+        }
+        Ok(())
+    }
+}

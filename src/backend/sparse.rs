@@ -1,0 +1,46 @@
+//! Device primitives of the ℓ1 problems (kernels in `cuda/prox.cu`, CPU twins in
+//! `cpu_sparse.rs`): the proximal-gradient step and its forward-mode Jacobian. Everything
+//! else the ℓ1 solvers need on a device (`Xᵀ(Xw − y)`, batched `XᵀXv`, BLAS-1) is already a
+//! [`Backend`] primitive.
+
+use super::Backend;
+use crate::error::Result;
+
+/// The proximal-gradient primitives of the ℓ1 problems.
+pub trait SparseOps: Backend {
+    /// `w_j ← ST(v_j − η grad_j, η λ_j)`, `ST(z, t) = sign(z) max(|z| − t, 0)`.
+    fn prox_step(
+        &self,
+        v: &Self::Buf,
+        grad: &Self::Buf,
+        l1: &Self::Buf,
+        eta: f64,
+        w: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The Jacobian of [`SparseOps::prox_step`] for a batch of `m = deta.len()` directions,
+    /// each a block of `d = len(w)` entries of `jv`, `dgrad`, `dl1` and `jw`:
+    ///
+    /// ```text
+    /// jw[k,j] = 1{w_j ≠ 0} (jv[k,j] − η (dgrad[k,j] + dl2_k v_j) − gsm_j deta_k
+    ///                       − s_j (λ_j deta_k + η dl1[k,j]))
+    /// ```
+    ///
+    /// with `s_j = sign(w_j)`, `v` the point the step was taken from, `gsm` the smooth
+    /// gradient at `v`, `dgrad = (XᵀX/n + λ₂) jv`, `deta_k = ∂η/∂θ_k`, `dl2_k = ∂λ₂/∂θ_k`.
+    #[allow(clippy::too_many_arguments)]
+    fn prox_jacobian(
+        &self,
+        w: &Self::Buf,
+        v: &Self::Buf,
+        jv: &Self::Buf,
+        dgrad: &Self::Buf,
+        gsm: &Self::Buf,
+        l1: &Self::Buf,
+        dl1: &Self::Buf,
+        eta: f64,
+        deta: &[f64],
+        dl2: &[f64],
+        jw: &mut Self::Buf,
+    ) -> Result<()>;
+}
