@@ -23,3 +23,14 @@ else
 fi
 .bin/hypergrad bench kernels | tee "$out/bench.txt"
 .bin/hypergrad bench kernels --json > "$out/bench.json"
+# NHGD (issue 4): the main job on the GPU, the outer step per curvature representation against
+# the plain SGD loop and the GEMM rate, and the PyTorch peer on data of the same shape.
+.bin/hypergrad run --device cuda --json > "$out/main_job.json" 2> "$out/main_job.err"
+echo "main job: exit $?" | tee -a "$out/nhgd.txt"
+.bin/hypergrad bench nhgd --device cuda --dense | tee -a "$out/nhgd.txt"
+.bin/hypergrad bench nhgd --device cuda --dense --json > "$out/nhgd.json"
+for curvature in none kfac lowrank dense dense-accumulate; do
+    python3 benches/peers/nhgd_torch.py --device cuda --n 50000 --d 785 --c 10 --m 10000 \
+        --T 100 --b 64 --rank 64 --curvature "$curvature" --repeats 5 \
+        --out "$out/torch_$curvature.json" | tee -a "$out/nhgd.txt"
+done

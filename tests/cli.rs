@@ -413,3 +413,144 @@ fn info_reports_how_the_kernels_were_built() {
     assert!(compiler == "nvcc" || compiler == "nvrtc", "{compiler}");
     assert!(value["backends"]["cuda"]["status"].is_string());
 }
+
+// ---- `run` ------------------------------------------------------------------------------
+
+fn stdout_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn the_main_job_cleans_half_corrupted_labels_by_at_least_ten_points() {
+    let trace = temp_file("main_job_trace.jsonl", "");
+    let out = hypergrad(&[
+        "run",
+        "--device",
+        "cpu",
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let v = stdout_json(&out);
+    assert_eq!(v["problem"], "hyperclean");
+    assert_eq!(v["method"], "nhgd");
+    let c = &v["cleaning"];
+    let (without, with) = (
+        c["without_cleaning"].as_f64().unwrap(),
+        c["with_cleaning"].as_f64().unwrap(),
+    );
+    assert!(
+        with >= without + 0.10,
+        "cleaning raised test accuracy from {without} to {with} only"
+    );
+    assert_eq!(c["corrupted"], 1500);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 21, "steps 0..=20 in the trace");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["step"], i as u64);
+        for field in [
+            "seconds",
+            "theta_norm",
+            "outer_loss",
+            "hypergradient_norm",
+            "test_loss",
+            "test_accuracy",
+        ] {
+            assert!(line[field].is_number(), "trace line {i} lacks {field}");
+        }
+        assert_eq!(line["inner_host_syncs"], 0);
+    }
+}
+
+#[test]
+fn run_with_zero_outer_steps_reports_the_initial_model() {
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "softmax",
+        "--train",
+        "digits",
+        "--standardize",
+        "--method",
+        "cg",
+        "--outer-steps",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v = stdout_json(&out);
+    assert_eq!(v["final"]["step"], 0);
+    assert_eq!(v["final"]["theta_norm"], 0.0);
+    assert!(v["final"]["test_accuracy"].as_f64().unwrap() > 0.8);
+}
+
+#[test]
+fn grad_with_a_stochastic_method_has_no_error_bound() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "logreg",
+        "--train",
+        "breast_cancer",
+        "--standardize",
+        "--method",
+        "stocbio",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v = stdout_json(&out);
+    assert_eq!(v["method"], "stocbio");
+    assert!(v["error_bound"].is_null());
+    assert!(v["hypergradient"][0].is_number());
+}
+
+#[test]
+fn run_rejects_inconsistent_options_in_one_line() {
+    let base = [
+        "run",
+        "--problem",
+        "logreg",
+        "--train",
+        "breast_cancer",
+        "--device",
+        "cpu",
+    ];
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--method", "nhgd", "--outer-opt", "maid"],
+            &["--outer-opt", "maid"],
+        ),
+        (&["--corrupt", "0.5"], &["--corrupt"]),
+        (&["--method", "nhgd", "--ema", "0.9"], &["--fisher-update"]),
+        (
+            &["--method", "nhgd", "--curvature", "kfac"],
+            &["--curvature", "kfac"],
+        ),
+        (
+            &["--method", "amigo", "--batch-size", "0"],
+            &["--batch-size"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        assert_one_line_error(&hypergrad(&args), needles);
+    }
+    let ckpt = temp_file("foreign.ckpt", "{\"not\": \"a checkpoint\"}");
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--checkpoint", ckpt.to_str().unwrap()])
+        .collect();
+    assert_one_line_error(&hypergrad(&args), &["--checkpoint"]);
+}

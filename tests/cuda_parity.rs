@@ -1417,6 +1417,98 @@ fn device_only_loop_makes_no_host_traffic() {
     );
 }
 
+// ---- NHGD's loop: CPU/CUDA agreement on the same seed, no host traffic inside ----------------
+
+/// One NHGD estimate per curvature representation on a hyper-cleaning problem, with the
+/// host syncs and copies counted inside the inner loop.
+fn nhgd_estimates<B: Backend + Clone>(backend: B) -> Vec<(String, Vec<f64>, u64)> {
+    use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
+    use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+    let (train, val) = common::datasets(ProblemKind::Hyperclean, 300, 80, 12, 4100);
+    let mut problem = GlmBilevel::new(
+        backend,
+        ProblemKind::Hyperclean,
+        HyperLayout::PerSample,
+        &train,
+        &val,
+        0.1,
+    )
+    .unwrap();
+    let theta: Vec<f64> = (0..300)
+        .map(|i| ((i * 7) % 11) as f64 / 5.0 - 1.0)
+        .collect();
+    problem.set_theta(&theta).unwrap();
+    let cases = [
+        (
+            "dense woodbury",
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "dense accumulate",
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ),
+        ("kfac", Representation::Kfac, DenseUpdate::Woodbury),
+        (
+            "lowrank",
+            Representation::Lowrank { rank: 16 },
+            DenseUpdate::Woodbury,
+        ),
+    ];
+    cases
+        .iter()
+        .map(|(name, representation, dense_update)| {
+            let mut opts = StochasticOptions::new(Method::Nhgd);
+            opts.inner_steps = 20;
+            opts.batch = 16;
+            opts.representation = *representation;
+            opts.dense_update = *dense_update;
+            opts.seed = 9;
+            let mut est = StochasticEstimator::new(&problem, &train, opts).unwrap();
+            let (h, stats) = est.estimate(&problem, 0).unwrap();
+            (
+                name.to_string(),
+                h.hypergradient,
+                stats.inner_host_syncs + stats.inner_host_transfers,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
+    let Some(gpu) = gpu() else { return };
+    let on_gpu = nhgd_estimates(gpu);
+    let on_cpu = nhgd_estimates(CpuBackend::<f64>::new());
+    for ((name, h_gpu, traffic), (_, h_cpu, _)) in on_gpu.iter().zip(&on_cpu) {
+        assert_eq!(
+            *traffic, 0,
+            "{name}: {traffic} host syncs/copies inside the inner loop"
+        );
+        let err = rel_err(h_gpu, h_cpu);
+        assert!(err <= 1e-3, "{name}: CUDA vs CPU f64 hypergradient {err:e}");
+    }
+}
+
+#[test]
+fn set_diagonal_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for p in [1, 7, 300] {
+        for invert in [false, true] {
+            let diag: Vec<f64> = (0..p).map(|i| 0.5 + i as f64).collect();
+            let mut a_gpu = gpu.upload(&vec![3.0; p * p]).unwrap();
+            gpu.set_diagonal(&mut a_gpu, &gpu.upload(&diag).unwrap(), invert)
+                .unwrap();
+            let mut a_cpu = cpu.upload(&vec![3.0; p * p]).unwrap();
+            cpu.set_diagonal(&mut a_cpu, &cpu.upload(&diag).unwrap(), invert)
+                .unwrap();
+            assert_eq!(gpu.download(&a_gpu).unwrap(), cpu.download(&a_cpu).unwrap());
+        }
+    }
+}
+
 // ---- the same harness on the CPU ------------------------------------------------------------
 
 /// The generic checks with `CpuBackend<f32>` standing in for the GPU: runs everywhere, so the
@@ -1485,6 +1577,16 @@ mod cpu_f32_stand_in {
     #[test]
     fn wide_features() {
         check_wide_features(&f32(), &ctx());
+    }
+
+    #[test]
+    fn nhgd_loop_f32_against_f64() {
+        let f32 = super::nhgd_estimates(f32());
+        let f64 = super::nhgd_estimates(CpuBackend::<f64>::new());
+        for ((name, a, _), (_, b, _)) in f32.iter().zip(&f64) {
+            let err = rel_err(a, b);
+            assert!(err <= 1e-3, "{name}: CPU f32 vs f64 hypergradient {err:e}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Kernel throughput against the device's copy bandwidth and GEMM rate.
     Kernels(KernelArgs),
+    /// NHGD outer-step time per curvature representation against the plain SGD loop.
+    Nhgd(super::bench_nhgd::NhgdBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +99,10 @@ impl KernelArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let BenchCommand::Kernels(args) = args.what;
+    let args = match args.what {
+        BenchCommand::Kernels(args) => args,
+        BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
+    };
     let gpu = match args.device {
         BenchDevice::Cpu => None,
         BenchDevice::Cuda => Some(

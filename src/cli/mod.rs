@@ -5,6 +5,7 @@
 //! failure). `--help` on any command explains its options.
 
 mod bench;
+mod bench_nhgd;
 mod data_args;
 mod grad;
 mod info;

@@ -282,12 +282,12 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 let mut outer_loss = 0.0;
                 let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;
                 for rows in &prepared.rows {
-                    self.sgd_step(problem, rows, eta, &mut factors)?;
+                    sgd_step(problem, rows, eta, &mut self.w, &mut factors)?;
                     outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                     let chunk = rng.below(self.chunks.len());
                     self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
                 }
-                let stats = loop_stats(b, loop_start, traffic);
+                let stats = loop_stats(b, loop_start, traffic)?;
                 (q, stats, prepared.rows.len(), outer_loss)
             }
             Method::Stocbio | Method::Amigo => {
@@ -297,9 +297,9 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 let traffic = b.host_traffic();
                 let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;
                 for rows in &prepared.rows {
-                    self.sgd_step(problem, rows, eta, &mut factors)?;
+                    sgd_step(problem, rows, eta, &mut self.w, &mut factors)?;
                 }
-                let stats = loop_stats(b, loop_start, traffic);
+                let stats = loop_stats(b, loop_start, traffic)?;
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                 let q = if self.opts.method == Method::Stocbio {
                     self.neumann(problem, &a, beta, &mut rng)?
@@ -431,17 +431,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             if t >= 2 {
                 main.wait_for(side, slot)?;
             }
-            main.glm_sgd_step(
-                view.x,
-                view.loss,
-                view.y,
-                view.weights,
-                rows,
-                view.reg_diag,
-                eta,
-                &mut self.w,
-                &mut factors[slot],
-            )?;
+            sgd_step(problem, rows, eta, &mut self.w, &mut factors[slot])?;
             main.signal(slot)?;
             side.wait_for(main, slot)?;
             let inputs = StepInputs {
@@ -456,32 +446,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             side.signal(slot)?;
         }
         main.wait_for(side, (prepared.rows.len() - 1) % 2)?;
-        let mut stats = loop_stats(main, loop_start, traffic);
-        // The loop queued work without waiting; the time is the device's once it is done.
-        main.synchronize()?;
-        stats.inner_seconds = loop_start.elapsed().as_secs_f64();
-        Ok(stats)
-    }
-
-    fn sgd_step(
-        &mut self,
-        problem: &GlmBilevel<B>,
-        rows: &B::Rows,
-        eta: f64,
-        factors: &mut B::Buf,
-    ) -> Result<()> {
-        let view = problem.train_view();
-        problem.backend().glm_sgd_step(
-            view.x,
-            view.loss,
-            view.y,
-            view.weights,
-            rows,
-            view.reg_diag,
-            eta,
-            &mut self.w,
-            factors,
-        )
+        loop_stats(main, loop_start, traffic)
     }
 
     fn take_q(&mut self, b: &B, p: usize) -> Result<B::Buf> {
@@ -571,13 +536,38 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
     }
 }
 
-fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> LoopStats {
+/// The host traffic of a loop since `before`, then (after waiting for the device, which is
+/// not counted) its time.
+/// One fused SGD step on the problem's training rows `rows`, leaving the batch's factors.
+fn sgd_step<B: Backend>(
+    problem: &GlmBilevel<B>,
+    rows: &B::Rows,
+    eta: f64,
+    w: &mut B::Buf,
+    factors: &mut B::Buf,
+) -> Result<()> {
+    let view = problem.train_view();
+    problem.backend().glm_sgd_step(
+        view.x,
+        view.loss,
+        view.y,
+        view.weights,
+        rows,
+        view.reg_diag,
+        eta,
+        w,
+        factors,
+    )
+}
+
+fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result<LoopStats> {
     let after = b.host_traffic();
-    LoopStats {
+    b.synchronize()?;
+    Ok(LoopStats {
         inner_seconds: started.elapsed().as_secs_f64(),
         inner_host_syncs: after.0 - before.0,
         inner_host_transfers: after.1 - before.1,
-    }
+    })
 }
 
 /// The training rows in a seeded order, cut into batches of `batch` (the last may be

@@ -70,6 +70,9 @@ pub struct OptState {
     pub steps_since_tightening: u64,
 }
 
+/// The inner iterate `w` and the linear-system iterate `q` an estimator carries, on the host.
+type CarriedState = (Option<Vec<f64>>, Option<Vec<f64>>);
+
 /// Where a hypergradient comes from.
 pub enum Estimator<B: Backend> {
     /// `exact`, `cg`, … at an inner solution (warm-started from the last one if `warm`).
@@ -111,8 +114,7 @@ impl<B: Backend + Clone> Estimator<B> {
         }
     }
 
-    #[allow(clippy::type_complexity)] // (w, q) snapshots for the checkpoint
-    fn state(&self, b: &B) -> Result<(Option<Vec<f64>>, Option<Vec<f64>>)> {
+    fn state(&self, b: &B) -> Result<CarriedState> {
         match self {
             Estimator::Deterministic { w, .. } => {
                 Ok((w.as_ref().map(|w| b.download(w)).transpose()?, None))

@@ -1,0 +1,228 @@
+//! `hypergrad bench nhgd`: the time of one NHGD outer step (T SGD steps with the curvature
+//! update, q = Ĥ⁻¹∇f, h = −Bᵀq) per curvature representation, against the same T-step SGD
+//! loop without curvature tracking, and the dense update's FLOP rate against a GEMM of the
+//! same shape. Hyper-cleaning of a linear softmax model on synthetic data of MNIST's shape
+//! by default (n = 50 000, d = 785, c = 10), the shape of `benches/peers/nhgd_torch.py`.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::bench::BenchDevice;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{CudaBackend, Storage};
+use crate::backend::Backend;
+use crate::bench::time_calls;
+use crate::data::synthetic;
+use crate::hypergrad::fisher::{DenseUpdate, Representation};
+use crate::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+use crate::hypergrad::Method;
+use crate::problem::{GlmBilevel, HyperLayout, ProblemKind};
+
+#[derive(Debug, Args)]
+pub struct NhgdBenchArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: BenchDevice,
+    /// Training rows.
+    #[arg(long, default_value_t = 50_000)]
+    pub n: usize,
+    /// Validation rows.
+    #[arg(long, default_value_t = 10_000)]
+    pub m: usize,
+    /// Features (MNIST's 784 pixels and a bias column).
+    #[arg(long, default_value_t = 785)]
+    pub d: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Inner SGD steps T per outer step.
+    #[arg(long, default_value_t = 100)]
+    pub inner_steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Rank of the lowrank representation.
+    #[arg(long, default_value_t = 64)]
+    pub rank: usize,
+    /// Also time the dense representations (P×P; slow on a CPU at MNIST scale).
+    #[arg(long)]
+    pub dense: bool,
+    /// Timed outer steps per representation (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: NhgdBenchArgs) -> Result<()> {
+    for (name, v) in [
+        ("--n", args.n),
+        ("--m", args.m),
+        ("--d", args.d),
+        ("--reps", args.reps),
+    ] {
+        if v == 0 {
+            anyhow::bail!("invalid value for {name}: must be at least 1");
+        }
+    }
+    match args.device {
+        BenchDevice::Cpu => bench_on(CpuBackend::<f32>::new(), &args),
+        BenchDevice::Cuda => bench_on(
+            CudaBackend::new(0, Storage::F32).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
+            &args,
+        ),
+        BenchDevice::Auto => match CudaBackend::new(0, Storage::F32) {
+            Ok(gpu) => bench_on(gpu, &args),
+            Err(_) => bench_on(CpuBackend::<f32>::new(), &args),
+        },
+    }
+}
+
+fn bench_on<B: Backend + Clone>(backend: B, args: &NhgdBenchArgs) -> Result<()> {
+    let (c, d) = (args.classes, args.d);
+    let full = synthetic::softmax(args.n + args.m, d, c, 0.0, 3.0, 7).0;
+    let train = full.select(&(0..args.n).collect::<Vec<_>>());
+    let val = full.select(&(args.n..args.n + args.m).collect::<Vec<_>>());
+    let problem = GlmBilevel::new(
+        backend.clone(),
+        ProblemKind::Hyperclean,
+        HyperLayout::PerSample,
+        &train,
+        &val,
+        0.01,
+    )?;
+    let mut cases: Vec<(&str, Method, Representation, DenseUpdate)> = vec![
+        (
+            "sgd loop only",
+            Method::Amigo,
+            Representation::Kfac,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd kfac",
+            Method::Nhgd,
+            Representation::Kfac,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd lowrank",
+            Method::Nhgd,
+            Representation::Lowrank { rank: args.rank },
+            DenseUpdate::Woodbury,
+        ),
+    ];
+    if args.dense {
+        cases.push((
+            "nhgd dense woodbury",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ));
+        cases.push((
+            "nhgd dense accumulate",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ));
+    }
+    let mut rows = Vec::new();
+    let mut sgd_seconds = f64::NAN;
+    let mut plain_outer = f64::NAN;
+    for (name, method, representation, dense_update) in cases {
+        let mut opts = StochasticOptions::new(method);
+        opts.inner_steps = args.inner_steps;
+        opts.batch = args.batch_size;
+        opts.representation = representation;
+        opts.dense_update = dense_update;
+        opts.linear_steps = 0;
+        opts.diagnostics = false;
+        let mut est = StochasticEstimator::new(&problem, &train, opts)?;
+        let mut step = 0u64;
+        let mut inner = Vec::new();
+        let mut syncs = 0;
+        let outer = time_calls(&backend, args.reps, || {
+            let (_, stats) = est.estimate(&problem, step)?;
+            step += 1;
+            inner.push(stats.inner_seconds);
+            syncs += stats.inner_host_syncs + stats.inner_host_transfers;
+            Ok(())
+        })?;
+        inner.sort_by(f64::total_cmp);
+        let inner_median = inner[inner.len() / 2];
+        if method == Method::Amigo {
+            sgd_seconds = inner_median;
+            plain_outer = outer;
+        }
+        rows.push(json!({
+            "case": name,
+            "outer_step_seconds": outer,
+            "inner_loop_seconds": inner_median,
+            "ratio_to_sgd_loop": outer / sgd_seconds,
+            // Against the same outer step with no curvature (q = 0): SGD loop, ∇f, −Bᵀq.
+            "ratio_to_plain_outer_step": outer / plain_outer,
+            "inner_host_syncs_and_copies": syncs,
+        }));
+    }
+    let p = c * d;
+    let gemm_rate = if args.dense {
+        // The dense Woodbury update is two (b×P)·(P×P) GEMMs a step: time that shape.
+        let a = backend.upload(&vec![0.5; p * p])?;
+        let u = backend.upload(&vec![0.25; args.batch_size * p])?;
+        let mut out = backend.zeros(args.batch_size * p)?;
+        let seconds = time_calls(&backend, args.reps.max(3), || {
+            backend.gemm(
+                false,
+                false,
+                (args.batch_size, p, p),
+                1.0,
+                &u,
+                &a,
+                0.0,
+                &mut out,
+            )
+        })?;
+        Some(2.0 * (args.batch_size * p * p) as f64 / seconds / 1e12)
+    } else {
+        None
+    };
+    let summary = json!({
+        "device": backend.name(),
+        "n": args.n, "m": args.m, "d": d, "classes": c, "P": p,
+        "inner_steps": args.inner_steps, "batch": args.batch_size, "rank": args.rank,
+        "gemm_tflops_same_shape": gemm_rate,
+        "dense_update_tflops": rows.iter().find(|r| r["case"] == "nhgd dense woodbury").map(|r| {
+            // 4 b P² flops per step (U·A and (UA)ᵀX), over the loop's extra time.
+            let extra = r["inner_loop_seconds"].as_f64().unwrap_or(f64::NAN) - sgd_seconds;
+            4.0 * (args.batch_size * p * p * args.inner_steps) as f64 / extra / 1e12
+        }),
+        "cases": rows,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "device: {} — hyperclean, n = {}, d = {d}, c = {c}, T = {}, b = {}",
+            summary["device"], args.n, args.inner_steps, args.batch_size
+        );
+        println!(
+            "{:<24} {:>14} {:>14} {:>10} {:>12} {:>8}",
+            "case", "outer step s", "inner loop s", "vs SGD", "vs plain", "syncs"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:>14.4} {:>14.4} {:>9.2}× {:>11.2}× {:>8}",
+                r["case"].as_str().unwrap_or(""),
+                r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["inner_loop_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["ratio_to_sgd_loop"].as_f64().unwrap_or(f64::NAN),
+                r["ratio_to_plain_outer_step"].as_f64().unwrap_or(f64::NAN),
+                r["inner_host_syncs_and_copies"]
+            );
+        }
+        if let Some(rate) = gemm_rate {
+            println!(
+                "GEMM (b×P)·(P×P) {rate:.2} TFLOP/s; dense Woodbury update {:.2} TFLOP/s",
+                summary["dense_update_tflops"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
