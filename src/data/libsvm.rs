@@ -28,69 +28,16 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
     let mut max_index_line = 0usize;
 
     let lines = for_each_line(reader, path, |line_no, line| {
-        let content = match line.find('#') {
-            Some(pos) => &line[..pos],
-            None => line,
-        };
-        let mut tokens = content.split_whitespace();
-        let Some(label_text) = tokens.next() else {
+        let Some(parsed) = parse_line(line, path, line_no)? else {
             return Ok(());
         };
-        let err = |m: String| Error::parse(path, line_no, m);
-        let label = match parse_finite(label_text) {
-            Ok(v) => v,
-            Err(NumberError::Malformed(m)) if label_text.contains(',') => {
-                return Err(err(format!(
-                    "label: {m}; this looks like CSV, which is read from files named .csv"
-                )));
-            }
-            Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
-                return Err(err(format!("label: {m}")));
-            }
-        };
         let row = labels.len();
-        labels.push(label);
-
-        let mut prev: usize = 0;
-        for (pos, token) in tokens.enumerate() {
-            let Some((idx_text, val_text)) = token.split_once(':') else {
-                return Err(err(format!(
-                    "expected 'index:value' but found '{}'",
-                    excerpt(token)
-                )));
-            };
-            if pos == 0 && idx_text == "qid" {
-                continue;
-            }
-            let idx: usize = idx_text.parse().map_err(|_| {
-                err(format!(
-                    "feature index '{}' is not a positive integer",
-                    excerpt(idx_text)
-                ))
-            })?;
-            if idx == 0 {
-                return Err(err("feature index 0: LIBSVM indices start at 1".to_string()));
-            }
-            if idx <= prev {
-                return Err(err(format!(
-                    "feature index {idx} is not greater than the previous index {prev}; indices must be strictly increasing"
-                )));
-            }
-            prev = idx;
-            let value = match parse_finite(val_text) {
-                Ok(v) => v,
-                Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
-                    return Err(err(format!("feature {idx}: {m}")));
-                }
-            };
-            if idx > max_index {
-                max_index = idx;
-                max_index_line = line_no;
-            }
-            if value != 0.0 {
-                entries.push((row, idx - 1, value));
-            }
+        labels.push(parsed.label);
+        if parsed.last_index > max_index {
+            max_index = parsed.last_index;
+            max_index_line = line_no;
         }
+        entries.extend(parsed.features.into_iter().map(|(c, v)| (row, c, v)));
         Ok(())
     })?;
 
@@ -125,4 +72,81 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
         y: labels,
         name: path.display().to_string(),
     })
+}
+
+/// One data line of a LIBSVM file.
+pub(super) struct LibsvmLine {
+    pub label: f64,
+    /// `(0-based column, value)` of the listed non-zero features, columns increasing.
+    pub features: Vec<(usize, f64)>,
+    /// The largest 1-based index listed (zero-valued features included), 0 if none.
+    pub last_index: usize,
+}
+
+/// Parses one line (`label idx:val ...`, `#` comments, an optional leading `qid:`), shared by
+/// the dense and the sparse readers so that both accept and reject exactly the same files.
+/// `None` for a blank or comment-only line; errors name `path` and `line_no`.
+pub(super) fn parse_line(line: &str, path: &Path, line_no: usize) -> Result<Option<LibsvmLine>> {
+    let content = match line.find('#') {
+        Some(pos) => &line[..pos],
+        None => line,
+    };
+    let mut tokens = content.split_whitespace();
+    let Some(label_text) = tokens.next() else {
+        return Ok(None);
+    };
+    let err = |m: String| Error::parse(path, line_no, m);
+    let label = match parse_finite(label_text) {
+        Ok(v) => v,
+        Err(NumberError::Malformed(m)) if label_text.contains(',') => {
+            return Err(err(format!(
+                "label: {m}; this looks like CSV, which is read from files named .csv"
+            )));
+        }
+        Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+            return Err(err(format!("label: {m}")));
+        }
+    };
+    let mut features = Vec::new();
+    let mut prev: usize = 0;
+    for (pos, token) in tokens.enumerate() {
+        let Some((idx_text, val_text)) = token.split_once(':') else {
+            return Err(err(format!(
+                "expected 'index:value' but found '{}'",
+                excerpt(token)
+            )));
+        };
+        if pos == 0 && idx_text == "qid" {
+            continue;
+        }
+        let idx: usize = idx_text.parse().map_err(|_| {
+            err(format!(
+                "feature index '{}' is not a positive integer",
+                excerpt(idx_text)
+            ))
+        })?;
+        if idx == 0 {
+            return Err(err("feature index 0: LIBSVM indices start at 1".to_string()));
+        }
+        if idx <= prev {
+            return Err(err(format!(
+                "feature index {idx} is not greater than the previous index {prev}; indices must be strictly increasing"
+            )));
+        }
+        prev = idx;
+        let value = match parse_finite(val_text) {
+            Ok(v) => v,
+            Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
+                return Err(err(format!("feature {idx}: {m}")));
+            }
+        };
+        if value != 0.0 {
+            features.push((idx - 1, value));
+        }
+    }
+    Ok(Some(LibsvmLine {
+        label,
+        features,
+        last_index: prev,
+    }))
 }

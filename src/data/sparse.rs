@@ -9,7 +9,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use super::text::{excerpt, for_each_line, parse_finite, NumberError};
+use super::text::for_each_line;
 use crate::{Error, Result};
 
 /// An n×d matrix in compressed sparse row form: the entries of row i are
@@ -231,59 +231,14 @@ pub fn read_libsvm_sparse(
     let mut max_index = 0usize;
 
     let lines = for_each_line(reader, path, |line_no, line| {
-        let content = match line.find('#') {
-            Some(pos) => &line[..pos],
-            None => line,
-        };
-        let mut tokens = content.split_whitespace();
-        let Some(label_text) = tokens.next() else {
+        let Some(parsed) = super::libsvm::parse_line(line, path, line_no)? else {
             return Ok(());
         };
-        let err = |m: String| Error::parse(path, line_no, m);
-        let label = match parse_finite(label_text) {
-            Ok(v) => v,
-            Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
-                return Err(err(format!("label: {m}")));
-            }
-        };
-        labels.push(label);
-        let mut prev = 0usize;
-        for (pos, token) in tokens.enumerate() {
-            let Some((idx_text, val_text)) = token.split_once(':') else {
-                return Err(err(format!(
-                    "expected 'index:value' but found '{}'",
-                    excerpt(token)
-                )));
-            };
-            if pos == 0 && idx_text == "qid" {
-                continue;
-            }
-            let idx: usize = idx_text.parse().map_err(|_| {
-                err(format!(
-                    "feature index '{}' is not a positive integer",
-                    excerpt(idx_text)
-                ))
-            })?;
-            if idx == 0 {
-                return Err(err("feature index 0: LIBSVM indices start at 1".to_string()));
-            }
-            if idx <= prev {
-                return Err(err(format!(
-                    "feature index {idx} is not greater than the previous index {prev}; indices must be strictly increasing"
-                )));
-            }
-            prev = idx;
-            let value = match parse_finite(val_text) {
-                Ok(v) => v,
-                Err(NumberError::Malformed(m)) | Err(NumberError::NonFinite(m)) => {
-                    return Err(err(format!("feature {idx}: {m}")));
-                }
-            };
-            max_index = max_index.max(idx);
-            if value != 0.0 {
-                indices.push(idx - 1);
-                values.push(value);
-            }
+        labels.push(parsed.label);
+        max_index = max_index.max(parsed.last_index);
+        for (c, v) in parsed.features {
+            indices.push(c);
+            values.push(v);
         }
         indptr.push(indices.len());
         Ok(())
