@@ -2,18 +2,9 @@
 //! the same order, in the backend's precision `T`.
 
 use super::cpu::{CpuBackend, Real};
+use super::shape::{check_len, check_prox};
 use super::sparse::SparseOps;
-use crate::error::{Error, Result};
-
-fn check(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Dimension(format!(
-            "{what} has {got} entries, expected {want}"
-        )))
-    }
-}
+use crate::error::Result;
 
 impl<T: Real> SparseOps for CpuBackend<T> {
     fn prox_step(
@@ -25,9 +16,13 @@ impl<T: Real> SparseOps for CpuBackend<T> {
         w: &mut Vec<T>,
     ) -> Result<()> {
         let d = w.len();
-        check("prox_step v", v.len(), d)?;
-        check("prox_step grad", grad.len(), d)?;
-        check("prox_step l1", l1.len(), d)?;
+        check_prox(
+            "prox_step",
+            d,
+            0,
+            &[("v", v.len()), ("grad", grad.len()), ("l1", l1.len())],
+            &[],
+        )?;
         let eta = T::from_f64(eta);
         let zero = T::from_f64(0.0);
         for j in 0..d {
@@ -60,18 +55,19 @@ impl<T: Real> SparseOps for CpuBackend<T> {
     ) -> Result<()> {
         let d = w.len();
         let m = deta.len();
-        check("prox_jacobian v", v.len(), d)?;
-        check("prox_jacobian dl2", dl2.len(), m)?;
-        for (what, len) in [
-            ("jv", jv.len()),
-            ("dgrad", dgrad.len()),
-            ("dl1", dl1.len()),
-            ("jw", jw.len()),
-        ] {
-            check(&format!("prox_jacobian {what}"), len, d * m)?;
-        }
-        check("prox_jacobian gsm", gsm.len(), d)?;
-        check("prox_jacobian l1", l1.len(), d)?;
+        check_len("prox_jacobian dl2", dl2.len(), m)?;
+        check_prox(
+            "prox_jacobian",
+            d,
+            m,
+            &[("v", v.len()), ("gsm", gsm.len()), ("l1", l1.len())],
+            &[
+                ("jv", jv.len()),
+                ("dgrad", dgrad.len()),
+                ("dl1", dl1.len()),
+                ("jw", jw.len()),
+            ],
+        )?;
         let eta = T::from_f64(eta);
         let zero = T::from_f64(0.0);
         for (k, (&dk, &d2)) in deta.iter().zip(dl2).enumerate() {

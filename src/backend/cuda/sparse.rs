@@ -3,18 +3,9 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::{driver_error, grid_1d, int, Arg, CudaBackend};
+use crate::backend::shape::{check_len, check_prox};
 use crate::backend::sparse::SparseOps;
 use crate::error::{Error, Result};
-
-fn check(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Dimension(format!(
-            "{what} has {got} entries, expected {want}"
-        )))
-    }
-}
 
 impl CudaBackend {
     /// Launches a kernel of `cuda/prox.cu` (the same as `ops.rs`'s launcher).
@@ -47,9 +38,13 @@ impl SparseOps for CudaBackend {
         w: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let d = w.len();
-        check("prox_step v", v.len(), d)?;
-        check("prox_step grad", grad.len(), d)?;
-        check("prox_step l1", l1.len(), d)?;
+        check_prox(
+            "prox_step",
+            d,
+            0,
+            &[("v", v.len()), ("grad", grad.len()), ("l1", l1.len())],
+            &[],
+        )?;
         self.launch_prox(
             "hg_prox_step",
             d,
@@ -80,18 +75,19 @@ impl SparseOps for CudaBackend {
     ) -> Result<()> {
         let d = w.len();
         let m = deta.len();
-        check("prox_jacobian v", v.len(), d)?;
-        check("prox_jacobian dl2", dl2.len(), m)?;
-        for (what, len) in [
-            ("jv", jv.len()),
-            ("dgrad", dgrad.len()),
-            ("dl1", dl1.len()),
-            ("jw", jw.len()),
-        ] {
-            check(&format!("prox_jacobian {what}"), len, d * m)?;
-        }
-        check("prox_jacobian gsm", gsm.len(), d)?;
-        check("prox_jacobian l1", l1.len(), d)?;
+        check_len("prox_jacobian dl2", dl2.len(), m)?;
+        check_prox(
+            "prox_jacobian",
+            d,
+            m,
+            &[("v", v.len()), ("gsm", gsm.len()), ("l1", l1.len())],
+            &[
+                ("jv", jv.len()),
+                ("dgrad", dgrad.len()),
+                ("dl1", dl1.len()),
+                ("jw", jw.len()),
+            ],
+        )?;
         let host: Vec<f32> = deta.iter().chain(dl2).map(|&x| x as f32).collect();
         let coef_dev = self.stream.clone_htod(&host).map_err(driver_error)?;
         self.count_transfer();
