@@ -241,8 +241,8 @@ fn run_on<B: Backend + Clone>(
         let mut opts = opts;
         if opt.name() == "maid" {
             // MAID starts loose and tightens only when a step needs it.
-            opts.inner.tol = args.estimator.inner_tol.unwrap_or(1e-4);
-            opts.linear_tol = args.estimator.linear_tol.unwrap_or(1e-4);
+            opts.inner.tol = args.estimator.inner_tol.unwrap_or(outer::MAID_START_TOL);
+            opts.linear_tol = args.estimator.linear_tol.unwrap_or(outer::MAID_START_TOL);
         }
         Estimator::Deterministic {
             opts,

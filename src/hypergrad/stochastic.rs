@@ -279,13 +279,14 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 let loop_start = Instant::now();
                 let traffic = b.host_traffic();
                 let mut q = self.take_q(b, p)?;
+                let mut scratch = b.zeros(p)?;
                 let mut outer_loss = 0.0;
                 let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;
                 for rows in &prepared.rows {
                     sgd_step(problem, rows, eta, &mut self.w, &mut factors)?;
                     outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                     let chunk = rng.below(self.chunks.len());
-                    self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
+                    self.linear_sgd_step(problem, chunk, &a, beta, &mut q, &mut scratch)?;
                 }
                 let stats = loop_stats(b, loop_start, traffic)?;
                 (q, stats, prepared.rows.len(), outer_loss)
@@ -305,9 +306,10 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                     self.neumann(problem, &a, beta, &mut rng)?
                 } else {
                     let mut q = self.take_q(b, p)?;
+                    let mut scratch = b.zeros(p)?;
                     for _ in 0..self.opts.linear_steps {
                         let chunk = rng.below(self.chunks.len());
-                        self.linear_sgd_step(problem, chunk, &a, beta, &mut q)?;
+                        self.linear_sgd_step(problem, chunk, &a, beta, &mut q, &mut scratch)?;
                     }
                     q
                 };
@@ -495,7 +497,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         )
     }
 
-    /// `q ← q − β (H_B q − a)` on chunk `k`.
+    /// `q ← q − β (H_B q − a)` on chunk `k` (`scratch`: P entries).
     fn linear_sgd_step(
         &self,
         problem: &GlmBilevel<B>,
@@ -503,13 +505,13 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         a: &B::Buf,
         beta: f64,
         q: &mut B::Buf,
+        scratch: &mut B::Buf,
     ) -> Result<()> {
         let b = problem.backend();
         let curvature = self.batch_curvature(problem, k)?;
-        let mut hq = b.zeros(b.len(q))?;
-        self.batch_hvp(problem, &curvature, k, q, &mut hq)?;
-        b.axpy(-1.0, a, &mut hq)?;
-        b.axpy(-beta, &hq, q)
+        self.batch_hvp(problem, &curvature, k, q, scratch)?;
+        b.axpy(-1.0, a, scratch)?;
+        b.axpy(-beta, scratch, q)
     }
 
     /// `q = β Σ_{k<K} Π_{j<k} (I − β H_{B_j}) a` (stocbio).

@@ -333,6 +333,8 @@ const MAID_NU: f64 = 0.1;
 const MAID_ARMIJO: f64 = 1e-4;
 const MAID_BACKTRACKS: usize = 12;
 const RELAX_AFTER: u64 = 3;
+/// MAID's inner and linear tolerances at the start, and the loosest it relaxes them to.
+pub const MAID_START_TOL: f64 = 1e-4;
 /// The tolerances never go below this (f64 rounding makes tighter ones meaningless).
 const MAID_TOL_FLOOR: f64 = 1e-14;
 
@@ -416,9 +418,8 @@ fn maid_step<B: Backend + Clone>(
             state.alpha = (alpha * 2.0).min(1e6);
             state.steps_since_tightening += 1;
             if state.steps_since_tightening >= RELAX_AFTER {
-                let opts = deterministic_opts(estimator)?;
-                state.inner_tol = (state.inner_tol / MAID_NU).min(opts_start(opts).0);
-                state.linear_tol = (state.linear_tol / MAID_NU).min(opts_start(opts).1);
+                state.inner_tol = (state.inner_tol / MAID_NU).min(MAID_START_TOL);
+                state.linear_tol = (state.linear_tol / MAID_NU).min(MAID_START_TOL);
                 state.steps_since_tightening = 0;
             }
             return Ok(trial);
@@ -430,10 +431,4 @@ fn maid_step<B: Backend + Clone>(
     state.alpha = alpha;
     problem.set_theta(&theta)?;
     Ok(theta)
-}
-
-/// The loosest tolerances MAID may relax to: the method's defaults.
-fn opts_start(opts: &Options) -> (f64, f64) {
-    let defaults = Options::new(opts.method, crate::backend::Precision::F64);
-    (defaults.inner.tol.max(1e-4), defaults.linear_tol.max(1e-4))
 }
