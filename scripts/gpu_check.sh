@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 9 in one command, for a GPU machine with no Rust toolchain and a
+# short lease (device tool: run(command="bash scripts/gpu_check.sh", carry=[".bin"])).
+# Expects .bin/ from scripts/gpu_bundle.sh. Stages, in order, each under its own timeout and
+# inside one overall budget (HG_BUDGET_S, default 300 s), each writing its log to $OUT (or
+# ./gpu-results) as soon as it is done, so a stage that runs out of time leaves the earlier
+# stages' files:
+#   1 info       nvidia-smi, driver and CUDA versions, hypergrad info (kernels from nvcc PTX)
+#   2 parity     the CUDA parity suites (cuda_parity, l1_device) against the CPU backend
+#   3 main       the main job on the GPU, and on this machine's CPU in f64; the CPU f64 run
+#                of the machine that built the bundle (.bin/main_job_cpu_build_host.json)
+#   4 kernels    hypergrad bench kernels at the GPU sizes (copy and GEMM ceilings, same run)
+#   5 nhgd       hypergrad bench nhgd --dense on MNIST's shape, and the PyTorch peer
+#   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
+#                that use shared memory)
+# Only 8 files come back from $OUT: one log per stage, summary.txt, and details.tar.gz.
+# The table at the end is what matters if only the output's tail comes back.
+#
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6") picks
+# stages. tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+out="${OUT:-gpu-results}"
+bin="${HG_BIN:-.bin}"
+budget="${HG_BUDGET_S:-300}"
+stages="${HG_STAGES:-1 2 3 4 5 6}"
+python="${HG_PYTHON:-python3}"
+mkdir -p "$out"
+detail="$(mktemp -d)"
+summary="$out/summary.txt"
+: > "$summary"
+start=$SECONDS
+
+# The CUDA libraries the binaries load at run time (cuBLAS, NVRTC): the toolkit's folders and
+# the pip wheels' (PyTorch brings its own), wherever this image keeps them.
+lib_dirs=$(
+    {
+        ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null
+        find / -xdev \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) -printf '%h\n' 2>/dev/null
+    } | awk '!seen[$0]++' | paste -sd: -
+)
+export LD_LIBRARY_PATH="${lib_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# Seconds a stage may take: its own limit, cut to what is left of the overall budget.
+stage_limit() {
+    local own=$1 left=$((budget - (SECONDS - start)))
+    ((left < 5)) && left=5
+    echo $((own < left ? own : left))
+}
+
+# Records one stage's result: a line in the summary, echoed, and the details archived.
+report() {
+    local stage=$1 status=$2 text=$3
+    printf '%-10s %-8s %5ss  %s\n' "$stage" "$status" "$((SECONDS - start))" "$text" | tee -a "$summary"
+    tar -czf "$out/details.tar.gz" -C "$detail" . 2>/dev/null
+}
+
+# Status word of an exit code from `timeout`.
+status_of() {
+    case $1 in
+        0) echo ok ;;
+        124 | 137) echo TIMEOUT ;;
+        *) echo "FAIL($1)" ;;
+    esac
+}
+
+# Runs a command under `timeout LIMIT`, its output appended to LOG; returns its exit code.
+run_logged() {
+    local limit=$1 log=$2
+    shift 2
+    echo "\$ $*" >> "$log"
+    timeout -k 5 "$limit" "$@" >> "$log" 2>&1
+}
+
+want() { [[ " $stages " == *" $1 "* ]]; }
+
+# ---- 1 info -----------------------------------------------------------------------------
+if want 1; then
+    log="$out/1-info.log"
+    : > "$log"
+    limit=$(stage_limit 30)
+    run_logged "$limit" "$log" nvidia-smi
+    run_logged "$limit" "$log" nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    nvcc --version >> "$log" 2>&1 || echo "nvcc: not on PATH" >> "$log"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$log"
+    run_logged "$limit" "$log" "$bin/hypergrad" info
+    rc=$?
+    run_logged "$limit" "$log" "$bin/hypergrad" info --json
+    gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+    cuda=$(grep -m1 '^cuda ' "$log" | sed 's/^cuda *//')
+    kernels=$(grep -m1 '^kernels ' "$log" | sed 's/^kernels *//' | cut -c1-60)
+    status=$(status_of $rc)
+    [[ $status == ok && $cuda != ready* ]] && status=FAIL
+    report info "$status" "${gpu:-no nvidia-smi}; cuda: ${cuda:-?}; ${kernels:-?}"
+fi
+
+# ---- 2 parity ---------------------------------------------------------------------------
+# Every primitive and estimator of the CUDA backend against CPU f64 (tests/cuda_parity.rs), and
+# the ℓ1 device path (tests/l1_device.rs). Each test runs in its own process (four at a time):
+# a kernel fault poisons its CUDA context, and with it every test sharing the process. A
+# suite that says SKIPPED found no device: a failure. The CPU stand-ins are left to CI.
+if want 2; then
+    log="$out/2-parity.log"
+    : > "$log"
+    text=""
+    worst=0
+    failed=""
+    for suite in cuda_parity l1_device; do
+        if [[ ! -x "$bin/$suite" ]]; then
+            text+="$suite: missing; "
+            worst=1
+            continue
+        fi
+        dir="$detail/$suite"
+        mkdir -p "$dir"
+        : > "$dir/rc"
+        "$bin/$suite" --list 2>/dev/null | sed -n 's/: test$//p' | grep -v '^cpu_f32_stand_in::' > "$dir/tests"
+        timeout -k 5 "$(stage_limit 150)" xargs -P 4 -I{} bash -c \
+            'timeout -k 5 120 "$0" --exact "$1" --test-threads=1 > "$2/$1.log" 2>&1; echo "$1 $?" >> "$2/rc"' \
+            "$bin/$suite" {} "$dir" < "$dir/tests"
+        rc=$?
+        total=$(wc -l < "$dir/tests")
+        passed=$(awk '$2 == 0' "$dir/rc" | wc -l)
+        bad=$(awk '$2 != 0 {print $1 "(" $2 ")"}' "$dir/rc" | paste -sd, -)
+        missing=$(sort "$dir/tests" | comm -23 - <(awk '{print $1}' "$dir/rc" | sort) | paste -sd, -)
+        {
+            echo "== $suite: $passed of $total passed"
+            sort "$dir/rc"
+            for name in $(awk '$2 != 0 {print $1}' "$dir/rc"); do
+                echo "---- $name ----"
+                tail -n 60 "$dir/$name.log"
+            done
+        } >> "$log"
+        skipped=$(cat "$dir"/*.log 2>/dev/null | grep -ac 'SKIPPED')
+        status=ok
+        if ((rc == 124 || rc == 137)); then status=TIMEOUT
+        elif [[ -n $bad || -n $missing || $total == 0 || $skipped != 0 ]]; then status=FAIL; fi
+        [[ $status != ok && $worst == 0 ]] && worst=1
+        ((rc == 124 || rc == 137)) && worst=124
+        note=""
+        ((skipped > 0)) && note=" (SKIPPED, no device: $skipped)"
+        text+="$suite: $status $passed/$total passed$note; "
+        failed+="${bad:+$bad,}${missing:+not run: $missing,}"
+    done
+    report parity "$(status_of $worst)" "${text%; }${failed:+ | failed: ${failed%,}}"
+fi
+
+# ---- 3 main job -------------------------------------------------------------------------
+# The README's main job (NHGD label cleaning of the bundled MNIST sample) on the GPU in f32 and
+# on this machine's CPU in f64, both with --json; plus the build host's CPU f64 run.
+if want 3; then
+    log="$out/3-main.log"
+    : > "$log"
+    t0=$EPOCHREALTIME
+    run_logged "$(stage_limit 90)" "$detail/main_cuda.json" "$bin/hypergrad" run --device cuda --json
+    rc_gpu=$?
+    t1=$EPOCHREALTIME
+    run_logged "$(stage_limit 120)" "$detail/main_cpu.json" "$bin/hypergrad" run --device cpu --json
+    rc_cpu=$?
+    t2=$EPOCHREALTIME
+    cat "$detail/main_cuda.json" "$detail/main_cpu.json" >> "$log"
+    echo "wall seconds: gpu $t0 $t1, cpu $t1 $t2" >> "$log"
+    line=$("$python" - "$detail/main_cuda.json" "$detail/main_cpu.json" "$bin/main_job_cpu_build_host.json" \
+        "$t0" "$t1" "$t2" <<'EOF' 2>> "$log"
+import json, sys
+def last_json(path):
+    try:
+        lines = [l for l in open(path) if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+def describe(tag, r, wall=None):
+    if r is None:
+        return f"{tag}: no result"
+    last = r.get("final") or {}
+    cleaning = r.get("cleaning") or {}
+    acc = cleaning.get("with_cleaning", last.get("test_accuracy"))
+    acc_s = f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else "?"
+    loop = last.get("seconds")
+    loop_s = f"{loop:.2f}s" if isinstance(loop, (int, float)) else "?"
+    wall_s = f" (wall {wall:.1f}s)" if wall else ""
+    return f"{tag} {r.get('device', '?')} loop {loop_s}{wall_s} acc {acc_s}"
+t0, t1, t2 = (float(t) for t in sys.argv[4:7])
+gpu, cpu, host = (last_json(p) for p in sys.argv[1:4])
+print("; ".join([describe("gpu", gpu, t1 - t0), describe("cpu", cpu, t2 - t1),
+                 describe("build host", host)]))
+EOF
+    )
+    worst=$rc_gpu
+    ((worst == 0)) && worst=$rc_cpu
+    report main "$(status_of $worst)" "${line:-could not summarise (see 3-main.log)}"
+fi
+
+# ---- 4 kernel benchmark -----------------------------------------------------------------
+if want 4; then
+    log="$out/4-kernels.log"
+    : > "$log"
+    run_logged "$(stage_limit 90)" "$detail/kernels.json" "$bin/hypergrad" bench kernels --device cuda --json
+    rc=$?
+    cat "$detail/kernels.json" >> "$log"
+    line=$("$python" - "$detail/kernels.json" <<'EOF' 2>> "$log"
+import json, sys
+rows = None
+for l in open(sys.argv[1]):
+    if l.startswith("{"):
+        rows = json.loads(l)
+if rows is None:
+    sys.exit(1)
+table = rows.get("rows", rows.get("kernels", []))
+print(f"{'kernel':<34} {'shape':<28} {'rate':>12} {'of ceiling':>10}", file=sys.stderr)
+worst = []
+for r in table:
+    rate = f"{r['gb_per_s']:.0f} GB/s" if r.get("gb_per_s") else (
+        f"{r['tflop_per_s']:.1f} TF/s" if r.get("tflop_per_s") else "-")
+    frac = r.get("fraction_of_ceiling")
+    print(f"{r['kernel']:<34} {r['shape']:<28} {rate:>12} {frac if frac is None else f'{frac:.0%}':>10}",
+          file=sys.stderr)
+    if frac is not None:
+        worst.append((frac, r["kernel"]))
+worst.sort()
+print(f"{len(table)} kernels; lowest: " + ", ".join(f"{k} {f:.0%}" for f, k in worst[:3]))
+EOF
+    )
+    report kernels "$(status_of $rc)" "${line:-no result (see 4-kernels.log)}"
+fi
+
+# ---- 5 NHGD outer step: hypergrad and the PyTorch peer, same card, same run -------------
+if want 5; then
+    log="$out/5-nhgd.log"
+    : > "$log"
+    run_logged "$(stage_limit 120)" "$detail/nhgd.json" "$bin/hypergrad" bench nhgd --device cuda --dense --json
+    rc=$?
+    cat "$detail/nhgd.json" >> "$log"
+    run_logged "$(stage_limit 120)" "$detail/nhgd_torch.json" env PYTHONUNBUFFERED=1 "$python" \
+        benches/peers/nhgd_torch.py --device cuda --n 50000 --d 785 --c 10 --m 10000 --T 100 \
+        --b 64 --rank 64 --curvature none,kfac,lowrank,dense-accumulate,dense --repeats 5
+    rc_torch=$?
+    cat "$detail/nhgd_torch.json" >> "$log"
+    line=$("$python" - "$detail/nhgd.json" "$detail/nhgd_torch.json" <<'EOF' 2>> "$log"
+import json, sys
+ours, peer = None, {}
+for l in open(sys.argv[1]):
+    if l.startswith("{"):
+        ours = json.loads(l)
+for l in open(sys.argv[2]):
+    if l.startswith("{"):
+        r = json.loads(l)
+        peer[r["curvature"]] = r["outer_step_seconds_median"]
+names = {"sgd loop only": "none", "nhgd kfac": "kfac", "nhgd lowrank": "lowrank",
+         "nhgd dense woodbury": "dense", "nhgd dense accumulate": "dense-accumulate"}
+parts = []
+for case in (ours or {}).get("cases", []):
+    key = names.get(case["case"], case["case"])
+    s = case["outer_step_seconds"]
+    torch_s = peer.get(key)
+    vs = f" torch {1e3 * torch_s:.1f}ms ({torch_s / s:.1f}x)" if torch_s else ""
+    parts.append(f"{key} {1e3 * s:.1f}ms sgd×{case['ratio_to_sgd_loop']:.2f}{vs}")
+print("; ".join(parts) if parts else "no hypergrad result; torch: " +
+      ", ".join(f"{k} {1e3 * v:.1f}ms" for k, v in peer.items()))
+EOF
+    )
+    worst=$rc
+    ((worst == 0)) && worst=$rc_torch
+    report nhgd "$(status_of $worst)" "${line:-no result (see 5-nhgd.log)}"
+fi
+
+# ---- 6 compute-sanitizer ------------------------------------------------------------------
+# memcheck on the kernel-level parity tests with small shapes; racecheck only on the tests of
+# kernels that use shared memory (reductions, the fused row kernel, the Fisher kernels).
+if want 6; then
+    log="$out/6-sanitizer.log"
+    : > "$log"
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    if [[ -z "$sanitizer" ]]; then
+        report sanitizer skipped "compute-sanitizer not found"
+    else
+        text=""
+        worst=0
+        export HYPERGRAD_PARITY_SMALL=1
+        for tool in memcheck racecheck; do
+            if [[ $tool == memcheck ]]; then
+                filter=(--skip estimators --skip nhgd_loop --skip cpu_f32_stand_in --skip wide_features)
+            else
+                filter=(--skip cpu_f32_stand_in memory_and_blas1 glm_value_grad glm_curvature glm_row_factors glm_per_sample woodbury)
+            fi
+            tlog="$detail/sanitizer-$tool.log"
+            run_logged "$(stage_limit 90)" "$tlog" "$sanitizer" --tool "$tool" --error-exitcode 9 \
+                "$bin/cuda_parity" --test-threads=1 "${filter[@]}"
+            rc=$?
+            tail -n 40 "$tlog" >> "$log"
+            errors=$(grep -aoE '(ERROR SUMMARY|RACECHECK SUMMARY): [0-9]+ (error|hazard)s?' "$tlog" | tail -1)
+            refused=$(grep -aim1 'not supported\|unable to\|error 999' "$tlog" | cut -c1-80)
+            ((rc != 0 && worst == 0)) && worst=$rc
+            text+="$tool: $(status_of $rc) ${errors:-${refused:-no summary}}; "
+        done
+        report sanitizer "$(status_of $worst)" "${text%; }"
+    fi
+fi
+
+echo
+echo "== gpu_check summary ($((SECONDS - start)) s; logs in $out) =="
+cat "$summary"

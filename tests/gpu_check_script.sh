@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Checks scripts/gpu_check.sh's shell logic on a machine without a GPU, so that no GPU minute is
+# spent on a typo: fake binaries (hypergrad, cuda_parity, l1_device, nvidia-smi,
+# compute-sanitizer, and a python that stands in for PyTorch's) answer like the real ones,
+# and each run makes one of them fail or hang. Every run must end with the summary table, name
+# the failing stage, and keep the earlier stages' logs.
+# Run: bash tests/gpu_check_script.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fake="$work/fake"
+mkdir -p "$fake/bin" "$fake/path"
+
+# A fake binary misbehaves when HG_FAKE_FAIL names it: "NAME" exits 3, "NAME:hang" sleeps.
+misbehave='
+case "${HG_FAKE_FAIL:-}" in
+    "$me") echo "$me: planted failure" >&2; exit 3 ;;
+    "$me:hang") sleep 60 ;;
+esac'
+
+cat > "$fake/bin/hypergrad" <<EOF
+#!/usr/bin/env bash
+me="hypergrad-\$1"
+$misbehave
+case "\$1 \${2:-}" in
+    "info ") printf 'hypergrad 0.1.0\nkernels    PTX for compute_90 compiled by nvcc at build time (fake)\ncuda       ready (kernels loaded)\n' ;;
+    "info --json") echo '{"kernels":{"compiler":"nvcc"}}' ;;
+    "run "*) echo '{"device":"fake-'"\${3:-}"'","final":{"seconds":1.5,"test_accuracy":0.8},"cleaning":{"with_cleaning":0.827}}' ;;
+    "bench kernels") echo '{"device":"fake","kernels":[{"kernel":"copy","shape":"n","seconds":1,"gb_per_s":100.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":1.0},{"kernel":"hvp","shape":"n","seconds":1,"gb_per_s":70.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":0.7}]}' ;;
+    "bench nhgd") echo '{"device":"fake","cases":[{"case":"sgd loop only","outer_step_seconds":0.01,"ratio_to_sgd_loop":1.0},{"case":"nhgd kfac","outer_step_seconds":0.012,"ratio_to_sgd_loop":1.2}]}' ;;
+    *) echo "fake hypergrad: unexpected arguments \$*" >&2; exit 2 ;;
+esac
+EOF
+
+for suite in cuda_parity l1_device; do
+    cat > "$fake/bin/$suite" <<EOF
+#!/usr/bin/env bash
+if [ "\$1" = --list ]; then printf 'a: test\\nb::c: test\\ncpu_f32_stand_in::d: test\\n'; exit 0; fi
+me=$suite
+$misbehave
+echo "running 1 test"
+echo "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s"
+EOF
+done
+
+cat > "$fake/path/nvidia-smi" <<EOF
+#!/usr/bin/env bash
+me=nvidia-smi
+$misbehave
+echo "NVIDIA H100 80GB HBM3, 580.159.04"
+EOF
+
+cat > "$fake/path/compute-sanitizer" <<EOF
+#!/usr/bin/env bash
+me=compute-sanitizer
+$misbehave
+tool=\$2
+shift 4
+"\$@" > /dev/null
+if [ "\$tool" = racecheck ]; then echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+else echo "========= ERROR SUMMARY: 0 errors"; fi
+EOF
+
+# The PyTorch peer: a fake benches/peers/nhgd_torch.py is not needed, python is faked instead
+# for that call only (the summaries run the real python3).
+cat > "$fake/path/python-peer" <<EOF
+#!/usr/bin/env bash
+if [ "\${1:-}" = - ]; then exec python3 "\$@"; fi
+me=torch
+$misbehave
+for c in none kfac; do echo '{"curvature":"'\$c'","outer_step_seconds_median":0.05}'; done
+EOF
+chmod +x "$fake/bin/"* "$fake/path/"*
+
+failures=0
+check() {
+    local name=$1 want_stage=$2 want_status=$3
+    shift 3
+    local out="$work/out-$name"
+    mkdir -p "$out"
+    local log="$work/log-$name"
+    env PATH="$fake/path:$PATH" OUT="$out" HG_BIN="$fake/bin" HG_PYTHON="$fake/path/python-peer" \
+        "$@" bash "$root/scripts/gpu_check.sh" > "$log" 2>&1 || true
+    local line
+    line=$(grep -E "^$want_stage " "$out/summary.txt" || true)
+    if ! grep -q '== gpu_check summary' "$log"; then
+        echo "FAIL $name: no summary table"; failures=$((failures + 1)); return
+    fi
+    if [[ $line != *" $want_status"* ]]; then
+        echo "FAIL $name: stage $want_stage is not '$want_status': ${line:-missing}"
+        failures=$((failures + 1)); return
+    fi
+    local stages
+    stages=$(wc -l < "$out/summary.txt")
+    local files
+    files=$(find "$out" -type f | wc -l)
+    if ((files > 8)); then
+        echo "FAIL $name: $files files in \$OUT (at most 8 come back)"; failures=$((failures + 1)); return
+    fi
+    echo "ok   $name: $stages stages; $line"
+}
+
+check all-pass parity ok
+check all-pass-main main ok
+check all-pass-nhgd nhgd ok
+check all-pass-sanitizer sanitizer ok
+check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
+check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity
+check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device
+check main-fails main FAIL env HG_FAKE_FAIL=hypergrad-run
+check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench
+check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch
+check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer
+# A hanging stage is cut by the overall budget, and the later stages still report.
+check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8
+check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8
+
+if ((failures)); then
+    echo "$failures check(s) of gpu_check.sh failed"
+    exit 1
+fi
+echo "gpu_check.sh: all checks passed"
