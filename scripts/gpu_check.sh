@@ -13,7 +13,10 @@
 #   5 nhgd       hypergrad bench nhgd --dense on MNIST's shape, and the PyTorch peer
 #   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
 #                that use shared memory)
-# Only 8 files come back from $OUT: one log per stage, summary.txt, and details.tar.gz.
+#   7 profile    Nsight Compute on the kernels that miss their targets (the fused row kernel,
+#                the SGD apply, the Woodbury capacitance Cholesky): speed of light, occupancy
+# Only 8 files come back from $OUT: one log per stage (the profile's goes into details.tar.gz),
+# summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
 # HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6") picks
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
-stages="${HG_STAGES:-1 2 3 4 5 6}"
+stages="${HG_STAGES:-1 2 3 4 5 6 7}"
 python="${HG_PYTHON:-python3}"
 mkdir -p "$out"
 detail="$(mktemp -d)"
@@ -36,9 +39,12 @@ start=$SECONDS
 # the pip wheels' (PyTorch brings its own), wherever this image keeps them.
 lib_dirs=$(
     {
+        # The driver's own folder first: the toolkit's stubs/libcuda.so answers every call with
+        # CUDA_ERROR_STUB_LIBRARY (seen on the first GPU run).
+        ls -d /usr/local/nvidia/lib64 /usr/local/nvidia/lib 2>/dev/null
         ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null
         find / -xdev \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) -printf '%h\n' 2>/dev/null
-    } | awk '!seen[$0]++' | paste -sd: -
+    } | grep -v '/stubs' | awk '!seen[$0]++' | paste -sd: -
 )
 export LD_LIBRARY_PATH="${lib_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -214,8 +220,8 @@ for r in table:
     rate = f"{r['gb_per_s']:.0f} GB/s" if r.get("gb_per_s") else (
         f"{r['tflop_per_s']:.1f} TF/s" if r.get("tflop_per_s") else "-")
     frac = r.get("fraction_of_ceiling")
-    print(f"{r['kernel']:<34} {r['shape']:<28} {rate:>12} {frac if frac is None else f'{frac:.0%}':>10}",
-          file=sys.stderr)
+    frac_s = "-" if frac is None else f"{frac:.0%}"
+    print(f"{r['kernel']:<34} {r['shape']:<28} {rate:>12} {frac_s:>10}", file=sys.stderr)
     if frac is not None:
         worst.append((frac, r["kernel"]))
 worst.sort()
@@ -295,6 +301,30 @@ if want 6; then
             text+="$tool: $(status_of $rc) ${errors:-${refused:-no summary}}; "
         done
         report sanitizer "$(status_of $worst)" "${text%; }"
+    fi
+fi
+
+# ---- 7 profile -----------------------------------------------------------------------------
+# Why a kernel misses its target, from the hardware counters rather than a guess: one profiled
+# launch of each kernel of the kernel benchmark at its GPU sizes (the others run unprofiled).
+if want 7; then
+    plog="$detail/profile.log"
+    : > "$plog"
+    ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [[ -z "$ncu" ]]; then
+        report profile skipped "ncu not found"
+    else
+        run_logged "$(stage_limit 90)" "$plog" "$ncu" --clock-control none \
+            -k 'regex:glm_rows_f32_k(1|8)|hg_sgd_apply|hg_cholesky_small|hg_kfac_gg' -c 8 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            "$bin/hypergrad" bench kernels --device cuda --reps 1
+        rc=$?
+        kernels=$(grep -acE '^  [a-z_0-9]+ \(' "$plog")
+        line=$(awk '/^  [a-z_0-9]+ \(/ {name = $1; next}
+            /DRAM Throughput/ {printf "%s dram %s%%; ", name, $NF}
+            /Compute \(SM\) Throughput/ {printf "sm %s%%; ", $NF}
+            /Achieved Occupancy/ {printf "occupancy %s%% | ", $NF}' "$plog" | cut -c1-600)
+        report profile "$(status_of $rc)" "$kernels profiled; ${line:-no counters (see details.tar.gz profile.log)}"
     fi
 fi
 

@@ -260,6 +260,30 @@ pub fn kernel_bench<B: Backend>(
         (batch * d * 4) as f64,
         copy_gbps,
     ));
+    // The same step over all n rows (n·d = 2²⁶ at the GPU defaults): a batch large enough to
+    // fill the device, where the kernel should run at the bandwidth of reading X once.
+    let all_rows = backend.upload_rows(&(0..n as u32).collect::<Vec<_>>(), n)?;
+    let mut all_factors = backend.zeros(n * c)?;
+    let seconds = time_calls(backend, reps, || {
+        backend.glm_sgd_step(
+            &x,
+            Loss::Softmax { classes: c },
+            &y_class,
+            None,
+            &all_rows,
+            &reg,
+            0.1,
+            &mut ws,
+            &mut all_factors,
+        )
+    })?;
+    rows.push(bandwidth_row(
+        "fused SGD step (softmax)",
+        format!("b={n}, c={c}, d={d}"),
+        seconds,
+        (n * d * 4) as f64,
+        copy_gbps,
+    ));
     let p = c * d;
     let mut per_sample = backend.zeros(batch * p)?;
     backend.glm_per_sample_gradients(&x, &rows_idx, &factors, None, &mut per_sample)?;

@@ -716,6 +716,65 @@ fn spd(rng: &mut Rng, p: usize) -> Vec<f64> {
     s
 }
 
+/// `spd_solve` against the f64 Cholesky of the CPU backend, with 1 and 10 right-hand sides, up
+/// to K-FAC's input factor for MNIST (d = 785). The matrices have κ ≤ 5, and a Cholesky solve
+/// in f32 is backward stable with an error of order κ·dim·u ≲ 2e-4 in the worst case (√dim
+/// for random rounding): the tolerance is 10× the f32 one. A matrix that is not positive
+/// definite is an error.
+fn check_spd_solve<G: Backend>(g: &G, ctx: &Ctx) {
+    let cpu = Cpu::new();
+    let mut rng = Rng::new(900);
+    for dim in [1, 45, 130, 785] {
+        for nrhs in [1, 10] {
+            let what = format!("{} spd_solve dim={dim} nrhs={nrhs}", ctx.tag);
+            let a = spd(&mut rng, dim);
+            let b = normals(&mut rng, nrhs * dim, 1.0);
+            let (mut ag, mut bg) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+            g.spd_solve(&mut ag, &mut bg, nrhs)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (mut ac, mut bc) = (a.clone(), b.clone());
+            cpu.spd_solve(&mut ac, &mut bc, nrhs).unwrap();
+            assert_close(&down(g, &bg), &bc, 10.0 * ctx.tol, &what);
+            // The solutions solve the system (the reference is not the only check).
+            let mut residual = b.clone();
+            cpu.gemm(
+                false,
+                false,
+                (nrhs, dim, dim),
+                -1.0,
+                &bc,
+                &a,
+                1.0,
+                &mut residual,
+            )
+            .unwrap();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!(
+                norm(&residual) <= 1e-10 * norm(&b),
+                "{what}: f64 reference residual {}",
+                norm(&residual) / norm(&b)
+            );
+        }
+    }
+    // −I is not positive definite; wrong lengths are dimension errors.
+    let minus_eye: Vec<f64> = (0..9)
+        .map(|e| if e % 4 == 0 { -1.0 } else { 0.0 })
+        .collect();
+    let mut a = g.upload(&minus_eye).unwrap();
+    let mut b = g.upload(&[1.0, 2.0, 3.0]).unwrap();
+    assert!(
+        g.spd_solve(&mut a, &mut b, 1).is_err(),
+        "{}: spd_solve accepted −I",
+        ctx.tag
+    );
+    let mut a = g.upload(&spd(&mut rng, 3)).unwrap();
+    assert!(
+        g.spd_solve(&mut a, &mut b, 2).is_err(),
+        "{}: spd_solve accepted 3 entries for 2 right-hand sides",
+        ctx.tag
+    );
+}
+
 fn check_woodbury<G: Backend>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(800);
@@ -1199,7 +1258,11 @@ fn glm_value_grad_both_row_paths() {
     let Some(gpu) = gpu() else { return };
     for path in ROW_PATHS {
         gpu.set_row_path(path);
-        check_value_grad(&gpu, &Ctx::f32(format!("{} {path:?}", gpu.name())), &sizes());
+        check_value_grad(
+            &gpu,
+            &Ctx::f32(format!("{} {path:?}", gpu.name())),
+            &sizes(),
+        );
     }
 }
 
@@ -1208,7 +1271,11 @@ fn glm_curvature_and_hvp_both_row_paths() {
     let Some(gpu) = gpu() else { return };
     for path in ROW_PATHS {
         gpu.set_row_path(path);
-        check_curvature_hvp(&gpu, &Ctx::f32(format!("{} {path:?}", gpu.name())), &sizes());
+        check_curvature_hvp(
+            &gpu,
+            &Ctx::f32(format!("{} {path:?}", gpu.name())),
+            &sizes(),
+        );
     }
 }
 
@@ -1244,6 +1311,12 @@ fn gemm_with_empty_inner_dimension() {
         let want: Vec<f64> = c0.iter().map(|v| 0.5 * v).collect();
         assert_eq!(down(&gpu, &c), want, "gemm k=0 ta={ta} tb={tb}");
     }
+}
+
+#[test]
+fn spd_solve_matches_f64_cholesky() {
+    let Some(gpu) = gpu() else { return };
+    check_spd_solve(&gpu, &Ctx::f32(gpu.name()));
 }
 
 #[test]
@@ -1573,6 +1646,11 @@ mod cpu_f32_stand_in {
     #[test]
     fn woodbury() {
         check_woodbury(&f32(), &ctx());
+    }
+
+    #[test]
+    fn spd_solve() {
+        check_spd_solve(&f32(), &ctx());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks scripts/gpu_check.sh's shell logic on a machine without a GPU, so that no GPU minute is
 # spent on a typo: fake binaries (hypergrad, cuda_parity, l1_device, nvidia-smi,
-# compute-sanitizer, and a python that stands in for PyTorch's) answer like the real ones,
+# compute-sanitizer, ncu, and a python that stands in for PyTorch's) answer like the real ones,
 # and each run makes one of them fail or hang. Every run must end with the summary table, name
 # the failing stage, and keep the earlier stages' logs.
 # Run: bash tests/gpu_check_script.sh
@@ -62,6 +62,16 @@ if [ "\$tool" = racecheck ]; then echo "========= RACECHECK SUMMARY: 0 hazards d
 else echo "========= ERROR SUMMARY: 0 errors"; fi
 EOF
 
+cat > "$fake/path/ncu" <<EOF
+#!/usr/bin/env bash
+me=ncu
+$misbehave
+echo "  glm_rows_f32_k1 (264, 1, 1)x(256, 1, 1), Context 1, Stream 13, Device 0, CC 9.0"
+echo "    DRAM Throughput                   %        31.05"
+echo "    Compute (SM) Throughput           %        45.22"
+echo "    Achieved Occupancy                %        22.49"
+EOF
+
 # The PyTorch peer: a fake benches/peers/nhgd_torch.py is not needed, python is faked instead
 # for that call only (the summaries run the real python3).
 cat > "$fake/path/python-peer" <<EOF
@@ -105,6 +115,7 @@ check all-pass parity ok
 check all-pass-main main ok
 check all-pass-nhgd nhgd ok
 check all-pass-sanitizer sanitizer ok
+check all-pass-profile profile ok
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
 check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity
 check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device
@@ -112,6 +123,7 @@ check main-fails main FAIL env HG_FAKE_FAIL=hypergrad-run
 check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench
 check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch
 check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer
+check profile-fails profile FAIL env HG_FAKE_FAIL=ncu
 # A hanging stage is cut by the overall budget, and the later stages still report.
 check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8
 check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8

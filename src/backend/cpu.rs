@@ -775,6 +775,30 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
     }
 
+    fn spd_solve(&self, a: &mut Vec<T>, b: &mut Vec<T>, nrhs: usize) -> Result<()> {
+        let dim = square_side("spd_solve A", a.len())?;
+        check_len("spd_solve right-hand sides", b.len(), nrhs * dim)?;
+        // Factorised and solved in f64 whatever T is: the reference for the f32 backends.
+        let mut l: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+        cholesky(&mut l, dim).map_err(|(j, pivot)| {
+            Error::Numerical(format!(
+                "spd_solve: the matrix is not positive definite (pivot {j} is {pivot:e})"
+            ))
+        })?;
+        let mut x = vec![0.0; dim];
+        for rhs in b.chunks_mut(dim.max(1)) {
+            x.iter_mut()
+                .zip(rhs.iter())
+                .for_each(|(x, v)| *x = v.to_f64());
+            cholesky_solve_in_place(&l, dim, &mut x);
+            rhs.iter_mut()
+                .zip(&x)
+                .for_each(|(v, &x)| *v = T::from_f64(x));
+        }
+        a.iter_mut().zip(&l).for_each(|(v, &l)| *v = T::from_f64(l));
+        Ok(())
+    }
+
     fn woodbury_update(&self, a: &mut Vec<T>, u: &Vec<T>, m: usize, alpha: f64) -> Result<()> {
         if !(alpha > 0.0 && alpha.is_finite()) {
             return Err(Error::Numerical(format!(

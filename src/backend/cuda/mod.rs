@@ -166,6 +166,9 @@ pub struct CudaBackend {
     storage: Storage,
     row_path: Arc<AtomicU8>,
     traffic: Arc<HostTraffic>,
+    /// This handle's cuSOLVER context, made on first use (so that a machine without
+    /// libcusolver runs everything else), bound to this handle's stream.
+    solver: Arc<std::sync::OnceLock<cudarc::cusolver::DnHandle>>,
     /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0); read
     /// after every synchronising call.
     health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
@@ -211,6 +214,7 @@ impl CudaBackend {
             storage,
             row_path: Arc::new(AtomicU8::new(0)),
             traffic: Arc::default(),
+            solver: Arc::default(),
             health: Arc::new(std::sync::Mutex::new(health)),
         })
     }
@@ -238,6 +242,7 @@ impl CudaBackend {
             stream,
             events,
             blas: Arc::new(blas),
+            solver: Arc::default(),
             ..self.clone()
         })
     }
@@ -311,6 +316,21 @@ impl CudaBackend {
     /// The address of entry `offset` of a buffer of `T`.
     fn ptr_at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> u64 {
         self.ptr(buf) + (offset * std::mem::size_of::<T>()) as u64
+    }
+
+    /// The cuSOLVER handle of this handle's stream, created on first use.
+    fn solver(&self) -> Result<&cudarc::cusolver::DnHandle> {
+        if let Some(handle) = self.solver.get() {
+            return Ok(handle);
+        }
+        // SAFETY: probing for a shared library only loads it (cudarc panics on a missing one).
+        if !unsafe { cudarc::cusolver::sys::is_culib_present() } {
+            return Err(Error::Backend(
+                "cuSOLVER (libcusolver.so) was not found; install the CUDA 13 libraries".into(),
+            ));
+        }
+        let handle = cudarc::cusolver::DnHandle::new(self.stream.clone()).map_err(driver_error)?;
+        Ok(self.solver.get_or_init(|| handle))
     }
 
     fn count_transfer(&self) {

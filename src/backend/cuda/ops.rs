@@ -913,6 +913,62 @@ impl Backend for CudaBackend {
         self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
     }
 
+    fn spd_solve(&self, a: &mut CudaSlice<f32>, b: &mut CudaSlice<f32>, nrhs: usize) -> Result<()> {
+        use cudarc::cusolver::sys::{
+            cublasFillMode_t, cusolverDnSpotrf, cusolverDnSpotrf_bufferSize, cusolverDnSpotrs,
+        };
+        let dim = square_side("spd_solve A", a.len())?;
+        check_len("spd_solve right-hand sides", b.len(), nrhs * dim)?;
+        if dim == 0 || nrhs == 0 {
+            return Ok(());
+        }
+        let solver = self.solver()?;
+        let n = int("spd_solve dimension", dim)?;
+        let k = int("spd_solve right-hand sides", nrhs)?;
+        // A row-major symmetric matrix is its own column-major layout, and the rows of the
+        // row-major nrhs×dim B are the columns of a column-major dim×nrhs matrix (ldb = dim).
+        let uplo = cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+        let (a_ptr, b_ptr) = (self.ptr(a) as *mut f32, self.ptr(b) as *mut f32);
+        let mut lwork = 0;
+        // SAFETY: a is dim×dim (checked); the handle is bound to this backend's stream.
+        unsafe { cusolverDnSpotrf_bufferSize(solver.cu(), uplo, n, a_ptr, n, &mut lwork) }
+            .result()
+            .map_err(driver_error)?;
+        // SAFETY: workspace and info are written by cuSOLVER before they are read.
+        let work =
+            unsafe { self.stream.alloc::<f32>(lwork.max(1) as usize) }.map_err(driver_error)?;
+        // info[0]: potrf's (i > 0: leading minor i is not positive definite); info[1]: potrs's.
+        let info = self.stream.alloc_zeros::<i32>(2).map_err(driver_error)?;
+        let work_ptr = self.ptr(&work) as *mut f32;
+        let (potrf_info, potrs_info) = (
+            self.ptr(&info) as *mut i32,
+            self.ptr_at(&info, 1) as *mut i32,
+        );
+        // SAFETY: buffers sized above; every call is queued on this backend's stream.
+        unsafe {
+            cusolverDnSpotrf(solver.cu(), uplo, n, a_ptr, n, work_ptr, lwork, potrf_info)
+                .result()
+                .map_err(driver_error)?;
+            cusolverDnSpotrs(solver.cu(), uplo, n, k, a_ptr, n, b_ptr, n, potrs_info)
+                .result()
+                .map_err(driver_error)?;
+        }
+        // One sync per solve (callers solve once per outer step, never inside the inner loop):
+        // a matrix that is not positive definite must be an error, not a NaN hypergradient.
+        self.count_sync();
+        let info = self.stream.clone_dtoh(&info).map_err(driver_error)?;
+        match (info[0], info[1]) {
+            (0, 0) => Ok(()),
+            (0, arg) => Err(Error::Backend(format!(
+                "spd_solve: cuSOLVER potrs rejected argument {}",
+                -arg
+            ))),
+            (minor, _) => Err(Error::Numerical(format!(
+                "spd_solve: the matrix is not positive definite (leading minor {minor} of {dim})"
+            ))),
+        }
+    }
+
     fn woodbury_update(
         &self,
         a: &mut CudaSlice<f32>,
