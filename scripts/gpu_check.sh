@@ -19,8 +19,9 @@
 # summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
-# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6") picks
-# stages. tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 7") picks
+# stages; HG_LIB_SEARCH (default /) is where the CUDA libraries are looked for.
+# tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,7 @@ lib_dirs=$(
         # CUDA_ERROR_STUB_LIBRARY (seen on the first GPU run).
         ls -d /usr/local/nvidia/lib64 /usr/local/nvidia/lib 2>/dev/null
         ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null
-        find / -xdev \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) -printf '%h\n' 2>/dev/null
+        find "${HG_LIB_SEARCH:-/}" -xdev \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) -printf '%h\n' 2>/dev/null
     } | grep -v '/stubs' | awk '!seen[$0]++' | paste -sd: -
 )
 export LD_LIBRARY_PATH="${lib_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

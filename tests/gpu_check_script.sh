@@ -84,49 +84,47 @@ EOF
 chmod +x "$fake/bin/"* "$fake/path/"*
 
 failures=0
+# check NAME STAGES STATUS [env VAR=VALUE...]: runs the script, and every stage named in the
+# comma-separated STAGES must report STATUS.
 check() {
-    local name=$1 want_stage=$2 want_status=$3
+    local name=$1 want_stages=$2 want_status=$3
     shift 3
     local out="$work/out-$name"
     mkdir -p "$out"
     local log="$work/log-$name"
-    env PATH="$fake/path:$PATH" OUT="$out" HG_BIN="$fake/bin" HG_PYTHON="$fake/path/python-peer" \
+    env PATH="$fake/path:$PATH" OUT="$out" HG_BIN="$fake/bin" HG_PYTHON="$fake/path/python-peer" HG_LIB_SEARCH="$work" \
         "$@" bash "$root/scripts/gpu_check.sh" > "$log" 2>&1 || true
-    local line
-    line=$(grep -E "^$want_stage " "$out/summary.txt" || true)
     if ! grep -q '== gpu_check summary' "$log"; then
         echo "FAIL $name: no summary table"; failures=$((failures + 1)); return
     fi
-    if [[ $line != *" $want_status"* ]]; then
-        echo "FAIL $name: stage $want_stage is not '$want_status': ${line:-missing}"
-        failures=$((failures + 1)); return
-    fi
-    local stages
-    stages=$(wc -l < "$out/summary.txt")
     local files
     files=$(find "$out" -type f | wc -l)
     if ((files > 8)); then
         echo "FAIL $name: $files files in \$OUT (at most 8 come back)"; failures=$((failures + 1)); return
     fi
-    echo "ok   $name: $stages stages; $line"
+    local stage line
+    for stage in ${want_stages//,/ }; do
+        line=$(grep -E "^$stage " "$out/summary.txt" || true)
+        if [[ $line != *" $want_status"* ]]; then
+            echo "FAIL $name: stage $stage is not '$want_status': ${line:-missing}"
+            failures=$((failures + 1)); return
+        fi
+    done
+    echo "ok   $name: $(wc -l < "$out/summary.txt") stages; $line"
 }
 
-check all-pass parity ok
-check all-pass-main main ok
-check all-pass-nhgd nhgd ok
-check all-pass-sanitizer sanitizer ok
-check all-pass-profile profile ok
+check all-pass info,parity,main,kernels,nhgd,sanitizer,profile ok
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
-check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity
-check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device
-check main-fails main FAIL env HG_FAKE_FAIL=hypergrad-run
-check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench
-check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch
-check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer
-check profile-fails profile FAIL env HG_FAKE_FAIL=ncu
+check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity HG_STAGES=2
+check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device HG_STAGES=2
+check main-fails main FAIL env HG_FAKE_FAIL=hypergrad-run HG_STAGES=3
+check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=4
+check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch HG_STAGES=5
+check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=6
+check profile-fails profile FAIL env HG_FAKE_FAIL=ncu HG_STAGES=7
 # A hanging stage is cut by the overall budget, and the later stages still report.
-check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8
-check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=8
+check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
+check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
 
 if ((failures)); then
     echo "$failures check(s) of gpu_check.sh failed"
