@@ -24,8 +24,8 @@
 //   One-output losses (squared, logistic) do their per-row arithmetic in double, exactly as
 //   the CPU twin; softmax is done in f32 (expf/logf, max-subtracted), its loss value in double.
 //
-// Launch: block = 256 threads = 8 warps (required); grid = min(ceil(n_rows/8), 2·SMs) (any
-// grid is correct); dynamic shared memory = (k·d + 8·KMAX)·4 bytes with acc_out, else
+// Launch: block = 256 threads = 8 warps (required); grid = min(ceil(n_rows/8), resident
+// blocks a multiprocessor × SMs) (any grid is correct); dynamic shared memory = (k·d + 8·KMAX)·4 bytes with acc_out, else
 // 8·KMAX·4 bytes. The block walks tiles of 8 consecutive positions (tile = blockIdx.x,
 // += gridDim.x); warp w takes position tile·8 + w. Phase 1: lanes stride over t accumulating
 // KMAX partial sums in registers, then a warp reduce-scatter (31 shuffles for KMAX = 32, a

@@ -16,6 +16,9 @@ fn gpu_check_script_survives_every_failing_stage() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "gpu_check_script.sh failed:\n{text}");
+    assert!(
+        output.status.success(),
+        "gpu_check_script.sh failed:\n{text}"
+    );
     assert!(text.contains("all checks passed"), "{text}");
 }

@@ -169,6 +169,9 @@ pub struct CudaBackend {
     /// This handle's cuSOLVER context, made on first use (so that a machine without
     /// libcusolver runs everything else), bound to this handle's stream.
     solver: Arc<std::sync::OnceLock<cudarc::cusolver::DnHandle>>,
+    /// The SGD step's gradient buffer, kept between steps so that the inner loop allocates
+    /// nothing (one per handle: each stream uses its own).
+    sgd_scratch: Arc<std::sync::Mutex<Option<CudaSlice<f32>>>>,
     /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0); read
     /// after every synchronising call.
     health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
@@ -215,6 +218,7 @@ impl CudaBackend {
             row_path: Arc::new(AtomicU8::new(0)),
             traffic: Arc::default(),
             solver: Arc::default(),
+            sgd_scratch: Arc::default(),
             health: Arc::new(std::sync::Mutex::new(health)),
         })
     }
@@ -243,6 +247,7 @@ impl CudaBackend {
             events,
             blas: Arc::new(blas),
             solver: Arc::default(),
+            sgd_scratch: Arc::default(),
             ..self.clone()
         })
     }
