@@ -979,6 +979,53 @@ fn check_upload_rows<G: Backend>(g: &G, ctx: &Ctx) {
     }
 }
 
+/// `upload_batches` and `upload_parts` give what one `upload_rows` / `upload` per part gives:
+/// the same lengths, the same values, and batches that a kernel reads at their own offset.
+fn check_upload_batches_and_parts<G: Backend>(g: &G, ctx: &Ctx) {
+    let (n, d, c, batch) = (40, 9, 3, 5);
+    let mut rng = Rng::new(3100);
+    let x = Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0)).unwrap();
+    let x = g.upload_design(&x).unwrap();
+    let factors = g.upload(&normals(&mut rng, batch * c, 1.0)).unwrap();
+    // 3 full batches and a short one.
+    let rows: Vec<u32> = (0..3 * batch + 2).map(|_| rng.below(n) as u32).collect();
+    let batches = g.upload_batches(&rows, batch, n).unwrap();
+    assert_eq!(batches.len(), 4, "{}: number of batches", ctx.tag);
+    for (k, (part, one)) in batches.iter().zip(rows.chunks(batch)).enumerate() {
+        assert_eq!(g.rows_len(part), one.len(), "{}: batch {k} length", ctx.tag);
+        let alone = g.upload_rows(one, n).unwrap();
+        let m = one.len();
+        let f = g.upload(&down(g, &factors)[..m * c]).unwrap();
+        let (mut via_batches, mut via_rows) =
+            (g.zeros(m * c * d).unwrap(), g.zeros(m * c * d).unwrap());
+        g.glm_per_sample_gradients(&x, part, &f, None, &mut via_batches)
+            .unwrap();
+        g.glm_per_sample_gradients(&x, &alone, &f, None, &mut via_rows)
+            .unwrap();
+        assert_eq!(
+            down(g, &via_batches),
+            down(g, &via_rows),
+            "{}: batch {k} of upload_batches reads other rows than upload_rows",
+            ctx.tag
+        );
+    }
+    assert!(
+        g.upload_batches(&[0, 1, 40], 2, n).is_err(),
+        "{}: upload_batches accepted row 40 for n = 40",
+        ctx.tag
+    );
+    assert!(g.upload_batches(&[], 3, n).unwrap().is_empty());
+    let host = normals(&mut rng, 17, 1.0);
+    let parts = g.upload_parts(&host, 5).unwrap();
+    let lens: Vec<usize> = parts.iter().map(|p| g.len(p)).collect();
+    assert_eq!(lens, [5, 5, 5, 2], "{}: upload_parts lengths", ctx.tag);
+    for (k, (part, one)) in parts.iter().zip(host.chunks(5)).enumerate() {
+        let alone = g.upload(one).unwrap();
+        assert_eq!(down(g, part), down(g, &alone), "{}: part {k}", ctx.tag);
+    }
+    assert!(g.upload_parts(&[], 4).unwrap().is_empty());
+}
+
 /// Designs wider than the fused kernel's shared-memory accumulator can hold for a whole
 /// batch (k·d·4 bytes > the 227 KiB an H100 block may use, for k = 30 rows of M and d = 20 000):
 /// the HVP and gradient must still be right (the CUDA backend falls back to cuBLAS or splits
@@ -1199,7 +1246,11 @@ fn glm_value_grad_both_row_paths() {
     let Some(gpu) = gpu() else { return };
     for path in ROW_PATHS {
         gpu.set_row_path(path);
-        check_value_grad(&gpu, &Ctx::f32(format!("{} {path:?}", gpu.name())), &sizes());
+        check_value_grad(
+            &gpu,
+            &Ctx::f32(format!("{} {path:?}", gpu.name())),
+            &sizes(),
+        );
     }
 }
 
@@ -1208,7 +1259,11 @@ fn glm_curvature_and_hvp_both_row_paths() {
     let Some(gpu) = gpu() else { return };
     for path in ROW_PATHS {
         gpu.set_row_path(path);
-        check_curvature_hvp(&gpu, &Ctx::f32(format!("{} {path:?}", gpu.name())), &sizes());
+        check_curvature_hvp(
+            &gpu,
+            &Ctx::f32(format!("{} {path:?}", gpu.name())),
+            &sizes(),
+        );
     }
 }
 
@@ -1508,6 +1563,12 @@ fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
 }
 
 #[test]
+fn upload_batches_and_parts() {
+    let Some(gpu) = gpu() else { return };
+    check_upload_batches_and_parts(&gpu, &Ctx::f32(gpu.name()));
+}
+
+#[test]
 fn set_diagonal_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -1593,6 +1654,11 @@ mod cpu_f32_stand_in {
     #[test]
     fn wide_features() {
         check_wide_features(&f32(), &ctx());
+    }
+
+    #[test]
+    fn upload_batches_and_parts() {
+        check_upload_batches_and_parts(&f32(), &ctx());
     }
 
     #[test]
