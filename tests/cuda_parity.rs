@@ -1562,6 +1562,106 @@ fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
     }
 }
 
+/// Host copies of one estimate (`count`: the backend's counter of them) at T = 2 and T = 12
+/// inner steps, for the estimators whose inner loop makes none (SOBA's makes one loss
+/// download per step by design). Preparing the T batches, weights and sketches must take a
+/// fixed number of copies: on CUDA each is an allocation and a blocking copy.
+fn copies_per_estimate<B: Backend + Clone>(
+    make: impl Fn() -> B,
+    count: impl Fn(&B) -> u64,
+) -> Vec<(String, [u64; 2])> {
+    use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
+    use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+    let (train, val) = common::datasets(ProblemKind::Hyperclean, 200, 40, 8, 4200);
+    let cases = [
+        (
+            "nhgd dense",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd dense accumulate",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ),
+        (
+            "nhgd kfac",
+            Method::Nhgd,
+            Representation::Kfac,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd lowrank",
+            Method::Nhgd,
+            Representation::Lowrank { rank: 4 },
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "stocbio",
+            Method::Stocbio,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "amigo",
+            Method::Amigo,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+    ];
+    cases
+        .iter()
+        .map(|&(name, method, representation, dense_update)| {
+            let counts = [2, 12].map(|steps| {
+                let mut problem = GlmBilevel::new(
+                    make(),
+                    ProblemKind::Hyperclean,
+                    HyperLayout::PerSample,
+                    &train,
+                    &val,
+                    0.1,
+                )
+                .unwrap();
+                let theta: Vec<f64> = (0..200).map(|i| ((i * 5) % 7) as f64 / 3.0 - 1.0).collect();
+                problem.set_theta(&theta).unwrap();
+                let mut opts = StochasticOptions::new(method);
+                opts.inner_steps = steps;
+                opts.batch = 16;
+                opts.representation = representation;
+                opts.dense_update = dense_update;
+                let mut est = StochasticEstimator::new(&problem, &train, opts).unwrap();
+                est.estimate(&problem, 0).unwrap();
+                let before = count(problem.backend());
+                est.estimate(&problem, 1).unwrap();
+                count(problem.backend()) - before
+            });
+            (name.to_string(), counts)
+        })
+        .collect()
+}
+
+fn assert_copies_do_not_grow(counts: &[(String, [u64; 2])], what: &str) {
+    for (name, [few, many]) in counts {
+        assert_eq!(
+            few, many,
+            "{name}: {what} per outer step grow with the inner steps ({few} at T = 2, {many} at \
+             T = 12)"
+        );
+    }
+}
+
+#[test]
+fn transfers_per_outer_step_do_not_grow_with_the_inner_steps() {
+    let Some(gpu) = gpu() else { return };
+    let counts = copies_per_estimate(|| gpu.clone(), |g| g.host_traffic().1);
+    log_line(&format!(
+        "cuda_parity: host transfers per estimate at T = 2, 12: {counts:?}"
+    ));
+    assert_copies_do_not_grow(&counts, "host transfers");
+}
+
 #[test]
 fn upload_batches_and_parts() {
     let Some(gpu) = gpu() else { return };
@@ -1659,6 +1759,17 @@ mod cpu_f32_stand_in {
     #[test]
     fn upload_batches_and_parts() {
         check_upload_batches_and_parts(&f32(), &ctx());
+    }
+
+    /// The CPU makes no host transfers; it counts its upload calls, which are what a device
+    /// backend copies.
+    #[test]
+    fn uploads_per_outer_step_do_not_grow_with_the_inner_steps() {
+        let counts = super::copies_per_estimate(f32, |b| b.uploads());
+        log_line(&format!(
+            "cpu-f32 upload calls per estimate at T = 2, 12: {counts:?}"
+        ));
+        assert_copies_do_not_grow(&counts, "upload calls");
     }
 
     #[test]
