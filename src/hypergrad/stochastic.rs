@@ -467,13 +467,20 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         }
     }
 
-    /// Row weights of every chunk at the current θ (hyper-cleaning).
+    /// Row weights of every chunk at the current θ (hyper-cleaning), in one host copy: the
+    /// chunks are consecutive batches of `batch` rows (the last may be shorter), which is how
+    /// `upload_parts` cuts.
     fn upload_chunk_weights(&mut self, problem: &GlmBilevel<B>) -> Result<()> {
         let b = problem.backend();
         if let Some(s) = problem.train_view().weights_host {
-            for chunk in &mut self.chunks {
-                let w: Vec<f64> = chunk.rows.iter().map(|&r| s[r]).collect();
-                chunk.weights = Some(b.upload(&w)?);
+            let w: Vec<f64> = self
+                .chunks
+                .iter()
+                .flat_map(|chunk| chunk.rows.iter().map(|&r| s[r]))
+                .collect();
+            let parts = b.upload_parts(&w, self.opts.batch)?;
+            for (chunk, weights) in self.chunks.iter_mut().zip(parts) {
+                chunk.weights = Some(weights);
             }
         }
         Ok(())
