@@ -1038,6 +1038,53 @@ fn check_upload_rows<G: Backend>(g: &G, ctx: &Ctx) {
     }
 }
 
+/// `upload_batches` and `upload_parts` give what one `upload_rows` / `upload` per part gives:
+/// the same lengths, the same values, and batches that a kernel reads at their own offset.
+fn check_upload_batches_and_parts<G: Backend>(g: &G, ctx: &Ctx) {
+    let (n, d, c, batch) = (40, 9, 3, 5);
+    let mut rng = Rng::new(3100);
+    let x = Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0)).unwrap();
+    let x = g.upload_design(&x).unwrap();
+    let factors = g.upload(&normals(&mut rng, batch * c, 1.0)).unwrap();
+    // 3 full batches and a short one.
+    let rows: Vec<u32> = (0..3 * batch + 2).map(|_| rng.below(n) as u32).collect();
+    let batches = g.upload_batches(&rows, batch, n).unwrap();
+    assert_eq!(batches.len(), 4, "{}: number of batches", ctx.tag);
+    for (k, (part, one)) in batches.iter().zip(rows.chunks(batch)).enumerate() {
+        assert_eq!(g.rows_len(part), one.len(), "{}: batch {k} length", ctx.tag);
+        let alone = g.upload_rows(one, n).unwrap();
+        let m = one.len();
+        let f = g.upload(&down(g, &factors)[..m * c]).unwrap();
+        let (mut via_batches, mut via_rows) =
+            (g.zeros(m * c * d).unwrap(), g.zeros(m * c * d).unwrap());
+        g.glm_per_sample_gradients(&x, part, &f, None, &mut via_batches)
+            .unwrap();
+        g.glm_per_sample_gradients(&x, &alone, &f, None, &mut via_rows)
+            .unwrap();
+        assert_eq!(
+            down(g, &via_batches),
+            down(g, &via_rows),
+            "{}: batch {k} of upload_batches reads other rows than upload_rows",
+            ctx.tag
+        );
+    }
+    assert!(
+        g.upload_batches(&[0, 1, 40], 2, n).is_err(),
+        "{}: upload_batches accepted row 40 for n = 40",
+        ctx.tag
+    );
+    assert!(g.upload_batches(&[], 3, n).unwrap().is_empty());
+    let host = normals(&mut rng, 17, 1.0);
+    let parts = g.upload_parts(&host, 5).unwrap();
+    let lens: Vec<usize> = parts.iter().map(|p| g.len(p)).collect();
+    assert_eq!(lens, [5, 5, 5, 2], "{}: upload_parts lengths", ctx.tag);
+    for (k, (part, one)) in parts.iter().zip(host.chunks(5)).enumerate() {
+        let alone = g.upload(one).unwrap();
+        assert_eq!(down(g, part), down(g, &alone), "{}: part {k}", ctx.tag);
+    }
+    assert!(g.upload_parts(&[], 4).unwrap().is_empty());
+}
+
 /// Designs wider than the fused kernel's shared-memory accumulator can hold for a whole
 /// batch (k·d·4 bytes > the 227 KiB an H100 block may use, for k = 30 rows of M and d = 20 000):
 /// the HVP and gradient must still be right (the CUDA backend falls back to cuBLAS or splits
@@ -1580,6 +1627,112 @@ fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
     }
 }
 
+/// Host copies of one estimate (`count`: the backend's counter of them) at T = 2 and T = 12
+/// inner steps, for the estimators whose inner loop makes none (SOBA's makes one loss
+/// download per step by design). Preparing the T batches, weights and sketches must take a
+/// fixed number of copies: on CUDA each is an allocation and a blocking copy.
+fn copies_per_estimate<B: Backend + Clone>(
+    make: impl Fn() -> B,
+    count: impl Fn(&B) -> u64,
+) -> Vec<(String, [u64; 2])> {
+    use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
+    use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+    let (train, val) = common::datasets(ProblemKind::Hyperclean, 200, 40, 8, 4200);
+    let cases = [
+        (
+            "nhgd dense",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd dense accumulate",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ),
+        (
+            "nhgd kfac",
+            Method::Nhgd,
+            Representation::Kfac,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "nhgd lowrank",
+            Method::Nhgd,
+            Representation::Lowrank { rank: 4 },
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "stocbio",
+            Method::Stocbio,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+        (
+            "amigo",
+            Method::Amigo,
+            Representation::Dense,
+            DenseUpdate::Woodbury,
+        ),
+    ];
+    cases
+        .iter()
+        .map(|&(name, method, representation, dense_update)| {
+            let counts = [2, 12].map(|steps| {
+                let mut problem = GlmBilevel::new(
+                    make(),
+                    ProblemKind::Hyperclean,
+                    HyperLayout::PerSample,
+                    &train,
+                    &val,
+                    0.1,
+                )
+                .unwrap();
+                let theta: Vec<f64> = (0..200).map(|i| ((i * 5) % 7) as f64 / 3.0 - 1.0).collect();
+                problem.set_theta(&theta).unwrap();
+                let mut opts = StochasticOptions::new(method);
+                opts.inner_steps = steps;
+                opts.batch = 16;
+                opts.representation = representation;
+                opts.dense_update = dense_update;
+                let mut est = StochasticEstimator::new(&problem, &train, opts).unwrap();
+                est.estimate(&problem, 0).unwrap();
+                let before = count(problem.backend());
+                est.estimate(&problem, 1).unwrap();
+                count(problem.backend()) - before
+            });
+            (name.to_string(), counts)
+        })
+        .collect()
+}
+
+fn assert_copies_do_not_grow(counts: &[(String, [u64; 2])], what: &str) {
+    for (name, [few, many]) in counts {
+        assert_eq!(
+            few, many,
+            "{name}: {what} per outer step grow with the inner steps ({few} at T = 2, {many} at \
+             T = 12)"
+        );
+    }
+}
+
+#[test]
+fn transfers_per_outer_step_do_not_grow_with_the_inner_steps() {
+    let Some(gpu) = gpu() else { return };
+    let counts = copies_per_estimate(|| gpu.clone(), |g| g.host_traffic().1);
+    log_line(&format!(
+        "cuda_parity: host transfers per estimate at T = 2, 12: {counts:?}"
+    ));
+    assert_copies_do_not_grow(&counts, "host transfers");
+}
+
+#[test]
+fn upload_batches_and_parts() {
+    let Some(gpu) = gpu() else { return };
+    check_upload_batches_and_parts(&gpu, &Ctx::f32(gpu.name()));
+}
+
 #[test]
 fn set_diagonal_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -1671,6 +1824,22 @@ mod cpu_f32_stand_in {
     #[test]
     fn wide_features() {
         check_wide_features(&f32(), &ctx());
+    }
+
+    #[test]
+    fn upload_batches_and_parts() {
+        check_upload_batches_and_parts(&f32(), &ctx());
+    }
+
+    /// The CPU makes no host transfers; it counts its upload calls, which are what a device
+    /// backend copies.
+    #[test]
+    fn uploads_per_outer_step_do_not_grow_with_the_inner_steps() {
+        let counts = super::copies_per_estimate(f32, |b| b.uploads());
+        log_line(&format!(
+            "cpu-f32 upload calls per estimate at T = 2, 12: {counts:?}"
+        ));
+        assert_copies_do_not_grow(&counts, "upload calls");
     }
 
     #[test]

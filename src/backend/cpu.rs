@@ -92,10 +92,13 @@ pub struct CpuBackend<T> {
 
 /// How often the row kernels streamed a design matrix, and how many bytes of it: the
 /// memory traffic that bounds their speed (benchmarks divide it by time to get GB/s).
+/// Also how many upload calls were made: each is one host→device copy on a device backend,
+/// so CPU tests can check how often an algorithm would copy in (`host_traffic` stays zero).
 #[derive(Debug, Default)]
 pub struct TrafficCounters {
     passes: AtomicU64,
     bytes: AtomicU64,
+    uploads: AtomicU64,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -113,6 +116,28 @@ impl<T: Real> CpuBackend<T> {
             self.counters.passes.load(Ordering::Relaxed),
             self.counters.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// Calls of the upload methods (`upload`, `upload_design`, `upload_rows`,
+    /// `upload_batches`, `upload_parts`) since this backend (or its first clone) was made:
+    /// the host→device copies a device backend would make for them.
+    pub fn uploads(&self) -> u64 {
+        self.counters.uploads.load(Ordering::Relaxed)
+    }
+
+    fn record_upload(&self) {
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn convert(host: &[f64]) -> Vec<T> {
+        host.iter().map(|&v| T::from_f64(v)).collect()
+    }
+
+    fn checked_rows(rows: &[u32], n: usize) -> Result<Vec<usize>> {
+        match rows.iter().find(|&&r| r as usize >= n) {
+            Some(r) => Err(Error::Dimension(format!("row index {r} is not below {n}"))),
+            None => Ok(rows.iter().map(|&r| r as usize).collect()),
+        }
     }
 
     fn record_pass(&self, x: &CpuMatrix<T>) {
@@ -404,7 +429,8 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn upload(&self, host: &[f64]) -> Result<Vec<T>> {
-        Ok(host.iter().map(|&v| T::from_f64(v)).collect())
+        self.record_upload();
+        Ok(Self::convert(host))
     }
 
     fn download(&self, buf: &Vec<T>) -> Result<Vec<f64>> {
@@ -416,6 +442,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn upload_design(&self, x: &Array2<f64>) -> Result<CpuMatrix<T>> {
+        self.record_upload();
         let (n, d) = x.dim();
         Ok(CpuMatrix {
             n,
@@ -429,14 +456,32 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn upload_rows(&self, rows: &[u32], n: usize) -> Result<Vec<usize>> {
-        match rows.iter().find(|&&r| r as usize >= n) {
-            Some(r) => Err(Error::Dimension(format!("row index {r} is not below {n}"))),
-            None => Ok(rows.iter().map(|&r| r as usize).collect()),
-        }
+        self.record_upload();
+        Self::checked_rows(rows, n)
     }
 
     fn rows_len(&self, rows: &Vec<usize>) -> usize {
         rows.len()
+    }
+
+    fn upload_batches(&self, rows: &[u32], batch: usize, n: usize) -> Result<Vec<Vec<usize>>> {
+        if batch == 0 && !rows.is_empty() {
+            return Err(Error::Dimension("batches of 0 rows cannot hold any".into()));
+        }
+        self.record_upload();
+        rows.chunks(batch.max(1))
+            .map(|part| Self::checked_rows(part, n))
+            .collect()
+    }
+
+    fn upload_parts(&self, host: &[f64], part: usize) -> Result<Vec<Vec<T>>> {
+        if part == 0 && !host.is_empty() {
+            return Err(Error::Dimension(
+                "parts of 0 entries cannot hold any".into(),
+            ));
+        }
+        self.record_upload();
+        Ok(host.chunks(part.max(1)).map(Self::convert).collect())
     }
 
     fn copy(&self, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {

@@ -223,6 +223,14 @@ pub trait Backend: Send + Sync {
     fn upload_rows(&self, rows: &[u32], n: usize) -> Result<Self::Rows>;
     /// Number of indices of a mini-batch.
     fn rows_len(&self, rows: &Self::Rows) -> usize;
+    /// Copy many mini-batches in at once: `rows` is their indices back to back, cut into
+    /// consecutive batches of `batch` (the last may be shorter); every index must be below `n`.
+    /// Same batches as one `upload_rows` each, but a device backend makes one host copy for
+    /// all of them (an inner loop's T batches are prepared in O(1) transfers).
+    fn upload_batches(&self, rows: &[u32], batch: usize, n: usize) -> Result<Vec<Self::Rows>>;
+    /// Copy many buffers in at once: `host` cut into consecutive parts of `part` entries (the
+    /// last may be shorter). Same values as one `upload` each, in one host copy on a device.
+    fn upload_parts(&self, host: &[f64], part: usize) -> Result<Vec<Self::Buf>>;
 
     // ---- BLAS-1 and reductions ---------------------------------------------------------------
 

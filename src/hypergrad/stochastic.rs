@@ -347,26 +347,28 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
 
     /// Draws the T mini-batches (cycling through seeded permutations of the rows) and uploads
     /// them with their weights and sketches, so the inner loop needs nothing from the host.
+    /// Everything is drawn first (the RNG order is that of one step after the other: its rows,
+    /// then its sketch) and then copied in per kind, all T steps at once: a handful of host
+    /// copies per estimate whatever T (one each on CUDA costs an allocation and a blocking
+    /// copy, which at T = 100 used to take longer than the inner loop itself).
     fn prepare(&self, problem: &GlmBilevel<B>, rng: &mut Rng) -> Result<Prepared<B>> {
         let b = problem.backend();
         let view = problem.train_view();
         let batch = self.opts.batch;
+        let steps = self.opts.inner_steps;
         let n = self.n_train;
+        let nhgd = self.opts.method == Method::Nhgd;
         let sketch_rank = match (self.opts.method, self.opts.representation) {
             (Method::Nhgd, Representation::Lowrank { rank }) => Some(rank),
             _ => None,
         };
         let mut order = rng.permutation(n);
         let mut cursor = 0;
-        let mut prepared = Prepared {
-            rows: Vec::with_capacity(self.opts.inner_steps),
-            sqrt_weights: Vec::new(),
-            weights: Vec::new(),
-            sketches: Vec::new(),
-        };
-        for _ in 0..self.opts.inner_steps {
-            let mut rows = Vec::with_capacity(batch);
-            while rows.len() < batch {
+        let mut rows: Vec<u32> = Vec::with_capacity(steps * batch);
+        let mut signs: Vec<f64> = Vec::new();
+        for _ in 0..steps {
+            let end = rows.len() + batch;
+            while rows.len() < end {
                 if cursor == n {
                     order = rng.permutation(n);
                     cursor = 0;
@@ -374,34 +376,41 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 rows.push(order[cursor] as u32);
                 cursor += 1;
             }
-            if let Some(s) = view.weights_host {
-                let w: Vec<f64> = rows.iter().map(|&r| s[r as usize]).collect();
-                let root: Vec<f64> = w.iter().map(|v| v.sqrt()).collect();
-                prepared.weights.push(Some(b.upload(&w)?));
-                prepared.sqrt_weights.push(Some(b.upload(&root)?));
-            } else {
-                prepared.weights.push(None);
-                prepared.sqrt_weights.push(None);
+            if let Some(r) = sketch_rank {
+                let scale = 1.0 / (r as f64).sqrt();
+                signs.extend((0..r * batch).map(|_| {
+                    if rng.next_u64() >> 63 == 0 {
+                        scale
+                    } else {
+                        -scale
+                    }
+                }));
             }
-            prepared.sketches.push(match sketch_rank {
-                Some(r) => {
-                    let scale = 1.0 / (r as f64).sqrt();
-                    let signs: Vec<f64> = (0..r * batch)
-                        .map(|_| {
-                            if rng.next_u64() >> 63 == 0 {
-                                scale
-                            } else {
-                                -scale
-                            }
-                        })
-                        .collect();
-                    Some(b.upload(&signs)?)
-                }
-                None => None,
-            });
-            prepared.rows.push(b.upload_rows(&rows, n)?);
         }
-        Ok(prepared)
+        // Per-step weights are for NHGD's curvature update only (SGD reads the per-row weights
+        // already on the backend): `s_p` for kfac, `√s_p` for the per-sample gradients of the
+        // other representations. Only the one read is copied in.
+        let per_step = |values: Option<Vec<f64>>, part: usize| -> Result<Vec<Option<B::Buf>>> {
+            Ok(match values {
+                Some(v) => b.upload_parts(&v, part)?.into_iter().map(Some).collect(),
+                None => (0..steps).map(|_| None).collect(),
+            })
+        };
+        let (mut weights, mut sqrt_weights) = (None, None);
+        if let (true, Some(s)) = (nhgd, view.weights_host) {
+            let picked = rows.iter().map(|&r| s[r as usize]);
+            if self.opts.representation == Representation::Kfac {
+                weights = Some(picked.collect());
+            } else {
+                sqrt_weights = Some(picked.map(f64::sqrt).collect());
+            }
+        }
+        Ok(Prepared {
+            weights: per_step(weights, batch)?,
+            sqrt_weights: per_step(sqrt_weights, batch)?,
+            sketches: per_step(sketch_rank.map(|_| signs), sketch_rank.unwrap_or(1) * batch)?,
+            rows: b.upload_batches(&rows, batch, n)?,
+        })
     }
 
     /// NHGD's inner loop: SGD on the main queue, the curvature update on the second queue,
@@ -458,13 +467,20 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         }
     }
 
-    /// Row weights of every chunk at the current θ (hyper-cleaning).
+    /// Row weights of every chunk at the current θ (hyper-cleaning), in one host copy: the
+    /// chunks are consecutive batches of `batch` rows (the last may be shorter), which is how
+    /// `upload_parts` cuts.
     fn upload_chunk_weights(&mut self, problem: &GlmBilevel<B>) -> Result<()> {
         let b = problem.backend();
         if let Some(s) = problem.train_view().weights_host {
-            for chunk in &mut self.chunks {
-                let w: Vec<f64> = chunk.rows.iter().map(|&r| s[r]).collect();
-                chunk.weights = Some(b.upload(&w)?);
+            let w: Vec<f64> = self
+                .chunks
+                .iter()
+                .flat_map(|chunk| chunk.rows.iter().map(|&r| s[r]))
+                .collect();
+            let parts = b.upload_parts(&w, self.opts.batch)?;
+            for (chunk, weights) in self.chunks.iter_mut().zip(parts) {
+                chunk.weights = Some(weights);
             }
         }
         Ok(())

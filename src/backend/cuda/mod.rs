@@ -144,10 +144,13 @@ enum DesignData {
     Bf16(CudaSlice<u16>),
 }
 
-/// A mini-batch of row indices on the device.
+/// A mini-batch of row indices on the device: `len` indices from entry `offset` of a shared
+/// buffer, so the T batches of an inner loop can come in one host copy
+/// ([`crate::backend::Backend::upload_batches`]).
 pub struct CudaRows {
     len: usize,
-    idx: CudaSlice<i32>,
+    offset: usize,
+    idx: Arc<CudaSlice<i32>>,
 }
 
 /// The CUDA backend on one device. Clones share the context, stream and counters;
@@ -336,6 +339,11 @@ impl CudaBackend {
         }
         let handle = cudarc::cusolver::DnHandle::new(self.stream.clone()).map_err(driver_error)?;
         Ok(self.solver.get_or_init(|| handle))
+    }
+
+    /// The address of a mini-batch's first index.
+    fn rows_ptr(&self, rows: &CudaRows) -> u64 {
+        self.ptr_at(&*rows.idx, rows.offset)
     }
 
     fn count_transfer(&self) {

@@ -6,6 +6,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::Array2;
+use std::sync::Arc;
 
 use super::{
     driver_error, grid_1d, int, Arg, CudaBackend, CudaDesign, CudaRows, DesignData, RowPath,
@@ -485,20 +486,66 @@ impl Backend for CudaBackend {
     }
 
     fn upload_rows(&self, rows: &[u32], n: usize) -> Result<CudaRows> {
+        let mut batches = self.upload_batches(rows, rows.len().max(1), n)?;
+        match batches.pop() {
+            Some(batch) => Ok(batch),
+            // No rows: no batch came back, but one empty batch is what was asked for.
+            None => Ok(CudaRows {
+                len: 0,
+                offset: 0,
+                idx: Arc::new(self.stream.null().map_err(driver_error)?),
+            }),
+        }
+    }
+
+    fn upload_batches(&self, rows: &[u32], batch: usize, n: usize) -> Result<Vec<CudaRows>> {
+        if batch == 0 && !rows.is_empty() {
+            return Err(Error::Dimension("batches of 0 rows cannot hold any".into()));
+        }
         if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
             return Err(Error::Dimension(format!("row index {r} is not below {n}")));
         }
         let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        // One copy for every batch; the batches are views into it (offset, length).
         self.count_transfer();
-        let idx = if idx.is_empty() {
+        let idx = Arc::new(if idx.is_empty() {
             self.stream.null().map_err(driver_error)?
         } else {
             self.stream.clone_htod(&idx).map_err(driver_error)?
-        };
-        Ok(CudaRows {
-            len: rows.len(),
-            idx,
-        })
+        });
+        Ok((0..rows.len())
+            .step_by(batch.max(1))
+            .map(|offset| CudaRows {
+                len: batch.min(rows.len() - offset),
+                offset,
+                idx: idx.clone(),
+            })
+            .collect())
+    }
+
+    fn upload_parts(&self, host: &[f64], part: usize) -> Result<Vec<CudaSlice<f32>>> {
+        if part == 0 && !host.is_empty() {
+            return Err(Error::Dimension(
+                "parts of 0 entries cannot hold any".into(),
+            ));
+        }
+        // One host copy, then device-side copies into separate buffers (a `Buf` owns its
+        // allocation, so it cannot be a view): stream-ordered allocations and copies that
+        // queue without waiting for the host, unlike a pageable host copy each.
+        let whole = self.small_upload(host)?;
+        host.chunks(part.max(1))
+            .enumerate()
+            .map(|(k, values)| {
+                // SAFETY: the copy below writes every entry before any use.
+                let mut buf =
+                    unsafe { self.stream.alloc::<f32>(values.len()) }.map_err(driver_error)?;
+                let start = k * part;
+                self.stream
+                    .memcpy_dtod(&whole.slice(start..start + values.len()), &mut buf)
+                    .map_err(driver_error)?;
+                Ok(buf)
+            })
+            .collect()
     }
 
     fn rows_len(&self, rows: &CudaRows) -> usize {
@@ -1082,7 +1129,7 @@ impl Backend for CudaBackend {
             _ => self.alloc_f32(len)?,
         };
         let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
-        call.rows = Some(self.ptr(&rows.idx));
+        call.rows = Some(self.rows_ptr(rows));
         call.n_rows = rows.len;
         call.y = Some(y);
         call.row_weight = row_weights;
@@ -1122,7 +1169,7 @@ impl Backend for CudaBackend {
             grid_1d(out.len()),
             &[
                 Arg::Ptr(x_ptr),
-                Arg::Ptr(self.ptr(&rows.idx)),
+                Arg::Ptr(self.rows_ptr(rows)),
                 Arg::I32(b as i32),
                 Arg::I32(int("features", x.d)?),
                 Arg::Ptr(self.ptr(factors)),
@@ -1156,7 +1203,7 @@ impl Backend for CudaBackend {
             grid_1d(b * d),
             &[
                 Arg::Ptr(x_ptr),
-                Arg::Ptr(self.ptr(&rows.idx)),
+                Arg::Ptr(self.rows_ptr(rows)),
                 Arg::I32(b as i32),
                 Arg::I32(int("features", d)?),
                 Arg::Ptr(self.ptr(&gathered)),
