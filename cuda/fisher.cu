@@ -14,8 +14,8 @@
 // hg_gather_rows_{f32,bf16}(x, rows, b, d, out)   out[p·d + t] = x[rows[p]·d + t]
 //     block 256, grid min(ceil(b·d/256), 4096). Traffic: b·d reads and writes.
 // hg_add_diag(s, b, v)   s[i·b + i] += v, i < b. One block of 256. Traffic: 2b words.
-// hg_set_diag(a, diag, p, invert)   a[i·p + i] = diag[i] (invert == 0) or 1/diag[i], i < p;
-//     the off-diagonal entries are not touched. Block 256, grid min(ceil(p/256), 4096).
+// hg_set_diag(a, diag, p, mode)   a[i·p + i] = diag[i] (mode 0), 1/diag[i] (mode 1) or
+//     a[i·p + i] + diag[i] (mode 2), i < p; the off-diagonal entries are not touched. Block 256, grid min(ceil(p/256), 4096).
 //     Traffic: p reads + p writes.
 // hg_cholesky_small(s, b, info)   s = L Lᵀ for s (b×b SPD, b ≤ 96), L written back (lower,
 //     upper triangle zeroed). ONE block of 256 threads, dynamic shared memory b·b·4 bytes.
@@ -128,10 +128,11 @@ extern "C" __global__ void __launch_bounds__(256) hg_add_diag(float* s, int b, f
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    hg_set_diag(float* a, const float* diag, int p, int invert) {
+    hg_set_diag(float* a, const float* diag, int p, int mode) {
     for (long long i = hg_gtid(); i < p; i += hg_gstride()) {
         const float v = diag[i];
-        a[i * p + i] = invert ? __frcp_rn(v) : v;
+        float* const aii = a + i * p + i;
+        *aii = mode == 2 ? __fadd_rn(*aii, v) : (mode == 1 ? __frcp_rn(v) : v);
     }
 }
 

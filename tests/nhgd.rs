@@ -160,7 +160,16 @@ fn reg_diag_host(problem: &GlmBilevel<B64>) -> Vec<f64> {
 }
 
 fn apply(problem: &GlmBilevel<B64>, tracker: &FisherTracker<B64>, a: &[f64]) -> Vec<f64> {
-    let b = problem.backend();
+    apply_on(problem.backend(), problem, tracker, a)
+}
+
+/// [`apply`] on another backend of the same type (one that picks another linear solve).
+fn apply_on(
+    b: &B64,
+    problem: &GlmBilevel<B64>,
+    tracker: &FisherTracker<B64>,
+    a: &[f64],
+) -> Vec<f64> {
     let view = problem.train_view();
     let reg = Regulariser {
         backend: b,
@@ -254,6 +263,13 @@ fn dense_accumulate_solves_the_same_system() {
         &apply(&problem, &wood.tracker, &a),
     );
     assert!(err <= 1e-9, "accumulate vs woodbury: {err:e}");
+    // The direct path (Cholesky of F + R, as on CUDA) solves the same system.
+    let direct = B64::new().with_direct_solve_max_dim(usize::MAX);
+    let err = rel_err(
+        &apply_on(&direct, &problem, &acc.tracker, &a),
+        &apply(&problem, &wood.tracker, &a),
+    );
+    assert!(err <= 1e-9, "accumulate by Cholesky vs woodbury: {err:e}");
 }
 
 #[test]

@@ -87,6 +87,8 @@ impl<T: Real> CpuMatrix<T> {
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend<T> {
     counters: Arc<TrafficCounters>,
+    /// See [`Backend::direct_solve_max_dim`]: 0 (always CG) unless a test asks otherwise.
+    direct_solve_max_dim: usize,
     _precision: PhantomData<T>,
 }
 
@@ -105,8 +107,16 @@ impl<T: Real> CpuBackend<T> {
     pub fn new() -> Self {
         CpuBackend {
             counters: Arc::default(),
+            direct_solve_max_dim: 0,
             _precision: PhantomData,
         }
+    }
+
+    /// The same backend, solving dense SPD systems up to `dim` by Cholesky rather than CG (the
+    /// choice a device backend makes), so that the CPU tests exercise both paths.
+    pub fn with_direct_solve_max_dim(mut self, dim: usize) -> Self {
+        self.direct_solve_max_dim = dim;
+        self
     }
 
     /// `(passes, bytes)` over design matrices since this backend (or its first clone) was
@@ -811,6 +821,19 @@ impl<T: Real> Backend for CpuBackend<T> {
         check_len("diagonal's matrix", a.len(), p * p)?;
         for (i, &v) in diag.iter().enumerate() {
             a[i * p + i] = if invert { T::one() / v } else { v };
+        }
+        Ok(())
+    }
+
+    fn direct_solve_max_dim(&self) -> usize {
+        self.direct_solve_max_dim
+    }
+
+    fn add_diagonal(&self, a: &mut Vec<T>, diag: &Vec<T>) -> Result<()> {
+        let p = diag.len();
+        check_len("diagonal's matrix", a.len(), p * p)?;
+        for (i, &v) in diag.iter().enumerate() {
+            a[i * p + i] += v;
         }
         Ok(())
     }

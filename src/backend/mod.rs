@@ -354,11 +354,24 @@ pub trait Backend: Send + Sync {
     /// entries of a p×p matrix; the other entries are left as they are.
     fn set_diagonal(&self, a: &mut Self::Buf, diag: &Self::Buf, invert: bool) -> Result<()>;
 
+    /// `A[i, i] ← A[i, i] + diag_i` for the `p = len(diag)` diagonal entries of a p×p matrix:
+    /// `F + R` for a diagonal `R`, without touching the rest of `F`.
+    fn add_diagonal(&self, a: &mut Self::Buf, diag: &Self::Buf) -> Result<()>;
+
     /// `C ← α AᵀA + β C` for `A` (m×p) and `C` (p×p): accumulates `Σ_r a_r a_rᵀ`, the empirical
     /// Fisher's outer products when the rows of `A` are per-sample gradients. All of `C` is
     /// written.
     fn syrk(&self, alpha: f64, a: &Self::Buf, m: usize, beta: f64, c: &mut Self::Buf)
         -> Result<()>;
+
+    /// The largest dimension at which this backend solves a dense SPD system faster by
+    /// [`Backend::spd_solve`] than by matrix-free CG (used by NHGD's accumulated Fisher).
+    /// 0 on the CPU, whose Cholesky is scalar code until a dense-algebra library replaces it
+    /// (issue 10); on CUDA, cuSOLVER's `potrf` at P = 7,850 takes milliseconds where CG makes a
+    /// host round trip per iteration.
+    fn direct_solve_max_dim(&self) -> usize {
+        0
+    }
 
     /// Solves `A X = B` for a symmetric positive definite `A` (dim×dim) by Cholesky, in place:
     /// `b` holds `nrhs` right-hand sides as rows (nrhs×dim, row-major) and becomes the

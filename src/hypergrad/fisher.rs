@@ -264,6 +264,18 @@ impl<B: Backend> FisherTracker<B> {
                 backend.gemm(false, false, (*p, 1, *p), 1.0, inv, a, 0.0, &mut q)?;
                 Ok((q, 0))
             }
+            FisherTracker::DenseFisher { f, p } if *p <= backend.direct_solve_max_dim() => {
+                // Ĥ = F + R factorised once per outer step (SPEC §5), on the backend.
+                let mut h = backend.zeros(p * p)?;
+                backend.copy(f, &mut h)?;
+                backend.add_diagonal(&mut h, reg.diag)?;
+                let mut q = backend.zeros(*p)?;
+                backend.copy(a, &mut q)?;
+                backend
+                    .spd_solve(&mut h, &mut q, 1)
+                    .map_err(|e| Error::Numerical(format!("accumulated Fisher F + R: {e}")))?;
+                Ok((q, 0))
+            }
             FisherTracker::DenseFisher { f, p } => {
                 let mut q = backend.zeros(*p)?;
                 let report = linear::conjugate_gradient(

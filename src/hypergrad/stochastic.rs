@@ -293,7 +293,11 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             }
             Method::Stocbio | Method::Amigo => {
                 let prepared = self.prepare(problem, &mut rng)?;
-                self.upload_chunk_weights(problem)?;
+                // The chunks' weights feed the stochastic Hessians of the linear solve only:
+                // AmIGO with no linear steps (the plain SGD loop of `bench nhgd`) reads none.
+                if self.opts.method == Method::Stocbio || self.opts.linear_steps > 0 {
+                    self.upload_chunk_weights(problem)?;
+                }
                 let loop_start = Instant::now();
                 let traffic = b.host_traffic();
                 let mut factors = b.zeros(self.opts.batch * problem.shape().0)?;

@@ -232,13 +232,15 @@ static void test_fisher() {
         else launch(g1(grid), g1(256), [&] { kf::hg_gather_rows_f32(x.data(), rows.data(), b, d, ga.data()); });
         for (int p = 0; p < b; ++p) for (int t = 0; t < d; ++t) expect(ga[p * d + t] == (bf ? from_bf16(xb[rows[p] * d + t]) : x[rows[p] * d + t]), "gather");
     }
-    // set_diag: the diagonal only, inverted or not
-    for (int pp : {1, 7, 300}) for (int inv : {0, 1}) {
+    // set_diag: the diagonal only, set (0), set inverted (1) or added to (2)
+    for (int pp : {1, 7, 300}) for (int mode : {0, 1, 2}) {
         std::vector<float> A((size_t)pp * pp, 3.f); auto dg = randv(pp);
         for (auto& v : dg) v = 0.5f + std::fabs(v);
-        launch(g1((pp + 255) / 256), g1(256), [&] { kf::hg_set_diag(A.data(), dg.data(), pp, inv); });
-        for (int i = 0; i < pp; ++i) for (int j = 0; j < pp; ++j)
-            expect(A[i * pp + j] == (i != j ? 3.f : (inv ? 1.0f / dg[i] : dg[i])), "set_diag");
+        launch(g1((pp + 255) / 256), g1(256), [&] { kf::hg_set_diag(A.data(), dg.data(), pp, mode); });
+        for (int i = 0; i < pp; ++i) for (int j = 0; j < pp; ++j) {
+            const float diag = mode == 2 ? 3.f + dg[i] : (mode == 1 ? 1.0f / dg[i] : dg[i]);
+            expect(A[i * pp + j] == (i != j ? 3.f : diag), "set_diag");
+        }
     }
     // add_diag + cholesky + solve
     for (int bb : {1, 2, 5, 33, 64, 96}) {

@@ -346,6 +346,27 @@ impl CudaBackend {
     /// Row-major GEMM on raw addresses: `C ← α op(A) op(B) + β C`, `op(A)` m×k, `op(B)` k×n.
     /// cuBLAS is column-major, and a row-major matrix read column-major is its transpose, so
     /// this computes `Cᵀ = op(B)ᵀ op(A)ᵀ`: the operands swap places and keep their flags.
+    /// `hg_set_diag(a, diag, p, mode)`: a is p×p, diag has p entries (checked by the callers);
+    /// mode 0 sets, 1 sets the reciprocals, 2 adds.
+    fn diagonal_kernel(
+        &self,
+        a: &mut CudaSlice<f32>,
+        diag: &CudaSlice<f32>,
+        mode: i32,
+    ) -> Result<()> {
+        let p = diag.len();
+        self.launch(
+            "hg_set_diag",
+            grid_1d(p),
+            &[
+                Arg::Ptr(self.ptr(a)),
+                Arg::Ptr(self.ptr(diag)),
+                Arg::I32(int("diagonal", p)?),
+                Arg::I32(mode),
+            ],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn gemm_raw(
         &self,
@@ -942,17 +963,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let p = diag.len();
         check_len("diagonal's matrix", a.len(), p * p)?;
-        // hg_set_diag(a, diag, p, invert): a is p×p, diag has p entries (checked above).
-        self.launch(
-            "hg_set_diag",
-            grid_1d(p),
-            &[
-                Arg::Ptr(self.ptr(a)),
-                Arg::Ptr(self.ptr(diag)),
-                Arg::I32(int("diagonal", p)?),
-                Arg::I32(invert as i32),
-            ],
-        )
+        self.diagonal_kernel(a, diag, if invert { 1 } else { 0 })
+    }
+
+    fn add_diagonal(&self, a: &mut CudaSlice<f32>, diag: &CudaSlice<f32>) -> Result<()> {
+        check_len("diagonal's matrix", a.len(), diag.len() * diag.len())?;
+        self.diagonal_kernel(a, diag, 2)
     }
 
     fn syrk(
@@ -965,6 +981,11 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let p = per_part("syrk A", a.len(), m)?;
         self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
+    }
+
+    fn direct_solve_max_dim(&self) -> usize {
+        // A copy of the P×P matrix is factorised: 1 GiB of f32 at this size.
+        16_384
     }
 
     fn spd_solve(&self, a: &mut CudaSlice<f32>, b: &mut CudaSlice<f32>, nrhs: usize) -> Result<()> {
