@@ -1645,9 +1645,15 @@ fn copies_per_estimate<B: Backend + Clone>(
             Representation::Dense,
             DenseUpdate::Woodbury,
         ),
-        // Not "nhgd dense accumulate": its CG solve makes a host round trip per iteration, and
-        // the iterations depend on the Fisher, not on T (29 transfers at T = 2 and 27 at T = 12
-        // on the H200). A Cholesky solve on the device removes them (issue 10).
+        // Dense accumulate solves by Cholesky on a device (one sync for its status). By CG,
+        // as on the CPU, it made a host round trip per iteration, and the iterations depend on
+        // the Fisher, not on T (29 transfers at T = 2 and 27 at T = 12 on the H200).
+        (
+            "nhgd dense accumulate",
+            Method::Nhgd,
+            Representation::Dense,
+            DenseUpdate::Accumulate,
+        ),
         (
             "nhgd kfac",
             Method::Nhgd,
