@@ -762,17 +762,46 @@ fn check_spd_solve<G: Backend>(g: &G, ctx: &Ctx) {
         .collect();
     let mut a = g.upload(&minus_eye).unwrap();
     let mut b = g.upload(&[1.0, 2.0, 3.0]).unwrap();
-    assert!(
-        g.spd_solve(&mut a, &mut b, 1).is_err(),
-        "{}: spd_solve accepted −I",
-        ctx.tag
-    );
+    // On a device the failure is reported by the next synchronising call at the latest.
+    let reported = g.spd_solve(&mut a, &mut b, 1).is_err() || g.synchronize().is_err();
+    assert!(reported, "{}: spd_solve accepted −I", ctx.tag);
+    // Reported once: the backend works again afterwards.
+    let mut a = g.upload(&spd(&mut rng, 3)).unwrap();
+    g.spd_solve(&mut a, &mut b, 1).unwrap();
+    g.synchronize().unwrap();
     let mut a = g.upload(&spd(&mut rng, 3)).unwrap();
     assert!(
         g.spd_solve(&mut a, &mut b, 2).is_err(),
         "{}: spd_solve accepted 3 entries for 2 right-hand sides",
         ctx.tag
     );
+}
+
+/// `kfac_damp` against the CPU f64 twin: the damped diagonals (π from the traces), the rest
+/// untouched, for d up to K-FAC's MNIST size and c = 1, 3, 10.
+fn check_kfac_damp<G: Backend>(g: &G, ctx: &Ctx) {
+    let cpu = Cpu::new();
+    let mut rng = Rng::new(950);
+    for (d, c) in [(1, 1), (45, 3), (785, 10)] {
+        let what = format!("{} kfac_damp d={d} c={c}", ctx.tag);
+        let xx = spd(&mut rng, d);
+        let gg = spd(&mut rng, c);
+        let lambda: Vec<f64> = (0..c).map(|_| r32(0.05 + rng.uniform())).collect();
+        let (mut xg, mut gg_g) = (g.upload(&xx).unwrap(), g.upload(&gg).unwrap());
+        g.kfac_damp(&mut xg, &mut gg_g, &g.upload(&lambda).unwrap())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (mut xc, mut gc) = (xx.clone(), gg.clone());
+        cpu.kfac_damp(&mut xc, &mut gc, &lambda).unwrap();
+        assert_close(&down(g, &xg), &xc, ctx.tol, &format!("{what} XX"));
+        assert_close(&down(g, &gg_g), &gc, ctx.tol, &format!("{what} GG"));
+        // Off the diagonal nothing changes; on it, something does.
+        let x_down = down(g, &xg);
+        assert!(
+            (0..d * d).all(|e| e / d == e % d || x_down[e] == xx[e]),
+            "{what}: off-diagonal changed"
+        );
+        assert!(x_down[0] > xx[0], "{what}: π not added");
+    }
 }
 
 fn check_woodbury<G: Backend>(g: &G, ctx: &Ctx) {
@@ -1361,6 +1390,12 @@ fn gemm_with_empty_inner_dimension() {
 }
 
 #[test]
+fn kfac_damp_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    check_kfac_damp(&gpu, &Ctx::f32(gpu.name()));
+}
+
+#[test]
 fn spd_solve_matches_f64_cholesky() {
     let Some(gpu) = gpu() else { return };
     check_spd_solve(&gpu, &Ctx::f32(gpu.name()));
@@ -1817,6 +1852,11 @@ mod cpu_f32_stand_in {
     #[test]
     fn spd_solve() {
         check_spd_solve(&f32(), &ctx());
+    }
+
+    #[test]
+    fn kfac_damp() {
+        check_kfac_damp(&f32(), &ctx());
     }
 
     #[test]

@@ -829,6 +829,27 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.direct_solve_max_dim
     }
 
+    fn kfac_damp(&self, xx: &mut Vec<T>, gg: &mut Vec<T>, lambda: &Vec<T>) -> Result<()> {
+        let c = lambda.len();
+        let d = square_side("K-FAC input factor", xx.len())?;
+        check_len("K-FAC class factor", gg.len(), c * c)?;
+        let mean_lambda = lambda.iter().map(|v| v.to_f64()).sum::<f64>() / c as f64;
+        let tr_x = (0..d).map(|j| xx[j * d + j].to_f64()).sum::<f64>() / d as f64;
+        let tr_g = (0..c).map(|k| gg[k * c + k].to_f64()).sum::<f64>() / c as f64;
+        let pi = if tr_x > 0.0 && tr_g > 0.0 {
+            (mean_lambda * tr_x / tr_g).sqrt()
+        } else {
+            mean_lambda.sqrt()
+        };
+        for j in 0..d {
+            xx[j * d + j] = T::from_f64(xx[j * d + j].to_f64() + pi);
+        }
+        for (k, l) in lambda.iter().enumerate() {
+            gg[k * c + k] = T::from_f64(gg[k * c + k].to_f64() + l.to_f64() / pi);
+        }
+        Ok(())
+    }
+
     fn add_diagonal(&self, a: &mut Vec<T>, diag: &Vec<T>) -> Result<()> {
         let p = diag.len();
         check_len("diagonal's matrix", a.len(), p * p)?;

@@ -377,9 +377,18 @@ pub trait Backend: Send + Sync {
     /// `b` holds `nrhs` right-hand sides as rows (nrhs×dim, row-major) and becomes the
     /// solutions; `a` is overwritten by the factorisation's workspace. One factorisation per
     /// call, on the backend (cuSOLVER on CUDA), so that a d×d solve costs d³/3 flops where
-    /// it runs rather than a round trip through the host. Fails with a numerical error when
-    /// `A` is not positive definite.
+    /// it runs rather than a round trip through the host. A matrix that is not positive
+    /// definite is a numerical error: at once on the CPU; on a device, from the next
+    /// synchronising call (a download, a reduction), so that the solve makes no host round
+    /// trip.
     fn spd_solve(&self, a: &mut Self::Buf, b: &mut Self::Buf, nrhs: usize) -> Result<()>;
+
+    /// K-FAC's factored Tikhonov damping, in place on the factors `XX` (d×d) and `GG` (c×c):
+    /// with λ̄ the mean of `lambda` (one λ per class) and π = √(λ̄ (tr XX / d) / (tr GG / c))
+    /// (√λ̄ when either trace is zero), `XX ← XX + πI` and `GG ← GG + diag(λ)/π`, so that the
+    /// cross term of (GG + Λ/π) ⊗ (XX + πI) is Λ ⊗ I = R exactly. On the backend (traces and
+    /// π included), so that K-FAC's solve makes no host round trip.
+    fn kfac_damp(&self, xx: &mut Self::Buf, gg: &mut Self::Buf, lambda: &Self::Buf) -> Result<()>;
 
     /// Rank-m Woodbury update of a symmetric positive definite inverse, in place:
     /// `A ← (A⁻¹ + α UᵀU)⁻¹ = A − A Uᵀ (I/α + U A Uᵀ)⁻¹ U A` for `A` (p×p), `U` (m×p), `α > 0`.

@@ -242,6 +242,35 @@ static void test_fisher() {
             expect(A[i * pp + j] == (i != j ? 3.f : diag), "set_diag");
         }
     }
+    // kfac_damp: traces, π and the damped diagonals against the formula in double
+    for (auto [d, c] : std::vector<std::pair<int, int>>{{1, 1}, {45, 3}, {300, 10}}) {
+        auto X = randv(d * d); auto G = randv(c * c); auto lam = randv(c);
+        for (int j = 0; j < d; ++j) X[j * d + j] = 0.5f + std::fabs(X[j * d + j]);
+        for (int k = 0; k < c; ++k) { G[k * c + k] = 0.25f + std::fabs(G[k * c + k]); lam[k] = 0.1f + std::fabs(lam[k]); }
+        double tx = 0, tg = 0, tl = 0;
+        for (int j = 0; j < d; ++j) tx += X[j * d + j];
+        for (int k = 0; k < c; ++k) { tg += G[k * c + k]; tl += lam[k]; }
+        const double pi = std::sqrt((tl / c) * (tx / d) / (tg / c));
+        auto X0 = X; auto G0 = G;
+        launch(g1(1), g1(256), [&] { kf::hg_kfac_damp(X.data(), d, G.data(), c, lam.data()); });
+        // The block sums in another order than here: equal to f32 rounding (one ulp).
+        auto near = [](float got, double want) { return std::fabs(got - want) <= 1.2e-7 * std::fabs(want) + 1e-30; };
+        for (int i = 0; i < d; ++i) for (int j = 0; j < d; ++j)
+            expect(i != j ? X[i * d + j] == X0[i * d + j] : near(X[i * d + j], (double)X0[i * d + j] + pi), "kfac_damp XX");
+        for (int k = 0; k < c; ++k) for (int l = 0; l < c; ++l)
+            expect(k != l ? G[k * c + l] == G0[k * c + l] : near(G[k * c + l], (double)G0[k * c + k] + (double)lam[k] / pi), "kfac_damp GG");
+    }
+    // keep_failure: the first failure stays, success never clears it
+    {
+        int flag = 0, ok = 0, bad = 7, worse = 9;
+        launch(g1(1), g1(1), [&] { kf::hg_keep_failure(&ok, &flag); });
+        expect(flag == 0, "keep_failure: success leaves the flag");
+        launch(g1(1), g1(1), [&] { kf::hg_keep_failure(&bad, &flag); });
+        expect(flag == 7, "keep_failure: a failure is kept");
+        launch(g1(1), g1(1), [&] { kf::hg_keep_failure(&worse, &flag); });
+        launch(g1(1), g1(1), [&] { kf::hg_keep_failure(&ok, &flag); });
+        expect(flag == 7, "keep_failure: the first failure stays");
+    }
     // add_diag + cholesky + solve
     for (int bb : {1, 2, 5, 33, 64, 96}) {
         std::vector<double> B((size_t)bb * bb); for (auto& v : B) v = unif();

@@ -175,8 +175,8 @@ pub struct CudaBackend {
     /// The SGD step's gradient buffer, kept between steps so that the inner loop allocates
     /// nothing (one per handle: each stream uses its own).
     sgd_scratch: Arc<std::sync::Mutex<Option<CudaSlice<f32>>>>,
-    /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0); read
-    /// after every synchronising call.
+    /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0 in the
+    /// Woodbury update or `spd_solve`); read after every synchronising call.
     health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
 }
 
@@ -306,8 +306,8 @@ impl CudaBackend {
                 .memset_zeros(&mut *health)
                 .map_err(driver_error)?;
             return Err(Error::Numerical(format!(
-                "a Woodbury update met a capacitance matrix that is not positive definite \
-                 (Cholesky pivot {})",
+                "a Cholesky factorisation on the device (a Woodbury capacitance matrix, a K-FAC \
+                 factor or F + R) met a matrix that is not positive definite (pivot {})",
                 flag[0]
             )));
         }

@@ -966,6 +966,37 @@ impl Backend for CudaBackend {
         self.diagonal_kernel(a, diag, if invert { 1 } else { 0 })
     }
 
+    fn kfac_damp(
+        &self,
+        xx: &mut CudaSlice<f32>,
+        gg: &mut CudaSlice<f32>,
+        lambda: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let c = lambda.len();
+        let d = square_side("K-FAC input factor", xx.len())?;
+        check_len("K-FAC class factor", gg.len(), c * c)?;
+        if c == 0 {
+            return Err(Error::Dimension(
+                "K-FAC damping needs at least one class".into(),
+            ));
+        }
+        self.launch(
+            "hg_kfac_damp",
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                Arg::Ptr(self.ptr(xx)),
+                Arg::I32(int("K-FAC input factor", d)?),
+                Arg::Ptr(self.ptr(gg)),
+                Arg::I32(int("classes", c)?),
+                Arg::Ptr(self.ptr(lambda)),
+            ],
+        )
+    }
+
     fn add_diagonal(&self, a: &mut CudaSlice<f32>, diag: &CudaSlice<f32>) -> Result<()> {
         check_len("diagonal's matrix", a.len(), diag.len() * diag.len())?;
         self.diagonal_kernel(a, diag, 2)
@@ -1012,7 +1043,8 @@ impl Backend for CudaBackend {
         // SAFETY: workspace and info are written by cuSOLVER before they are read.
         let work =
             unsafe { self.stream.alloc::<f32>(lwork.max(1) as usize) }.map_err(driver_error)?;
-        // info[0]: potrf's (i > 0: leading minor i is not positive definite); info[1]: potrs's.
+        // info[0]: potrf's status (i > 0: leading minor i is not positive definite); info[1]:
+        // potrs's (argument errors only).
         let info = self.stream.alloc_zeros::<i32>(2).map_err(driver_error)?;
         let work_ptr = self.ptr(&work) as *mut f32;
         let (potrf_info, potrs_info) = (
@@ -1028,20 +1060,23 @@ impl Backend for CudaBackend {
                 .result()
                 .map_err(driver_error)?;
         }
-        // One sync per solve (callers solve once per outer step, never inside the inner loop):
-        // a matrix that is not positive definite must be an error, not a NaN hypergradient.
-        self.count_sync();
-        let info = self.stream.clone_dtoh(&info).map_err(driver_error)?;
-        match (info[0], info[1]) {
-            (0, 0) => Ok(()),
-            (0, arg) => Err(Error::Backend(format!(
-                "spd_solve: cuSOLVER potrs rejected argument {}",
-                -arg
-            ))),
-            (minor, _) => Err(Error::Numerical(format!(
-                "spd_solve: the matrix is not positive definite (leading minor {minor} of {dim})"
-            ))),
-        }
+        // No host round trip: a failed factorisation (potrf's info > 0: the leading minor of
+        // that order is not positive definite) is kept in the health flag and reported by the
+        // next synchronising call, like the Woodbury update's. Argument errors cannot happen:
+        // the shapes were checked above.
+        let health = self
+            .health
+            .lock()
+            .map_err(|_| Error::Backend("the device health flag was poisoned".into()))?;
+        self.launch(
+            "hg_keep_failure",
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[Arg::Ptr(potrf_info as u64), Arg::Ptr(self.ptr(&*health))],
+        )
     }
 
     fn woodbury_update(
