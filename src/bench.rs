@@ -239,20 +239,25 @@ pub fn kernel_bench<B: Backend>(
     let rows_idx = backend.upload_rows(&picks, n)?;
     let mut ws = backend.zeros(c * d)?;
     let reg = backend.upload(&vec![1e-3; c * d])?;
-    let mut factors = backend.zeros(batch * c)?;
-    let seconds = time_calls(backend, reps, || {
-        backend.glm_sgd_step(
-            &x,
-            Loss::Softmax { classes: c },
-            &y_class,
-            None,
-            &rows_idx,
-            &reg,
-            0.1,
-            &mut ws,
-            &mut factors,
-        )
-    })?;
+    // One fused SGD step over `rows` (b of them): its time and the per-sample factors it left.
+    let mut time_sgd_step = |rows: &B::Rows, b: usize| -> Result<(f64, B::Buf)> {
+        let mut factors = backend.zeros(b * c)?;
+        let seconds = time_calls(backend, reps, || {
+            backend.glm_sgd_step(
+                &x,
+                Loss::Softmax { classes: c },
+                &y_class,
+                None,
+                rows,
+                &reg,
+                0.1,
+                &mut ws,
+                &mut factors,
+            )
+        })?;
+        Ok((seconds, factors))
+    };
+    let (seconds, factors) = time_sgd_step(&rows_idx, batch)?;
     rows.push(bandwidth_row(
         "fused SGD step (softmax)",
         format!("b={batch}, c={c}, d={d}"),
@@ -263,20 +268,7 @@ pub fn kernel_bench<B: Backend>(
     // The same step over all n rows (n·d = 2²⁶ at the GPU defaults): a batch large enough to
     // fill the device, where the kernel should run at the bandwidth of reading X once.
     let all_rows = backend.upload_rows(&(0..n as u32).collect::<Vec<_>>(), n)?;
-    let mut all_factors = backend.zeros(n * c)?;
-    let seconds = time_calls(backend, reps, || {
-        backend.glm_sgd_step(
-            &x,
-            Loss::Softmax { classes: c },
-            &y_class,
-            None,
-            &all_rows,
-            &reg,
-            0.1,
-            &mut ws,
-            &mut all_factors,
-        )
-    })?;
+    let (seconds, _) = time_sgd_step(&all_rows, n)?;
     rows.push(bandwidth_row(
         "fused SGD step (softmax)",
         format!("b={n}, c={c}, d={d}"),
