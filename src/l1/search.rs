@@ -215,7 +215,9 @@ fn bounds(kind: L1Kind, p: usize, lambda_max: f64, ratio: f64) -> Vec<(f64, f64)
 }
 
 /// Runs the outer search on `criterion` with hypergradients from `opts` (its `method` and
-/// `inner.solver`; HOAG overrides `inner.tol` by its schedule), calling `on_step` with every
+/// `inner.solver`; HOAG overrides `inner.tol` by its schedule; grid and random compute no
+/// hypergradient and screen at `search.screen_tol` before refining to `inner.tol`, see
+/// [`next_to_refine`]), calling `on_step` with every
 /// trace entry as it is made. Errors: bad options, a criterion with λ_max = 0 (y ⟂ X), or
 /// any error of the inner solves or of `on_step`.
 pub fn search(
@@ -654,10 +656,11 @@ pub fn criterion_error_bound(e: &ValueEvaluation) -> f64 {
 /// lower bound `F̃_i − e_i`, one rung at a time, until that smallest lower bound is above
 /// `best`. Every point left unfinished then has `F_i ≥ F̃_i − e_i > best`, so it cannot beat
 /// the refined winner: **the winner is the point that solving every point at `inner.tol`
-/// would pick**, up to that tolerance's own error (for 1e-12, `e_i` is about 10⁻⁶ of its
-/// value at 1e-4 … a relative 1e-6 of F, so only near-exact ties can break either way, as
-/// they can between two all-tight grids started differently). The reported criterion is the
-/// winner's at `inner.tol`.
+/// would pick**, up to that tolerance's own error: `e_i` scales as √gap, so at 1e-12 it is
+/// about 10⁻⁴ of its value at 1e-4 (on the text-like benchmark, 1e-7 against 1e-3 for
+/// F ≈ 0.039). Only points tied closer than that can come out in either order, as they can
+/// between two all-tight grids started from different warm starts. The reported criterion
+/// is the winner's at `inner.tol`.
 ///
 /// **When it could differ.** `e_i` rests on one assumption (see [`criterion_error_bound`]):
 /// the held-out rows do not amplify the coefficient error more than the training rows do.
