@@ -249,9 +249,48 @@ fn run_writes_a_trace_and_improves_the_criterion() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        let searched = lines.iter().filter(|l| l["phase"] == "search").count();
         match opt {
-            "grid" | "random" => assert_eq!(lines.len(), steps.max(1)),
-            _ => assert!(!lines.is_empty() && lines.len() <= steps + 1),
+            "grid" | "random" => {
+                // One screening line per point, then the re-solves of the winner candidates,
+                // the last at --inner-tol (default 1e-12); criterion only, with the real
+                // inner epochs.
+                assert_eq!(searched, steps.max(1));
+                assert_eq!(summary["method"], Value::Null);
+                assert_eq!(summary["evaluates"], "criterion only");
+                let refined: Vec<&Value> =
+                    lines.iter().filter(|l| l["phase"] == "refine").collect();
+                assert!(!refined.is_empty());
+                for l in &lines {
+                    assert_eq!(l["evaluates"], "criterion only", "{l}");
+                    assert_eq!(l["hypergradient_norm"], Value::Null);
+                    assert!(l["inner_iters"].as_u64().unwrap() > 0, "{l}");
+                    let tol = l["inner_tol"].as_f64().unwrap();
+                    match l["phase"].as_str().unwrap() {
+                        "search" => assert_eq!(tol, 1e-4),
+                        "refine" => assert_eq!(tol, 1e-12),
+                        _ => assert!(tol < 1e-4 && tol > 1e-12),
+                    }
+                }
+                let best = refined
+                    .iter()
+                    .map(|l| l["outer_loss"].as_f64().unwrap())
+                    .fold(f64::INFINITY, f64::min);
+                assert_eq!(summary["best_loss"].as_f64().unwrap(), best);
+                let total: u64 = lines
+                    .iter()
+                    .map(|l| l["inner_iters"].as_u64().unwrap())
+                    .sum();
+                assert_eq!(summary["inner_iters"], total);
+            }
+            _ => {
+                assert!(!lines.is_empty() && lines.len() <= steps + 1);
+                assert_eq!(searched, lines.len());
+                for l in &lines {
+                    assert_eq!(l["evaluates"], "criterion and hypergradient", "{l}");
+                    assert!(l["inner_iters"].as_u64().unwrap() > 0, "{l}");
+                }
+            }
         }
         assert_eq!(summary["evaluations"], lines.len());
         for (i, l) in lines.iter().enumerate() {
@@ -271,6 +310,44 @@ fn run_writes_a_trace_and_improves_the_criterion() {
         assert!(best <= first);
         if steps == 0 {
             assert_eq!(lines.len(), 1);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_summary_says_what_grid_and_random_compute() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_summary_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svm, _) = write_data(&dir);
+    for (opt, hypergradients) in [("grid", false), ("random", false), ("hoag", true)] {
+        let out = bin()
+            .args(["run", "--problem", "lasso", "--train", &svm])
+            .args(["--outer-opt", opt, "--outer-steps", "12"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let search = text
+            .lines()
+            .find(|l| l.starts_with("search"))
+            .unwrap_or_else(|| panic!("no search line in {text}"));
+        assert_eq!(
+            search.contains("hypergradients"),
+            hypergradients,
+            "{search}"
+        );
+        if !hypergradients {
+            assert!(
+                search.contains("criterion only (no hypergradient)"),
+                "{search}"
+            );
+            assert!(search.contains("re-solved to 1e-12"), "{search}");
+            assert!(!search.contains(" 0 inner epochs"), "{search}");
         }
     }
     std::fs::remove_dir_all(&dir).ok();

@@ -326,3 +326,66 @@ fn bad_input_errors_cleanly() {
     };
     assert!(matches!(Design::sparse(&bad), Err(Error::Dimension(_))));
 }
+
+/// Grid and random search screen every point at 1e-4 and refine the candidates to 1e-12:
+/// the winner must be the one of the same search with every point solved at 1e-12, on dense
+/// and sparse storage, held-out and CV criteria, lasso and enet, several seeds.
+#[test]
+fn screened_grid_picks_the_all_tight_winner() {
+    let mut cases = 0;
+    for seed in [3u64, 11, 12, 29] {
+        for (density, sparse) in [(1.0, false), (0.3, true)] {
+            let (x, y) = instance(160, 80, density, seed);
+            for kind in [L1Kind::Lasso, L1Kind::Enet] {
+                let pb = problem(kind, &x, &y, 100, sparse);
+                let criteria = [
+                    Criterion::HeldOut(pb.clone()),
+                    Criterion::cross_val(kind, &pb.train, 4, seed).unwrap(),
+                ];
+                for crit in criteria {
+                    for opt in [OuterOpt::Grid, OuterOpt::Random] {
+                        let opts = L1Options::new(L1Method::Implicit);
+                        let mut s = SearchOptions::new(opt, 40);
+                        s.seed = seed;
+                        let screened = search(crit.clone(), opts, &s, |_| Ok(())).unwrap();
+                        s.screen_tol = 1e-12;
+                        let tight = search(crit.clone(), opts, &s, |_| Ok(())).unwrap();
+                        let r = screened.refinement.as_ref().unwrap();
+                        assert!(!r.fallback, "seed {seed}: the bound failed");
+                        assert_eq!(r.ladder, vec![1e-8, 1e-12]);
+                        assert!(r.refined.len() < 40, "everything was refined");
+                        let t = tight.refinement.as_ref().unwrap();
+                        assert!(t.ladder.is_empty() && t.refined.is_empty());
+                        let what = format!(
+                            "seed {seed} sparse {sparse} {} {} {}",
+                            kind.name(),
+                            opt.name(),
+                            crit.pairs().len()
+                        );
+                        // Same winner (an exact tie may break either way: then equal values).
+                        let rel = (screened.best_loss - tight.best_loss).abs() / tight.best_loss;
+                        assert!(
+                            screened.best_theta == tight.best_theta || rel <= 1e-10,
+                            "{what}: {:?} {} against {:?} {}",
+                            screened.best_theta,
+                            screened.best_loss,
+                            tight.best_theta,
+                            tight.best_loss
+                        );
+                        assert!(rel <= 1e-8, "{what}: refined criterion off by {rel:e}");
+                        // The trace says what was computed: criterion only, real epochs.
+                        for e in &screened.trace {
+                            assert_eq!(e.evaluates, "criterion only");
+                            assert!(e.hypergradient_norm.is_none());
+                            assert!(e.inner_iters > 0, "{what}: {e:?}");
+                        }
+                        let total: usize = screened.trace.iter().map(|e| e.inner_iters).sum();
+                        assert_eq!(total, screened.inner_iters);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 64);
+}

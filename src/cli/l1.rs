@@ -439,7 +439,8 @@ fn preview(v: &[f64]) -> String {
 /// with `seed`) over θ with `search`, hypergradients from `opts`. When `trace` is given, one
 /// JSON object per evaluation is appended to it as it happens (SPEC §6 fields `step`,
 /// `seconds`, `theta_norm`, `outer_loss`, `hypergradient_norm`, plus `theta`, `accepted`,
-/// `best_loss`, `inner_iters`, and `test_loss` when `splits.test` is given). Returns the
+/// `best_loss`, `inner_iters`, `evaluates`, `phase`, `inner_tol`, `criterion_error_bound`,
+/// `refines`, and `test_loss` when `splits.test` is given). Returns the
 /// search result; printing a summary is left to the caller.
 pub fn run_l1(
     kind: L1Kind,
@@ -562,8 +563,11 @@ pub fn run(kind: L1Kind, args: &RunArgs) -> Result<()> {
             "{}",
             json!({
                 "problem": kind.name(),
-                "method": opts.method.name(),
+                "method": result.refinement.is_none().then(|| opts.method.name()),
                 "outer_opt": opt.name(),
+                "evaluates": if result.refinement.is_some() { l1::EVALUATES_CRITERION } else { l1::EVALUATES_GRADIENT },
+                "inner_iters": result.inner_iters,
+                "refinement": result.refinement,
                 "device": "cpu-f64",
                 "device_note": note,
                 "criterion": args.l1.folds.map_or("held-out MSE".to_string(), |k| format!("{k}-fold cross-validation MSE")),
@@ -593,13 +597,38 @@ pub fn run(kind: L1Kind, args: &RunArgs) -> Result<()> {
                     "{k}-fold cross-validation MSE"
                 ))
         );
-        println!(
-            "search        {} with {} hypergradients, {} evaluations in {:.3} s",
-            opt.name(),
-            opts.method.name(),
-            result.trace.len(),
-            result.seconds
-        );
+        match &result.refinement {
+            Some(r) => {
+                let screened = result.trace.len() - r.resolved.iter().sum::<usize>();
+                let rungs: Vec<String> = r
+                    .ladder
+                    .iter()
+                    .zip(&r.resolved)
+                    .map(|(t, k)| format!("{k} re-solved to {t:.0e}"))
+                    .collect();
+                println!(
+                    "search        {}, criterion only (no hypergradient): {screened} points solved to a relative gap of {:.0e}{}{}; {} inner epochs in {:.3} s",
+                    opt.name(),
+                    r.screen_tol,
+                    rungs.iter().map(|s| format!(", {s}")).collect::<String>(),
+                    if r.fallback {
+                        " (a screening error exceeded its bound: every point refined)"
+                    } else {
+                        ""
+                    },
+                    result.inner_iters,
+                    result.seconds
+                )
+            }
+            None => println!(
+                "search        {} with {} hypergradients, {} evaluations, {} inner epochs in {:.3} s",
+                opt.name(),
+                opts.method.name(),
+                result.trace.len(),
+                result.inner_iters,
+                result.seconds
+            ),
+        }
         println!("best θ        {}", preview(&result.best_theta));
         println!("best F(θ)     {:.10e}", result.best_loss);
         if let Some(t) = test_loss {

@@ -103,6 +103,34 @@ pub struct Evaluation {
     pub folds: Vec<L1Hypergradient>,
 }
 
+/// One fold of a criterion-only evaluation ([`Evaluator::value_detail`]).
+#[derive(Clone, Debug)]
+pub struct FoldValue {
+    /// The fold's held-out MSE at its ŵ.
+    pub mse: f64,
+    /// The duality gap of the fold's inner solve (absolute, in the objective's units).
+    pub gap: f64,
+    /// Inner solver epochs.
+    pub iters: usize,
+    /// Whether the gap reached the tolerance.
+    pub converged: bool,
+}
+
+/// F(θ) without a hypergradient, with per-fold details.
+#[derive(Clone, Debug)]
+pub struct ValueEvaluation {
+    /// F(θ) (held-out or mean CV MSE).
+    pub value: f64,
+    pub folds: Vec<FoldValue>,
+}
+
+impl ValueEvaluation {
+    /// Inner epochs summed over the folds.
+    pub fn inner_iters(&self) -> usize {
+        self.folds.iter().map(|f| f.iters).sum()
+    }
+}
+
 /// Evaluates a [`Criterion`] with warm starts carried between calls.
 pub struct Evaluator {
     pub criterion: Criterion,
@@ -166,17 +194,38 @@ impl Evaluator {
 
     /// F(θ) only (inner solves, no hypergradient): what grid and random search need.
     pub fn value(&mut self, theta: &[f64]) -> Result<f64> {
+        Ok(self.value_detail(theta)?.value)
+    }
+
+    /// F(θ) only, with what each fold's inner solve did (gap, epochs, ŵ): the inner solves
+    /// run at `self.opts.inner` from the current warm starts, which become the new ŵ.
+    pub fn value_detail(&mut self, theta: &[f64]) -> Result<ValueEvaluation> {
         let kind = self.criterion.kind();
         let pen = Penalty::new(kind, theta, self.criterion.d())?;
         let pairs = self.criterion.pairs();
         let k = pairs.len() as f64;
-        let mut total = 0.0;
+        let mut folds = Vec::with_capacity(pairs.len());
         for (f, (train, val)) in pairs.into_iter().enumerate() {
             let sol = solve(train, &pen, self.warm[f].as_deref(), &self.opts.inner)?;
-            total += val.mse(&sol.w);
+            folds.push(FoldValue {
+                mse: val.mse(&sol.w),
+                gap: sol.gap,
+                iters: sol.iters,
+                converged: sol.converged,
+            });
             self.warm[f] = Some(sol.w);
         }
-        Ok(total / k)
+        Ok(ValueEvaluation {
+            value: folds.iter().map(|h| h.mse).sum::<f64>() / k,
+            folds,
+        })
+    }
+
+    /// Replaces the warm starts (one per fold; `None`: start from 0).
+    pub fn set_warm_starts(&mut self, warm: Vec<Option<Vec<f64>>>) {
+        assert_eq!(warm.len(), self.warm.len(), "one warm start per fold");
+        self.warm = warm;
+        self.jac.iter_mut().for_each(|j| *j = None);
     }
 
     /// The current warm starts (ŵ of the last evaluation per fold).

@@ -23,11 +23,14 @@ pub mod problem;
 pub mod search;
 pub mod solver;
 
-pub use cv::{kfold, Criterion, Evaluation, Evaluator};
+pub use cv::{kfold, Criterion, Evaluation, Evaluator, FoldValue, ValueEvaluation};
 pub use design::Design;
 pub use hypergrad::{
     hypergradient, hypergradient_on, hypergradient_warm, L1Hypergradient, L1Method, L1Options,
 };
 pub use problem::{L1Data, L1Kind, L1Problem, Penalty};
-pub use search::{search, OuterOpt, SearchOptions, SearchResult, TraceEntry};
+pub use search::{
+    criterion_error_bound, next_to_refine, search, OuterOpt, Refinement, SearchOptions,
+    SearchResult, TraceEntry, EVALUATES_CRITERION, EVALUATES_GRADIENT, SCREEN_TOL,
+};
 pub use solver::{duality_gap, solve, L1Solver, Solution, SolveOptions};
