@@ -97,8 +97,9 @@ fn pre_scale<T: Scalar>(c: &mut [T], beta: T) -> Accum {
 }
 
 /// `C ← α AᵀA + β C` for `A` (m×p) and `C` (p×p), row-major: every entry of C is written.
+/// p is read off C, so that m = 0 (C ← β C) needs no special case.
 pub fn syrk<T: Scalar>(alpha: T, a: &[T], m: usize, beta: T, c: &mut [T]) {
-    let p = if m == 0 { 0 } else { a.len() / m };
+    let p = c.len().isqrt();
     // A general C (not necessarily symmetric) must come out as α AᵀA + β C entry by entry, so
     // this is a full GEMM rather than a triangle and a mirror.
     gemm(true, false, (p, p, m), alpha, a, a, beta, c);
