@@ -22,11 +22,12 @@ use rayon::prelude::*;
 use super::shape::{check_gemm, check_len, per_part, square_side};
 use super::{Backend, Curvature, Groups, Loss, Precision};
 use crate::error::{Error, Result};
-use crate::linalg::{cholesky, cholesky_solve_in_place};
+use crate::linalg;
 
 /// Scalar type of the CPU backend (`f32` or `f64`).
 pub trait Real:
     ndarray::LinalgScalar
+    + linalg::Scalar
     + Send
     + Sync
     + Default
@@ -220,6 +221,18 @@ fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 // ---- per-row loss arithmetic (f64) ------------------------------------------------------------
+
+/// `x` in f64: the host-side dense factorisations run in f64 whatever the backend's `T`.
+fn to_f64<T: Real>(x: &[T]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
+}
+
+/// `dst ← src`, rounded to `T`.
+fn copy_from_f64<T: Real>(dst: &mut [T], src: &[f64]) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = T::from_f64(s));
+}
 
 /// `log(1 + exp(t))` without overflow.
 #[inline]
@@ -790,28 +803,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         c: &mut Vec<T>,
     ) -> Result<()> {
         check_gemm((m, n, k), a.len(), b.len(), c.len())?;
-        let shape_err = |e: ndarray::ShapeError| Error::Dimension(format!("gemm: {e}"));
-        let a_view = if transpose_a {
-            ArrayView2::from_shape((k, m), a)
-                .map_err(shape_err)?
-                .reversed_axes()
-        } else {
-            ArrayView2::from_shape((m, k), a).map_err(shape_err)?
-        };
-        let b_view = if transpose_b {
-            ArrayView2::from_shape((n, k), b)
-                .map_err(shape_err)?
-                .reversed_axes()
-        } else {
-            ArrayView2::from_shape((k, n), b).map_err(shape_err)?
-        };
-        let mut c_view = ArrayViewMut2::from_shape((m, n), c).map_err(shape_err)?;
-        general_mat_mul(
+        linalg::gemm(
+            transpose_a,
+            transpose_b,
+            (m, n, k),
             T::from_f64(alpha),
-            &a_view,
-            &b_view,
+            a,
+            b,
             T::from_f64(beta),
-            &mut c_view,
+            c,
         );
         Ok(())
     }
@@ -861,30 +861,25 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn syrk(&self, alpha: f64, a: &Vec<T>, m: usize, beta: f64, c: &mut Vec<T>) -> Result<()> {
         let p = per_part("syrk A", a.len(), m)?;
-        self.gemm(true, false, (p, p, m), alpha, a, a, beta, c)
+        check_len("syrk C", c.len(), p * p)?;
+        linalg::syrk(T::from_f64(alpha), a, m, T::from_f64(beta), c);
+        Ok(())
     }
 
     fn spd_solve(&self, a: &mut Vec<T>, b: &mut Vec<T>, nrhs: usize) -> Result<()> {
         let dim = square_side("spd_solve A", a.len())?;
         check_len("spd_solve right-hand sides", b.len(), nrhs * dim)?;
         // Factorised and solved in f64 whatever T is: the reference for the f32 backends.
-        let mut l: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
-        cholesky(&mut l, dim).map_err(|(j, pivot)| {
+        let mut l = to_f64(a);
+        linalg::cholesky(&mut l, dim).map_err(|e| {
             Error::Numerical(format!(
-                "spd_solve: the matrix is not positive definite (pivot {j} is {pivot:e})"
+                "spd_solve: the matrix is not positive definite ({e})"
             ))
         })?;
-        let mut x = vec![0.0; dim];
-        for rhs in b.chunks_mut(dim.max(1)) {
-            x.iter_mut()
-                .zip(rhs.iter())
-                .for_each(|(x, v)| *x = v.to_f64());
-            cholesky_solve_in_place(&l, dim, &mut x);
-            rhs.iter_mut()
-                .zip(&x)
-                .for_each(|(v, &x)| *v = T::from_f64(x));
-        }
-        a.iter_mut().zip(&l).for_each(|(v, &l)| *v = T::from_f64(l));
+        let mut x = to_f64(b);
+        linalg::cholesky_solve_rows(&l, dim, &mut x, nrhs);
+        copy_from_f64(b, &x);
+        copy_from_f64(a, &l);
         Ok(())
     }
 
@@ -901,29 +896,21 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.gemm(false, true, (p, m, p), 1.0, a, u, 0.0, &mut au)?;
         let mut s_t = vec![T::zero(); m * m];
         self.gemm(false, false, (m, m, p), 1.0, u, &au, 0.0, &mut s_t)?;
-        let mut s: Vec<f64> = s_t.iter().map(|v| v.to_f64()).collect();
+        let mut s = to_f64(&s_t);
         for i in 0..m {
             s[i * m + i] += 1.0 / alpha;
         }
-        cholesky(&mut s, m).map_err(|(j, pivot)| {
+        linalg::cholesky(&mut s, m).map_err(|e| {
             Error::Numerical(format!(
-                "Woodbury update: the capacitance matrix is not positive definite (pivot {j} is {pivot:e})"
+                "Woodbury update: the capacitance matrix is not positive definite ({e})"
             ))
         })?;
-        // X = S⁻¹ (AUᵀ)ᵀ (m×p), column by column.
-        let mut x = vec![T::zero(); m * p];
-        let mut col = vec![0.0; m];
-        for j in 0..p {
-            for (r, v) in col.iter_mut().enumerate() {
-                *v = au[j * m + r].to_f64();
-            }
-            cholesky_solve_in_place(&s, m, &mut col);
-            for (r, &v) in col.iter().enumerate() {
-                x[r * p + j] = T::from_f64(v);
-            }
-        }
-        // A ← A − (AUᵀ) X.
-        self.gemm(false, false, (p, p, m), -1.0, &au, &x, 1.0, a)
+        // Y = (S⁻¹ (AUᵀ)ᵀ)ᵀ (p×m): the p rows of AUᵀ are right-hand sides of S (symmetric).
+        let mut y = to_f64(&au);
+        linalg::cholesky_solve_rows(&s, m, &mut y, p);
+        let y: Vec<T> = y.into_iter().map(T::from_f64).collect();
+        // A ← A − (AUᵀ) Yᵀ.
+        self.gemm(false, true, (p, p, m), -1.0, &au, &y, 1.0, a)
     }
 
     fn glm_sgd_step(

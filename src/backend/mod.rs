@@ -366,8 +366,8 @@ pub trait Backend: Send + Sync {
 
     /// The largest dimension at which this backend solves a dense SPD system faster by
     /// [`Backend::spd_solve`] than by matrix-free CG (used by NHGD's accumulated Fisher).
-    /// 0 on the CPU, whose Cholesky is scalar code until a dense-algebra library replaces it
-    /// (issue 10); on CUDA, cuSOLVER's `potrf` at P = 7,850 takes milliseconds where CG makes a
+    /// 0 on the CPU by default: its Cholesky is faer's since issue 10, but whether it beats CG
+    /// there has not been measured (`CpuBackend::with_direct_solve_max_dim` opts in); on CUDA, cuSOLVER's `potrf` at P = 7,850 takes milliseconds where CG makes a
     /// host round trip per iteration.
     fn direct_solve_max_dim(&self) -> usize {
         0

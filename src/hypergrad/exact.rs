@@ -58,11 +58,8 @@ pub fn solve<P: Bilevel>(
     let b = problem.backend();
     let dim = problem.inner_dim();
     let mut h = dense_hessian(problem, hessian)?;
-    cholesky(&mut h, dim).map_err(|(j, pivot)| {
-        Error::Numerical(format!(
-            "the Hessian is not positive definite (pivot {j} is {pivot:e})"
-        ))
-    })?;
+    cholesky(&mut h, dim)
+        .map_err(|e| Error::Numerical(format!("the Hessian is not positive definite ({e})")))?;
     let mut q = b.download(rhs)?;
     cholesky_solve_in_place(&h, dim, &mut q);
     Ok(LinearSolution {

@@ -28,7 +28,6 @@
 
 use crate::backend::{Backend, Groups};
 use crate::error::{Error, Result};
-use crate::linalg::{cholesky, cholesky_solve_in_place};
 use crate::solver::linear;
 
 /// How the curvature estimate is represented (`--curvature`).
@@ -375,22 +374,9 @@ impl<B: Backend> Regulariser<'_, B> {
     }
 }
 
-/// The inverse of a symmetric positive definite matrix by Cholesky, in f64.
-pub fn spd_inverse(mut a: Vec<f64>, dim: usize, what: &str) -> Result<Vec<f64>> {
-    cholesky(&mut a, dim).map_err(|(j, v)| {
-        Error::Numerical(format!(
-            "{what} is not positive definite (pivot {j} is {v:e})"
-        ))
-    })?;
-    let mut inv = vec![0.0; dim * dim];
-    let mut column = vec![0.0; dim];
-    for j in 0..dim {
-        column.iter_mut().for_each(|v| *v = 0.0);
-        column[j] = 1.0;
-        cholesky_solve_in_place(&a, dim, &mut column);
-        for i in 0..dim {
-            inv[i * dim + j] = column[i];
-        }
-    }
-    Ok(inv)
+/// The inverse of a symmetric positive definite matrix by Cholesky, in f64 (row-major;
+/// `what` names the matrix in the error).
+pub fn spd_inverse(a: Vec<f64>, dim: usize, what: &str) -> Result<Vec<f64>> {
+    crate::linalg::spd_inverse(&a, dim)
+        .map_err(|e| Error::Numerical(format!("{what} is not positive definite ({e})")))
 }
