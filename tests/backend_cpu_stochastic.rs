@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{glm_data, logits, normals, r32, rel_err, row_loss, GlmData};
+use common::{glm_data, logits, normals, r32, ref_gemm, rel_err, row_loss, GlmData};
 use hypergrad::backend::{Backend, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use ndarray::Array2;
@@ -54,42 +54,6 @@ fn stored<B: Backend>(b: &B, host: &[f64]) -> Vec<f64> {
 }
 
 // ---- dense f64 references ---------------------------------------------------------------------
-
-/// Entry `(i, j)` of `op(X)` for `X` stored row-major as `rows×cols` (before the transpose).
-fn op_entry(x: &[f64], transpose: bool, cols: usize, i: usize, j: usize) -> f64 {
-    if transpose {
-        x[j * cols + i]
-    } else {
-        x[i * cols + j]
-    }
-}
-
-/// `α op(A) op(B) + β C` by the triple loop.
-#[allow(clippy::too_many_arguments)]
-fn ref_gemm(
-    ta: bool,
-    tb: bool,
-    (m, n, k): (usize, usize, usize),
-    alpha: f64,
-    a: &[f64],
-    b: &[f64],
-    beta: f64,
-    c: &[f64],
-) -> Vec<f64> {
-    // Stored column counts: A is m×k (or k×m if transposed), B is k×n (or n×k).
-    let a_cols = if ta { m } else { k };
-    let b_cols = if tb { k } else { n };
-    let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let s: f64 = (0..k)
-                .map(|l| op_entry(a, ta, a_cols, i, l) * op_entry(b, tb, b_cols, l, j))
-                .sum();
-            out[i * n + j] = alpha * s + beta * c[i * n + j];
-        }
-    }
-    out
-}
 
 /// `AᵀB` for `A` (m×p), `B` (m×q), row-major: `Σ_r a_r b_rᵀ` (p×q).
 fn ref_t_mul(a: &[f64], b: &[f64], m: usize) -> Vec<f64> {

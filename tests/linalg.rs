@@ -12,6 +12,8 @@ use hypergrad::linalg::{self, NotPositiveDefinite};
 
 /// The hand-written row-major f64 routines that `linalg` had before faer, verbatim: the
 /// reference the faer versions must agree with.
+mod common;
+
 #[path = "reference/scalar_linalg.rs"]
 mod scalar;
 
@@ -28,47 +30,9 @@ fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
     norm(&d) / norm(b).max(f64::MIN_POSITIVE)
 }
 
-/// `op(X)[i][j]` for X stored row-major, `rows×cols` after the optional transpose.
-fn at(x: &[f64], cols: usize, rows: usize, transposed: bool, i: usize, j: usize) -> f64 {
-    if transposed {
-        x[j * rows + i]
-    } else {
-        x[i * cols + j]
-    }
-}
-
-/// `α op(A) op(B) + β C` by the definition, in f64.
-#[allow(clippy::too_many_arguments)]
-fn naive_gemm(
-    ta: bool,
-    tb: bool,
-    (m, n, k): (usize, usize, usize),
-    alpha: f64,
-    a: &[f64],
-    b: &[f64],
-    beta: f64,
-    c: &[f64],
-) -> Vec<f64> {
-    let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let s: f64 = (0..k)
-                .map(|l| at(a, k, m, ta, i, l) * at(b, n, k, tb, l, j))
-                .sum();
-            out[i * n + j] = alpha * s
-                + if beta == 0.0 {
-                    0.0
-                } else {
-                    beta * c[i * n + j]
-                };
-        }
-    }
-    out
-}
-
 /// `A·B` for square row-major matrices.
 fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
-    naive_gemm(false, false, (n, n, n), 1.0, a, b, 0.0, &[])
+    common::ref_gemm(false, false, (n, n, n), 1.0, a, b, 0.0, &[])
 }
 
 /// A random orthogonal matrix: Gram–Schmidt (twice, for orthogonality to rounding) on the
@@ -141,7 +105,7 @@ fn gemm_f64_matches_the_definition() {
                 let a = normals(&mut rng, m * k);
                 let b = normals(&mut rng, k * n);
                 let c0 = normals(&mut rng, m * n);
-                let want = naive_gemm(ta, tb, (m, n, k), alpha, &a, &b, beta, &c0);
+                let want = common::ref_gemm(ta, tb, (m, n, k), alpha, &a, &b, beta, &c0);
                 let mut c = c0.clone();
                 linalg::gemm(ta, tb, (m, n, k), alpha, &a, &b, beta, &mut c);
                 assert!(
@@ -163,7 +127,7 @@ fn gemm_f32_runs_in_f32_to_f32_accuracy() {
             let b: Vec<f32> = normals(&mut rng, k * n).iter().map(|&v| v as f32).collect();
             let c0: Vec<f32> = normals(&mut rng, m * n).iter().map(|&v| v as f32).collect();
             let up = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
-            let want = naive_gemm(ta, tb, (m, n, k), -1.5, &up(&a), &up(&b), 0.25, &up(&c0));
+            let want = common::ref_gemm(ta, tb, (m, n, k), -1.5, &up(&a), &up(&b), 0.25, &up(&c0));
             let mut c = c0.clone();
             linalg::gemm(ta, tb, (m, n, k), -1.5f32, &a, &b, 0.25f32, &mut c);
             let err = rel_diff(&up(&c), &want);
@@ -190,7 +154,7 @@ fn syrk_matches_the_definition_for_any_c() {
             let a = normals(&mut rng, m * p);
             // Not symmetric: both triangles of C must come from C itself.
             let c0 = normals(&mut rng, p * p);
-            let want = naive_gemm(true, false, (p, p, m), alpha, &a, &a, beta, &c0);
+            let want = common::ref_gemm(true, false, (p, p, m), alpha, &a, &a, beta, &c0);
             let mut c = c0.clone();
             linalg::syrk(alpha, &a, m, beta, &mut c);
             assert!(
@@ -407,7 +371,7 @@ fn backend_solve_and_woodbury_against_formulas() {
     let u = normals(&mut rng, m * p);
     let alpha = 0.3;
     let mut a_inv_plus = scalar::spd_inverse(a.clone(), p);
-    let utu = naive_gemm(true, false, (p, p, m), alpha, &u, &u, 1.0, &a_inv_plus);
+    let utu = common::ref_gemm(true, false, (p, p, m), alpha, &u, &u, 1.0, &a_inv_plus);
     a_inv_plus.copy_from_slice(&utu);
     let want = scalar::spd_inverse(a_inv_plus, p);
     let mut got = a.clone();

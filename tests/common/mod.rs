@@ -580,3 +580,45 @@ pub fn glm_data(loss: hypergrad::backend::Loss, n: usize, d: usize, seed: u64) -
     let reg = (0..c * d).map(|_| r32(0.5 * rng.uniform())).collect();
     GlmData { x, y, s, w, reg }
 }
+
+/// Entry `(i, j)` of `op(X)` for `X` stored row-major as `rows×cols` (before the transpose).
+fn op_entry(x: &[f64], transpose: bool, cols: usize, i: usize, j: usize) -> f64 {
+    if transpose {
+        x[j * cols + i]
+    } else {
+        x[i * cols + j]
+    }
+}
+
+/// `α op(A) op(B) + β C` by the triple loop, in f64. With β = 0, C is not read (it may be
+/// empty, or hold NaN), as in BLAS.
+#[allow(clippy::too_many_arguments)]
+pub fn ref_gemm(
+    ta: bool,
+    tb: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f64,
+    a: &[f64],
+    b: &[f64],
+    beta: f64,
+    c: &[f64],
+) -> Vec<f64> {
+    // Stored column counts: A is m×k (or k×m if transposed), B is k×n (or n×k).
+    let a_cols = if ta { m } else { k };
+    let b_cols = if tb { k } else { n };
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|l| op_entry(a, ta, a_cols, i, l) * op_entry(b, tb, b_cols, l, j))
+                .sum();
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta * c[i * n + j]
+            };
+            out[i * n + j] = alpha * s + old;
+        }
+    }
+    out
+}
