@@ -532,7 +532,17 @@ fn run_rejects_inconsistent_options_in_one_line() {
             &["--outer-opt", "maid"],
         ),
         (&["--corrupt", "0.5"], &["--corrupt"]),
-        (&["--method", "nhgd", "--ema", "0.9"], &["--fisher-update"]),
+        (
+            &[
+                "--method",
+                "nhgd",
+                "--fisher-update",
+                "woodbury",
+                "--ema",
+                "0.9",
+            ],
+            &["--fisher-update"],
+        ),
         (
             &["--method", "nhgd", "--curvature", "kfac"],
             &["--curvature", "kfac"],
@@ -553,4 +563,46 @@ fn run_rejects_inconsistent_options_in_one_line() {
         .chain(["--checkpoint", ckpt.to_str().unwrap()])
         .collect();
     assert_one_line_error(&hypergrad(&args), &["--checkpoint"]);
+}
+
+#[test]
+fn nhgd_dense_auto_says_in_the_trace_which_update_ran() {
+    let trace = temp_file("auto_update_trace.jsonl", "");
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "hyperclean",
+        "--train",
+        "digits",
+        "--standardize",
+        "--method",
+        "nhgd",
+        "--curvature",
+        "dense",
+        "--inner-steps",
+        "5",
+        "--batch-size",
+        "32",
+        "--outer-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    stdout_json(&out);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let updates: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["fisher_update"].as_str().unwrap_or("missing").to_string())
+        .collect();
+    assert_eq!(updates.len(), 3, "steps 0..=2");
+    assert!(
+        updates
+            .iter()
+            .all(|u| u == &updates[0] && (u == "woodbury" || u == "accumulate")),
+        "fisher_update in the trace: {updates:?}"
+    );
 }

@@ -500,3 +500,72 @@ fn nhgd_at_the_optimum_approaches_the_ift_hypergradient_as_n_grows() {
         );
     }
 }
+
+/// `--fisher-update auto`: it times both dense updates on the backend and picks one; the
+/// estimator then runs that one (the stats say which), and its hypergradient is the one both
+/// explicit updates give (they track the same `(F + R)⁻¹`). With an exponential moving average
+/// only accumulate is exact, so auto picks it without timing.
+#[test]
+fn auto_dense_update_measures_picks_and_agrees_with_both() {
+    use hypergrad::hypergrad::fisher::choose_dense_update;
+    use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+    let (problem, train) = problem(ProblemKind::Hyperclean, 60, 4, 21);
+    let view = problem.train_view();
+    let reg = Regulariser {
+        backend: problem.backend(),
+        diag: view.reg_diag,
+        groups: view.groups,
+        lambda: view.lambda,
+    };
+    let sp = spec(&problem, Representation::Dense, DenseUpdate::Auto, 6, 8);
+    let (choice, timing) = choose_dense_update(problem.backend(), &sp, &reg).unwrap();
+    assert_ne!(choice, DenseUpdate::Auto);
+    let timing = timing.expect("the mean is timed");
+    assert!(timing.woodbury_step > 0.0 && timing.syrk_step > 0.0 && timing.solve > 0.0);
+    let faster = if timing.woodbury_outer < timing.accumulate_outer {
+        DenseUpdate::Woodbury
+    } else {
+        DenseUpdate::Accumulate
+    };
+    assert_eq!(
+        choice, faster,
+        "auto must pick the faster projection: {timing:?}"
+    );
+    let ema = FisherSpec {
+        averaging: Averaging::Ema { rho: 0.9 },
+        ..sp
+    };
+    let (ema_choice, ema_timing) = choose_dense_update(problem.backend(), &ema, &reg).unwrap();
+    assert_eq!(ema_choice, DenseUpdate::Accumulate);
+    assert!(ema_timing.is_none());
+
+    let hypergradient = |update: DenseUpdate| {
+        let mut opts = StochasticOptions::new(Method::Nhgd);
+        opts.representation = Representation::Dense;
+        opts.dense_update = update;
+        opts.inner_steps = 8;
+        opts.batch = 6;
+        opts.linear_tol = 1e-13;
+        opts.seed = 5;
+        let mut est = StochasticEstimator::new(&problem, &train, opts).unwrap();
+        let ran = est.dense_update().0;
+        let (h, stats) = est.estimate(&problem, 0).unwrap();
+        assert_eq!(
+            stats.fisher_update,
+            Some(ran),
+            "the stats say which update ran"
+        );
+        (h.hypergradient, ran)
+    };
+    let (auto, ran) = hypergradient(DenseUpdate::Auto);
+    assert_ne!(
+        ran,
+        DenseUpdate::Auto,
+        "auto is resolved when the estimator is made"
+    );
+    for update in [DenseUpdate::Woodbury, DenseUpdate::Accumulate] {
+        let (h, _) = hypergradient(update);
+        let err = rel_err(&auto, &h);
+        assert!(err <= 1e-8, "auto ({ran:?}) vs {update:?}: {err:e}");
+    }
+}

@@ -35,9 +35,10 @@ pub struct StochasticArgs {
     #[arg(long, value_name = "R", default_value_t = 64)]
     pub rank: usize,
 
-    /// How --curvature dense is updated: woodbury (A = Ĥ⁻¹ in place, rank b ≤ 96) or
-    /// accumulate (F by SYRK, one CG solve per hypergradient).
-    #[arg(long, value_enum, default_value = "woodbury")]
+    /// How --curvature dense is updated: woodbury (A = Ĥ⁻¹ in place, rank b ≤ 96 on CUDA),
+    /// accumulate (F by SYRK, one solve per hypergradient), or auto: whichever is faster at
+    /// this shape on this device, timed once at the start (the trace's fisher_update says).
+    #[arg(long, value_enum, default_value = "auto")]
     pub fisher_update: FisherUpdateArg,
 
     /// Exponential moving average of the Fisher with factor RHO instead of the running mean.
@@ -56,6 +57,7 @@ pub enum CurvatureArg {
 pub enum FisherUpdateArg {
     Woodbury,
     Accumulate,
+    Auto,
 }
 
 impl StochasticArgs {
@@ -85,6 +87,7 @@ impl StochasticArgs {
         opts.dense_update = match self.fisher_update {
             FisherUpdateArg::Woodbury => DenseUpdate::Woodbury,
             FisherUpdateArg::Accumulate => DenseUpdate::Accumulate,
+            FisherUpdateArg::Auto => DenseUpdate::Auto,
         };
         opts.averaging = match self.ema {
             Some(rho) => Averaging::Ema { rho },

@@ -7,7 +7,7 @@
 //! | representation | state | per step | at the end: `q = Ĥ⁻¹ a` |
 //! |---|---|---|---|
 //! | dense, Woodbury | `A = Ĥ⁻¹` (P×P), `A₀ = R⁻¹` | `A ← (A⁻¹ + (1/N) UᵀU)⁻¹`, `U_p = √s_p g_p` | `A a` |
-//! | dense, accumulate | `F` (P×P) | `F ← F + (1/N) UᵀU` (SYRK) | CG on `(F + R) q = a` |
+//! | dense, accumulate | `F` (P×P) | `F ← F + (1/N) UᵀU` (SYRK) | `(F + R) q = a`: Cholesky (device) or CG |
 //! | kfac | `XX` (d×d), `GG` (c×c) | `XX += (1/N) Σ x xᵀ`, `GG += (1/N) Σ s G Gᵀ` | `(GG + Λ/π)⁻¹ V (XX + πI)⁻¹` |
 //! | lowrank | `U` (r×P) | `U ← U + N^{-½} S_t G_t` (sketch) | Woodbury on `R + UᵀU` |
 //!
@@ -48,8 +48,86 @@ pub enum Representation {
 pub enum DenseUpdate {
     /// `A = Ĥ⁻¹` updated in place by Sherman–Morrison (b = 1) or Woodbury (rank b).
     Woodbury,
-    /// `F` accumulated by SYRK, the system solved once per outer step by CG.
+    /// `F` accumulated by SYRK, the system solved once per outer step (Cholesky where the
+    /// backend factorises faster than CG, see `Backend::direct_solve_max_dim`; else CG).
     Accumulate,
+    /// Whichever of the two is faster at this shape on this backend, timed once when the
+    /// estimator is made ([`choose_dense_update`]); the trace says which ran.
+    Auto,
+}
+
+/// What [`choose_dense_update`] measured: seconds of one Woodbury update and of one SYRK of a
+/// b×P batch, and of one solve of the accumulated system, and the projected outer steps.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DenseUpdateTiming {
+    pub woodbury_step: f64,
+    pub syrk_step: f64,
+    pub solve: f64,
+    /// `T · woodbury_step` and `T · syrk_step + solve`.
+    pub woodbury_outer: f64,
+    pub accumulate_outer: f64,
+}
+
+/// Picks Woodbury or accumulate for `spec` (whose `dense_update` is [`DenseUpdate::Auto`]) by
+/// timing both on `backend` at the real shape: one Woodbury update of `A = R⁻¹` by a b×P
+/// batch, one SYRK of it, and one solve of `(F + R) q = a` as the tracker does it. The
+/// projected outer steps are `T·t_woodbury` against `T·t_syrk + t_solve`. With an exponential
+/// moving average only accumulate is exact, and a Woodbury rank the backend refuses (b above
+/// its capacitance limit) means accumulate. The solve is timed on the F of this one batch:
+/// CG on the full Fisher may need more iterations, so the choice favours accumulate slightly
+/// when the backend solves by CG. Costs two P×P buffers and a few updates, once per run.
+pub fn choose_dense_update<B: Backend>(
+    backend: &B,
+    spec: &FisherSpec,
+    reg: &Regulariser<'_, B>,
+) -> Result<(DenseUpdate, Option<DenseUpdateTiming>)> {
+    if matches!(spec.averaging, Averaging::Ema { .. }) {
+        return Ok((DenseUpdate::Accumulate, None));
+    }
+    let (c, d) = spec.shape;
+    let (p, b) = (c * d, spec.batch);
+    let (alpha, _) = spec.step_weights();
+    // A deterministic batch of gradient-like rows (the values do not change the cost).
+    let rows: Vec<f64> = (0..b * p)
+        .map(|e| ((e * 7919 % 1000) as f64 / 1000.0 - 0.5) / (p as f64).sqrt())
+        .collect();
+    let u = backend.upload(&rows)?;
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?; // warm-up: first-use costs (handles, workspaces) stay out of the number
+        backend.synchronize()?;
+        let start = std::time::Instant::now();
+        f()?;
+        backend.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let mut inverse = backend.zeros(p * p)?;
+    backend.set_diagonal(&mut inverse, reg.diag, true)?;
+    let woodbury_step = match timed(&mut || backend.woodbury_update(&mut inverse, &u, b, alpha)) {
+        Ok(seconds) => seconds,
+        // A rank the backend cannot update with (its capacitance limit): accumulate.
+        Err(Error::Dimension(_)) => return Ok((DenseUpdate::Accumulate, None)),
+        Err(e) => return Err(e),
+    };
+    drop(inverse);
+    let mut fisher = backend.zeros(p * p)?;
+    let syrk_step = timed(&mut || backend.syrk(alpha, &u, b, 1.0, &mut fisher))?;
+    let tracker = FisherTracker::DenseFisher { f: fisher, p };
+    let a = backend.upload(&vec![1.0; p])?;
+    let solve = timed(&mut || tracker.apply_inverse(backend, reg, &a, 1e-6).map(|_| ()))?;
+    let t = spec.steps as f64;
+    let timing = DenseUpdateTiming {
+        woodbury_step,
+        syrk_step,
+        solve,
+        woodbury_outer: t * woodbury_step,
+        accumulate_outer: t * syrk_step + solve,
+    };
+    let choice = if timing.woodbury_outer < timing.accumulate_outer {
+        DenseUpdate::Woodbury
+    } else {
+        DenseUpdate::Accumulate
+    };
+    Ok((choice, Some(timing)))
 }
 
 /// Running mean over the inner loop, or exponential moving average.
@@ -176,6 +254,11 @@ impl<B: Backend> FisherTracker<B> {
                 f: backend.zeros(p * p)?,
                 p,
             },
+            (Representation::Dense, DenseUpdate::Auto) => {
+                return Err(Error::Backend(
+                    "internal: --fisher-update auto must be resolved before the inner loop".into(),
+                ))
+            }
             (Representation::Kfac, _) => FisherTracker::Kfac {
                 xx: backend.zeros(d * d)?,
                 gg: backend.zeros(c * c)?,

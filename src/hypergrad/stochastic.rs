@@ -101,6 +101,8 @@ pub struct LoopStats {
     pub inner_seconds: f64,
     pub inner_host_syncs: u64,
     pub inner_host_transfers: u64,
+    /// How NHGD's dense representation was updated (woodbury or accumulate; None otherwise).
+    pub fisher_update: Option<DenseUpdate>,
 }
 
 /// A batch of the fixed partition, as its own design matrix.
@@ -129,6 +131,8 @@ pub struct StochasticEstimator<B: Backend> {
     n_train: usize,
     data_curvature: f64,
     chunks: Vec<Chunk<B>>,
+    /// What `--fisher-update auto` measured to make its choice (None when not auto).
+    dense_update_timing: Option<super::fisher::DenseUpdateTiming>,
 }
 
 impl<B: Backend + Clone> StochasticEstimator<B> {
@@ -173,8 +177,25 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 }
             }
         }
+        let mut opts = opts;
+        let mut dense_update_timing = None;
         if opts.method == Method::Nhgd {
             opts.fisher_spec((c, d)).validate()?;
+            if opts.representation == Representation::Dense
+                && opts.dense_update == DenseUpdate::Auto
+            {
+                let view = problem.train_view();
+                let reg = Regulariser {
+                    backend: b,
+                    diag: view.reg_diag,
+                    groups: view.groups,
+                    lambda: view.lambda,
+                };
+                let (choice, timing) =
+                    super::fisher::choose_dense_update(b, &opts.fisher_spec((c, d)), &reg)?;
+                opts.dense_update = choice;
+                dense_update_timing = timing;
+            }
             if opts.representation == Representation::Kfac && c < 2 {
                 return Err(Error::option(
                     "--curvature",
@@ -188,6 +209,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             partition(b, train, opts.batch, opts.seed)?
         };
         Ok(StochasticEstimator {
+            dense_update_timing,
             curvature_queue: b.fork()?,
             w: b.zeros(c * d)?,
             q: None,
@@ -262,7 +284,11 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                 let spec = self.opts.fisher_spec(problem.shape());
                 let view = problem.train_view();
                 let mut tracker = FisherTracker::start(b, &spec, view.reg_diag)?;
-                let stats = self.nhgd_inner_loop(problem, &prepared, &spec, &mut tracker, eta)?;
+                let mut stats =
+                    self.nhgd_inner_loop(problem, &prepared, &spec, &mut tracker, eta)?;
+                if self.opts.representation == Representation::Dense {
+                    stats.fisher_update = Some(self.opts.dense_update);
+                }
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                 let reg = Regulariser {
                     backend: b,
@@ -347,6 +373,11 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             w: Vec::new(),
         };
         Ok((result, stats))
+    }
+
+    /// The dense update in use (after `auto` was resolved) and what `auto` measured.
+    pub fn dense_update(&self) -> (DenseUpdate, Option<super::fisher::DenseUpdateTiming>) {
+        (self.opts.dense_update, self.dense_update_timing)
     }
 
     /// Draws the T mini-batches (cycling through seeded permutations of the rows) and uploads
@@ -589,6 +620,7 @@ fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result
         inner_seconds: started.elapsed().as_secs_f64(),
         inner_host_syncs: after.0 - before.0,
         inner_host_transfers: after.1 - before.1,
+        fisher_update: None,
     })
 }
 

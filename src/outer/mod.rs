@@ -157,6 +157,8 @@ pub struct StepRecord {
     /// Host synchronisations and copies inside the inner loop (stochastic methods).
     pub inner_host_syncs: Option<u64>,
     pub inner_host_transfers: Option<u64>,
+    /// NHGD's dense update as it ran (`--fisher-update auto` resolved); null otherwise.
+    pub fisher_update: Option<crate::hypergrad::fisher::DenseUpdate>,
     /// MAID's tolerances (null for the other optimisers).
     pub inner_tol: Option<f64>,
     pub linear_tol: Option<f64>,
@@ -238,6 +240,7 @@ pub fn run<B: Backend + Clone>(
             inner_grad_norm: Some(h.inner_grad_norm).filter(|v| v.is_finite()),
             error_bound: h.error_bound,
             inner_host_syncs: stats.map(|s| s.inner_host_syncs),
+            fisher_update: stats.and_then(|s| s.fisher_update),
             inner_host_transfers: stats.map(|s| s.inner_host_transfers),
             inner_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.inner_tol),
             linear_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.linear_tol),
