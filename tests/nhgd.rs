@@ -170,17 +170,21 @@ fn apply_on(
     tracker: &FisherTracker<B64>,
     a: &[f64],
 ) -> Vec<f64> {
+    let (q, _) = tracker
+        .apply_inverse(b, &regulariser(problem), &b.upload(a).unwrap(), 1e-13)
+        .unwrap();
+    b.download(&q).unwrap()
+}
+
+/// The problem's `R`, as NHGD's curvature applies it.
+fn regulariser(problem: &GlmBilevel<B64>) -> Regulariser<'_, B64> {
     let view = problem.train_view();
-    let reg = Regulariser {
-        backend: b,
+    Regulariser {
+        backend: problem.backend(),
         diag: view.reg_diag,
         groups: view.groups,
         lambda: view.lambda,
-    };
-    let (q, _) = tracker
-        .apply_inverse(b, &reg, &b.upload(a).unwrap(), 1e-13)
-        .unwrap();
-    b.download(&q).unwrap()
+    }
 }
 
 fn dense_matvec(a: &[f64], v: &[f64]) -> Vec<f64> {
@@ -510,13 +514,7 @@ fn auto_dense_update_measures_picks_and_agrees_with_both() {
     use hypergrad::hypergrad::fisher::choose_dense_update;
     use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
     let (problem, train) = problem(ProblemKind::Hyperclean, 60, 4, 21);
-    let view = problem.train_view();
-    let reg = Regulariser {
-        backend: problem.backend(),
-        diag: view.reg_diag,
-        groups: view.groups,
-        lambda: view.lambda,
-    };
+    let reg = regulariser(&problem);
     let sp = spec(&problem, Representation::Dense, DenseUpdate::Auto, 6, 8);
     let (choice, timing) = choose_dense_update(problem.backend(), &sp, &reg).unwrap();
     assert_ne!(choice, DenseUpdate::Auto);

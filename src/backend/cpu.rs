@@ -105,10 +105,13 @@ pub struct TrafficCounters {
 }
 
 impl<T: Real> CpuBackend<T> {
+    /// The CPU backend. `HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM=N` sets
+    /// [`Backend::direct_solve_max_dim`] (default 0: CG), so that the CG-against-Cholesky
+    /// comparison in BENCHMARKS.md can be rerun without rebuilding.
     pub fn new() -> Self {
         CpuBackend {
             counters: Arc::default(),
-            direct_solve_max_dim: 0,
+            direct_solve_max_dim: direct_solve_max_dim_from_env(),
             _precision: PhantomData,
         }
     }
@@ -219,6 +222,31 @@ fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
 /// Below this many scalar operations a kernel runs on one thread: rayon's fork/join costs
 /// more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+const DIRECT_SOLVE_ENV: &str = "HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM";
+
+/// `HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM`, or 0 when unset; a value that is not a number is
+/// said once on stderr and ignored.
+fn direct_solve_max_dim_from_env() -> usize {
+    let Some(text) = std::env::var_os(DIRECT_SOLVE_ENV) else {
+        return 0;
+    };
+    // An empty value means unset.
+    let parsed = text.to_str().map(str::trim).map(|t| match t {
+        "" => Ok(0),
+        t => t.parse::<usize>(),
+    });
+    match parsed {
+        Some(Ok(dim)) => dim,
+        _ => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!("warning: {DIRECT_SOLVE_ENV}={text:?} is not a number; CG is used");
+            });
+            0
+        }
+    }
+}
 
 // ---- per-row loss arithmetic (f64) ------------------------------------------------------------
 

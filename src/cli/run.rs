@@ -222,6 +222,8 @@ fn run_on<B: Backend + Clone>(
     let opts = args.estimator.options(backend.precision());
     let warm = !args.outer.cold_start;
     let opt = args.outer.optimiser()?;
+    // What `--fisher-update auto` measured, for the summary (None when it did not run).
+    let mut auto_update = None;
     let mut estimator = if opts.method.is_stochastic() {
         let mut stochastic = args.stochastic.options(
             opts.method,
@@ -232,11 +234,11 @@ fn run_on<B: Backend + Clone>(
         );
         stochastic.warm_start = warm;
         stochastic.diagnostics = false;
-        Estimator::Stochastic(Box::new(StochasticEstimator::new(
-            &problem,
-            &splits.train,
-            stochastic,
-        )?))
+        let stochastic = StochasticEstimator::new(&problem, &splits.train, stochastic)?;
+        if let (update, Some(timing)) = stochastic.dense_update() {
+            auto_update = Some((update, timing));
+        }
+        Estimator::Stochastic(Box::new(stochastic))
     } else {
         let mut opts = opts;
         if opt.name() == "maid" {
@@ -314,6 +316,10 @@ fn run_on<B: Backend + Clone>(
             "outer_steps": total,
             "resumed_from": outcome.resumed_from,
             "final": last,
+            "fisher_update_auto": auto_update.map(|(update, timing)| json!({
+                "chose": update,
+                "measured": timing,
+            })),
             "theta": outcome.theta,
             "cleaning": cleaning,
         });
@@ -327,6 +333,15 @@ fn run_on<B: Backend + Clone>(
             opt.name(),
             if warm { "warm" } else { "cold" }
         );
+        if let Some((update, t)) = auto_update {
+            println!(
+                "fisher update {} (auto: an outer step projected at {:.3} s by Woodbury, \
+                 {:.3} s by accumulate)",
+                format!("{update:?}").to_lowercase(),
+                t.woodbury_outer,
+                t.accumulate_outer
+            );
+        }
         if let Some(step) = outcome.resumed_from {
             println!("resumed       from the checkpoint after step {step}");
         }

@@ -184,15 +184,11 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             if opts.representation == Representation::Dense
                 && opts.dense_update == DenseUpdate::Auto
             {
-                let view = problem.train_view();
-                let reg = Regulariser {
-                    backend: b,
-                    diag: view.reg_diag,
-                    groups: view.groups,
-                    lambda: view.lambda,
-                };
-                let (choice, timing) =
-                    super::fisher::choose_dense_update(b, &opts.fisher_spec((c, d)), &reg)?;
+                let (choice, timing) = super::fisher::choose_dense_update(
+                    b,
+                    &opts.fisher_spec((c, d)),
+                    &regulariser(problem),
+                )?;
                 opts.dense_update = choice;
                 dense_update_timing = timing;
             }
@@ -290,12 +286,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
                     stats.fisher_update = Some(self.opts.dense_update);
                 }
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
-                let reg = Regulariser {
-                    backend: b,
-                    diag: view.reg_diag,
-                    groups: view.groups,
-                    lambda: view.lambda,
-                };
+                let reg = regulariser(problem);
                 let (q, iters) = tracker.apply_inverse(b, &reg, &a, self.opts.linear_tol)?;
                 (q, stats, iters, outer_loss)
             }
@@ -611,6 +602,17 @@ fn sgd_step<B: Backend>(
         w,
         factors,
     )
+}
+
+/// The regulariser `R` of the problem's training loss, as NHGD's curvature applies it.
+fn regulariser<B: Backend>(problem: &GlmBilevel<B>) -> Regulariser<'_, B> {
+    let view = problem.train_view();
+    Regulariser {
+        backend: problem.backend(),
+        diag: view.reg_diag,
+        groups: view.groups,
+        lambda: view.lambda,
+    }
 }
 
 fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result<LoopStats> {

@@ -129,6 +129,9 @@ struct HostTraffic {
     transfers: AtomicU64,
 }
 
+/// Resident blocks a multiprocessor, by kernel name: `(shared-memory bytes, blocks)` pairs.
+type ResidentBlocks = std::collections::HashMap<String, Vec<(usize, u32)>>;
+
 /// A design matrix on the device.
 pub struct CudaDesign {
     n: usize,
@@ -175,6 +178,9 @@ pub struct CudaBackend {
     /// The SGD step's gradient buffer, kept between steps so that the inner loop allocates
     /// nothing (one per handle: each stream uses its own).
     sgd_scratch: Arc<std::sync::Mutex<Option<CudaSlice<f32>>>>,
+    /// Resident `glm_rows` blocks a multiprocessor, by kernel name and shared-memory bytes
+    /// (shared by every handle: it depends on the kernel only).
+    resident: Arc<std::sync::Mutex<ResidentBlocks>>,
     /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0 in the
     /// Woodbury update or `spd_solve`); read after every synchronising call.
     health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
@@ -222,6 +228,7 @@ impl CudaBackend {
             traffic: Arc::default(),
             solver: Arc::default(),
             sgd_scratch: Arc::default(),
+            resident: Arc::default(),
             health: Arc::new(std::sync::Mutex::new(health)),
         })
     }

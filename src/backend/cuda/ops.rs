@@ -4,7 +4,7 @@
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::Array2;
 use std::sync::Arc;
 
@@ -138,6 +138,31 @@ impl CudaBackend {
             .map_err(|e| Error::Backend(format!("launching {name}: {e}")))
     }
 
+    /// Blocks of `ROWS_BLOCK` threads with `shared` bytes of dynamic shared memory that one
+    /// multiprocessor holds at once: the driver's occupancy query, asked once per kernel and
+    /// size (it is a pure function of them, and `glm_rows` launches every SGD step).
+    fn resident_blocks(&self, name: &str, function: &CudaFunction, shared: usize) -> Result<u32> {
+        let mut cache = self
+            .resident
+            .lock()
+            .map_err(|_| Error::Backend("the occupancy cache was poisoned".into()))?;
+        if let Some(&(_, blocks)) = cache
+            .get(name)
+            .and_then(|sizes| sizes.iter().find(|(bytes, _)| *bytes == shared))
+        {
+            return Ok(blocks);
+        }
+        let blocks = function
+            .occupancy_max_active_blocks_per_multiprocessor(ROWS_BLOCK, shared, None)
+            .map_err(driver_error)?
+            .max(1);
+        cache
+            .entry(name.to_string())
+            .or_default()
+            .push((shared, blocks));
+        Ok(blocks)
+    }
+
     fn design_ptr(&self, x: &CudaDesign) -> (u64, &'static str) {
         match &x.data {
             DesignData::F32(buf) => (self.ptr(buf), "f32"),
@@ -175,10 +200,7 @@ impl CudaBackend {
         // As many blocks as can be resident at once (4 a multiprocessor at 64 registers a
         // thread): with the 2 a multiprocessor launched before, the H200 ran the HVP at 25%
         // occupancy and 31% of copy bandwidth, latency-bound with half the slots empty (ncu).
-        let resident = function
-            .occupancy_max_active_blocks_per_multiprocessor(ROWS_BLOCK, shared, None)
-            .map_err(driver_error)?
-            .max(1);
+        let resident = self.resident_blocks(&name, function, shared)?;
         let tiles = call.n_rows.div_ceil(ROWS_TILE).max(1);
         let blocks = tiles.min((resident * self.info.multiprocessors.max(1)) as usize) as u32;
         let cfg = LaunchConfig {
@@ -343,9 +365,6 @@ impl CudaBackend {
         self.upload_f32(&v)
     }
 
-    /// Row-major GEMM on raw addresses: `C ← α op(A) op(B) + β C`, `op(A)` m×k, `op(B)` k×n.
-    /// cuBLAS is column-major, and a row-major matrix read column-major is its transpose, so
-    /// this computes `Cᵀ = op(B)ᵀ op(A)ᵀ`: the operands swap places and keep their flags.
     /// `hg_set_diag(a, diag, p, mode)`: a is p×p, diag has p entries (checked by the callers);
     /// mode 0 sets, 1 sets the reciprocals, 2 adds.
     fn diagonal_kernel(
@@ -367,6 +386,9 @@ impl CudaBackend {
         )
     }
 
+    /// Row-major GEMM on raw addresses: `C ← α op(A) op(B) + β C`, `op(A)` m×k, `op(B)` k×n.
+    /// cuBLAS is column-major, and a row-major matrix read column-major is its transpose, so
+    /// this computes `Cᵀ = op(B)ᵀ op(A)ᵀ`: the operands swap places and keep their flags.
     #[allow(clippy::too_many_arguments)]
     fn gemm_raw(
         &self,
