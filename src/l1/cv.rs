@@ -222,10 +222,17 @@ impl Evaluator {
     }
 
     /// Replaces the warm starts (one per fold; `None`: start from 0).
-    pub fn set_warm_starts(&mut self, warm: Vec<Option<Vec<f64>>>) {
-        assert_eq!(warm.len(), self.warm.len(), "one warm start per fold");
+    pub fn set_warm_starts(&mut self, warm: Vec<Option<Vec<f64>>>) -> Result<()> {
+        if warm.len() != self.warm.len() {
+            return Err(Error::Dimension(format!(
+                "{} warm starts for {} folds",
+                warm.len(),
+                self.warm.len()
+            )));
+        }
         self.warm = warm;
         self.jac.iter_mut().for_each(|j| *j = None);
+        Ok(())
     }
 
     /// The current warm starts (ŵ of the last evaluation per fold).

@@ -523,7 +523,7 @@ pub fn search(
                 };
                 let tol = ladder[rung[i]];
                 eval.opts.inner.tol = tol;
-                eval.set_warm_starts(screened[i].w.iter().map(|w| Some(dense_of(w, d))).collect());
+                eval.set_warm_starts(screened[i].w.iter().map(|w| Some(dense_of(w, d))).collect())?;
                 let e = eval.value_detail(&points[i])?;
                 let bound = criterion_error_bound(&e);
                 // Both values bracket the exact F: they must be within both bounds.
