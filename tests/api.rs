@@ -78,7 +78,13 @@ fn option_values_of_the_wrong_kind_name_the_option() {
             "{name}: {err}"
         );
     }
-    // The error for an unknown name lists the names there are.
+    // Keyword callers see the option by its keyword.
+    let err = s.set("batch_size", &OptionValue::Int(-3)).unwrap_err();
+    assert_eq!(
+        api::keyword_message(&err),
+        "invalid value for batch_size: must be a non-negative integer, got -3"
+    );
+    // The error for an unknown value lists the names there are.
     let err = s
         .set("curvature", &OptionValue::Str("diagonal".into()))
         .unwrap_err();

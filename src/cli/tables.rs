@@ -90,7 +90,7 @@ pub fn l1_report(r: &L1Report) {
         } else {
             "NOT converged to --inner-tol"
         },
-        h.support_size
+        h.extra.support_size
     );
     println!(
         "residual      {}  ({} linear iterations)",
