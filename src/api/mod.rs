@@ -149,6 +149,14 @@ pub fn keyword_message(err: &crate::Error) -> String {
     }
 }
 
+/// `value` (an object) with the fields of `extra` (an object) added.
+fn with_fields(mut value: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(object), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    value
+}
+
 /// What `hypergrad info --json` prints: version, build, kernels, devices.
 pub fn info() -> serde_json::Value {
     info::Info::gather().to_json()

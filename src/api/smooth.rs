@@ -42,9 +42,10 @@ pub struct SmoothReport {
 impl SmoothReport {
     /// The object of `grad --json`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.result).unwrap_or_default();
-        if let Some(object) = value.as_object_mut() {
-            let extra = json!({
+        let value = serde_json::to_value(&self.result).unwrap_or_default();
+        super::with_fields(
+            value,
+            json!({
                 "problem": self.kind.name(),
                 "hyper": self.layout.name(),
                 "device": self.device,
@@ -59,14 +60,8 @@ impl SmoothReport {
                 "inner_solver": self.inner_solver.name(),
                 "inner_tol": self.inner_tol,
                 "linear_tol": self.linear_tol,
-            });
-            if let Some(extra) = extra.as_object() {
-                for (k, v) in extra {
-                    object.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        value
+            }),
+        )
     }
 }
 

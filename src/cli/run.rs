@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::args::{DeviceArgs, EstimatorArgs, L1Args, ProblemArgs};
-use super::data_args::DataArgs;
-use super::stochastic_args::StochasticArgs;
+use super::args::CommonArgs;
 use super::tables;
 use crate::api::names::OuterOptName;
 use crate::api::{self, Outcome, Request, Settings};
@@ -59,25 +57,10 @@ pub fn with_main_job_defaults(args: impl Iterator<Item = OsString>) -> Vec<OsStr
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub problem: ProblemArgs,
-
-    #[command(flatten)]
-    pub data: DataArgs,
-
-    #[command(flatten)]
-    pub estimator: EstimatorArgs,
-
-    #[command(flatten)]
-    pub stochastic: StochasticArgs,
+    pub common: CommonArgs,
 
     #[command(flatten)]
     pub outer: OuterArgs,
-
-    #[command(flatten)]
-    pub device: DeviceArgs,
-
-    #[command(flatten)]
-    pub l1: L1Args,
 
     /// Print one JSON object with the outcome instead of the table.
     #[arg(long)]
@@ -129,13 +112,7 @@ pub struct OuterArgs {
 
 impl RunArgs {
     pub fn settings(&self) -> Settings {
-        let mut s = Settings::default();
-        self.problem.apply(&mut s);
-        self.data.apply(&mut s);
-        self.estimator.apply(&mut s);
-        self.stochastic.apply(&mut s);
-        self.device.apply(&mut s);
-        self.l1.apply(&mut s);
+        let mut s = self.common.settings();
         let o = &self.outer;
         s.outer_steps = o.outer_steps;
         s.outer_opt = o.outer_opt;
@@ -150,10 +127,10 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let request = Request {
-        problem: args.problem.problem,
+        problem: args.common.problem.problem,
         settings: args.settings(),
     };
-    let input = args.data.source(args.outer.test.as_deref()).into();
+    let input = args.common.data.source(args.outer.test.as_deref()).into();
     let progress = std::io::stderr().is_terminal() && !args.json;
     let total = args.outer.outer_steps;
     let mut show = |record: &serde_json::Value| -> crate::Result<()> {
