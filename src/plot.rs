@@ -271,3 +271,84 @@ where
         .map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// A horizontal bar chart of one quantity (what `bench … --plot` draws).
+pub struct Bars {
+    pub title: String,
+    /// The quantity and its unit, for the x axis.
+    pub quantity: String,
+    /// (name, value), drawn top to bottom.
+    pub bars: Vec<(String, f64)>,
+}
+
+/// Draws `bars` to `out` (`.svg` or `.png`).
+pub fn draw_bars(bars: &Bars, out: &Path) -> Result<()> {
+    register_fonts();
+    check_output(out)?;
+    let size = (900, 80 + 34 * bars.bars.len().max(1) as u32);
+    let fail = |e: String| Error::Backend(format!("cannot draw {}: {e}", out.display()));
+    if extension(out).as_deref() == Some("svg") {
+        let root = SVGBackend::new(out, size).into_drawing_area();
+        bars_on(&root, bars).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))
+    } else {
+        let root = BitMapBackend::new(out, size).into_drawing_area();
+        bars_on(&root, bars).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))
+    }
+}
+
+fn bars_on<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    bars: &Bars,
+) -> DrawResult {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = bars.bars.len();
+    let max = bars
+        .bars
+        .iter()
+        .map(|b| b.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let max = if max > 0.0 { 1.15 * max } else { 1.0 };
+    let mut chart = ChartBuilder::on(root)
+        .caption(&bars.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(8)
+        .build_cartesian_2d(0.0..max, 0.0..n.max(1) as f64)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc(bars.quantity.as_str())
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, value)) in bars.bars.iter().enumerate() {
+        // Top to bottom: the first bar at the top.
+        let top = (n - i) as f64 - 0.15;
+        let color = Palette99::pick(i).mix(0.8);
+        let v = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, top - 0.7), (v, top)],
+                color.filled(),
+            )))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{name}  {value:.4}"),
+                (0.01 * max, top - 0.35),
+                ("sans-serif", 13).into_font().color(&BLACK),
+            )))
+            .map_err(|e| err(&e))?;
+    }
+    Ok(())
+}

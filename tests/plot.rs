@@ -164,3 +164,41 @@ fn bad_traces_and_names_are_one_line_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
+
+/// `bench nhgd --plot` draws the benchmark it just ran: one bar per case, named.
+#[test]
+fn bench_nhgd_plots_one_bar_per_case() {
+    let fig = dir().join("bench.svg");
+    let out = hypergrad(&[
+        "bench",
+        "nhgd",
+        "--device",
+        "cpu",
+        "--n",
+        "200",
+        "--m",
+        "50",
+        "--d",
+        "8",
+        "--inner-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--reps",
+        "1",
+        "--plot",
+        fig.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&fig).unwrap();
+    for case in ["sgd loop only", "nhgd kfac", "nhgd lowrank"] {
+        assert!(
+            svg.lines().any(|l| l.trim().starts_with(case)),
+            "bar '{case}' missing"
+        );
+    }
+}

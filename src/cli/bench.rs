@@ -59,6 +59,9 @@ pub struct KernelArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the rates as a bar chart (FIG.svg or FIG.png).
+    #[arg(long, value_name = "FIG.svg|FIG.png")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// The device of a benchmark: `--device` in `precision` (f32 is the one both backends have).
@@ -145,6 +148,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     } else {
         print_table(&device, &rows);
+    }
+    if let Some(out) = &args.plot {
+        let bars = rows
+            .iter()
+            .filter_map(|r| {
+                r.fraction_of_ceiling
+                    .map(|f| (format!("{} {}", r.kernel, r.shape), 100.0 * f))
+            })
+            .collect();
+        crate::plot::draw_bars(
+            &crate::plot::Bars {
+                title: format!("hypergrad bench kernels on {device}"),
+                quantity: "% of the ceiling measured in the same run".into(),
+                bars,
+            },
+            out,
+        )?;
     }
     Ok(())
 }

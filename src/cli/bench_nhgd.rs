@@ -53,6 +53,9 @@ pub struct NhgdBenchArgs {
     pub reps: usize,
     #[arg(long)]
     pub json: bool,
+    /// Also draw the outer-step times as a bar chart (FIG.svg or FIG.png).
+    #[arg(long, value_name = "FIG.svg|FIG.png")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: NhgdBenchArgs) -> Result<()> {
@@ -230,6 +233,32 @@ fn bench_on<B: Backend + Clone>(backend: B, args: &NhgdBenchArgs) -> Result<()> 
                 summary["dense_update_tflops"].as_f64().unwrap_or(f64::NAN)
             );
         }
+    }
+    if let Some(out) = &args.plot {
+        let bars = rows
+            .iter()
+            .map(|r| {
+                let name = r["case"].as_str().unwrap_or("").to_string();
+                (
+                    name,
+                    1e3 * r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        crate::plot::draw_bars(
+            &crate::plot::Bars {
+                title: format!(
+                    "NHGD outer step on {}: n = {}, d = {d}, T = {}, b = {}",
+                    backend.name(),
+                    args.n,
+                    args.inner_steps,
+                    args.batch_size
+                ),
+                quantity: "ms per outer step (median)".into(),
+                bars,
+            },
+            out,
+        )?;
     }
     Ok(())
 }
