@@ -20,7 +20,7 @@
 
 use std::time::Instant;
 
-use hypergrad::cli::DataArgs;
+use hypergrad::api::{DataSource, Input, Settings};
 use hypergrad::l1::{
     search, Criterion, L1Kind, L1Method, L1Options, L1Problem, OuterOpt, SearchOptions,
 };
@@ -75,14 +75,12 @@ fn run() -> anyhow::Result<()> {
         .parse()?;
 
     let loaded = Instant::now();
-    let data = DataArgs {
+    let data = Input::Source(DataSource {
         train,
         val: Some(val),
-        split: "0.6,0.2,0.2".into(),
-        seed: 0,
-        standardize: false,
-    };
-    let mut splits = hypergrad::cli::l1::load_l1(&data, None)?;
+        test: None,
+    });
+    let mut splits = data.l1(&Settings::default())?;
     // Nearly full designs (the leukemia shape) are swept faster as dense columns.
     splits.train.x = splits.train.x.densify_if(0.25);
     splits.val.x = splits.val.x.densify_if(0.25);

@@ -45,6 +45,14 @@ pub enum Error {
     /// A backend (e.g. CUDA) is not available or failed.
     #[error("backend error: {0}")]
     Backend(String),
+
+    /// An option name that does not exist (the API's options are SPEC §6's long options).
+    #[error("unknown option '{name}' (options: {known})")]
+    UnknownOption { name: String, known: String },
+
+    /// The caller asked a run to stop (Ctrl-C in Python), between two steps.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// `Result` with the library's [`Error`].

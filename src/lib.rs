@@ -7,6 +7,8 @@
 //!
 //! The math is fixed by `SPEC.md` (shared with the team); module map:
 //!
+//! * [`api`]: the entry layer the command line and the Python package call (typed
+//!   requests, one place where the device is chosen, `grad` and `run`);
 //! * [`backend`]: the [`backend::Backend`] trait and the CPU backend;
 //! * [`data`]: LIBSVM/CSV readers, bundled datasets, synthetic generators, splits;
 //! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`);
@@ -18,6 +20,7 @@
 // `!(x > 0.0)` is the NaN-rejecting test we mean wherever it appears.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod cli;

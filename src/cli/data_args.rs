@@ -1,10 +1,9 @@
 //! The data options shared by the commands: where the training, validation and test rows
 //! come from, and how they are split and scaled.
 
-use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::data::{self, Dataset};
+use crate::api::{DataSource, Settings};
 
 /// Training, validation and (optional) test data.
 #[derive(Debug, Args)]
@@ -33,54 +32,19 @@ pub struct DataArgs {
     pub standardize: bool,
 }
 
-/// The datasets a command works on.
-pub struct Splits {
-    pub train: Dataset,
-    pub val: Dataset,
-    pub test: Option<Dataset>,
-}
-
 impl DataArgs {
-    /// Loads (and splits, standardises) the data. `test` is an explicit test file, used
-    /// instead of a third split part.
-    pub fn load(&self, test: Option<&str>) -> Result<Splits> {
-        let mut specs = vec![self.train.as_str()];
-        specs.extend(self.val.as_deref());
-        specs.extend(test);
-        let mut loaded = data::load_all(&specs)
-            .with_context(|| format!("cannot load the data ({})", specs.join(", ")))?
-            .into_iter();
-        let mut next = || loaded.next().context("internal: a dataset went missing");
-        let train_full = next()?;
-        let mut splits = if self.val.is_some() {
-            Splits {
-                train: train_full,
-                val: next()?,
-                test: test.map(|_| next()).transpose()?,
-            }
-        } else {
-            let fractions = data::parse_split(&self.split)?;
-            let mut parts = data::split(&train_full, &fractions, self.seed)?.into_iter();
-            let (Some(train), Some(val)) = (parts.next(), parts.next()) else {
-                anyhow::bail!("invalid value for --split: it needs at least two fractions");
-            };
-            let split_test = parts.next();
-            Splits {
-                train,
-                val,
-                test: match test {
-                    Some(_) => Some(next()?),
-                    None => split_test,
-                },
-            }
-        };
-        if self.standardize {
-            let Splits { train, val, test } = &mut splits;
-            match test {
-                Some(test) => data::standardize(train, &mut [val, test]),
-                None => data::standardize(train, &mut [val]),
-            };
+    /// The sources, with `test` (an explicit test file) used instead of a third split part.
+    pub fn source(&self, test: Option<&str>) -> DataSource {
+        DataSource {
+            train: self.train.clone(),
+            val: self.val.clone(),
+            test: test.map(str::to_string),
         }
-        Ok(splits)
+    }
+
+    pub fn apply(&self, s: &mut Settings) {
+        s.split = self.split.clone();
+        s.seed = self.seed;
+        s.standardize = self.standardize;
     }
 }

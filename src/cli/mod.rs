@@ -4,20 +4,18 @@
 //! command line clap rejects, 1 for anything else (unreadable data, bad values, numerical
 //! failure). `--help` on any command explains its options.
 
+mod args;
 mod bench;
 mod bench_nhgd;
 mod data_args;
 mod grad;
 mod info;
-pub mod l1;
 mod run;
 mod stochastic_args;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub use data_args::DataArgs;
 
 /// Hypergradients and bilevel optimisation with error bounds, on CPU or NVIDIA GPU.
 #[derive(Debug, Parser)]

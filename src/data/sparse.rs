@@ -66,6 +66,64 @@ fn transpose(
 }
 
 impl CsrMatrix {
+    /// A CSR matrix from its arrays, checked: `indptr` has n + 1 non-decreasing entries from 0
+    /// to nnz, every row's column indices are strictly increasing and below `d`, and every
+    /// value is finite.
+    pub fn from_parts(
+        n: usize,
+        d: usize,
+        indptr: Vec<usize>,
+        indices: Vec<usize>,
+        values: Vec<f64>,
+    ) -> Result<CsrMatrix> {
+        let bad = |message: String| Error::Dimension(format!("sparse matrix: {message}"));
+        if indptr.len() != n + 1 {
+            return Err(bad(format!(
+                "indptr has {} entries for {n} rows (needs {})",
+                indptr.len(),
+                n + 1
+            )));
+        }
+        if indices.len() != values.len() {
+            return Err(bad(format!(
+                "{} column indices but {} values",
+                indices.len(),
+                values.len()
+            )));
+        }
+        if indptr[0] != 0 || indptr[n] != indices.len() || indptr.windows(2).any(|w| w[0] > w[1]) {
+            return Err(bad(format!(
+                "indptr must rise from 0 to the number of stored entries ({})",
+                indices.len()
+            )));
+        }
+        for i in 0..n {
+            let row = &indices[indptr[i]..indptr[i + 1]];
+            if let Some(&j) = row.iter().find(|&&j| j >= d) {
+                return Err(bad(format!("row {}: column {j} is not below {d}", i + 1)));
+            }
+            if row.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad(format!(
+                    "row {}: column indices are not strictly increasing (sort them and sum duplicates first)",
+                    i + 1
+                )));
+            }
+        }
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "sparse matrix: stored value {k} is {}; the data must be finite",
+                values[k]
+            )));
+        }
+        Ok(CsrMatrix {
+            n,
+            d,
+            indptr,
+            indices,
+            values,
+        })
+    }
+
     /// The CSR form of a dense row-major matrix (zeros dropped).
     pub fn from_dense(x: &ndarray::Array2<f64>) -> CsrMatrix {
         let (n, d) = x.dim();

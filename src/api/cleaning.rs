@@ -1,0 +1,102 @@
+//! Label cleaning (`hyperclean` with corrupted labels): corrupting a seeded fraction of the
+//! training labels, and the report that compares three models on the test rows.
+
+use crate::backend::Backend;
+use crate::data::{self, Dataset};
+use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
+use crate::solver::{self, InnerOptions};
+use crate::{Error, Result};
+
+/// Replaces the labels of `round(fraction·n)` seeded training rows with another class;
+/// returns those rows. Only the class-label problems (softmax, hyperclean) have labels to
+/// corrupt.
+pub fn corrupt(
+    kind: ProblemKind,
+    train: &mut Dataset,
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    if !kind.is_multiclass() {
+        return Err(Error::option(
+            "--corrupt",
+            "label corruption needs class labels (softmax or hyperclean)",
+        ));
+    }
+    let classes = train.num_classes()?;
+    data::corrupt_labels(train, classes, fraction, seed)
+}
+
+/// Test accuracies of the three models the main job compares, each the exact inner solution
+/// of the same regularised softmax problem (ridge C): uniform weights on all (corrupted) rows,
+/// the learnt weights σ(θ), and uniform weights on the clean rows only.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CleaningReport {
+    pub without_cleaning: f64,
+    pub with_cleaning: f64,
+    pub clean_rows_only: f64,
+    pub corrupted: usize,
+    pub n_train: usize,
+    pub mean_weight_corrupted: f64,
+    pub mean_weight_clean: f64,
+    /// The model trained with the learnt weights (c×d, class-major).
+    #[serde(skip)]
+    pub coef: Vec<f64>,
+}
+
+/// The report for `problem` at its current θ; `train`, `val` and `test` are the run's data
+/// (test required), `corrupted` the rows whose labels were replaced, `l2` the ridge C.
+pub fn report<B: Backend + Clone>(
+    problem: &GlmBilevel<B>,
+    inner: &InnerOptions,
+    l2: f64,
+    splits: &super::data::DenseSplits,
+    corrupted: &[usize],
+) -> Result<CleaningReport> {
+    let test = splits.test.as_ref().ok_or_else(|| {
+        Error::option(
+            "--test",
+            "label cleaning needs test data to report on (--test, or a third --split part)",
+        )
+    })?;
+    let b = problem.backend();
+    let softmax_accuracy = |train: &Dataset| -> Result<f64> {
+        let mut p = GlmBilevel::new(
+            b.clone(),
+            ProblemKind::Softmax,
+            HyperLayout::Shared,
+            train,
+            &splits.val,
+            l2,
+        )?;
+        p.set_theta(&[l2.ln()])?;
+        let w = solver::solve(&p, None, inner)?.w;
+        Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
+    };
+    let without_cleaning = softmax_accuracy(&splits.train)?;
+    let n = splits.train.n();
+    let mut is_corrupted = vec![false; n];
+    corrupted.iter().for_each(|&i| is_corrupted[i] = true);
+    let clean: Vec<usize> = (0..n).filter(|&i| !is_corrupted[i]).collect();
+    let clean_rows_only = softmax_accuracy(&splits.train.select(&clean))?;
+    let w = solver::solve(problem, None, inner)?.w;
+    let with_cleaning = problem.evaluate(&w, test)?.1.unwrap_or(f64::NAN);
+    let weights: Vec<f64> = problem
+        .theta()
+        .iter()
+        .map(|&t| crate::backend::cpu::sigmoid(t))
+        .collect();
+    let mean = |rows: &mut dyn Iterator<Item = usize>| {
+        let (sum, count) = rows.fold((0.0, 0usize), |(s, c), i| (s + weights[i], c + 1));
+        sum / count.max(1) as f64
+    };
+    Ok(CleaningReport {
+        without_cleaning,
+        with_cleaning,
+        clean_rows_only,
+        corrupted: corrupted.len(),
+        n_train: n,
+        mean_weight_corrupted: mean(&mut corrupted.iter().copied()),
+        mean_weight_clean: mean(&mut clean.iter().copied()),
+        coef: b.download(&w)?,
+    })
+}

@@ -1,0 +1,102 @@
+//! The one place where a device is chosen: `auto` / `cpu` / `cuda` with a precision and a
+//! storage become a [`Device`], opened once and then used for everything a call computes.
+
+use super::names::{DeviceName, PrecisionName, StorageName};
+use super::settings::DeviceSpec;
+use crate::backend::cuda::{CudaBackend, Storage};
+use crate::{Error, Result};
+
+/// An opened backend.
+pub enum Backend {
+    CpuF64,
+    CpuF32,
+    Cuda(CudaBackend),
+}
+
+/// The device a call runs on, and why `auto` fell back to the CPU (when it did).
+pub struct Device {
+    pub backend: Backend,
+    pub fallback_reason: Option<String>,
+}
+
+impl Device {
+    /// Opens the device `spec` asks for. `auto` takes the first CUDA GPU when one is usable
+    /// (and f64 was not asked for), the CPU otherwise, and says why in `fallback_reason`.
+    pub fn open(spec: &DeviceSpec) -> Result<Device> {
+        if let Some(threads) = spec.threads {
+            if threads == 0 {
+                return Err(Error::option("--threads", "must be at least 1"));
+            }
+            // Fails only if the pool was already built; the first size asked for stays.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+        }
+        let cpu = match spec.precision {
+            Some(PrecisionName::F32) => Backend::CpuF32,
+            _ => Backend::CpuF64,
+        };
+        let storage = match spec.storage {
+            StorageName::F32 => Storage::F32,
+            StorageName::Bf16 => Storage::Bf16,
+        };
+        let wants_f64 = spec.precision == Some(PrecisionName::F64);
+        let on = |backend| Device {
+            backend,
+            fallback_reason: None,
+        };
+        match spec.device {
+            DeviceName::Cpu => Ok(on(cpu)),
+            DeviceName::Cuda => {
+                if wants_f64 {
+                    return Err(Error::option(
+                        "--precision",
+                        "f64 is CPU-only, the CUDA backend computes in f32",
+                    ));
+                }
+                let backend = CudaBackend::new(0, storage)
+                    .map_err(|e| Error::Backend(format!("--device cuda: {e}")))?;
+                Ok(on(Backend::Cuda(backend)))
+            }
+            DeviceName::Auto if wants_f64 => Ok(Device {
+                backend: cpu,
+                fallback_reason: Some("--precision f64 asks for the CPU".into()),
+            }),
+            DeviceName::Auto => match CudaBackend::new(0, storage) {
+                Ok(backend) => Ok(on(Backend::Cuda(backend))),
+                Err(e) => Ok(Device {
+                    backend: cpu,
+                    fallback_reason: Some(e.to_string()),
+                }),
+            },
+        }
+    }
+
+    /// The device note of the outputs (`device_note`), when `auto` fell back.
+    pub fn note(&self) -> Option<String> {
+        self.fallback_reason
+            .as_ref()
+            .map(|r| format!("auto chose the CPU: {r}"))
+    }
+}
+
+/// The ℓ1 problems run on the CPU in f64: refuses what they do not have, and returns the note
+/// `auto` gets.
+pub fn check_l1_device(spec: &DeviceSpec) -> Result<Option<String>> {
+    if spec.precision == Some(PrecisionName::F32) {
+        return Err(Error::option(
+            "--precision",
+            "the ℓ1 problems compute in f64 only",
+        ));
+    }
+    match spec.device {
+        DeviceName::Cuda => Err(Error::option(
+            "--device",
+            "the ℓ1 problems (lasso, enet, wlasso) run on the CPU only",
+        )),
+        DeviceName::Auto => Ok(Some(
+            "auto chose the CPU: the ℓ1 problems run on the CPU".into(),
+        )),
+        DeviceName::Cpu => Ok(None),
+    }
+}

@@ -1,0 +1,266 @@
+//! From names to a typed plan. The two families of problems have their own problem, method
+//! and optimiser types, so an ℓ1 method cannot be handed to a smooth problem (or the other
+//! way round): each name either means one thing for a problem or is refused here with a
+//! message that says which name to use.
+
+use super::names::{
+    name_of, CurvatureName, FisherUpdateName, HyperName, InnerSolverName, L1SolverName, MethodName,
+    OuterOptName, ProblemName,
+};
+use super::settings::Settings;
+use crate::backend::Precision;
+use crate::hypergrad::fisher::{Averaging, DenseUpdate, Representation};
+use crate::hypergrad::stochastic::StochasticOptions;
+use crate::hypergrad::{Method, Options};
+use crate::l1::{L1Kind, L1Method, L1Options, L1Solver};
+use crate::outer::OuterOpt;
+use crate::problem::{HyperLayout, ProblemKind};
+use crate::solver::Solver;
+use crate::{Error, Result};
+
+/// A problem of either family with its method.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    Smooth(SmoothPlan),
+    L1(L1Plan),
+}
+
+/// A smooth problem (`ridge`, `logreg`, `softmax`, `hyperclean`; SPEC §2) with a smooth
+/// method (SPEC §3).
+#[derive(Clone, Debug)]
+pub struct SmoothPlan {
+    pub kind: ProblemKind,
+    pub layout: HyperLayout,
+    pub method: Method,
+}
+
+/// An ℓ1 problem (`lasso`, `enet`, `wlasso`) with an ℓ1 method.
+#[derive(Clone, Debug)]
+pub struct L1Plan {
+    pub kind: L1Kind,
+    pub method: L1Method,
+    pub solver: L1Solver,
+}
+
+impl Plan {
+    pub fn new(problem: ProblemName, settings: &Settings) -> Result<Plan> {
+        let l1_kind = match problem {
+            ProblemName::Lasso => Some(L1Kind::Lasso),
+            ProblemName::Enet => Some(L1Kind::Enet),
+            ProblemName::Wlasso => Some(L1Kind::Wlasso),
+            _ => None,
+        };
+        if let Some(kind) = l1_kind {
+            return L1Plan::new(kind, settings).map(Plan::L1);
+        }
+        let kind = match problem {
+            ProblemName::Ridge => ProblemKind::Ridge,
+            ProblemName::Logreg => ProblemKind::Logreg,
+            ProblemName::Softmax => ProblemKind::Softmax,
+            _ => ProblemKind::Hyperclean,
+        };
+        SmoothPlan::new(kind, settings).map(Plan::Smooth)
+    }
+}
+
+impl SmoothPlan {
+    fn new(kind: ProblemKind, settings: &Settings) -> Result<SmoothPlan> {
+        let method = match settings.method.unwrap_or(MethodName::Cg) {
+            MethodName::Exact => Method::Exact,
+            MethodName::Cg => Method::Cg,
+            MethodName::Neumann => Method::Neumann,
+            MethodName::FixedPoint => Method::FixedPoint,
+            MethodName::Unroll => Method::Unroll,
+            MethodName::Forward => Method::Forward,
+            MethodName::Nhgd => Method::Nhgd,
+            MethodName::Stocbio => Method::Stocbio,
+            MethodName::Amigo => Method::Amigo,
+            MethodName::Soba => Method::Soba,
+            MethodName::Implicit | MethodName::ImplicitForward => {
+                return Err(Error::option(
+                    "--method",
+                    "implicit and implicit-forward are for the ℓ1 problems (lasso, enet, wlasso); use cg or forward",
+                ))
+            }
+        };
+        let layout = match settings.hyper {
+            None => kind.default_layout(),
+            Some(HyperName::Shared) => HyperLayout::Shared,
+            Some(HyperName::PerFeature) => HyperLayout::PerFeature,
+            Some(HyperName::PerClass) => HyperLayout::PerClass,
+            Some(HyperName::PerSample) => HyperLayout::PerSample,
+        };
+        Ok(SmoothPlan {
+            kind,
+            layout,
+            method,
+        })
+    }
+
+    /// The deterministic methods' options for the given precision (defaults filled in).
+    pub fn options(&self, settings: &Settings, precision: Precision) -> Options {
+        let mut opts = Options::new(self.method, precision);
+        opts.inner.solver = match settings.inner_solver {
+            InnerSolverName::Gd => Solver::Gd,
+            InnerSolverName::Agd => Solver::Agd,
+            InnerSolverName::Newton => Solver::Newton,
+        };
+        if let Some(tol) = settings.inner_tol {
+            opts.inner.tol = tol;
+        }
+        opts.inner.max_iters = settings.inner_iters;
+        if let Some(tol) = settings.linear_tol {
+            opts.linear_tol = tol;
+        }
+        opts.linear_iters = settings.linear_iters;
+        opts.step = settings.step;
+        opts.unroll_steps = settings.unroll_steps;
+        opts.truncate = settings.truncate;
+        opts
+    }
+
+    /// The stochastic methods' options (`nhgd`, `stocbio`, `amigo`, `soba`); `linear_tol` is
+    /// the deterministic options' (NHGD's dense accumulate solve uses it).
+    pub fn stochastic(&self, settings: &Settings, linear_tol: f64) -> StochasticOptions {
+        let mut opts = StochasticOptions::new(self.method);
+        opts.inner_steps = settings.inner_steps;
+        opts.batch = settings.batch_size;
+        opts.inner_lr = settings.inner_lr;
+        opts.linear_lr = settings.linear_lr;
+        opts.linear_steps = settings.linear_iters.unwrap_or(10);
+        opts.representation = match settings.curvature {
+            Some(CurvatureName::Dense) => Representation::Dense,
+            Some(CurvatureName::Kfac) => Representation::Kfac,
+            Some(CurvatureName::Lowrank) => Representation::Lowrank {
+                rank: settings.rank,
+            },
+            None if self.kind.is_multiclass() => Representation::Kfac,
+            None => Representation::Dense,
+        };
+        opts.dense_update = match settings.fisher_update {
+            FisherUpdateName::Woodbury => DenseUpdate::Woodbury,
+            FisherUpdateName::Accumulate => DenseUpdate::Accumulate,
+            FisherUpdateName::Auto => DenseUpdate::Auto,
+        };
+        opts.averaging = match settings.ema {
+            Some(rho) => Averaging::Ema { rho },
+            None => Averaging::Mean,
+        };
+        opts.linear_tol = linear_tol;
+        opts.seed = settings.seed;
+        opts
+    }
+
+    /// The outer optimiser of `run` (sgd, adam, maid).
+    pub fn outer_opt(&self, settings: &Settings) -> Result<OuterOpt> {
+        let lr = settings.outer_lr.unwrap_or(match settings.outer_opt {
+            OuterOptName::Adam => 0.1,
+            _ => 1.0,
+        });
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::option(
+                "--outer-lr",
+                format!("must be > 0, got {lr}"),
+            ));
+        }
+        Ok(match settings.outer_opt {
+            OuterOptName::Sgd => OuterOpt::Sgd { lr },
+            OuterOptName::Adam => OuterOpt::Adam {
+                lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            OuterOptName::Maid => OuterOpt::Maid { lr },
+            OuterOptName::Hoag | OuterOptName::Grid | OuterOptName::Random => {
+                return Err(Error::option(
+                    "--outer-opt",
+                    "hoag, grid and random are for the ℓ1 problems (lasso, enet, wlasso); use sgd, adam or maid",
+                ))
+            }
+        })
+    }
+}
+
+impl L1Plan {
+    fn new(kind: L1Kind, settings: &Settings) -> Result<L1Plan> {
+        let method = match settings.method.unwrap_or(MethodName::Implicit) {
+            MethodName::Forward => L1Method::Forward,
+            MethodName::Implicit => L1Method::Implicit,
+            MethodName::ImplicitForward => L1Method::ImplicitForward,
+            MethodName::Cg | MethodName::Exact => {
+                return Err(Error::option(
+                    "--method",
+                    format!(
+                        "{} is a smooth-problem method; the ℓ1 problems solve on the support with implicit (or implicit-forward, forward)",
+                        name_of(&settings.method.unwrap_or(MethodName::Cg))
+                    ),
+                ))
+            }
+            other => {
+                return Err(Error::option(
+                    "--method",
+                    format!(
+                        "{} is not available for ℓ1 problems (use forward, implicit or implicit-forward)",
+                        name_of(&other)
+                    ),
+                ))
+            }
+        };
+        if settings.hyper.is_some() {
+            return Err(Error::option(
+                "--hyper",
+                "the ℓ1 problems fix θ's layout (lasso p = 1, enet p = 2, wlasso p = d)",
+            ));
+        }
+        let solver = match settings.l1_solver {
+            L1SolverName::Cd => L1Solver::Cd,
+            L1SolverName::Pgd => L1Solver::Pgd,
+            L1SolverName::Fista => L1Solver::Fista,
+        };
+        Ok(L1Plan {
+            kind,
+            method,
+            solver,
+        })
+    }
+
+    /// The ℓ1 options: `inner_tol` is the relative duality gap (default 1e-12), `inner_iters`
+    /// the epochs, `linear_tol` (default 1e-10) and `linear_iters` (default 10000) steer the
+    /// support solve / Jacobian sweeps.
+    pub fn options(&self, settings: &Settings) -> L1Options {
+        let mut opts = L1Options::new(self.method);
+        opts.inner.solver = self.solver;
+        if let Some(tol) = settings.inner_tol {
+            opts.inner.tol = tol;
+        }
+        opts.inner.max_iters = settings.inner_iters;
+        if let Some(tol) = settings.linear_tol {
+            opts.linear_tol = tol;
+        }
+        if let Some(k) = settings.linear_iters {
+            opts.linear_iters = k;
+        }
+        opts
+    }
+
+    /// The outer search of `run` (hoag, adam, grid, random).
+    pub fn search_opt(&self, settings: &Settings) -> Result<crate::l1::OuterOpt> {
+        use crate::l1::OuterOpt as L1Opt;
+        Ok(match settings.outer_opt {
+            OuterOptName::Hoag => L1Opt::Hoag,
+            OuterOptName::Adam => L1Opt::Adam,
+            OuterOptName::Grid => L1Opt::Grid,
+            OuterOptName::Random => L1Opt::Random,
+            other => {
+                return Err(Error::option(
+                    "--outer-opt",
+                    format!(
+                        "{} is not available for the ℓ1 problems (use hoag, adam, grid or random)",
+                        name_of(&other)
+                    ),
+                ))
+            }
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! `grad` and `run` for the smooth problems (`ridge`, `logreg`, `softmax`, `hyperclean`), on
+//! whichever backend the device opened.
+
+use serde_json::json;
+
+use super::cleaning::{self, CleaningReport};
+use super::data::{DenseSplits, Input};
+use super::device::{Backend as DeviceBackend, Device};
+use super::plan::SmoothPlan;
+use super::settings::Settings;
+use super::trace::TraceWriter;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::hypergrad::fisher::{DenseUpdate, DenseUpdateTiming};
+use crate::hypergrad::stochastic::StochasticEstimator;
+use crate::hypergrad::{self, Hypergradient};
+use crate::outer::{self, Estimator, RunConfig};
+use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
+use crate::solver::{self, Solver};
+use crate::{Error, Result};
+
+/// One smooth hypergradient with what it was computed on.
+pub struct SmoothReport {
+    pub result: Hypergradient,
+    pub kind: ProblemKind,
+    pub layout: HyperLayout,
+    /// θ's length.
+    pub p: usize,
+    /// c outputs × d features of the inner variable.
+    pub outputs: usize,
+    pub features: usize,
+    pub train: String,
+    pub val: String,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub device: String,
+    pub device_note: Option<String>,
+    pub inner_solver: Solver,
+    pub inner_tol: f64,
+    pub linear_tol: f64,
+}
+
+impl SmoothReport {
+    /// The object of `grad --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.result).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            let extra = json!({
+                "problem": self.kind.name(),
+                "hyper": self.layout.name(),
+                "device": self.device,
+                "device_note": self.device_note,
+                "train": self.train,
+                "val": self.val,
+                "n_train": self.n_train,
+                "n_val": self.n_val,
+                "features": self.features,
+                "outputs": self.outputs,
+                "p": self.p,
+                "inner_solver": self.inner_solver.name(),
+                "inner_tol": self.inner_tol,
+                "linear_tol": self.linear_tol,
+            });
+            if let Some(extra) = extra.as_object() {
+                for (k, v) in extra {
+                    object.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        value
+    }
+}
+
+/// The outcome of a smooth `run`.
+pub struct SmoothOutcome {
+    pub kind: ProblemKind,
+    pub method: hypergrad::Method,
+    pub outer_opt: &'static str,
+    pub device: String,
+    pub device_note: Option<String>,
+    pub warm_start: bool,
+    pub outer_steps: u64,
+    /// θ's length.
+    pub p: usize,
+    pub resumed_from: Option<u64>,
+    pub theta: Vec<f64>,
+    /// The trace records (SPEC §6), the last one the final step.
+    pub trace: Vec<serde_json::Value>,
+    /// What `--fisher-update auto` chose, and the projections it chose by.
+    pub fisher_update_auto: Option<(DenseUpdate, DenseUpdateTiming)>,
+    /// The three-model comparison of label cleaning (hyperclean with `corrupt`).
+    pub cleaning: Option<CleaningReport>,
+    /// The inner solution at the final θ (c×d, class-major).
+    pub coef: Vec<f64>,
+    pub outputs: usize,
+    pub features: usize,
+}
+
+impl SmoothOutcome {
+    /// The object of `run --json`, plus `coef`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "problem": self.kind.name(),
+            "method": self.method.name(),
+            "outer_opt": self.outer_opt,
+            "device": self.device,
+            "device_note": self.device_note,
+            "warm_start": self.warm_start,
+            "outer_steps": self.outer_steps,
+            "resumed_from": self.resumed_from,
+            "final": self.trace.last(),
+            "fisher_update_auto": self.fisher_update_auto.as_ref().map(|(update, timing)| json!({
+                "chose": update,
+                "measured": timing,
+            })),
+            "theta": self.theta,
+            "cleaning": self.cleaning,
+            "coef": self.coef,
+            "coef_shape": [self.outputs, self.features],
+        })
+    }
+}
+
+pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
+    let device = Device::open(&settings.device)?;
+    let splits = input.dense(settings)?;
+    let note = device.note();
+    match device.backend {
+        DeviceBackend::CpuF64 => grad_on(CpuBackend::<f64>::new(), plan, settings, &splits, note),
+        DeviceBackend::CpuF32 => grad_on(CpuBackend::<f32>::new(), plan, settings, &splits, note),
+        DeviceBackend::Cuda(backend) => grad_on(backend, plan, settings, &splits, note),
+    }
+}
+
+pub fn run(
+    plan: &SmoothPlan,
+    settings: &Settings,
+    input: &Input,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<SmoothOutcome> {
+    let device = Device::open(&settings.device)?;
+    let mut splits = input.dense(settings)?;
+    let corrupted = match settings.corrupt {
+        None => None,
+        Some(fraction) => Some(cleaning::corrupt(
+            plan.kind,
+            &mut splits.train,
+            fraction,
+            settings.seed,
+        )?),
+    };
+    let note = device.note();
+    let data = RunData {
+        splits: &splits,
+        corrupted: corrupted.as_deref(),
+    };
+    match device.backend {
+        DeviceBackend::CpuF64 => run_on(
+            CpuBackend::<f64>::new(),
+            plan,
+            settings,
+            data,
+            note,
+            on_step,
+        ),
+        DeviceBackend::CpuF32 => run_on(
+            CpuBackend::<f32>::new(),
+            plan,
+            settings,
+            data,
+            note,
+            on_step,
+        ),
+        DeviceBackend::Cuda(backend) => run_on(backend, plan, settings, data, note, on_step),
+    }
+}
+
+/// Builds the problem on `backend` and sets θ from the settings.
+fn build<B: Backend>(
+    backend: B,
+    plan: &SmoothPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+) -> Result<GlmBilevel<B>> {
+    let mut problem = GlmBilevel::new(
+        backend,
+        plan.kind,
+        plan.layout,
+        &splits.train,
+        &splits.val,
+        settings.l2,
+    )?;
+    let p = problem.hyper_dim();
+    let what = format!("{} with --hyper {}", plan.kind.name(), plan.layout.name());
+    let theta = settings.theta.values(p, 0.0, &what)?;
+    problem.set_theta(&theta)?;
+    Ok(problem)
+}
+
+fn grad_on<B: Backend + Clone>(
+    backend: B,
+    plan: &SmoothPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+    device_note: Option<String>,
+) -> Result<SmoothReport> {
+    let device = backend.name();
+    let problem = build(backend, plan, settings, splits)?;
+    let opts = plan.options(settings, problem.backend().precision());
+    let result = if opts.method.is_stochastic() {
+        let stochastic = plan.stochastic(settings, opts.linear_tol);
+        // One estimate from a cold start: T SGD steps from w = 0.
+        let mut estimator = StochasticEstimator::new(&problem, &splits.train, stochastic)?;
+        estimator.estimate(&problem, 0)?.0
+    } else {
+        hypergrad::compute(&problem, &opts, None)?
+    };
+    if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
+        return Err(Error::Numerical(format!(
+            "hypergradient entry {i} is {} (check the data scale, θ and the step)",
+            result.hypergradient[i]
+        )));
+    }
+    let (outputs, features) = problem.shape();
+    Ok(SmoothReport {
+        kind: plan.kind,
+        layout: plan.layout,
+        p: problem.hyper_dim(),
+        outputs,
+        features,
+        train: splits.train.name.clone(),
+        val: splits.val.name.clone(),
+        n_train: splits.train.n(),
+        n_val: splits.val.n(),
+        device,
+        device_note,
+        inner_solver: opts.inner.solver,
+        inner_tol: opts.inner.tol,
+        linear_tol: opts.linear_tol,
+        result,
+    })
+}
+
+/// The data of a run, with the rows whose labels were corrupted.
+#[derive(Clone, Copy)]
+struct RunData<'a> {
+    splits: &'a DenseSplits,
+    corrupted: Option<&'a [usize]>,
+}
+
+fn run_on<B: Backend + Clone>(
+    backend: B,
+    plan: &SmoothPlan,
+    settings: &Settings,
+    data: RunData<'_>,
+    device_note: Option<String>,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<SmoothOutcome> {
+    let device = backend.name();
+    let splits = data.splits;
+    let mut problem = build(backend.clone(), plan, settings, splits)?;
+    let opts = plan.options(settings, backend.precision());
+    let warm = !settings.cold_start;
+    let opt = plan.outer_opt(settings)?;
+    // What `--fisher-update auto` measured, for the summary (None when it did not run).
+    let mut fisher_update_auto = None;
+    let mut estimator = if opts.method.is_stochastic() {
+        let mut stochastic = plan.stochastic(settings, opts.linear_tol);
+        stochastic.warm_start = warm;
+        stochastic.diagnostics = false;
+        let stochastic = StochasticEstimator::new(&problem, &splits.train, stochastic)?;
+        if let (update, Some(timing)) = stochastic.dense_update() {
+            fisher_update_auto = Some((update, timing));
+        }
+        Estimator::Stochastic(Box::new(stochastic))
+    } else {
+        let mut opts = opts;
+        if opt.name() == "maid" {
+            // MAID starts loose and tightens only when a step needs it.
+            opts.inner.tol = settings.inner_tol.unwrap_or(outer::MAID_START_TOL);
+            opts.linear_tol = settings.linear_tol.unwrap_or(outer::MAID_START_TOL);
+        }
+        Estimator::Deterministic {
+            opts,
+            warm,
+            w: None,
+        }
+    };
+    let fingerprint = format!(
+        "{} {} method={} opt={} train={} n={} seed={} corrupt={:?} T={} b={} warm={warm}",
+        plan.kind.name(),
+        plan.layout.name(),
+        opts.method.name(),
+        opt.name(),
+        splits.train.name,
+        splits.train.n(),
+        settings.seed,
+        settings.corrupt,
+        settings.inner_steps,
+        settings.batch_size,
+    );
+    let resumed_step = match settings.checkpoint.as_deref() {
+        Some(ck) => outer::Checkpoint::load(ck)?.map(|c| c.step),
+        None => None,
+    };
+    let mut trace_file = TraceWriter::open(settings.trace.as_deref(), resumed_step)?;
+    let mut trace = Vec::new();
+    let config = RunConfig {
+        outer_steps: settings.outer_steps,
+        opt,
+        test: splits.test.as_ref(),
+        fingerprint,
+        checkpoint: settings.checkpoint.as_deref(),
+    };
+    let outcome = outer::run(&mut problem, &mut estimator, &config, |record| {
+        let value = serde_json::to_value(record)
+            .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
+        trace_file.write(&value)?;
+        on_step(&value)?;
+        trace.push(value);
+        Ok(())
+    })?;
+    let cleaning = match data.corrupted {
+        Some(corrupted) if plan.kind == ProblemKind::Hyperclean => Some(cleaning::report(
+            &problem,
+            &opts.inner,
+            settings.l2,
+            splits,
+            corrupted,
+        )?),
+        _ => None,
+    };
+    // The model the final θ trains: the exact inner solution (what `coef_` means in Python),
+    // warm-started from the last inner point where the estimator kept one.
+    let coef = match &cleaning {
+        Some(report) => report.coef.clone(),
+        None => {
+            let w0 = match &estimator {
+                Estimator::Deterministic { w, .. } => w.as_ref(),
+                Estimator::Stochastic(_) => None,
+            };
+            let w = solver::solve(&problem, w0, &opts.inner)?.w;
+            problem.backend().download(&w)?
+        }
+    };
+    let (outputs, features) = problem.shape();
+    Ok(SmoothOutcome {
+        kind: plan.kind,
+        method: opts.method,
+        outer_opt: opt.name(),
+        device,
+        device_note,
+        warm_start: warm,
+        outer_steps: settings.outer_steps,
+        p: problem.hyper_dim(),
+        resumed_from: outcome.resumed_from,
+        theta: outcome.theta,
+        trace,
+        fisher_update_auto,
+        cleaning,
+        coef,
+        outputs,
+        features,
+    })
+}
