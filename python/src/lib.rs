@@ -22,8 +22,8 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValue
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 
-mod shim;
-use shim::api;
+use hypergrad::api;
+use hypergrad::Error;
 
 /// The worker thread's name (the panic hook recognises it).
 const WORKER: &str = "hypergrad-python";
@@ -31,18 +31,36 @@ const WORKER: &str = "hypergrad-python";
 /// How often the calling thread looks for Ctrl-C while Rust computes.
 const POLL: Duration = Duration::from_millis(100);
 
-/// A library error as the Python exception SPEC §7 asks for.
-fn to_py_err(err: api::Error) -> PyErr {
+/// Where an error came from: reading the arrays (everything is about the input there), or
+/// the computation (where numerical and backend failures are not the caller's input).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Input,
+    Compute,
+}
+
+/// A library error as the Python exception SPEC §7 asks for: `KeyboardInterrupt` for an
+/// interrupted run, `TypeError` for an option that does not exist (as for any unexpected
+/// keyword argument), `RuntimeError` for numerical and backend failures of the computation,
+/// `ValueError` for everything else about the input. The message is the command line's.
+fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
     let message = one_line(&err.to_string());
-    if err.is_interrupted() {
-        PyKeyboardInterrupt::new_err(message)
-    } else if err.is_type_error() {
-        PyTypeError::new_err(message)
-    } else if err.is_runtime_error() {
-        PyRuntimeError::new_err(message)
-    } else {
-        PyValueError::new_err(message)
+    match err {
+        Error::Interrupted => PyKeyboardInterrupt::new_err(message),
+        Error::UnknownOption { .. } => PyTypeError::new_err(message),
+        Error::Numerical(_) | Error::Backend(_) if stage == Stage::Compute => {
+            PyRuntimeError::new_err(message)
+        }
+        _ => PyValueError::new_err(message),
     }
+}
+
+fn to_py_err(err: Error) -> PyErr {
+    to_py_err_at(err, Stage::Compute)
+}
+
+fn input_err(err: Error) -> PyErr {
+    to_py_err_at(err, Stage::Input)
 }
 
 fn one_line(message: &str) -> String {
@@ -60,7 +78,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-type Outcome<T> = std::thread::Result<api::Result<T>>;
+type Outcome<T> = std::thread::Result<hypergrad::Result<T>>;
 
 /// Runs `job` on a worker thread with the GIL released, polling for signals every [`POLL`].
 /// `job` gets the cancel flag, raised on Ctrl-C (or any exception a signal handler raises);
@@ -68,7 +86,7 @@ type Outcome<T> = std::thread::Result<api::Result<T>>;
 fn compute<T, F>(py: Python<'_>, job: F) -> PyResult<T>
 where
     T: Send,
-    F: FnOnce(&AtomicBool) -> api::Result<T> + Send,
+    F: FnOnce(&AtomicBool) -> hypergrad::Result<T> + Send,
 {
     let cancel = AtomicBool::new(false);
     let slot: (Mutex<Option<Outcome<T>>>, Condvar) = (Mutex::new(None), Condvar::new());
@@ -155,7 +173,7 @@ fn data(
         let indices = index(&indices, "column index")?;
         let values = values.as_array().iter().copied().collect();
         return api::Data::sparse_csr(n_rows, n_cols, indptr, indices, values, y, name)
-            .map_err(to_py_err);
+            .map_err(input_err);
     }
     let x = if let Ok(a) = x.extract::<PyReadonlyArray2<'_, f64>>() {
         a.as_array().as_standard_layout().into_owned()
@@ -172,7 +190,7 @@ fn data(
             "{name}: expected a NumPy array or a SciPy sparse matrix"
         )));
     };
-    api::Data::dense(x, y, name).map_err(to_py_err)
+    api::Data::dense(x, y, name).map_err(input_err)
 }
 
 /// θ: `None` (the problem's default, as without `--theta`), a number (every entry) or a
@@ -233,11 +251,11 @@ fn request(
                 continue;
             }
             let value = option_value(&key, &value)?;
-            settings.set(&key, &value).map_err(to_py_err)?;
+            settings.set(&key, &value).map_err(input_err)?;
         }
     }
     settings.theta = theta(theta_value)?;
-    api::Request::new(problem, settings).map_err(to_py_err)
+    api::Request::new(problem, settings).map_err(input_err)
 }
 
 /// `hypergrad grad --json` on arrays: the result object as JSON text.
@@ -297,7 +315,7 @@ fn run(
     compute(py, |cancel| {
         let outcome = api::run(&req, &input, &mut |_record: &serde_json::Value| {
             if cancel.load(Ordering::SeqCst) {
-                return Err(api::Error::Interrupted);
+                return Err(Error::Interrupted);
             }
             Ok(())
         })?;
@@ -321,7 +339,7 @@ fn _spin(py: Python<'_>, seconds: f64, panic: bool) -> PyResult<f64> {
         let start = std::time::Instant::now();
         while start.elapsed().as_secs_f64() < seconds {
             if cancel.load(Ordering::SeqCst) {
-                return Err(api::Error::Interrupted);
+                return Err(Error::Interrupted);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
