@@ -74,6 +74,21 @@ def _design(x, name="X"):
     return x
 
 
+def _check_widths(parts):
+    """Every design has columns, and as many as the training one (the command line pads
+    narrower LIBSVM files with zero columns; arrays of different widths are a mistake)."""
+    (name0, x0), *others = parts
+    d = x0[1] if isinstance(x0, tuple) else x0.shape[1]
+    if d == 0:
+        raise ValueError(f"dimension mismatch: {name0} has no columns (features)")
+    for name, x in others:
+        dx = x[1] if isinstance(x, tuple) else x.shape[1]
+        if dx != d:
+            raise ValueError(
+                f"dimension mismatch: {name0} has {d} columns but {name} has {dx}"
+            )
+
+
 def _labels(y, name="y"):
     """``y`` as a 1-D float64 array (ints and bools are exact in float64)."""
     if y is None:
@@ -155,11 +170,13 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     ``hypergradient`` as NumPy arrays).
     """
     opts = _options(dict(options, hyper=hyper, method=method, device=device))
+    x, x_val = _design(X, "X"), _design(X_val, "X_val")
+    _check_widths([("X", x), ("X_val", x_val)])
     text = _native.hypergradient(
         problem,
-        _design(X, "X"),
+        x,
         _labels(y, "y"),
-        _design(X_val, "X_val"),
+        x_val,
         _labels(y_val, "y_val"),
         _theta(theta),
         opts,
@@ -186,13 +203,16 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     opts = _options(dict(options, hyper=hyper, method=method, device=device,
                          outer_steps=outer_steps, outer_opt=outer_opt, trace=trace,
                          checkpoint=checkpoint))
+    x, x_val = _design(X, "X"), _design(X_val, "X_val")
+    x_test = None if X_test is None else _design(X_test, "X_test")
+    _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
     text, trace_text = _native.run(
         problem,
-        _design(X, "X"),
+        x,
         _labels(y, "y"),
-        _design(X_val, "X_val"),
+        x_val,
         _labels(y_val, "y_val"),
-        None if X_test is None else _design(X_test, "X_test"),
+        x_test,
         None if y_test is None else _labels(y_test, "y_test"),
         _theta(theta),
         opts,
