@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _api
 
-__all__ = ["LassoHO", "ElasticNetHO", "WeightedLassoHO", "HyperCleaner"]
+__all__ = ["LassoHO", "ElasticNetHO", "WeightedLassoHO", "HyperCleaner", "holdout_indices",
+           "cv_folds"]
 
 
 def _seed(random_state):
@@ -46,6 +47,70 @@ def holdout_indices(n, val_fraction, random_state=0):
     n_val = min(max(int(round(float(val_fraction) * n)), 1), n - 1)
     perm = check_random_state(random_state).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+_MASK = (1 << 64) - 1
+
+
+def _rust_permutation(n, seed):
+    """``Rng::new(seed).permutation(n)`` of the Rust library (xoshiro256++ seeded by
+    splitmix64; Fisher–Yates with Lemire's unbiased bounded draws)."""
+    sm = seed & _MASK
+    s = []
+    for _ in range(4):
+        sm = (sm + 0x9E3779B97F4A7C15) & _MASK
+        z = sm
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        s.append(z ^ (z >> 31))
+
+    def rotl(x, k):
+        return ((x << k) | (x >> (64 - k))) & _MASK
+
+    def next_u64():
+        result = (rotl((s[0] + s[3]) & _MASK, 23) + s[0]) & _MASK
+        t = (s[1] << 17) & _MASK
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+    def below(m):
+        prod = next_u64() * m
+        low = prod & _MASK
+        if low < m:
+            threshold = ((-m) & _MASK) % m
+            while low < threshold:
+                prod = next_u64() * m
+                low = prod & _MASK
+        return prod >> 64
+
+    p = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = below(i + 1)
+        p[i], p[j] = p[j], p[i]
+    return np.asarray(p, dtype=np.int64)
+
+
+def cv_folds(n, k, random_state=0):
+    """The K folds ``criterion="cv"`` uses, as ``[(train_rows, held_out_rows), ...]`` (each
+    sorted): the rows shuffled by the Rust library's seeded generator, fold f holding
+    positions ⌊f·n/K⌋ … ⌊(f+1)·n/K⌋ − 1 of that order. Give them to scikit-learn
+    (``LassoCV(cv=cv_folds(n, 5))``) to compare on the same folds."""
+    seed, _ = _seed(random_state)
+    if not 2 <= k <= n:
+        raise ValueError(f"invalid value for --folds: needs 2 ≤ K ≤ n = {n}, got {k}")
+    perm = _rust_permutation(n, seed)
+    folds = []
+    for f in range(k):
+        lo, hi = f * n // k, (f + 1) * n // k
+        held = np.sort(perm[lo:hi])
+        fit = np.sort(np.concatenate([perm[:lo], perm[hi:]]))
+        folds.append((fit, held))
+    return folds
 
 
 def _rows(x, idx):
@@ -108,7 +173,7 @@ class _L1HO(RegressorMixin, BaseEstimator):
         ``criterion="holdout"``: the search minimises the MSE on ``val_fraction`` of the rows
         (drawn with ``random_state``, see :func:`holdout_indices`), the model being trained on
         the others; ``criterion="cv"``: the mean MSE over ``cv`` folds of all rows (the folds
-        drawn by the Rust library from ``random_state``). ``coef_`` is the model trained at
+        drawn by the Rust library from ``random_state``: :func:`cv_folds` lists them). ``coef_`` is the model trained at
         the best penalty on the training rows of the criterion (all rows for ``cv``)."""
         self._check_params()
         seed, rs = _seed(self.random_state)
