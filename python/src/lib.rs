@@ -135,14 +135,10 @@ where
 }
 
 /// One side of the data (train, validation or test) as the API takes it.
-fn data(
-    x: &Bound<'_, PyAny>,
-    y: &Bound<'_, PyAny>,
-    name: &str,
-) -> PyResult<api::Data> {
-    let y = y
-        .extract::<PyReadonlyArray1<'_, f64>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name}: the labels must be a 1-D float64 array")))?;
+fn data(x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, name: &str) -> PyResult<api::Data> {
+    let y = y.extract::<PyReadonlyArray1<'_, f64>>().map_err(|_| {
+        PyTypeError::new_err(format!("{name}: the labels must be a 1-D float64 array"))
+    })?;
     let y: Vec<f64> = y.as_array().iter().copied().collect();
     if let Ok(csr) = x.cast::<PyTuple>() {
         // (n_rows, n_cols, indptr, indices, data) of a CSR matrix (hypergrad/_api.py).
@@ -261,6 +257,7 @@ fn request(
 /// `hypergrad grad --json` on arrays: the result object as JSON text.
 #[pyfunction]
 #[pyo3(signature = (problem, x, y, x_val, y_val, theta, options))]
+#[allow(clippy::too_many_arguments)]
 fn hypergradient(
     py: Python<'_>,
     problem: &str,
@@ -277,7 +274,9 @@ fn hypergradient(
         val: data(x_val, y_val, "X_val")?,
         test: None,
     });
-    compute(py, |_cancel| Ok(api::grad(&req, &input)?.to_json().to_string()))
+    compute(py, |_cancel| {
+        Ok(api::grad(&req, &input)?.to_json().to_string())
+    })
 }
 
 /// `hypergrad run --json` on arrays: `(result, trace)` as JSON text (an object, and an
@@ -320,7 +319,10 @@ fn run(
             Ok(())
         })?;
         let trace: Vec<String> = outcome.trace().iter().map(|r| r.to_string()).collect();
-        Ok((outcome.to_json().to_string(), format!("[{}]", trace.join(","))))
+        Ok((
+            outcome.to_json().to_string(),
+            format!("[{}]", trace.join(",")),
+        ))
     })
 }
 
