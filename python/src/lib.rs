@@ -42,9 +42,10 @@ enum Stage {
 /// A library error as the Python exception SPEC §7 asks for: `KeyboardInterrupt` for an
 /// interrupted run, `TypeError` for an option that does not exist (as for any unexpected
 /// keyword argument), `RuntimeError` for numerical and backend failures of the computation,
-/// `ValueError` for everything else about the input. The message is the command line's.
+/// `ValueError` for everything else about the input. The message is the command line's, an
+/// invalid option named by its keyword (`inner_tol`, not `--inner-tol`).
 fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
-    let message = one_line(&err.to_string());
+    let message = one_line(&api::keyword_message(&err));
     match err {
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::UnknownOption { .. } => PyTypeError::new_err(message),

@@ -27,11 +27,11 @@ BAD = [
     ("0/1 labels for logreg", lambda: grad("logreg", y=(Y > 0) * 1.0, yv=np.sign(Y)), ValueError, "is not -1 or +1"),
     ("real labels for softmax", lambda: grad("softmax"), ValueError, "is not a class index"),
     ("unknown option", lambda: grad(foo=1), TypeError, "unknown option 'foo'"),
-    ("option of the wrong type", lambda: grad(inner_tol="x"), ValueError, "invalid value for --inner-tol"),
-    ("option out of range", lambda: grad(batch_size=-1), ValueError, "invalid value for --batch-size"),
+    ("option of the wrong type", lambda: grad(inner_tol="x"), ValueError, "invalid value for inner_tol"),
+    ("option out of range", lambda: grad(batch_size=-1), ValueError, "invalid value for batch_size"),
     ("option value not a scalar", lambda: grad(inner_tol=[1e-3]), TypeError, "invalid value for inner_tol"),
     ("unknown problem", lambda: grad("foo"), ValueError, "invalid value for --problem: unknown value 'foo'"),
-    ("unknown method", lambda: grad(method="bar"), ValueError, "invalid value for --method"),
+    ("unknown method", lambda: grad(method="bar"), ValueError, "invalid value for method"),
     ("smooth method for lasso", lambda: grad("lasso", method="cg"), ValueError, "cg is a smooth-problem method"),
     ("layout of another problem", lambda: grad(hyper="per-class"), ValueError, "per-class is not a layout of ridge"),
     ("θ of the wrong length", lambda: grad(theta=np.zeros(5)), ValueError, "θ has 5 entries"),
@@ -48,9 +48,9 @@ BAD = [
     ("empty X", lambda: grad(x=X[:0], y=Y[:0]), ValueError, "at least one row"),
     ("no columns", lambda: grad(x=X[:, :0], xv=X[:, :0]), ValueError, "no columns"),
     ("X_val narrower than X", lambda: grad(xv=X[:, :2]), ValueError, "X has 3 columns but X_val has 2"),
-    ("outer optimiser of the other family", lambda: hg.run("ridge", X, Y, X, Y, outer_opt="hoag"), ValueError, "invalid value for --outer-opt"),
+    ("outer optimiser of the other family", lambda: hg.run("ridge", X, Y, X, Y, outer_opt="hoag"), ValueError, "invalid value for outer_opt"),
     ("X_test without y_test", lambda: hg.run("ridge", X, Y, X, Y, X_test=X), ValueError, "X_test and y_test"),
-    ("negative outer steps", lambda: hg.run("ridge", X, Y, X, Y, outer_steps=-3), ValueError, "--outer-steps"),
+    ("negative outer steps", lambda: hg.run("ridge", X, Y, X, Y, outer_steps=-3), ValueError, "outer_steps"),
 ]
 
 
@@ -91,6 +91,9 @@ def test_message_is_the_clis(problem, y, kwargs, flags, cli, tmp_path):
                           "--val", write_csv(tmp_path / "val.csv", X, yv), *flags)
     assert code != 0
     cli_message = stderr.strip().splitlines()[-1].removeprefix("error: ")
+    # the same words; an option is named by its keyword (hyper) instead of its flag (--hyper)
+    for flag, keyword in (("--method", "method"), ("--hyper", "hyper")):
+        cli_message = cli_message.replace(f"invalid value for {flag}:", f"invalid value for {keyword}:")
     assert str(info.value) == cli_message.replace(train, "X")
 
 

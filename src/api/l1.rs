@@ -192,7 +192,11 @@ fn merge_folds(folds: &[L1Hypergradient], value: f64, grad: Vec<f64>) -> L1Hyper
     r.inner_iters = folds.iter().map(|f| f.inner_iters).sum();
     r.linear_iters = folds.iter().map(|f| f.linear_iters).sum();
     r.inner_converged = folds.iter().all(|f| f.inner_converged);
-    r.support_size = folds.iter().map(|f| f.support_size).max().unwrap_or(0);
+    r.extra.support_size = folds
+        .iter()
+        .map(|f| f.extra.support_size)
+        .max()
+        .unwrap_or(0);
     r
 }
 

@@ -133,6 +133,22 @@ pub fn run(
     }
 }
 
+/// The one-line message of `err` for callers that pass options as keyword arguments (the
+/// Python package): an invalid option is named `inner_tol` rather than `--inner-tol`; every
+/// other message is the command line's.
+pub fn keyword_message(err: &crate::Error) -> String {
+    match err {
+        crate::Error::InvalidOption { option, message } => {
+            let name = OPTION_NAMES
+                .iter()
+                .find(|(_, flag)| flag == option)
+                .map_or(*option, |(keyword, _)| *keyword);
+            format!("invalid value for {name}: {message}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// What `hypergrad info --json` prints: version, build, kernels, devices.
 pub fn info() -> serde_json::Value {
     info::Info::gather().to_json()

@@ -12,6 +12,7 @@ mod grad;
 mod info;
 mod run;
 mod stochastic_args;
+mod tables;
 
 use std::process::ExitCode;
 
