@@ -134,6 +134,11 @@ def _check_lengths(x, y, names=("X", "y")):
         )
 
 
+# The options of `run` that the ℓ1 estimators' parameters set.
+_L1_PARAMS = (("outer_opt", "search"), ("outer_steps", "max_steps"), ("inner_tol", "tol"),
+              ("folds", "cv"), ("seed", "random_state"))
+
+
 class _L1HO(RegressorMixin, BaseEstimator):
     """Shared by the ℓ1 estimators; ``_problem`` names the SPEC §2 problem."""
 
@@ -184,16 +189,23 @@ class _L1HO(RegressorMixin, BaseEstimator):
         options = dict(method=self.method, outer_steps=int(self.max_steps),
                        outer_opt=self.search, inner_tol=float(self.tol), device=self.device,
                        seed=seed)
-        if self.criterion == "holdout":
-            train, val = holdout_indices(Xd.shape[0], self.val_fraction, rs)
-            result = _api.run(self._problem, _rows(Xd, train), yv[train], _rows(Xd, val),
-                              yv[val], **options)
-            self.train_indices_, self.val_indices_ = train, val
-        else:
-            # The folds are made from the training rows; the validation argument is unused.
-            head = np.arange(min(1, Xd.shape[0]))
-            result = _api.run(self._problem, Xd, yv, _rows(Xd, head), yv[head],
-                              folds=int(self.cv), **options)
+        try:
+            if self.criterion == "holdout":
+                train, val = holdout_indices(Xd.shape[0], self.val_fraction, rs)
+                result = _api.run(self._problem, _rows(Xd, train), yv[train], _rows(Xd, val),
+                                  yv[val], **options)
+                self.train_indices_, self.val_indices_ = train, val
+            else:
+                # The folds are made from the training rows; the validation argument is unused.
+                head = np.arange(min(1, Xd.shape[0]))
+                result = _api.run(self._problem, Xd, yv, _rows(Xd, head), yv[head],
+                                  folds=int(self.cv), **options)
+        except ValueError as err:
+            # Name the estimator's parameters, not the options they map to.
+            message = str(err)
+            for option, param in _L1_PARAMS:
+                message = message.replace(f"invalid value for {option}:", f"invalid value for {param}:")
+            raise ValueError(message) from None
         theta = np.asarray(result["theta"], dtype=np.float64)
         self.theta_ = theta
         self.coef_ = np.asarray(result["coef"], dtype=np.float64)

@@ -120,9 +120,9 @@ def test_bad_estimator_parameters(regression):
         hg.LassoHO(criterion="aic").fit(x, y)
     with pytest.raises(ValueError, match="val_fraction"):
         hg.LassoHO(val_fraction=1.5).fit(x, y)
-    with pytest.raises(ValueError, match="--method"):
+    with pytest.raises(ValueError, match="invalid value for method: cg is a smooth-problem"):
         hg.LassoHO(method="cg").fit(x, y)
-    with pytest.raises(ValueError, match="--outer-opt"):
+    with pytest.raises(ValueError, match="invalid value for search: sgd"):
         hg.LassoHO(search="sgd").fit(x, y)
     with pytest.raises(TypeError, match="float32 or float64"):
         hg.LassoHO().fit(x.astype(int), y)
