@@ -162,3 +162,33 @@ def test_sparse_matrix_is_not_densified(sparse_regression):
     x, y, xv, yv = sparse_regression
     res = hg.hypergradient("lasso", sp.csc_matrix(x), y, xv, yv)
     assert res["sparse"] is True and res["nnz_train"] == x.nnz
+
+
+def test_layouts_and_dtypes_agree(diabetes):
+    """C and Fortran order, float64 and float32 (the float32 numbers, computed in float64),
+    a strided view: the same hypergradient."""
+    x, y, xv, yv = diabetes
+    ref = hg.hypergradient("ridge", x, y, xv, yv, theta=0.2)
+    for variant in (np.asfortranarray(x), np.ascontiguousarray(x), np.repeat(x, 2, axis=1)[:, ::2]):
+        np.testing.assert_array_equal(variant, x)
+        out = hg.hypergradient("ridge", variant, y, xv, yv, theta=0.2)
+        np.testing.assert_allclose(out["hypergradient"], ref["hypergradient"], rtol=1e-12)
+    x32 = x.astype(np.float32)
+    a = hg.hypergradient("ridge", np.asfortranarray(x32), y, xv, yv, theta=0.2)
+    b = hg.hypergradient("ridge", x32.astype(np.float64), y, xv, yv, theta=0.2)
+    np.testing.assert_allclose(a["hypergradient"], b["hypergradient"], rtol=1e-12)
+    # integer and bool labels are exact in float64
+    yi = np.where(y > 0, 1, -1)
+    a = hg.hypergradient("logreg", x, yi, xv, np.where(yv > 0, 1, -1))
+    b = hg.hypergradient("logreg", x, yi.astype(float), xv, np.where(yv > 0, 1.0, -1.0))
+    np.testing.assert_allclose(a["hypergradient"], b["hypergradient"], rtol=1e-12)
+
+
+def test_run_resumes_from_a_checkpoint(tmp_path, diabetes):
+    x, y, xv, yv = diabetes
+    ck = tmp_path / "ck.json"
+    full = hg.run("ridge", x, y, xv, yv, outer_steps=6)
+    hg.run("ridge", x, y, xv, yv, outer_steps=3, checkpoint=ck)
+    resumed = hg.run("ridge", x, y, xv, yv, outer_steps=6, checkpoint=ck)
+    assert resumed["resumed_from"] is not None
+    np.testing.assert_allclose(resumed["theta"], full["theta"], rtol=1e-9)
