@@ -61,11 +61,11 @@ pub struct KernelArgs {
     pub json: bool,
 }
 
-/// The device of a benchmark: `--device` in f32 (the precision both backends have).
-pub fn open_device(device: DeviceName) -> Result<Device> {
+/// The device of a benchmark: `--device` in `precision` (f32 is the one both backends have).
+pub fn open_device(device: DeviceName, precision: PrecisionName) -> Result<Device> {
     Ok(Device::open(&DeviceSpec {
         device,
-        precision: Some(PrecisionName::F32),
+        precision: Some(precision),
         ..DeviceSpec::default()
     })?)
 }
@@ -108,7 +108,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
     };
-    let gpu = match open_device(args.device)?.backend {
+    let gpu = match open_device(args.device, PrecisionName::F32)?.backend {
         DeviceBackend::Cuda(gpu) => Some(gpu),
         _ => None,
     };

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::bench::open_device;
 use crate::api::device::OnBackend;
-use crate::api::names::DeviceName;
+use crate::api::names::{DeviceName, PrecisionName};
 use crate::backend::Backend;
 use crate::bench::time_calls;
 use crate::data::synthetic;
@@ -23,6 +23,9 @@ use crate::problem::{GlmBilevel, HyperLayout, ProblemKind};
 pub struct NhgdBenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceName,
+    /// Precision: f32 (default; the only one CUDA has) or f64 (CPU only).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionName,
     /// Training rows.
     #[arg(long, default_value_t = 50_000)]
     pub n: usize,
@@ -63,7 +66,7 @@ pub fn run(args: NhgdBenchArgs) -> Result<()> {
             anyhow::bail!("invalid value for {name}: must be at least 1");
         }
     }
-    Ok(open_device(args.device)?.dispatch(Bench(&args))?)
+    Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?)
 }
 
 /// The benchmark on the opened backend.
