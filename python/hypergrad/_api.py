@@ -1,0 +1,231 @@
+"""The functions of SPEC §7: ``info``, ``hypergradient`` and ``run``.
+
+This layer checks the *types* of the arguments (NumPy arrays of float32/float64 in C or
+Fortran order, SciPy sparse matrices, labels) and hands them to the Rust extension
+``hypergrad._native``; the *values* (shapes, finiteness, labels that fit the problem, option
+names and ranges) are checked by the Rust library, so a bad input raises ``ValueError`` or
+``TypeError`` with the one-line message the command line gives for it.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import _native
+
+__all__ = ["info", "hypergradient", "run"]
+
+# Result entries that are vectors: returned as float64 NumPy arrays.
+_VECTOR_KEYS = ("theta", "hypergradient", "best_theta", "coef")
+
+
+def _is_sparse(x):
+    """Whether ``x`` is a SciPy sparse matrix or array (without importing SciPy)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(x)
+
+
+def _dtype_error(name, dtype):
+    return TypeError(
+        f"{name}: expected float32 or float64 values, got dtype {dtype} "
+        f"(convert with {name}.astype(numpy.float64))"
+    )
+
+
+def _design(x, name="X"):
+    """``x`` as the extension takes it: a 2-D float32/float64 ndarray (C or Fortran order, not
+    copied), or a sparse matrix as ``(n_rows, n_cols, indptr, indices, data)`` of its CSR form
+    (a CSC matrix is converted to CSR, never densified)."""
+    if _is_sparse(x):
+        if x.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D sparse matrix, got {x.ndim}-D")
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+            raise _dtype_error(name, x.dtype)
+        if x.format != "csr":
+            x = x.tocsr()
+        if not x.has_canonical_format:
+            x = x.copy()
+            x.sum_duplicates()
+        n_rows, n_cols = x.shape
+        return (
+            int(n_rows),
+            int(n_cols),
+            np.ascontiguousarray(x.indptr, dtype=np.int64),
+            np.ascontiguousarray(x.indices, dtype=np.int64),
+            np.ascontiguousarray(x.data, dtype=np.float64),
+        )
+    if not isinstance(x, np.ndarray):
+        if x is None:
+            raise TypeError(f"{name}: expected a NumPy array or a SciPy sparse matrix, got None")
+        x = np.asarray(x)
+    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+        raise _dtype_error(name, x.dtype)
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name}: expected a 2-D array (n_samples, n_features), got shape {x.shape}"
+        )
+    if x.dtype.byteorder not in ("=", "|"):
+        x = x.astype(x.dtype.newbyteorder("="))
+    if not (x.flags.c_contiguous or x.flags.f_contiguous):
+        # A strided view: the extension copies it anyway, in row-major order.
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _check_widths(parts):
+    """Every design has columns, and as many as the training one (the command line pads
+    narrower LIBSVM files with zero columns; arrays of different widths are a mistake)."""
+    (name0, x0), *others = parts
+    d = x0[1] if isinstance(x0, tuple) else x0.shape[1]
+    if d == 0:
+        raise ValueError(f"dimension mismatch: {name0} has no columns (features)")
+    for name, x in others:
+        dx = x[1] if isinstance(x, tuple) else x.shape[1]
+        if dx != d:
+            raise ValueError(
+                f"dimension mismatch: {name0} has {d} columns but {name} has {dx}"
+            )
+
+
+def _labels(y, name="y"):
+    """``y`` as a 1-D float64 array (ints and bools are exact in float64)."""
+    if y is None:
+        raise TypeError(f"{name}: expected a 1-D array of labels, got None")
+    if _is_sparse(y):
+        raise TypeError(f"{name}: expected a dense 1-D array of labels, got a sparse matrix")
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name}: expected numeric labels, got dtype {y.dtype} "
+            "(map class names to 0..c-1, e.g. with numpy.unique(y, return_inverse=True))"
+        )
+    if y.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of labels, got shape {y.shape}")
+    return np.ascontiguousarray(y, dtype=np.float64)
+
+
+def _theta(theta):
+    """``None`` (the problem's default), a number, or a 1-D float64 array."""
+    if theta is None:
+        return None
+    if isinstance(theta, (bool, np.bool_)):
+        raise TypeError("invalid value for theta: expected a number or a 1-D array, got a bool")
+    if isinstance(theta, (int, float, np.integer, np.floating)):
+        return float(theta)
+    arr = np.asarray(theta)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"invalid value for theta: expected numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        return float(arr)
+    if arr.ndim != 1:
+        raise ValueError(f"invalid value for theta: expected a 1-D array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _options(options):
+    """``**options`` for the extension: ``None`` keeps the default; paths become strings;
+    NumPy scalars become Python ones."""
+    out = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif isinstance(value, np.bool_):
+            value = bool(value)
+        elif isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def _arrays(result):
+    for key in _VECTOR_KEYS:
+        value = result.get(key)
+        if isinstance(value, list):
+            result[key] = np.asarray(value, dtype=np.float64)
+    return result
+
+
+def info():
+    """What ``hypergrad info --json`` shows: version, build, kernels, devices (a dict)."""
+    return json.loads(_native.info())
+
+
+def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method=None,
+                  device="auto", **options):
+    """One hypergradient ∇F(θ) (SPEC §6 ``hypergrad grad``) on arrays.
+
+    ``problem`` and ``method`` take the command line's values (``ridge``, ``logreg``,
+    ``softmax``, ``hyperclean``, ``lasso``, ``enet``, ``wlasso``; ``exact``, ``cg``, …);
+    ``**options`` the command line's long options with ``_`` for ``-`` (``inner_tol=1e-8``,
+    ``l2=1e-3``, …). ``theta`` is a number (every entry of θ) or a 1-D array of all p entries;
+    ``None`` is the command line's default without ``--theta`` (0 for the smooth problems,
+    log(λ_max/10) for the ℓ1 problems). ``X`` is a float32/float64 NumPy array or, for the ℓ1
+    problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and
+    ``hypergradient`` as NumPy arrays).
+    """
+    opts = _options(dict(options, hyper=hyper, method=method, device=device))
+    x, x_val = _design(X, "X"), _design(X_val, "X_val")
+    _check_widths([("X", x), ("X_val", x_val)])
+    text = _native.hypergradient(
+        problem,
+        x,
+        _labels(y, "y"),
+        x_val,
+        _labels(y_val, "y_val"),
+        _theta(theta),
+        opts,
+    )
+    return _arrays(json.loads(text))
+
+
+def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hyper=None,
+        method=None, outer_steps=20, outer_opt=None, device="auto", trace=None,
+        checkpoint=None, **options):
+    """Bilevel optimisation (SPEC §6 ``hypergrad run``) on arrays.
+
+    Arguments as for :func:`hypergradient`, plus the outer loop's: ``outer_steps``,
+    ``outer_opt`` (``sgd``, ``adam``, ``maid``; ``hoag``, ``adam``, ``grid``, ``random`` for the
+    ℓ1 problems), ``trace`` (a JSONL file written as the run goes), ``checkpoint``, and test
+    rows. Ctrl-C stops the run within about a second (``KeyboardInterrupt``).
+
+    Returns the dict of ``run --json`` plus ``"trace"`` (the list of per-step records),
+    ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
+    ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
+    """
+    if (X_test is None) != (y_test is None):
+        raise ValueError("X_test and y_test go together: give both or neither")
+    opts = _options(dict(options, hyper=hyper, method=method, device=device,
+                         outer_steps=outer_steps, outer_opt=outer_opt, trace=trace,
+                         checkpoint=checkpoint))
+    x, x_val = _design(X, "X"), _design(X_val, "X_val")
+    x_test = None if X_test is None else _design(X_test, "X_test")
+    _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
+    text, trace_text = _native.run(
+        problem,
+        x,
+        _labels(y, "y"),
+        x_val,
+        _labels(y_val, "y_val"),
+        x_test,
+        None if y_test is None else _labels(y_test, "y_test"),
+        _theta(theta),
+        opts,
+    )
+    result = json.loads(text)
+    result["trace"] = json.loads(trace_text)
+    if "theta" not in result and "best_theta" in result:
+        # The ℓ1 searches report the best θ they met, its criterion, and the test loss and
+        # the coefficients at it.
+        result["theta"] = result["best_theta"]
+        result.setdefault("outer_loss", result.get("best_loss"))
+    final = result.get("final") or (result["trace"][-1] if result["trace"] else {})
+    for key in ("outer_loss", "test_loss", "test_accuracy"):
+        if result.get(key) is None and final.get(key) is not None:
+            result[key] = final[key]
+    return _arrays(result)

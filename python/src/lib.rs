@@ -1,0 +1,380 @@
+//! `hypergrad._native`: the Rust side of the Python package (SPEC §7).
+//!
+//! The Python layer (`hypergrad/_api.py`) checks the *types* of its arguments (NumPy arrays of
+//! float32/float64, SciPy sparse matrices as CSR triplets, labels as float64) and hands them
+//! here; everything about their *values* (shapes, finiteness, labels, option names and
+//! ranges) is checked by `hypergrad::api`, so a bad input gets the same one-line message as on
+//! the command line.
+//!
+//! Every computation runs on a worker thread with the GIL released. The calling thread wakes
+//! every [`POLL`] to run Python's signal handlers: on Ctrl-C it raises a cancel flag that the
+//! per-step sink of `run` checks, waits for the worker to stop, and raises `KeyboardInterrupt`.
+//! A panic in Rust is caught on the worker thread and becomes a `RuntimeError`.
+//! Results cross as JSON text (the same serialisation as `--json`), parsed by the Python layer.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
+
+use hypergrad::api;
+use hypergrad::Error;
+
+/// The worker thread's name (the panic hook recognises it).
+const WORKER: &str = "hypergrad-python";
+
+/// How often the calling thread looks for Ctrl-C while Rust computes.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where an error came from: reading the arrays (everything is about the input there), or
+/// the computation (where numerical and backend failures are not the caller's input).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Input,
+    Compute,
+}
+
+/// A library error as the Python exception SPEC §7 asks for: `KeyboardInterrupt` for an
+/// interrupted run, `TypeError` for an option that does not exist (as for any unexpected
+/// keyword argument), `RuntimeError` for numerical and backend failures of the computation,
+/// `ValueError` for everything else about the input. The message is the command line's, an
+/// invalid option named by its keyword (`inner_tol`, not `--inner-tol`).
+fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
+    let message = one_line(&api::keyword_message(&err));
+    match err {
+        Error::Interrupted => PyKeyboardInterrupt::new_err(message),
+        Error::UnknownOption { .. } => PyTypeError::new_err(message),
+        Error::Numerical(_) | Error::Backend(_) if stage == Stage::Compute => {
+            PyRuntimeError::new_err(message)
+        }
+        _ => PyValueError::new_err(message),
+    }
+}
+
+fn to_py_err(err: Error) -> PyErr {
+    to_py_err_at(err, Stage::Compute)
+}
+
+fn input_err(err: Error) -> PyErr {
+    to_py_err_at(err, Stage::Input)
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a Rust panic with no message".to_string()
+    }
+}
+
+type Outcome<T> = std::thread::Result<hypergrad::Result<T>>;
+
+/// Runs `job` on a worker thread with the GIL released, polling for signals every [`POLL`].
+/// `job` gets the cancel flag, raised on Ctrl-C (or any exception a signal handler raises);
+/// the exception is re-raised once the worker has returned.
+fn compute<T, F>(py: Python<'_>, job: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce(&AtomicBool) -> hypergrad::Result<T> + Send,
+{
+    let cancel = AtomicBool::new(false);
+    let slot: (Mutex<Option<Outcome<T>>>, Condvar) = (Mutex::new(None), Condvar::new());
+    std::thread::scope(|scope| {
+        let (cancel, slot) = (&cancel, &slot);
+        let worker = std::thread::Builder::new()
+            .name(WORKER.into())
+            .spawn_scoped(scope, move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| job(cancel)));
+                let (lock, ready) = slot;
+                *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                ready.notify_all();
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a worker thread: {e}")))?;
+        let mut signal: Option<PyErr> = None;
+        let outcome = loop {
+            let taken = py.detach(|| {
+                let (lock, ready) = slot;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut guard, _) = ready
+                    .wait_timeout_while(guard, POLL, |o| o.is_none())
+                    .unwrap_or_else(|e| e.into_inner());
+                guard.take()
+            });
+            if let Some(outcome) = taken {
+                break outcome;
+            }
+            if signal.is_none() {
+                if let Err(err) = py.check_signals() {
+                    cancel.store(true, Ordering::SeqCst);
+                    signal = Some(err);
+                }
+            }
+        };
+        // The worker has stored its outcome; joining cannot block for long.
+        let _ = py.detach(|| worker.join());
+        match (outcome, signal) {
+            (_, Some(err)) => Err(err),
+            (Ok(result), None) => result.map_err(to_py_err),
+            (Err(payload), None) => Err(PyRuntimeError::new_err(format!(
+                "internal error (a bug in hypergrad, please report it): {}",
+                one_line(&panic_message(payload.as_ref()))
+            ))),
+        }
+    })
+}
+
+/// One side of the data (train, validation or test) as the API takes it.
+fn data(x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, name: &str) -> PyResult<api::Data> {
+    let y = y.extract::<PyReadonlyArray1<'_, f64>>().map_err(|_| {
+        PyTypeError::new_err(format!("{name}: the labels must be a 1-D float64 array"))
+    })?;
+    let y: Vec<f64> = y.as_array().iter().copied().collect();
+    if let Ok(csr) = x.cast::<PyTuple>() {
+        // (n_rows, n_cols, indptr, indices, data) of a CSR matrix (hypergrad/_api.py).
+        let (n_rows, n_cols, indptr, indices, values): (
+            usize,
+            usize,
+            PyReadonlyArray1<'_, i64>,
+            PyReadonlyArray1<'_, i64>,
+            PyReadonlyArray1<'_, f64>,
+        ) = csr.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{name}: a sparse matrix must come as (n_rows, n_cols, indptr, indices, data)"
+            ))
+        })?;
+        let index = |a: &PyReadonlyArray1<'_, i64>, what: &str| -> PyResult<Vec<usize>> {
+            a.as_array()
+                .iter()
+                .map(|&i| {
+                    usize::try_from(i).map_err(|_| {
+                        PyValueError::new_err(format!(
+                            "dataset '{name}': the sparse matrix has a negative {what} ({i})"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let indptr = index(&indptr, "row pointer")?;
+        let indices = index(&indices, "column index")?;
+        let values = values.as_array().iter().copied().collect();
+        return api::Data::sparse_csr(n_rows, n_cols, indptr, indices, values, y, name)
+            .map_err(input_err);
+    }
+    let x = if let Ok(a) = x.extract::<PyReadonlyArray2<'_, f64>>() {
+        a.as_array().as_standard_layout().into_owned()
+    } else if let Ok(a) = x.extract::<PyReadonlyArray2<'_, f32>>() {
+        a.as_array().mapv(f64::from)
+    } else if let Ok(a) = x.cast::<PyUntypedArray>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: expected a 2-D float32 or float64 array, got a {}-D array of dtype {}",
+            a.ndim(),
+            a.dtype()
+        )));
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: expected a NumPy array or a SciPy sparse matrix"
+        )));
+    };
+    api::Data::dense(x, y, name).map_err(input_err)
+}
+
+/// θ: `None` (the problem's default, as without `--theta`), a number (every entry) or a
+/// 1-D float64 array (all p entries).
+fn theta(value: Option<&Bound<'_, PyAny>>) -> PyResult<api::Theta> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(api::Theta::Default);
+    };
+    if value.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(
+            "invalid value for theta: expected a number or a 1-D array, got a bool",
+        ));
+    }
+    if value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>() {
+        return Ok(api::Theta::Scalar(value.extract::<f64>()?));
+    }
+    let array = value.extract::<PyReadonlyArray1<'_, f64>>().map_err(|_| {
+        PyTypeError::new_err("invalid value for theta: expected a number or a 1-D float64 array")
+    })?;
+    Ok(api::Theta::Vector(array.as_array().to_vec()))
+}
+
+/// One `**options` value; `None` means "the default" and is skipped by the caller.
+fn option_value(name: &str, value: &Bound<'_, PyAny>) -> PyResult<api::OptionValue> {
+    if value.is_instance_of::<PyBool>() {
+        Ok(api::OptionValue::Bool(value.extract()?))
+    } else if value.is_instance_of::<PyInt>() {
+        let v: i64 = value.extract().map_err(|_| {
+            PyValueError::new_err(format!("invalid value for {name}: {value} is too large"))
+        })?;
+        Ok(api::OptionValue::Int(v))
+    } else if value.is_instance_of::<PyFloat>() {
+        Ok(api::OptionValue::Float(value.extract()?))
+    } else if value.is_instance_of::<PyString>() {
+        Ok(api::OptionValue::Str(value.extract()?))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "invalid value for {name}: expected a bool, int, float or str, got {}",
+            value.get_type().name()?
+        )))
+    }
+}
+
+/// The request: problem, θ, and the options by their long names (`method` and `hyper`
+/// among them); `None` values keep the default.
+fn request(
+    problem: &str,
+    theta_value: Option<&Bound<'_, PyAny>>,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<api::Request> {
+    let mut settings = api::Settings::default();
+    if let Some(options) = options {
+        for (key, value) in options.iter() {
+            let key: String = key
+                .extract()
+                .map_err(|_| PyTypeError::new_err("option names must be strings"))?;
+            if value.is_none() {
+                continue;
+            }
+            let value = option_value(&key, &value)?;
+            settings.set(&key, &value).map_err(input_err)?;
+        }
+    }
+    settings.theta = theta(theta_value)?;
+    api::Request::new(problem, settings).map_err(input_err)
+}
+
+/// `hypergrad grad --json` on arrays: the result object as JSON text.
+#[pyfunction]
+#[pyo3(signature = (problem, x, y, x_val, y_val, theta, options))]
+#[allow(clippy::too_many_arguments)]
+fn hypergradient(
+    py: Python<'_>,
+    problem: &str,
+    x: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    x_val: &Bound<'_, PyAny>,
+    y_val: &Bound<'_, PyAny>,
+    theta: Option<&Bound<'_, PyAny>>,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<String> {
+    let req = request(problem, theta, options)?;
+    let input = api::Input::from(api::Splits {
+        train: data(x, y, "X")?,
+        val: data(x_val, y_val, "X_val")?,
+        test: None,
+    });
+    compute(py, |_cancel| {
+        Ok(api::grad(&req, &input)?.to_json().to_string())
+    })
+}
+
+/// `hypergrad run --json` on arrays: `(result, trace)` as JSON text (an object, and an
+/// array of the per-step records).
+#[pyfunction]
+#[pyo3(signature = (problem, x, y, x_val, y_val, x_test, y_test, theta, options))]
+#[allow(clippy::too_many_arguments)]
+fn run(
+    py: Python<'_>,
+    problem: &str,
+    x: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    x_val: &Bound<'_, PyAny>,
+    y_val: &Bound<'_, PyAny>,
+    x_test: Option<&Bound<'_, PyAny>>,
+    y_test: Option<&Bound<'_, PyAny>>,
+    theta: Option<&Bound<'_, PyAny>>,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(String, String)> {
+    let req = request(problem, theta, options)?;
+    let test = match (x_test, y_test) {
+        (Some(x), Some(y)) => Some(data(x, y, "X_test")?),
+        (None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(
+                "X_test and y_test go together: give both or neither",
+            ))
+        }
+    };
+    let input = api::Input::from(api::Splits {
+        train: data(x, y, "X")?,
+        val: data(x_val, y_val, "X_val")?,
+        test,
+    });
+    compute(py, |cancel| {
+        let outcome = api::run(&req, &input, &mut |_record: &serde_json::Value| {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
+            Ok(())
+        })?;
+        let trace: Vec<String> = outcome.trace().iter().map(|r| r.to_string()).collect();
+        Ok((
+            outcome.to_json().to_string(),
+            format!("[{}]", trace.join(",")),
+        ))
+    })
+}
+
+/// `hypergrad info --json` as JSON text.
+#[pyfunction]
+fn info(py: Python<'_>) -> PyResult<String> {
+    compute(py, |_| Ok(api::info().to_string()))
+}
+
+/// Test hook for the worker-thread machinery: spins for `seconds` (checking the cancel flag
+/// every millisecond, as a run's sink does between steps), then panics if `panic` is set.
+#[pyfunction]
+#[pyo3(signature = (seconds, panic=false))]
+fn _spin(py: Python<'_>, seconds: f64, panic: bool) -> PyResult<f64> {
+    compute(py, |cancel| {
+        let start = std::time::Instant::now();
+        while start.elapsed().as_secs_f64() < seconds {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if panic {
+            panic!("test panic from _spin");
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
+/// Panics on the worker thread become a `RuntimeError` carrying their message; the default
+/// hook would also print a report (and, with `RUST_BACKTRACE`, a backtrace) on stderr. This
+/// hook keeps quiet for the worker and defers to the previous hook everywhere else.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() != Some(WORKER) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_panic_hook();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(hypergradient, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(_spin, m)?)?;
+    Ok(())
+}
