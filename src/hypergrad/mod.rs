@@ -7,6 +7,7 @@
 //! | `unroll` | [`unroll`] (reverse mode through T steps) |
 //! | `forward` | [`forward`] (forward mode through the same T steps) |
 //! | `nhgd`, `stocbio`, `amigo`, `soba` | [`stochastic`] (mini-batch SGD; NHGD's curvature in [`fisher`]) |
+//! | `nhgd` for networks | [`nhgd_mlp`] (per-layer K-FAC, dense, lowrank) |
 
 pub mod bound;
 pub mod cg;
@@ -16,6 +17,7 @@ pub mod fixed_point;
 pub mod forward;
 pub mod implicit;
 pub mod neumann;
+pub mod nhgd_mlp;
 pub mod stochastic;
 pub mod unroll;
 
