@@ -38,6 +38,18 @@ pub struct SmoothReport {
     pub inner_solver: Solver,
     pub inner_tol: f64,
     pub linear_tol: f64,
+    /// The network of `--model mlp:…` (`None`: the linear model).
+    pub network: Option<NetworkInfo>,
+}
+
+/// What a report says about a network inner model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NetworkInfo {
+    /// `mlp:H1,...`.
+    pub model: String,
+    pub activation: &'static str,
+    /// P, the number of inner variables (weights and biases).
+    pub parameters: usize,
 }
 
 impl SmoothReport {
@@ -60,6 +72,9 @@ impl SmoothReport {
                 "inner_solver": self.inner_solver.name(),
                 "inner_tol": self.inner_tol,
                 "linear_tol": self.linear_tol,
+                "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
+                "activation": self.network.as_ref().map(|n| n.activation),
+                "parameters": self.network.as_ref().map_or(self.outputs * self.features, |n| n.parameters),
             });
             if let Some(extra) = extra.as_object() {
                 for (k, v) in extra {
@@ -90,10 +105,13 @@ pub struct SmoothOutcome {
     pub fisher_update_auto: Option<(DenseUpdate, DenseUpdateTiming)>,
     /// The three-model comparison of label cleaning (hyperclean with `corrupt`).
     pub cleaning: Option<CleaningReport>,
-    /// The inner solution at the final θ (c×d, class-major).
+    /// The inner solution at the final θ (c×d, class-major; a network's P parameters in the
+    /// layout of [`crate::backend::mlp`]).
     pub coef: Vec<f64>,
     pub outputs: usize,
     pub features: usize,
+    /// The network of `--model mlp:…` (`None`: the linear model).
+    pub network: Option<NetworkInfo>,
 }
 
 impl SmoothOutcome {
@@ -116,12 +134,20 @@ impl SmoothOutcome {
             "theta": self.theta,
             "cleaning": self.cleaning,
             "coef": self.coef,
-            "coef_shape": [self.outputs, self.features],
+            "coef_shape": match &self.network {
+                None => json!([self.outputs, self.features]),
+                Some(n) => json!([n.parameters]),
+            },
+            "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
+            "activation": self.network.as_ref().map(|n| n.activation),
         })
     }
 }
 
 pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
+    if let Some(network) = &plan.network {
+        return super::network::grad(plan, network, settings, input);
+    }
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
     let note = device.note();
@@ -138,6 +164,9 @@ pub fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
+    if let Some(network) = &plan.network {
+        return super::network::run(plan, network, settings, input, on_step);
+    }
     let device = Device::open(&settings.device)?;
     let mut splits = input.dense(settings)?;
     let corrupted = match settings.corrupt {
@@ -237,6 +266,7 @@ fn grad_on<B: Backend + Clone>(
         inner_solver: opts.inner.solver,
         inner_tol: opts.inner.tol,
         linear_tol: opts.linear_tol,
+        network: None,
         result,
     })
 }
@@ -248,7 +278,7 @@ struct RunData<'a> {
     corrupted: Option<&'a [usize]>,
 }
 
-fn run_on<B: Backend + Clone>(
+fn run_on<B: Backend + Clone + 'static>(
     backend: B,
     plan: &SmoothPlan,
     settings: &Settings,
@@ -361,5 +391,6 @@ fn run_on<B: Backend + Clone>(
         coef,
         outputs,
         features,
+        network: None,
     })
 }

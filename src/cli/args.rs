@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::api::names::{
-    DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName, PrecisionName, ProblemName,
-    StorageName,
+    ActivationName, DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName,
+    PrecisionName, ProblemName, StorageName,
 };
-use crate::api::{Settings, Theta};
+use crate::api::{ModelSpec, Settings, Theta};
 
 /// Which bilevel problem, and where θ starts.
 #[derive(Debug, Args)]
@@ -21,9 +21,19 @@ pub struct ProblemArgs {
     pub problem: ProblemName,
 
     /// Layout of θ: shared (one λ), per-feature (ridge, logreg), per-class (softmax),
-    /// per-sample (hyperclean). Default: per-sample for hyperclean, shared otherwise.
+    /// per-sample (hyperclean), per-layer (softmax with --model mlp:…). Default: per-sample
+    /// for hyperclean, shared otherwise.
     #[arg(long, value_enum)]
     pub hyper: Option<HyperName>,
+
+    /// Inner model of softmax and hyperclean: linear, or a multilayer perceptron with these
+    /// hidden widths, e.g. mlp:300 or mlp:128,64 (SPEC §8).
+    #[arg(long, value_name = "linear|mlp:H1[,H2,...]", default_value = "linear")]
+    pub model: ModelSpec,
+
+    /// Activation of the hidden layers of --model mlp:….
+    #[arg(long, value_enum, default_value = "tanh")]
+    pub activation: ActivationName,
 
     /// Set every entry of θ to X (λ = exp(X); hyperclean weights σ(X)). Default 0.
     #[arg(
@@ -57,6 +67,8 @@ impl ProblemArgs {
             (None, None) => Theta::Default,
         };
         s.l2 = self.l2;
+        s.model = self.model.clone();
+        s.activation = self.activation;
     }
 }
 

@@ -67,14 +67,25 @@ fn print_smooth(r: &SmoothReport) {
     let h = &r.result;
     let optional = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3e}"));
     let h_norm = norm(&h.hypergradient);
-    println!(
-        "problem       {} (--hyper {}, p = {}), P = {}×{} inner variables",
-        r.kind.name(),
-        r.layout.name(),
-        r.p,
-        r.outputs,
-        r.features
-    );
+    match &r.network {
+        None => println!(
+            "problem       {} (--hyper {}, p = {}), P = {}×{} inner variables",
+            r.kind.name(),
+            r.layout.name(),
+            r.p,
+            r.outputs,
+            r.features
+        ),
+        Some(n) => println!(
+            "problem       {} (--hyper {}, p = {}), --model {} ({}), P = {} inner variables",
+            r.kind.name(),
+            r.layout.name(),
+            r.p,
+            n.model,
+            n.activation,
+            n.parameters
+        ),
+    }
     println!(
         "data          {} rows train ({}), {} rows val ({})",
         r.n_train, r.train, r.n_val, r.val

@@ -203,6 +203,12 @@ fn print_smooth(o: &SmoothOutcome) {
         o.device,
         if o.warm_start { "warm" } else { "cold" }
     );
+    if let Some(n) = &o.network {
+        println!(
+            "model         {} ({}), P = {} inner variables",
+            n.model, n.activation, n.parameters
+        );
+    }
     if let Some((update, t)) = &o.fisher_update_auto {
         println!(
             "fisher update {} (auto: an outer step projected at {:.3} s by Woodbury, \
