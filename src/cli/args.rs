@@ -85,7 +85,8 @@ pub struct EstimatorArgs {
     #[arg(long, value_enum, default_value = "newton")]
     pub inner_solver: InnerSolverName,
 
-    /// Stop the inner solver when ‖∇g(w)‖ ≤ TOL·‖∇g(0)‖. Default 1e-10 (f64), 1e-5 (f32).
+    /// Stop the inner solver when ‖∇g(w)‖ ≤ TOL·‖∇g(w₀)‖ (w₀ = 0 for the linear models, the
+    /// seeded initialisation of a network). Default 1e-10 (f64), 1e-5 (f32).
     #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
     pub inner_tol: Option<f64>,
 
