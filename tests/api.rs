@@ -27,6 +27,8 @@ fn every_option_name_is_accepted_and_unknown_names_are_refused() {
         assert_eq!(*flag, format!("--{}", name.replace('_', "-")));
         let value = match *name {
             "hyper" => OptionValue::Str("per-class".into()),
+            "model" => OptionValue::Str("mlp:8,4".into()),
+            "activation" => OptionValue::Str("relu".into()),
             "method" => OptionValue::Str("fixed-point".into()),
             "inner_solver" => OptionValue::Str("agd".into()),
             "curvature" => OptionValue::Str("kfac".into()),

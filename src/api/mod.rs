@@ -27,6 +27,7 @@ pub mod device;
 pub mod info;
 mod l1;
 pub mod names;
+mod network;
 mod plan;
 pub mod settings;
 mod smooth;
@@ -36,9 +37,9 @@ pub use data::{Data, DataSource, Input, Splits};
 pub use device::Device;
 pub use l1::{L1Outcome, L1Report};
 pub use names::ProblemName;
-pub use plan::{L1Plan, Plan, SmoothPlan};
-pub use settings::{DeviceSpec, OptionValue, Settings, Theta, OPTION_NAMES};
-pub use smooth::{SmoothOutcome, SmoothReport};
+pub use plan::{L1Plan, NetworkPlan, Plan, SmoothPlan};
+pub use settings::{DeviceSpec, ModelSpec, OptionValue, Settings, Theta, OPTION_NAMES};
+pub use smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
 
 use crate::Result;
 

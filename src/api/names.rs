@@ -45,6 +45,15 @@ pub enum HyperName {
     PerFeature,
     PerClass,
     PerSample,
+    /// One λ per weight matrix of a network (`--model mlp:…`, softmax).
+    PerLayer,
+}
+
+/// `--activation`: the hidden layers' activation of `--model mlp:…`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActivationName {
+    Tanh,
+    Relu,
 }
 
 /// `--inner-solver` of the smooth problems.

@@ -4,10 +4,11 @@
 //! message that says which name to use.
 
 use super::names::{
-    name_of, CurvatureName, FisherUpdateName, HyperName, InnerSolverName, L1SolverName, MethodName,
-    OuterOptName, ProblemName,
+    name_of, ActivationName, CurvatureName, FisherUpdateName, HyperName, InnerSolverName,
+    L1SolverName, MethodName, OuterOptName, ProblemName,
 };
-use super::settings::Settings;
+use super::settings::{ModelSpec, Settings};
+use crate::backend::mlp::Activation;
 use crate::backend::Precision;
 use crate::hypergrad::fisher::{Averaging, DenseUpdate, Representation};
 use crate::hypergrad::stochastic::StochasticOptions;
@@ -32,6 +33,15 @@ pub struct SmoothPlan {
     pub kind: ProblemKind,
     pub layout: HyperLayout,
     pub method: Method,
+    /// The network of `--model mlp:…` (softmax, hyperclean); `None` for the linear model.
+    pub network: Option<NetworkPlan>,
+}
+
+/// A multilayer perceptron as the inner model (SPEC §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPlan {
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
 }
 
 /// An ℓ1 problem (`lasso`, `enet`, `wlasso`) with an ℓ1 method.
@@ -51,6 +61,12 @@ impl Plan {
             _ => None,
         };
         if let Some(kind) = l1_kind {
+            if settings.model != ModelSpec::Linear {
+                return Err(Error::option(
+                    "--model",
+                    "the ℓ1 problems (lasso, enet, wlasso) are linear; networks are for softmax and hyperclean",
+                ));
+            }
             return L1Plan::new(kind, settings).map(Plan::L1);
         }
         let kind = match problem {
@@ -89,11 +105,32 @@ impl SmoothPlan {
             Some(HyperName::PerFeature) => HyperLayout::PerFeature,
             Some(HyperName::PerClass) => HyperLayout::PerClass,
             Some(HyperName::PerSample) => HyperLayout::PerSample,
+            Some(HyperName::PerLayer) => HyperLayout::PerLayer,
+        };
+        let network = match &settings.model {
+            ModelSpec::Linear => None,
+            ModelSpec::Mlp { .. } if !kind.is_multiclass() => {
+                return Err(Error::option(
+                    "--model",
+                    format!(
+                        "networks are for softmax and hyperclean, not {}",
+                        kind.name()
+                    ),
+                ))
+            }
+            ModelSpec::Mlp { hidden } => Some(NetworkPlan {
+                hidden: hidden.clone(),
+                activation: match settings.activation {
+                    ActivationName::Tanh => Activation::Tanh,
+                    ActivationName::Relu => Activation::Relu,
+                },
+            }),
         };
         Ok(SmoothPlan {
             kind,
             layout,
             method,
+            network,
         })
     }
 

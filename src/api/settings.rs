@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use super::names::{
-    self, CurvatureName, DeviceName, FisherUpdateName, HyperName, InnerSolverName, L1SolverName,
-    MethodName, OuterOptName, PrecisionName, StorageName,
+    self, ActivationName, CurvatureName, DeviceName, FisherUpdateName, HyperName, InnerSolverName,
+    L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
 };
 use crate::{Error, Result};
 
@@ -128,6 +128,62 @@ pub fn read_theta_file(path: &std::path::Path) -> Result<Vec<f64>> {
     Ok(theta)
 }
 
+/// The inner model (`--model`, SPEC §8): the linear model of SPEC §2, or a multilayer
+/// perceptron with these hidden widths (`mlp:H1[,H2,...]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ModelSpec {
+    #[default]
+    Linear,
+    Mlp {
+        hidden: Vec<usize>,
+    },
+}
+
+impl ModelSpec {
+    /// `linear` or `mlp:H1[,H2,...]` (every width a positive integer).
+    pub fn parse(text: &str) -> Result<ModelSpec> {
+        let usage = "use linear or mlp:H1[,H2,...] with positive hidden widths";
+        if text == "linear" {
+            return Ok(ModelSpec::Linear);
+        }
+        let Some(widths) = text.strip_prefix("mlp:") else {
+            return Err(Error::option(
+                "--model",
+                format!("unknown model '{text}' ({usage})"),
+            ));
+        };
+        let hidden = widths
+            .split(',')
+            .map(|w| match w.trim().parse::<usize>() {
+                Ok(h) if h > 0 => Ok(h),
+                _ => Err(Error::option(
+                    "--model",
+                    format!("'{w}' in '{text}' is not a hidden width ({usage})"),
+                )),
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(ModelSpec::Mlp { hidden })
+    }
+
+    /// The name it is written with.
+    pub fn name(&self) -> String {
+        match self {
+            ModelSpec::Linear => "linear".into(),
+            ModelSpec::Mlp { hidden } => {
+                let widths: Vec<String> = hidden.iter().map(|h| h.to_string()).collect();
+                format!("mlp:{}", widths.join(","))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<ModelSpec> {
+        ModelSpec::parse(text)
+    }
+}
+
 /// The options of `grad` and `run`, with the command line's defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -136,6 +192,9 @@ pub struct Settings {
     pub theta: Theta,
     /// The fixed ridge penalty C of hyperclean's inner problem.
     pub l2: f64,
+    /// The inner model (`--model`), and the hidden activation of a network.
+    pub model: ModelSpec,
+    pub activation: ActivationName,
 
     // Method.
     /// Default: cg for the smooth problems, implicit-forward for the ℓ1 problems.
@@ -186,6 +245,8 @@ impl Default for Settings {
             hyper: None,
             theta: Theta::Default,
             l2: 0.01,
+            model: ModelSpec::Linear,
+            activation: ActivationName::Tanh,
             method: None,
             inner_solver: InnerSolverName::Newton,
             inner_tol: None,
@@ -227,6 +288,8 @@ pub const OPTION_NAMES: &[(&str, &str)] = &[
     ("hyper", "--hyper"),
     ("theta", "--theta"),
     ("l2", "--l2"),
+    ("model", "--model"),
+    ("activation", "--activation"),
     ("method", "--method"),
     ("inner_solver", "--inner-solver"),
     ("inner_tol", "--inner-tol"),
@@ -284,6 +347,8 @@ impl Settings {
                 }
             }
             "l2" => self.l2 = v.float()?,
+            "model" => self.model = ModelSpec::parse(&v.string()?)?,
+            "activation" => self.activation = v.name()?,
             "method" => self.method = v.opt_name()?,
             "inner_solver" => self.inner_solver = v.name()?,
             "inner_tol" => self.inner_tol = v.opt_float()?,

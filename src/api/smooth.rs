@@ -37,6 +37,18 @@ pub struct SmoothReport {
     pub inner_solver: Solver,
     pub inner_tol: f64,
     pub linear_tol: f64,
+    /// The network of `--model mlp:…` (`None`: the linear model).
+    pub network: Option<NetworkInfo>,
+}
+
+/// What a report says about a network inner model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NetworkInfo {
+    /// `mlp:H1,...`.
+    pub model: String,
+    pub activation: &'static str,
+    /// P, the number of inner variables (weights and biases).
+    pub parameters: usize,
 }
 
 impl SmoothReport {
@@ -60,6 +72,9 @@ impl SmoothReport {
                 "inner_solver": self.inner_solver.name(),
                 "inner_tol": self.inner_tol,
                 "linear_tol": self.linear_tol,
+                "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
+                "activation": self.network.as_ref().map(|n| n.activation),
+                "parameters": self.network.as_ref().map_or(self.outputs * self.features, |n| n.parameters),
             }),
         )
     }
@@ -84,10 +99,13 @@ pub struct SmoothOutcome {
     pub fisher_update_auto: Option<(DenseUpdate, DenseUpdateTiming)>,
     /// The three-model comparison of label cleaning (hyperclean with `corrupt`).
     pub cleaning: Option<CleaningReport>,
-    /// The inner solution at the final θ (c×d, class-major).
+    /// The inner solution at the final θ (c×d, class-major; a network's P parameters in the
+    /// layout of [`crate::backend::mlp`]).
     pub coef: Vec<f64>,
     pub outputs: usize,
     pub features: usize,
+    /// The network of `--model mlp:…` (`None`: the linear model).
+    pub network: Option<NetworkInfo>,
 }
 
 impl SmoothOutcome {
@@ -110,12 +128,20 @@ impl SmoothOutcome {
             "theta": self.theta,
             "cleaning": self.cleaning,
             "coef": self.coef,
-            "coef_shape": [self.outputs, self.features],
+            "coef_shape": match &self.network {
+                None => json!([self.outputs, self.features]),
+                Some(n) => json!([n.parameters]),
+            },
+            "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
+            "activation": self.network.as_ref().map(|n| n.activation),
         })
     }
 }
 
 pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
+    if let Some(network) = &plan.network {
+        return super::network::grad(plan, network, settings, input);
+    }
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
     let device_note = device.note();
@@ -133,6 +159,9 @@ pub fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
+    if let Some(network) = &plan.network {
+        return super::network::run(plan, network, settings, input, on_step);
+    }
     let device = Device::open(&settings.device)?;
     let mut splits = input.dense(settings)?;
     let corrupted = match settings.corrupt {
@@ -187,7 +216,7 @@ struct Grad<'a> {
 
 impl OnBackend for Grad<'_> {
     type Output = SmoothReport;
-    fn on<B: Backend + Clone>(self, backend: B) -> Result<SmoothReport> {
+    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
         let Grad {
             plan,
             settings,
@@ -238,6 +267,7 @@ fn grad_on<B: Backend + Clone>(
         inner_solver: opts.inner.solver,
         inner_tol: opts.inner.tol,
         linear_tol: opts.linear_tol,
+        network: None,
         result,
     })
 }
@@ -254,12 +284,12 @@ struct Run<'a> {
 
 impl OnBackend for Run<'_> {
     type Output = SmoothOutcome;
-    fn on<B: Backend + Clone>(self, backend: B) -> Result<SmoothOutcome> {
+    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
         run_on(backend, self)
     }
 }
 
-fn run_on<B: Backend + Clone>(backend: B, task: Run<'_>) -> Result<SmoothOutcome> {
+fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<SmoothOutcome> {
     let Run {
         plan,
         settings,
@@ -372,5 +402,6 @@ fn run_on<B: Backend + Clone>(backend: B, task: Run<'_>) -> Result<SmoothOutcome
         coef,
         outputs,
         features,
+        network: None,
     })
 }

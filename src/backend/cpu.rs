@@ -285,7 +285,7 @@ pub fn sigmoid(t: f64) -> f64 {
 
 /// Softmax of `z` into `p`; returns `logsumexp(z)`.
 #[inline]
-fn softmax_into(z: &[f64], p: &mut [f64]) -> f64 {
+pub(crate) fn softmax_into(z: &[f64], p: &mut [f64]) -> f64 {
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut sum = 0.0;
     for (pk, &zk) in p.iter_mut().zip(z) {
@@ -300,7 +300,7 @@ fn softmax_into(z: &[f64], p: &mut [f64]) -> f64 {
 
 /// The class index a label stands for (labels were validated when the problem was built).
 #[inline]
-fn class_of(label: f64) -> usize {
+pub(crate) fn class_of(label: f64) -> usize {
     label as usize
 }
 

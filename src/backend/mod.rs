@@ -25,6 +25,7 @@
 pub mod cpu;
 mod cpu_sparse;
 pub mod cuda;
+pub mod mlp;
 mod shape;
 pub mod sparse;
 

@@ -9,10 +9,10 @@ use clap::Args;
 use super::data_args::DataArgs;
 use super::stochastic_args::StochasticArgs;
 use crate::api::names::{
-    DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName, PrecisionName, ProblemName,
-    StorageName,
+    ActivationName, DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName,
+    PrecisionName, ProblemName, StorageName,
 };
-use crate::api::{Settings, Theta};
+use crate::api::{ModelSpec, Settings, Theta};
 
 /// The options `grad` and `run` share: the problem, its data, the method and the device.
 #[derive(Debug, Args)]
@@ -59,9 +59,19 @@ pub struct ProblemArgs {
     pub problem: ProblemName,
 
     /// Layout of θ: shared (one λ), per-feature (ridge, logreg), per-class (softmax),
-    /// per-sample (hyperclean). Default: per-sample for hyperclean, shared otherwise.
+    /// per-sample (hyperclean), per-layer (softmax with --model mlp:…). Default: per-sample
+    /// for hyperclean, shared otherwise.
     #[arg(long, value_enum)]
     pub hyper: Option<HyperName>,
+
+    /// Inner model of softmax and hyperclean: linear, or a multilayer perceptron with these
+    /// hidden widths, e.g. mlp:300 or mlp:128,64 (SPEC §8).
+    #[arg(long, value_name = "linear|mlp:H1[,H2,...]", default_value = "linear")]
+    pub model: ModelSpec,
+
+    /// Activation of the hidden layers of --model mlp:….
+    #[arg(long, value_enum, default_value = "tanh")]
+    pub activation: ActivationName,
 
     /// Set every entry of θ to X (λ = exp(X); hyperclean weights σ(X)). Default 0.
     #[arg(
@@ -95,6 +105,8 @@ impl ProblemArgs {
             (None, None) => Theta::Default,
         };
         s.l2 = self.l2;
+        s.model = self.model.clone();
+        s.activation = self.activation;
     }
 }
 
@@ -111,7 +123,8 @@ pub struct EstimatorArgs {
     #[arg(long, value_enum, default_value = "newton")]
     pub inner_solver: InnerSolverName,
 
-    /// Stop the inner solver when ‖∇g(w)‖ ≤ TOL·‖∇g(0)‖. Default 1e-10 (f64), 1e-5 (f32).
+    /// Stop the inner solver when ‖∇g(w)‖ ≤ TOL·‖∇g(w₀)‖ (w₀ = 0 for the linear models, the
+    /// seeded initialisation of a network). Default 1e-10 (f64), 1e-5 (f32).
     #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
     pub inner_tol: Option<f64>,
 

@@ -77,7 +77,7 @@ struct Bench<'a>(&'a NhgdBenchArgs);
 
 impl OnBackend for Bench<'_> {
     type Output = ();
-    fn on<B: Backend + Clone>(self, backend: B) -> crate::Result<()> {
+    fn on<B: Backend + Clone + 'static>(self, backend: B) -> crate::Result<()> {
         // The library's error type carries the report's failures as backend errors.
         bench_on(backend, self.0).map_err(|e| crate::Error::Backend(format!("{e:#}")))
     }

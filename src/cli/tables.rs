@@ -7,14 +7,25 @@ pub fn smooth_report(r: &SmoothReport) {
     let h = &r.result;
     let optional = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3e}"));
     let h_norm = norm(&h.hypergradient);
-    println!(
-        "problem       {} (--hyper {}, p = {}), P = {}×{} inner variables",
-        r.kind.name(),
-        r.layout.name(),
-        r.p,
-        r.outputs,
-        r.features
-    );
+    match &r.network {
+        None => println!(
+            "problem       {} (--hyper {}, p = {}), P = {}×{} inner variables",
+            r.kind.name(),
+            r.layout.name(),
+            r.p,
+            r.outputs,
+            r.features
+        ),
+        Some(n) => println!(
+            "problem       {} (--hyper {}, p = {}), --model {} ({}), P = {} inner variables",
+            r.kind.name(),
+            r.layout.name(),
+            r.p,
+            n.model,
+            n.activation,
+            n.parameters
+        ),
+    }
     println!(
         "data          {} rows train ({}), {} rows val ({})",
         r.n_train, r.train, r.n_val, r.val
@@ -130,6 +141,12 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
         o.device,
         if o.warm_start { "warm" } else { "cold" }
     );
+    if let Some(n) = &o.network {
+        println!(
+            "model         {} ({}), P = {} inner variables",
+            n.model, n.activation, n.parameters
+        );
+    }
     if let Some((update, t)) = &o.fisher_update_auto {
         println!(
             "fisher update {} (auto: an outer step projected at {:.3} s by Woodbury, \

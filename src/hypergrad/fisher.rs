@@ -147,7 +147,9 @@ pub struct FisherSpec {
     pub batch: usize,
     /// Inner steps T per outer step.
     pub steps: usize,
-    /// `(c, d)`: outputs and features of the linear model (`P = c·d`).
+    /// `(c, d)`: outputs and features of the linear model (`P = c·d`). A network's dense and
+    /// lowrank curvature, which see only `P`, use `(1, P)` (its K-FAC is per layer, in
+    /// [`super::nhgd_mlp`]).
     pub shape: (usize, usize),
 }
 
@@ -157,7 +159,7 @@ impl FisherSpec {
     }
 
     /// `(α, β)` of one step: `state ← β state + α Σ_p (…)`.
-    fn step_weights(&self) -> (f64, f64) {
+    pub fn step_weights(&self) -> (f64, f64) {
         match self.averaging {
             Averaging::Mean => (1.0 / self.total_samples(), 1.0),
             Averaging::Ema { rho } => ((1.0 - rho) / self.batch as f64, rho),
@@ -282,27 +284,9 @@ impl<B: Backend> FisherTracker<B> {
         step: &StepInputs<'_, B>,
         grads: &mut B::Buf,
     ) -> Result<()> {
-        let b = backend.rows_len(step.rows);
-        let (alpha, beta) = spec.step_weights();
-        let gradient_rows = |grads: &mut B::Buf| {
-            backend.glm_per_sample_gradients(
-                step.x,
-                step.rows,
-                step.factors,
-                step.sqrt_weights,
-                grads,
-            )
-        };
-        match self {
-            FisherTracker::DenseInverse { a, .. } => {
-                gradient_rows(grads)?;
-                backend.woodbury_update(a, grads, b, alpha)
-            }
-            FisherTracker::DenseFisher { f, .. } => {
-                gradient_rows(grads)?;
-                backend.syrk(alpha, grads, b, beta, f)
-            }
-            FisherTracker::Kfac { xx, gg, .. } => backend.glm_kfac_factors(
+        if let FisherTracker::Kfac { xx, gg, .. } = self {
+            let (alpha, beta) = spec.step_weights();
+            return backend.glm_kfac_factors(
                 step.x,
                 step.rows,
                 step.factors,
@@ -311,12 +295,47 @@ impl<B: Backend> FisherTracker<B> {
                 beta,
                 xx,
                 gg,
-            ),
+            );
+        }
+        backend.glm_per_sample_gradients(
+            step.x,
+            step.rows,
+            step.factors,
+            step.sqrt_weights,
+            grads,
+        )?;
+        self.update_rows(
+            backend,
+            spec,
+            grads,
+            backend.rows_len(step.rows),
+            step.sketch,
+        )
+    }
+
+    /// Adds one step's per-sample gradient rows `U` (b×P, row `p` = `√s_p g_p`) to a dense or
+    /// lowrank state (`sketch`: the r×b sketch of `lowrank`). Any model that can write its
+    /// per-sample gradients out (a network, [`super::nhgd_mlp`]) feeds these representations
+    /// through here.
+    pub fn update_rows(
+        &mut self,
+        backend: &B,
+        spec: &FisherSpec,
+        grads: &B::Buf,
+        b: usize,
+        sketch: Option<&B::Buf>,
+    ) -> Result<()> {
+        let (alpha, beta) = spec.step_weights();
+        match self {
+            FisherTracker::DenseInverse { a, .. } => backend.woodbury_update(a, grads, b, alpha),
+            FisherTracker::DenseFisher { f, .. } => backend.syrk(alpha, grads, b, beta, f),
+            FisherTracker::Kfac { .. } => Err(Error::Backend(
+                "internal: the linear model's kfac state takes the SGD step's factors, not gradient rows".into(),
+            )),
             FisherTracker::Lowrank { u, rank, p } => {
-                let sketch = step.sketch.ok_or_else(|| {
+                let sketch = sketch.ok_or_else(|| {
                     Error::Backend("internal: the lowrank update needs a sketch".into())
                 })?;
-                gradient_rows(grads)?;
                 backend.gemm(
                     false,
                     false,
@@ -374,33 +393,8 @@ impl<B: Backend> FisherTracker<B> {
                 Ok((q, report.iters))
             }
             FisherTracker::Kfac { xx, gg, c, d } => {
-                let (c, d) = (*c, *d);
-                // Damped copies of the factors, on the backend: X̃ = XX + πI, G̃ = GG + Λ/π.
-                let lambda = backend.upload(&reg.class_lambdas(c, d)?)?;
-                let mut x_damped = backend.zeros(d * d)?;
-                backend.copy(xx, &mut x_damped)?;
-                let mut g_damped = backend.zeros(c * c)?;
-                backend.copy(gg, &mut g_damped)?;
-                backend.kfac_damp(&mut x_damped, &mut g_damped, &lambda)?;
-                // Q = G̃⁻¹ V X̃⁻¹, V the c×d matrix of a. X̃ is symmetric, so the rows of V X̃⁻¹
-                // are X̃⁻¹ v_k: one d×d Cholesky solve with c right-hand sides (d = 785 for
-                // MNIST: the host inverse it replaces cost 0.5 s an outer step on the H200).
-                let mut v_x = backend.zeros(c * d)?;
-                backend.copy(a, &mut v_x)?;
-                backend
-                    .spd_solve(&mut x_damped, &mut v_x, c)
-                    .map_err(|e| Error::Numerical(format!("K-FAC input factor: {e}")))?;
-                // G̃⁻¹ (c×c, symmetric) by solving against the identity, then a c×c×d GEMM.
-                let mut ones = backend.zeros(c)?;
-                backend.fill(&mut ones, 1.0)?;
-                let mut g_inv = backend.zeros(c * c)?;
-                backend.set_diagonal(&mut g_inv, &ones, false)?;
-                backend
-                    .spd_solve(&mut g_damped, &mut g_inv, c)
-                    .map_err(|e| Error::Numerical(format!("K-FAC class factor: {e}")))?;
-                let mut q = backend.zeros(c * d)?;
-                backend.gemm(false, false, (c, d, c), 1.0, &g_inv, &v_x, 0.0, &mut q)?;
-                Ok((q, 0))
+                let lambda = backend.upload(&reg.class_lambdas(*c, *d)?)?;
+                Ok((kfac_solve(backend, xx, gg, &lambda, a)?, 0))
             }
             FisherTracker::Lowrank { u, rank, p } => {
                 let r = *rank;
@@ -427,6 +421,54 @@ impl<B: Backend> FisherTracker<B> {
             }
         }
     }
+}
+
+/// K-FAC's damped inverse of one Kronecker block applied to `a` (the `c×d` matrix `V`,
+/// class-major): `Q = (GG + Λ/π)⁻¹ V (XX + πI)⁻¹` with `Λ = diag(lambda)` (c entries) and π
+/// from [`Backend::kfac_damp`], so that the block's damping cross term is `Λ ⊗ I`. `c` and `d`
+/// are read off the factors. On the backend: two Cholesky solves and one GEMM.
+pub fn kfac_solve<B: Backend>(
+    backend: &B,
+    xx: &B::Buf,
+    gg: &B::Buf,
+    lambda: &B::Buf,
+    a: &B::Buf,
+) -> Result<B::Buf> {
+    let c = backend.len(lambda);
+    let d = (backend.len(xx) as f64).sqrt().round() as usize;
+    if c * c != backend.len(gg) || d * d != backend.len(xx) || c * d != backend.len(a) {
+        return Err(Error::Dimension(format!(
+            "K-FAC block: factors of {} and {} entries, {c} λ and a vector of {}",
+            backend.len(xx),
+            backend.len(gg),
+            backend.len(a)
+        )));
+    }
+    // Damped copies of the factors, on the backend: X̃ = XX + πI, G̃ = GG + Λ/π.
+    let mut x_damped = backend.zeros(d * d)?;
+    backend.copy(xx, &mut x_damped)?;
+    let mut g_damped = backend.zeros(c * c)?;
+    backend.copy(gg, &mut g_damped)?;
+    backend.kfac_damp(&mut x_damped, &mut g_damped, lambda)?;
+    // Q = G̃⁻¹ V X̃⁻¹, V the c×d matrix of a. X̃ is symmetric, so the rows of V X̃⁻¹
+    // are X̃⁻¹ v_k: one d×d Cholesky solve with c right-hand sides (d = 785 for
+    // MNIST: the host inverse it replaces cost 0.5 s an outer step on the H200).
+    let mut v_x = backend.zeros(c * d)?;
+    backend.copy(a, &mut v_x)?;
+    backend
+        .spd_solve(&mut x_damped, &mut v_x, c)
+        .map_err(|e| Error::Numerical(format!("K-FAC input factor: {e}")))?;
+    // G̃⁻¹ (c×c, symmetric) by solving against the identity, then a c×c×d GEMM.
+    let mut ones = backend.zeros(c)?;
+    backend.fill(&mut ones, 1.0)?;
+    let mut g_inv = backend.zeros(c * c)?;
+    backend.set_diagonal(&mut g_inv, &ones, false)?;
+    backend
+        .spd_solve(&mut g_damped, &mut g_inv, c)
+        .map_err(|e| Error::Numerical(format!("K-FAC class factor: {e}")))?;
+    let mut q = backend.zeros(c * d)?;
+    backend.gemm(false, false, (c, d, c), 1.0, &g_inv, &v_x, 0.0, &mut q)?;
+    Ok(q)
 }
 
 /// The regulariser `R = diag(r)` with `r_e = λ_{g(e)}`.

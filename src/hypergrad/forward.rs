@@ -26,21 +26,25 @@ pub fn hypergradient<P: Bilevel>(
     problem.inner_value_grad(&fwd.w, Some(&mut grad))?;
     let grad_norm = b.nrm2(&grad)?;
     let j_norm = b.nrm2(&fwd.jacobian)?;
-    let constants = problem.bound_constants(&fwd.w)?;
-    // Inflate the measured residuals by their rounding error (see `bound::rounding`).
-    let u = b.precision().epsilon();
-    let scale = problem.smoothness_bound();
-    let rho = jacobian_residual(problem, &fwd.w, &fwd.jacobian)?
-        + bound::rounding(u, b.len(&fwd.jacobian), scale * j_norm + constants.b_norm);
-    let grad_norm_bounded =
-        grad_norm + bound::rounding(u, problem.inner_dim(), scale * b.nrm2(&fwd.w)?);
-    let error_bound = bound::forward(
-        &constants,
-        grad_norm_bounded,
-        rho,
-        j_norm,
-        b.nrm2(&fwd.outer_grad)?,
-    );
+    let error_bound = match problem.bound_constants(&fwd.w)? {
+        Some(constants) => {
+            // Inflate the measured residuals by their rounding error (see `bound::rounding`).
+            let u = b.precision().epsilon();
+            let scale = problem.smoothness_bound();
+            let rho = jacobian_residual(problem, &fwd.w, &fwd.jacobian)?
+                + bound::rounding(u, b.len(&fwd.jacobian), scale * j_norm + constants.b_norm);
+            let grad_norm_bounded =
+                grad_norm + bound::rounding(u, problem.inner_dim(), scale * b.nrm2(&fwd.w)?);
+            bound::forward(
+                &constants,
+                grad_norm_bounded,
+                rho,
+                j_norm,
+                b.nrm2(&fwd.outer_grad)?,
+            )
+        }
+        None => None,
+    };
     Ok(Hypergradient {
         method: Method::Forward,
         theta: problem.theta().to_vec(),

@@ -43,17 +43,21 @@ where
     let residual = b.nrm2(&hq)?;
 
     let q_norm = b.nrm2(q)?;
-    let constants = problem.bound_constants(&inner.w)?;
-    let u = b.precision().epsilon();
-    let scale = problem.smoothness_bound();
-    let residual_allowance = bound::rounding(u, dim, scale * q_norm + b.nrm2(&outer_grad)?);
-    let grad_allowance = bound::rounding(u, dim, scale * b.nrm2(&inner.w)?);
-    let error_bound = bound::implicit(
-        &constants,
-        inner.grad_norm + grad_allowance,
-        residual + residual_allowance,
-        q_norm,
-    );
+    let error_bound = match problem.bound_constants(&inner.w)? {
+        Some(constants) => {
+            let u = b.precision().epsilon();
+            let scale = problem.smoothness_bound();
+            let residual_allowance = bound::rounding(u, dim, scale * q_norm + b.nrm2(&outer_grad)?);
+            let grad_allowance = bound::rounding(u, dim, scale * b.nrm2(&inner.w)?);
+            bound::implicit(
+                &constants,
+                inner.grad_norm + grad_allowance,
+                residual + residual_allowance,
+                q_norm,
+            )
+        }
+        None => None,
+    };
     Ok(Hypergradient {
         method,
         theta: problem.theta().to_vec(),

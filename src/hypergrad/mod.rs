@@ -7,6 +7,7 @@
 //! | `unroll` | [`unroll`] (reverse mode through T steps) |
 //! | `forward` | [`forward`] (forward mode through the same T steps) |
 //! | `nhgd`, `stocbio`, `amigo`, `soba` | [`stochastic`] (mini-batch SGD; NHGD's curvature in [`fisher`]) |
+//! | `nhgd` for networks | [`nhgd_mlp`] (per-layer K-FAC, dense, lowrank) |
 
 pub mod bound;
 pub mod cg;
@@ -16,12 +17,13 @@ pub mod fixed_point;
 pub mod forward;
 pub mod implicit;
 pub mod neumann;
+pub mod nhgd_mlp;
 pub mod stochastic;
 pub mod unroll;
 
 use std::time::Instant;
 
-use crate::backend::{Backend, Precision};
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::problem::{Bilevel, Buf, InnerProblem};
 use crate::solver::{self, linear, InnerOptions};
@@ -225,10 +227,23 @@ const POWER_ITERS: usize = 50;
 /// Any `η < 2/λ_max(H)` makes the Neumann series, Richardson iteration and gradient steps
 /// converge; `1/L̂` keeps `I − ηH` positive semi-definite.
 pub fn default_step<P: InnerProblem>(problem: &P) -> Result<f64> {
-    let majorant = problem.majorant()?;
+    step_for(problem, &problem.majorant()?)
+}
+
+/// The default step of the iterations that run at a fixed inner point `w` (`neumann`,
+/// `fixed-point`): [`default_step`] for the problems with a majorant, else `1/L̂` with `L̂`
+/// the largest eigenvalue of `H(w)` itself ([`InnerProblem::step_curvature`]), which is what
+/// their convergence (`η < 2/λ_max(H(w))`) depends on.
+pub fn default_step_at<P: InnerProblem>(problem: &P, w: &Buf<P>) -> Result<f64> {
+    step_for(problem, &problem.step_curvature(w)?)
+}
+
+/// `1/L̂` from power iteration on `curvature`, inflated by 5% and capped by the problem's
+/// smoothness bound.
+fn step_for<P: InnerProblem>(problem: &P, curvature: &P::Hessian) -> Result<f64> {
     let estimate = linear::largest_eigenvalue(
         problem.backend(),
-        |v, out| problem.hvp(&majorant, v, out),
+        |v, out| problem.hvp(curvature, v, out),
         problem.inner_dim(),
         POWER_ITERS,
     )?;
@@ -243,7 +258,8 @@ pub fn default_step<P: InnerProblem>(problem: &P) -> Result<f64> {
 
 /// Computes the hypergradient of `problem` at its current θ with the method and options in
 /// `opts`. `w0` is the start of the inner solver (implicit methods) or the start of the
-/// differentiated trajectory (`unroll`, `forward`); zeros if `None`.
+/// differentiated trajectory (`unroll`, `forward`); the problem's
+/// [`InnerProblem::initial_point`] (zeros for the linear models) if `None`.
 pub fn compute<P: Bilevel>(
     problem: &P,
     opts: &Options,
@@ -253,10 +269,13 @@ pub fn compute<P: Bilevel>(
     let started = Instant::now();
     let b = problem.backend();
     let iters = opts.linear_iters_or_default();
-    let step = || opts.step.map_or_else(|| default_step(problem), Ok);
     let mut result = match opts.method {
         Method::Exact | Method::Cg | Method::Neumann | Method::FixedPoint => {
             let inner = solver::solve(problem, w0, &opts.inner)?;
+            let step = || {
+                opts.step
+                    .map_or_else(|| default_step_at(problem, &inner.w), Ok)
+            };
             match opts.method {
                 Method::Exact => {
                     implicit::hypergradient(problem, opts.method, &inner, exact::solve)?
@@ -288,10 +307,10 @@ pub fn compute<P: Bilevel>(
             ))
         }
         Method::Unroll | Method::Forward => {
-            let eta = step()?;
+            let eta = opts.step.map_or_else(|| default_step(problem), Ok)?;
             let start = match w0 {
                 Some(w) => linear::duplicate(b, w)?,
-                None => b.zeros(problem.inner_dim())?,
+                None => problem.initial_point()?,
             };
             let threshold = opts.inner.tol * solver::gradient_scale(problem)?;
             if opts.method == Method::Unroll {

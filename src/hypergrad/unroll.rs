@@ -105,13 +105,17 @@ pub fn backward<P: Bilevel>(
 /// An a posteriori bound for an estimate `h` that has no `q̂` of its own (reverse mode through
 /// a trajectory): by the triangle inequality `‖h − ∇F‖ ≤ ‖h − h_ref‖ + bound(h_ref)`, with
 /// `h_ref` the CG hypergradient at the same inner point `w` and its own bound. It costs one
-/// linear solve.
+/// linear solve, skipped where the problem knows no bound constants (a network, whose
+/// Hessian at the end of a trajectory need not even be positive definite).
 fn certify_by_reference<P: Bilevel>(
     problem: &P,
     w: &Buf<P>,
     grad_norm: f64,
     h: &[f64],
 ) -> Result<Option<f64>> {
+    if problem.bound_constants(w)?.is_none() {
+        return Ok(None);
+    }
     let b = problem.backend();
     let at_w = InnerSolution::<P::B> {
         w: duplicate(b, w)?,

@@ -22,12 +22,14 @@ pub use adam::Adam;
 
 use std::time::Instant;
 
+use crate::backend::mlp::MlpOps;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
-use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
+use crate::problem::{Bilevel, Buf, GlmBilevel, MlpBilevel};
 use crate::solver;
 
 pub use checkpoint::Checkpoint;
@@ -67,23 +69,92 @@ pub struct OptState {
 /// The inner iterate `w` and the linear-system iterate `q` an estimator carries, on the host.
 type CarriedState = (Option<Vec<f64>>, Option<Vec<f64>>);
 
+/// A problem the outer loop can run: a bilevel problem whose model can be scored on test rows.
+pub trait OuterProblem: Bilevel {
+    /// The mean loss of the model `w` on `data` and, for classification, its accuracy.
+    fn evaluate(&self, w: &Buf<Self>, data: &Dataset) -> Result<(f64, Option<f64>)>;
+}
+
+impl<B: Backend> OuterProblem for GlmBilevel<B> {
+    fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
+        GlmBilevel::evaluate(self, w, data)
+    }
+}
+
+impl<B: MlpOps> OuterProblem for MlpBilevel<B> {
+    fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
+        MlpBilevel::evaluate(self, w, data)
+    }
+}
+
+/// A stochastic estimator that carries its inner iterate `w` (and a linear-system iterate
+/// `q`) from one outer step to the next.
+pub trait StochasticEstimate<P: Bilevel> {
+    /// One estimate at the problem's current θ; `step` seeds the mini-batches.
+    fn estimate(&mut self, problem: &P, step: u64) -> Result<(Hypergradient, LoopStats)>;
+    /// The current inner iterate.
+    fn w(&self) -> &Buf<P>;
+    /// `(w, q)` on the host (for checkpoints).
+    fn state(&self, backend: &P::B) -> Result<(Vec<f64>, Option<Vec<f64>>)>;
+    /// Restores `(w, q)` from a checkpoint.
+    fn restore(&mut self, backend: &P::B, w: &[f64], q: Option<&[f64]>) -> Result<()>;
+}
+
+impl<B: Backend + Clone> StochasticEstimate<GlmBilevel<B>> for StochasticEstimator<B> {
+    fn estimate(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        StochasticEstimator::estimate(self, problem, step)
+    }
+    fn w(&self) -> &B::Buf {
+        StochasticEstimator::w(self)
+    }
+    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+        StochasticEstimator::state(self, backend)
+    }
+    fn restore(&mut self, backend: &B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
+        StochasticEstimator::restore(self, backend, w, q)
+    }
+}
+
+impl<B: MlpOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
+    fn estimate(
+        &mut self,
+        problem: &MlpBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        MlpNhgd::estimate(self, problem, step)
+    }
+    fn w(&self) -> &B::Buf {
+        MlpNhgd::w(self)
+    }
+    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+        Ok((backend.download(MlpNhgd::w(self))?, None))
+    }
+    fn restore(&mut self, backend: &B, w: &[f64], _q: Option<&[f64]>) -> Result<()> {
+        MlpNhgd::restore(self, backend, w)
+    }
+}
+
 /// Where a hypergradient comes from.
-pub enum Estimator<B: Backend> {
+pub enum Estimator<P: Bilevel> {
     /// `exact`, `cg`, … at an inner solution (warm-started from the last one if `warm`).
     Deterministic {
         opts: Options,
         warm: bool,
-        w: Option<B::Buf>,
+        w: Option<Buf<P>>,
     },
     /// `nhgd`, `stocbio`, `amigo`, `soba` (warm/cold start is in their options).
-    Stochastic(Box<StochasticEstimator<B>>),
+    Stochastic(Box<dyn StochasticEstimate<P>>),
 }
 
-impl<B: Backend + Clone> Estimator<B> {
+impl<P: Bilevel> Estimator<P> {
     /// One estimate at the problem's current θ.
     pub fn estimate(
         &mut self,
-        problem: &GlmBilevel<B>,
+        problem: &P,
         step: u64,
     ) -> Result<(Hypergradient, Option<LoopStats>)> {
         match self {
@@ -101,14 +172,14 @@ impl<B: Backend + Clone> Estimator<B> {
     }
 
     /// The current inner iterate (for test-set evaluation).
-    pub fn w(&self) -> Option<&B::Buf> {
+    pub fn w(&self) -> Option<&Buf<P>> {
         match self {
             Estimator::Deterministic { w, .. } => w.as_ref(),
             Estimator::Stochastic(est) => Some(est.w()),
         }
     }
 
-    fn state(&self, b: &B) -> Result<CarriedState> {
+    fn state(&self, b: &P::B) -> Result<CarriedState> {
         match self {
             Estimator::Deterministic { w, .. } => {
                 Ok((w.as_ref().map(|w| b.download(w)).transpose()?, None))
@@ -120,7 +191,7 @@ impl<B: Backend + Clone> Estimator<B> {
         }
     }
 
-    fn restore(&mut self, b: &B, w: Option<&[f64]>, q: Option<&[f64]>) -> Result<()> {
+    fn restore(&mut self, b: &P::B, w: Option<&[f64]>, q: Option<&[f64]>) -> Result<()> {
         match self {
             Estimator::Deterministic { w: current, .. } => {
                 *current = w.map(|w| b.upload(w)).transpose()?;
@@ -179,12 +250,15 @@ pub struct RunOutcome {
 
 /// Runs the outer loop, calling `on_record` as soon as each step's record exists (the trace
 /// writer and the progress bar), and writing the checkpoint after every step.
-pub fn run<B: Backend + Clone>(
-    problem: &mut GlmBilevel<B>,
-    estimator: &mut Estimator<B>,
+pub fn run<P: OuterProblem>(
+    problem: &mut P,
+    estimator: &mut Estimator<P>,
     config: &RunConfig<'_>,
     mut on_record: impl FnMut(&StepRecord) -> Result<()>,
-) -> Result<RunOutcome> {
+) -> Result<RunOutcome>
+where
+    P::B: Clone,
+{
     let b = problem.backend().clone();
     let p = problem.hyper_dim();
     let mut opt_state = initial_state(&config.opt, estimator, p);
@@ -275,7 +349,7 @@ fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-fn initial_state<B: Backend>(opt: &OuterOpt, estimator: &Estimator<B>, p: usize) -> OptState {
+fn initial_state<P: Bilevel>(opt: &OuterOpt, estimator: &Estimator<P>, p: usize) -> OptState {
     let mut state = OptState::default();
     match opt {
         OuterOpt::Adam(_) => {
@@ -320,7 +394,7 @@ pub const MAID_START_TOL: f64 = 1e-4;
 /// The tolerances never go below this (f64 rounding makes tighter ones meaningless).
 const MAID_TOL_FLOOR: f64 = 1e-14;
 
-fn deterministic_opts<B: Backend>(estimator: &mut Estimator<B>) -> Result<&mut Options> {
+fn deterministic_opts<P: Bilevel>(estimator: &mut Estimator<P>) -> Result<&mut Options> {
     match estimator {
         Estimator::Deterministic { opts, .. } => Ok(opts),
         Estimator::Stochastic(_) => Err(Error::option(
@@ -331,9 +405,9 @@ fn deterministic_opts<B: Backend>(estimator: &mut Estimator<B>) -> Result<&mut O
 }
 
 /// A hypergradient whose bound is at most ½‖h‖, tightening the tolerances until it is.
-fn maid_hypergradient<B: Backend + Clone>(
-    problem: &GlmBilevel<B>,
-    estimator: &mut Estimator<B>,
+fn maid_hypergradient<P: Bilevel>(
+    problem: &P,
+    estimator: &mut Estimator<P>,
     state: &mut OptState,
     step: u64,
 ) -> Result<(Hypergradient, Option<LoopStats>)> {
@@ -366,9 +440,9 @@ fn tighten(state: &mut OptState) -> bool {
 
 /// The backtracking line search of MAID from θ along −h; returns the accepted θ (or θ itself,
 /// with tightened tolerances, when no step length gives sufficient decrease).
-fn maid_step<B: Backend + Clone>(
-    problem: &mut GlmBilevel<B>,
-    estimator: &mut Estimator<B>,
+fn maid_step<P: Bilevel>(
+    problem: &mut P,
+    estimator: &mut Estimator<P>,
     state: &mut OptState,
     h: &Hypergradient,
 ) -> Result<Vec<f64>> {

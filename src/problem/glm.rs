@@ -84,6 +84,8 @@ pub enum HyperLayout {
     PerClass,
     /// One weight per training row (`hyperclean`).
     PerSample,
+    /// One λ per weight matrix of a network (`softmax --model mlp:…`; biases unpenalised).
+    PerLayer,
 }
 
 impl HyperLayout {
@@ -94,6 +96,7 @@ impl HyperLayout {
             HyperLayout::PerFeature => "per-feature",
             HyperLayout::PerClass => "per-class",
             HyperLayout::PerSample => "per-sample",
+            HyperLayout::PerLayer => "per-layer",
         }
     }
 }
@@ -238,6 +241,12 @@ impl<B: Backend> GlmBilevel<B> {
             ProblemKind::Softmax => &[HyperLayout::Shared, HyperLayout::PerClass],
             ProblemKind::Hyperclean => &[HyperLayout::PerSample],
         };
+        if layout == HyperLayout::PerLayer {
+            return Err(Error::option(
+                "--hyper",
+                "per-layer is a layout of the networks (--model mlp:H1,...); the linear model has one layer",
+            ));
+        }
         if !allowed.contains(&layout) {
             let names: Vec<_> = allowed.iter().map(|l| l.name()).collect();
             return Err(Error::option(
@@ -257,7 +266,8 @@ impl<B: Backend> GlmBilevel<B> {
             ));
         }
         let groups = match layout {
-            HyperLayout::Shared | HyperLayout::PerSample => Groups::Shared,
+            // (PerLayer was refused above.)
+            HyperLayout::Shared | HyperLayout::PerSample | HyperLayout::PerLayer => Groups::Shared,
             HyperLayout::PerFeature => Groups::Each,
             HyperLayout::PerClass => Groups::Blocks { block: d },
         };
@@ -575,7 +585,7 @@ impl<B: Backend> Bilevel for GlmBilevel<B> {
         }
     }
 
-    fn bound_constants(&self, w: &B::Buf) -> Result<BoundConstants> {
+    fn bound_constants(&self, w: &B::Buf) -> Result<Option<BoundConstants>> {
         let b = &self.backend;
         let n = self.train.n as f64;
         let m = self.val.n as f64;
@@ -611,12 +621,12 @@ impl<B: Backend> Bilevel for GlmBilevel<B> {
                 )
             }
         };
-        Ok(BoundConstants {
+        Ok(Some(BoundConstants {
             mu: self.strong_convexity(),
             l_h,
             l_b,
             l_f,
             b_norm,
-        })
+        }))
     }
 }

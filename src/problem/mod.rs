@@ -5,8 +5,10 @@
 //! `∇F(θ) = −Bᵀq*` with `H q* = ∇_w f`.
 
 pub mod glm;
+pub mod mlp;
 
 pub use glm::{GlmBilevel, HyperLayout, ProblemKind, TrainView};
+pub use mlp::MlpBilevel;
 
 use crate::backend::Backend;
 use crate::error::Result;
@@ -14,7 +16,8 @@ use crate::error::Result;
 /// A backend buffer of problem `P`.
 pub type Buf<P> = <<P as InnerProblem>::B as Backend>::Buf;
 
-/// The inner problem `min_w g(w, θ)` at the current θ: a smooth, μ-strongly convex function.
+/// The inner problem `min_w g(w, θ)` at the current θ: a smooth function, μ-strongly convex
+/// for the linear models (a network's is not convex: see [`mlp`]).
 pub trait InnerProblem {
     /// The backend holding the data.
     type B: Backend;
@@ -29,13 +32,27 @@ pub trait InnerProblem {
     /// The Hessian state at `w`.
     fn hessian(&self, w: &Buf<Self>) -> Result<Self::Hessian>;
     /// The Hessian of a quadratic majorant: `M ⪰ H(w)` for every `w` (for step sizes).
+    /// A problem without one (a network) says so with an error that names `--step`.
     fn majorant(&self) -> Result<Self::Hessian>;
+    /// The curvature whose largest eigenvalue sets the default step of the iterations that
+    /// run at a fixed point `w` (Neumann, fixed-point: they converge for `η < 2/λ_max(H(w))`):
+    /// the majorant where there is one, else the Hessian at `w` itself.
+    fn step_curvature(&self, _w: &Buf<Self>) -> Result<Self::Hessian> {
+        self.majorant()
+    }
     /// `out_b ← H v_b` for each vector of the batch `v` (`len(v)` a multiple of `P`).
     fn hvp(&self, h: &Self::Hessian, v: &Buf<Self>, out: &mut Buf<Self>) -> Result<()>;
     /// A lower bound `μ > 0` on the strong convexity of `g` (valid for every `w`).
     fn strong_convexity(&self) -> f64;
-    /// An upper bound on `sup_w ‖H(w)‖₂` (valid, possibly loose).
+    /// An upper bound on `sup_w ‖H(w)‖₂` (valid, possibly loose); `f64::INFINITY` where none
+    /// is known (a network).
     fn smoothness_bound(&self) -> f64;
+    /// Where the inner solvers start when no start is given, and where the scale of their
+    /// relative stopping rule is measured: the origin for the linear models, the seeded
+    /// initialisation `w₀` for a network (whose origin is a saddle point).
+    fn initial_point(&self) -> Result<Buf<Self>> {
+        self.backend().zeros(self.inner_dim())
+    }
 }
 
 /// The Lipschitz constants and norms that the a posteriori bound of SPEC §4 needs, at `ŵ`.
@@ -67,6 +84,7 @@ pub trait Bilevel: InnerProblem {
     fn cross_t(&self, w: &Buf<Self>, q: &Buf<Self>) -> Result<Vec<f64>>;
     /// `batch ← batch + α B(w)`, the batch holding the p columns of B as vectors of length P.
     fn cross_add(&self, w: &Buf<Self>, alpha: f64, batch: &mut Buf<Self>) -> Result<()>;
-    /// The constants of SPEC §4 at `w`.
-    fn bound_constants(&self, w: &Buf<Self>) -> Result<BoundConstants>;
+    /// The constants of SPEC §4 at `w`, or `None` where no valid constants are known (a
+    /// network): then every `error_bound` is null.
+    fn bound_constants(&self, w: &Buf<Self>) -> Result<Option<BoundConstants>>;
 }

@@ -31,7 +31,10 @@ pub fn gradient_descent<P: InnerProblem>(
     let mut grad_w = linear::duplicate(b, &grad_y)?;
     let mut grad_norm = b.nrm2(&grad_w)?;
     check_finite(value_w, grad_norm, solver)?;
-    let mut lipschitz = problem.smoothness_bound() / 16.0;
+    // The backtracking below finds the local L; a known bound only sets where it starts (1
+    // where none is known, as for a network).
+    let bound = problem.smoothness_bound();
+    let mut lipschitz = if bound.is_finite() { bound / 16.0 } else { 1.0 };
     let mut grow_step = true;
     let mut momentum_t = 1.0_f64;
     let mut trial = b.zeros(dim)?;

@@ -1,8 +1,9 @@
 //! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient and Newton-CG.
 //!
-//! All stop when `‖∇g(w)‖ ≤ tol · ‖∇g(0)‖` (a scale-free criterion: the gradient at the
-//! origin sets the problem's scale) or after `max_iters` iterations, and report the final
-//! gradient norm, which the error bound of SPEC §4 uses whatever the stopping reason.
+//! All stop when `‖∇g(w)‖ ≤ tol · ‖∇g(w₀)‖` (a scale-free criterion: the gradient at the
+//! problem's initial point — the origin for the linear models, the seeded `w₀` of a network —
+//! sets the problem's scale) or after `max_iters` iterations, and report the final gradient
+//! norm, which the error bound of SPEC §4 uses whatever the stopping reason.
 
 pub mod gd;
 pub mod linear;
@@ -70,7 +71,8 @@ pub struct InnerSolution<B: Backend> {
     pub converged: bool,
 }
 
-/// Solves the inner problem from `w0` (zeros if `None`).
+/// Solves the inner problem from `w0` (the problem's [`InnerProblem::initial_point`] if
+/// `None`: zeros for the linear models).
 pub fn solve<P: InnerProblem>(
     problem: &P,
     w0: Option<&Buf<P>>,
@@ -85,7 +87,7 @@ pub fn solve<P: InnerProblem>(
     let b = problem.backend();
     let w = match w0 {
         Some(w0) => linear::duplicate(b, w0)?,
-        None => b.zeros(problem.inner_dim())?,
+        None => problem.initial_point()?,
     };
     let threshold = opts.tol * gradient_scale(problem)?;
     match opts.solver {
@@ -95,12 +97,13 @@ pub fn solve<P: InnerProblem>(
     }
 }
 
-/// `‖∇g(0)‖`, the scale of the stopping criterion (1 if it vanishes, when 0 is the solution).
+/// `‖∇g(w₀)‖` at the problem's [`InnerProblem::initial_point`] (the origin for the linear
+/// models), the scale of the stopping criterion (1 if it vanishes, when `w₀` is the solution).
 pub fn gradient_scale<P: InnerProblem>(problem: &P) -> Result<f64> {
     let b = problem.backend();
-    let zero = b.zeros(problem.inner_dim())?;
+    let start = problem.initial_point()?;
     let mut grad = b.zeros(problem.inner_dim())?;
-    problem.inner_value_grad(&zero, Some(&mut grad))?;
+    problem.inner_value_grad(&start, Some(&mut grad))?;
     let norm = b.nrm2(&grad)?;
     Ok(if norm > 0.0 { norm } else { 1.0 })
 }

@@ -2,6 +2,16 @@
 //! accuracy that tightens as the gradient shrinks (an inexact Newton method with forcing term
 //! `η_k = min(½, ‖∇g(w_k)‖ / ‖∇g(w_0)‖)`, superlinear near the optimum), and `t` chosen by
 //! Armijo backtracking.
+//!
+//! Where `H(w)` is not positive definite (a network away from a minimum) CG stops at the first
+//! direction of non-positive curvature and the step is the CG iterate reached so far, or the
+//! gradient itself if that was the first direction: the line-search Newton-CG of Nocedal &
+//! Wright (Algorithm 7.1). Every such `p` has `∇gᵀp > 0`, so `−p` descends; near a minimum
+//! with `H ≻ 0` this is the inexact Newton method above. "Non-positive" includes curvature
+//! below the rounding noise of a Hessian-vector product (`dᵀHd ≤ u · max Rayleigh quotient
+//! seen · dᵀd`): a direction the Hessian does not measurably curve (a dead relu unit's bias)
+//! would otherwise give a step of astronomical length. The convex problems, whose condition
+//! numbers stay below `1/u`, never meet it.
 
 use super::{check_finite, linear, step_test, InnerSolution, Solver, StepTest};
 use crate::backend::Backend;
@@ -33,7 +43,7 @@ pub fn newton_cg<P: InnerProblem>(
         let hessian = problem.hessian(&w)?;
         let forcing = (grad_norm / first_norm).min(0.5);
         b.fill(&mut step, 0.0)?;
-        linear::conjugate_gradient(
+        newton_direction(
             b,
             |v, out| problem.hvp(&hessian, v, out),
             &grad,
@@ -80,4 +90,52 @@ pub fn newton_cg<P: InnerProblem>(
         iters,
         converged: grad_norm <= threshold,
     })
+}
+
+/// CG on `H p = g` from `p = 0`, to `‖Hp − g‖ ≤ tol ‖g‖` or `max_iters`, stopped at the first
+/// search direction `d` whose curvature is not measurably positive (`dᵀHd ≤ u ρ_max dᵀd`,
+/// `ρ_max` the largest Rayleigh quotient of the directions so far): then `p` is the iterate
+/// so far, or `g` itself when that happens on the first direction (Nocedal & Wright,
+/// Algorithm 7.1).
+fn newton_direction<B, F>(
+    b: &B,
+    mut apply: F,
+    g: &B::Buf,
+    p: &mut B::Buf,
+    tol: f64,
+    max_iters: usize,
+) -> Result<()>
+where
+    B: Backend,
+    F: FnMut(&B::Buf, &mut B::Buf) -> Result<()>,
+{
+    let mut r = linear::duplicate(b, g)?; // r = g − H·0
+    let target = tol * b.nrm2(g)?;
+    let mut rs = b.dot(&r, &r)?;
+    let mut d = linear::duplicate(b, &r)?;
+    let mut hd = b.zeros(b.len(g))?;
+    let unit = b.precision().epsilon();
+    let mut largest_rayleigh: f64 = 0.0;
+    for iter in 0..max_iters {
+        if rs.sqrt() <= target {
+            break;
+        }
+        apply(&d, &mut hd)?;
+        let curvature = b.dot(&d, &hd)?;
+        let d_sq = b.dot(&d, &d)?;
+        largest_rayleigh = largest_rayleigh.max(curvature / d_sq);
+        if !(curvature > unit * largest_rayleigh * d_sq) {
+            if iter == 0 {
+                b.copy(g, p)?;
+            }
+            break;
+        }
+        let alpha = rs / curvature;
+        b.axpy(alpha, &d, p)?;
+        b.axpy(-alpha, &hd, &mut r)?;
+        let rs_next = b.dot(&r, &r)?;
+        b.axpby(1.0, &r, rs_next / rs, &mut d)?; // d = r + β d
+        rs = rs_next;
+    }
+    Ok(())
 }

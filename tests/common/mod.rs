@@ -347,6 +347,7 @@ impl DenseRef {
             HyperLayout::Shared | HyperLayout::PerSample => 0,
             HyperLayout::PerFeature => e,
             HyperLayout::PerClass => e / self.d,
+            HyperLayout::PerLayer => unreachable!("the linear models have no layers"),
         }
     }
 

@@ -1,0 +1,291 @@
+//! `grad` and `run` for the smooth problems with a network as the inner model
+//! (`--model mlp:…`, SPEC §8): the same reports as the linear model's, from an
+//! [`MlpBilevel`]. The network primitives have a CPU implementation only, so `auto` runs
+//! networks on the CPU and `--device cuda` is refused.
+
+use super::cleaning;
+use super::data::{DenseSplits, Input};
+use super::device::{Backend as DeviceBackend, Device};
+use super::names::DeviceName;
+use super::plan::{NetworkPlan, SmoothPlan};
+use super::settings::{DeviceSpec, Settings};
+use super::smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
+use super::trace::TraceWriter;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::mlp::MlpOps;
+use crate::hypergrad;
+use crate::hypergrad::nhgd_mlp::MlpNhgd;
+use crate::outer::{self, Estimator, RunConfig};
+use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
+use crate::solver;
+use crate::{Error, Result};
+
+/// The CPU at the precision asked for; `auto` says why it is not a GPU.
+fn open_cpu(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
+    match spec.device {
+        DeviceName::Cuda => Err(Error::option(
+            "--device",
+            "the networks (--model mlp:…) run on the CPU only for now; use --device cpu",
+        )),
+        DeviceName::Cpu => Ok((Device::open(spec)?, None)),
+        DeviceName::Auto => {
+            let cpu = DeviceSpec {
+                device: DeviceName::Cpu,
+                ..spec.clone()
+            };
+            Ok((
+                Device::open(&cpu)?,
+                Some("auto chose the CPU: the networks (--model mlp:…) run on the CPU".into()),
+            ))
+        }
+    }
+}
+
+pub(super) fn grad(
+    plan: &SmoothPlan,
+    network: &NetworkPlan,
+    settings: &Settings,
+    input: &Input,
+) -> Result<SmoothReport> {
+    let (device, note) = open_cpu(&settings.device)?;
+    let splits = input.dense(settings)?;
+    match device.backend {
+        DeviceBackend::CpuF64 => grad_on(
+            CpuBackend::<f64>::new(),
+            plan,
+            network,
+            settings,
+            &splits,
+            note,
+        ),
+        DeviceBackend::CpuF32 => grad_on(
+            CpuBackend::<f32>::new(),
+            plan,
+            network,
+            settings,
+            &splits,
+            note,
+        ),
+        DeviceBackend::Cuda(_) => Err(Error::Backend(
+            "internal: a network was given a CUDA backend".into(),
+        )),
+    }
+}
+
+/// Builds the network problem on `backend` (w₀ from `--seed`) and sets θ from the settings.
+pub(super) fn build<B: MlpOps>(
+    backend: B,
+    plan: &SmoothPlan,
+    network: &NetworkPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+) -> Result<MlpBilevel<B>> {
+    let mut problem = MlpBilevel::new(
+        backend,
+        plan.kind,
+        plan.layout,
+        &network.hidden,
+        network.activation,
+        &splits.train,
+        &splits.val,
+        settings.l2,
+        settings.seed,
+    )?;
+    let p = problem.hyper_dim();
+    let what = format!(
+        "{} with --model {} --hyper {}",
+        plan.kind.name(),
+        settings.model.name(),
+        plan.layout.name()
+    );
+    let theta = settings.theta.values(p, 0.0, &what)?;
+    problem.set_theta(&theta)?;
+    Ok(problem)
+}
+
+fn grad_on<B: MlpOps + Clone>(
+    backend: B,
+    plan: &SmoothPlan,
+    network: &NetworkPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+    device_note: Option<String>,
+) -> Result<SmoothReport> {
+    let device = backend.name();
+    let problem = build(backend, plan, network, settings, splits)?;
+    let opts = plan.options(settings, problem.backend().precision());
+    let result = if opts.method.is_stochastic() {
+        // One estimate from a cold start: T SGD steps from w₀.
+        let mut estimator = MlpNhgd::new(&problem, plan.stochastic(settings, opts.linear_tol))?;
+        estimator.estimate(&problem, 0)?.0
+    } else {
+        hypergrad::compute(&problem, &opts, None)?
+    };
+    if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
+        return Err(Error::Numerical(format!(
+            "hypergradient entry {i} is {} (check the data scale, θ and the step)",
+            result.hypergradient[i]
+        )));
+    }
+    let net = problem.network();
+    Ok(SmoothReport {
+        kind: plan.kind,
+        layout: plan.layout,
+        p: problem.hyper_dim(),
+        outputs: net.outputs(),
+        features: net.inputs(),
+        train: splits.train.name.clone(),
+        val: splits.val.name.clone(),
+        n_train: splits.train.n(),
+        n_val: splits.val.n(),
+        device,
+        device_note,
+        inner_solver: opts.inner.solver,
+        inner_tol: opts.inner.tol,
+        linear_tol: opts.linear_tol,
+        network: Some(NetworkInfo {
+            model: settings.model.name(),
+            activation: network.activation.name(),
+            parameters: problem.inner_dim(),
+        }),
+        result,
+    })
+}
+
+pub(super) fn run(
+    plan: &SmoothPlan,
+    network: &NetworkPlan,
+    settings: &Settings,
+    input: &Input,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<SmoothOutcome> {
+    let (device, note) = open_cpu(&settings.device)?;
+    let mut splits = input.dense(settings)?;
+    if let Some(fraction) = settings.corrupt {
+        cleaning::corrupt(plan.kind, &mut splits.train, fraction, settings.seed)?;
+    }
+    match device.backend {
+        DeviceBackend::CpuF64 => run_on(
+            CpuBackend::<f64>::new(),
+            plan,
+            network,
+            settings,
+            &splits,
+            note,
+            on_step,
+        ),
+        DeviceBackend::CpuF32 => run_on(
+            CpuBackend::<f32>::new(),
+            plan,
+            network,
+            settings,
+            &splits,
+            note,
+            on_step,
+        ),
+        DeviceBackend::Cuda(_) => Err(Error::Backend(
+            "internal: a network was given a CUDA backend".into(),
+        )),
+    }
+}
+
+/// The outer loop on a network problem: the linear model's `run` with an [`MlpBilevel`] and
+/// NHGD's network estimator. MAID is refused (it steers by error bounds, which a network does
+/// not have), and the three-model cleaning report of `--corrupt` is the linear model's only.
+fn run_on<B: MlpOps + Clone + 'static>(
+    backend: B,
+    plan: &SmoothPlan,
+    network: &NetworkPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+    device_note: Option<String>,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<SmoothOutcome> {
+    let device = backend.name();
+    let mut problem = build(backend, plan, network, settings, splits)?;
+    let opts = plan.options(settings, problem.backend().precision());
+    let warm = !settings.cold_start;
+    let opt = plan.outer_opt(settings)?;
+    if opt.name() == "maid" {
+        return Err(Error::option(
+            "--outer-opt",
+            "maid steers by error bounds, which the networks (--model mlp:…) do not have; use sgd or adam",
+        ));
+    }
+    let mut estimator = if opts.method.is_stochastic() {
+        let mut stochastic = plan.stochastic(settings, opts.linear_tol);
+        stochastic.warm_start = warm;
+        stochastic.diagnostics = false;
+        Estimator::Stochastic(Box::new(MlpNhgd::new(&problem, stochastic)?))
+    } else {
+        Estimator::Deterministic {
+            opts,
+            warm,
+            w: None,
+        }
+    };
+    let fingerprint = format!(
+        "{} {} model={} activation={} method={} opt={} train={} n={} seed={} corrupt={:?} T={} b={} warm={warm}",
+        plan.kind.name(),
+        plan.layout.name(),
+        settings.model.name(),
+        network.activation.name(),
+        opts.method.name(),
+        opt.name(),
+        splits.train.name,
+        splits.train.n(),
+        settings.seed,
+        settings.corrupt,
+        settings.inner_steps,
+        settings.batch_size,
+    );
+    let resumed_step = match settings.checkpoint.as_deref() {
+        Some(ck) => outer::Checkpoint::load(ck)?.map(|c| c.step),
+        None => None,
+    };
+    let mut trace_file = TraceWriter::open(settings.trace.as_deref(), resumed_step)?;
+    let mut trace = Vec::new();
+    let config = RunConfig {
+        outer_steps: settings.outer_steps,
+        opt,
+        test: splits.test.as_ref(),
+        fingerprint,
+        checkpoint: settings.checkpoint.as_deref(),
+    };
+    let outcome = outer::run(&mut problem, &mut estimator, &config, |record| {
+        let value = serde_json::to_value(record)
+            .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
+        trace_file.write(&value)?;
+        on_step(&value)?;
+        trace.push(value);
+        Ok(())
+    })?;
+    // The model the final θ trains: the inner solution warm-started from the estimator's last
+    // inner point (a network's minimiser depends on where its solve starts), from w₀ if none.
+    let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
+    let coef = problem.backend().download(&w)?;
+    let net = problem.network();
+    Ok(SmoothOutcome {
+        kind: plan.kind,
+        method: opts.method,
+        outer_opt: opt.name(),
+        device,
+        device_note,
+        warm_start: warm,
+        outer_steps: settings.outer_steps,
+        p: problem.hyper_dim(),
+        resumed_from: outcome.resumed_from,
+        theta: outcome.theta,
+        trace,
+        fisher_update_auto: None,
+        cleaning: None,
+        coef,
+        outputs: net.outputs(),
+        features: net.inputs(),
+        network: Some(NetworkInfo {
+            model: settings.model.name(),
+            activation: network.activation.name(),
+            parameters: problem.inner_dim(),
+        }),
+    })
+}

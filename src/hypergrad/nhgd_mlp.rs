@@ -1,0 +1,462 @@
+//! NHGD for the network problems (SPEC §5, §8): T steps of mini-batch SGD on the inner
+//! problem, whose per-sample gradients feed the damped empirical Fisher `Ĥ = F + D`, then
+//! `q = Ĥ⁻¹ ∇_w f(w)` and `h = −B(w)ᵀ q`.
+//!
+//! Each SGD step runs the network forward and backward over its b rows once; the same tape and
+//! deltas give the step `w ← w − η ((1/b) Σ_p s_p ∇ℓ_p + r ⊙ w)` and the curvature update
+//! (at the point the gradients were taken, as for the linear models):
+//!
+//! | representation | state | per step |
+//! |---|---|---|
+//! | `dense` | `(F + D)⁻¹` (Woodbury) or `F` (SYRK), P×P | rows `√s_p ∇ℓ_p` ([`FisherTracker::update_rows`]) |
+//! | `lowrank` | sketch `U` (r×P) | `U ← U + N^{-½} S_t G_t` |
+//! | `kfac` | per layer `AA_l` (`(n_{l−1}+1)²`), `GG_l` (`n_l²`) | `AA_l += α Σ ã ãᵀ`, `GG_l += α Σ s δ δᵀ` |
+//!
+//! `kfac` is block-diagonal over layers, each block `GG_l ⊗ AA_l` (the per-sample gradient
+//! block is `δ_l ⊗ ã_{l−1}`), damped by its factored share of the layer's damping:
+//! `(GG_l + λ_l/π_l I) ⊗ (AA_l + π_l I)`, whose cross term is `λ_l I` exactly
+//! ([`kfac_solve`]).
+//!
+//! # The damping `D`
+//!
+//! `D = λ_l` on every entry of layer `l`, the biases included, where the regulariser `R` has 0
+//! on the biases. `F + R` is singular for a network: along the softmax shift (every
+//! per-sample gradient is orthogonal to it, see [`crate::problem::mlp`]) and along any bias
+//! that the `T·b` samples leave unseen, and Woodbury needs `D⁻¹`. Giving each bias its
+//! layer's λ keeps `F + D` positive definite, and makes `D_l = λ_l I` the Kronecker-friendly
+//! damping of K-FAC's blocks. The shift direction's component of `q` meets `Bᵀ` as 0.
+//!
+//! # The SGD step
+//!
+//! A network has no global curvature bound, so the default η is `1/L̂` with `L̂` 1.05 times
+//! the largest eigenvalue of `H(w₀)` (power iteration, once, when the estimator is made):
+//! a heuristic, where the linear models' default is a bound; `--inner-lr` chooses it.
+//!
+//! `stocbio`, `amigo` and `soba` are not implemented for networks (refused by
+//! [`MlpNhgd::new`]).
+
+use std::time::Instant;
+
+use super::fisher::{
+    choose_dense_update, kfac_solve, DenseUpdate, FisherSpec, FisherTracker, Regulariser,
+    Representation,
+};
+use super::stochastic::{LoopStats, StochasticOptions};
+use super::{Hypergradient, Method};
+use crate::backend::mlp::{Deltas, MlpData, MlpOps, Network, Tape};
+use crate::backend::{Backend, Groups};
+use crate::data::rng::Rng;
+use crate::error::{Error, Result};
+use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
+use crate::solver::linear;
+
+/// Largest P for which `dense` keeps a P×P matrix (P² f64 = 512 MiB at 8192).
+pub const DENSE_MAX_DIM: usize = 8192;
+
+/// `D`: `λ_l` on every entry of layer `l`, biases included (module docs).
+pub fn damping(net: &Network, lambda: &[f64]) -> Vec<f64> {
+    (0..net.dim()).map(|e| lambda[net.layer_of(e)]).collect()
+}
+
+/// The curvature `Ĥ = F + D` of a network as NHGD tracks it.
+pub enum MlpCurvature<B: Backend> {
+    /// `dense` or `lowrank` over all P parameters, fed per-sample gradient rows.
+    Rows(FisherTracker<B>),
+    /// Per-layer K-FAC factors `AA_l`, `GG_l`.
+    Kfac { aa: Vec<B::Buf>, gg: Vec<B::Buf> },
+}
+
+/// One step's inputs to [`MlpCurvature::update`].
+pub struct CurvatureStep<'a, B: MlpOps> {
+    /// The batch's rows (with the row weights `s_p`, which K-FAC's gradient factor reads).
+    pub data: MlpData<'a, B>,
+    pub tape: &'a Tape<B>,
+    pub deltas: &'a Deltas<B>,
+    /// `√s_p` per batch position (weighted losses), for the gradient rows.
+    pub sqrt_weights: Option<&'a B::Buf>,
+    /// The r×b sketch of `lowrank`.
+    pub sketch: Option<&'a B::Buf>,
+}
+
+impl<B: MlpOps> MlpCurvature<B> {
+    /// The state before the first step: `(D)⁻¹` or zero Fisher terms. `spec.shape` is `(1, P)`.
+    pub fn start(backend: &B, net: &Network, spec: &FisherSpec, damping: &B::Buf) -> Result<Self> {
+        Ok(match spec.representation {
+            Representation::Kfac => {
+                let layers = net.layers();
+                let mut aa = Vec::with_capacity(layers);
+                let mut gg = Vec::with_capacity(layers);
+                for l in 0..layers {
+                    let (fan_in, fan_out) = net.fans(l);
+                    aa.push(backend.zeros((fan_in + 1) * (fan_in + 1))?);
+                    gg.push(backend.zeros(fan_out * fan_out)?);
+                }
+                MlpCurvature::Kfac { aa, gg }
+            }
+            _ => MlpCurvature::Rows(FisherTracker::start(backend, spec, damping)?),
+        })
+    }
+
+    /// Adds one SGD step's per-sample gradients. `grads` is b×P scratch (unused by `kfac`).
+    pub fn update(
+        &mut self,
+        backend: &B,
+        net: &Network,
+        spec: &FisherSpec,
+        step: &CurvatureStep<'_, B>,
+        grads: &mut B::Buf,
+    ) -> Result<()> {
+        match self {
+            MlpCurvature::Kfac { aa, gg } => {
+                let (alpha, beta) = spec.step_weights();
+                backend.mlp_kfac_factors(
+                    net,
+                    step.data,
+                    step.tape,
+                    step.deltas,
+                    alpha,
+                    beta,
+                    aa,
+                    gg,
+                )
+            }
+            MlpCurvature::Rows(tracker) => {
+                backend.mlp_per_sample_gradients(
+                    net,
+                    step.data,
+                    step.tape,
+                    step.deltas,
+                    step.sqrt_weights,
+                    grads,
+                )?;
+                tracker.update_rows(backend, spec, grads, step.tape.n, step.sketch)
+            }
+        }
+    }
+
+    /// `q = Ĥ⁻¹ a` (`dense` accumulate solves by CG to `linear_tol` unless the backend
+    /// factorises); `lambda` is λ per layer, `damping` the P entries of `D` on the backend
+    /// and the host. Returns the linear solve's iterations.
+    pub fn apply_inverse(
+        &self,
+        backend: &B,
+        net: &Network,
+        lambda: &[f64],
+        damping: (&B::Buf, &[f64]),
+        a: &B::Buf,
+        linear_tol: f64,
+    ) -> Result<(B::Buf, usize)> {
+        match self {
+            MlpCurvature::Rows(tracker) => {
+                // `Groups::Each` with one "λ" per entry: D is diagonal but not piecewise
+                // constant over a fixed grouping.
+                let reg = Regulariser {
+                    backend,
+                    diag: damping.0,
+                    groups: Groups::Each,
+                    lambda: damping.1,
+                };
+                tracker.apply_inverse(backend, &reg, a, linear_tol)
+            }
+            MlpCurvature::Kfac { aa, gg } => {
+                let mut q = backend.zeros(net.dim())?;
+                for l in 0..net.layers() {
+                    let (offset, len) = (net.offset(l), net.block_len(l));
+                    let mut block = backend.zeros(len)?;
+                    backend.copy_range(a, offset, &mut block, 0, len)?;
+                    let lam = backend.upload(&vec![lambda[l]; net.fans(l).1])?;
+                    let solved =
+                        kfac_solve(backend, &aa[l], &gg[l], &lam, &block).map_err(|e| match e {
+                            Error::Numerical(m) => {
+                                Error::Numerical(format!("layer {}: {m}", l + 1))
+                            }
+                            other => other,
+                        })?;
+                    backend.copy_range(&solved, 0, &mut q, offset, len)?;
+                }
+                Ok((q, 0))
+            }
+        }
+    }
+}
+
+/// The NHGD estimator of a network problem, with the inner iterate it carries between outer
+/// steps.
+pub struct MlpNhgd<B: MlpOps> {
+    opts: StochasticOptions,
+    w: B::Buf,
+    n_train: usize,
+    /// `1/L̂` at `w₀` (module docs).
+    default_lr: f64,
+}
+
+impl<B: MlpOps> MlpNhgd<B> {
+    /// Checks the options against the problem and resolves `--fisher-update auto`.
+    pub fn new(problem: &MlpBilevel<B>, opts: StochasticOptions) -> Result<Self> {
+        if opts.method != Method::Nhgd {
+            return Err(Error::option(
+                "--method",
+                format!(
+                    "{} is not implemented for networks (--model mlp:…): use nhgd, or exact, cg, neumann, fixed-point",
+                    opts.method.name()
+                ),
+            ));
+        }
+        let b = problem.backend();
+        let n = problem.n_train();
+        let dim = problem.inner_dim();
+        if opts.batch == 0 || opts.batch > n {
+            return Err(Error::option(
+                "--batch-size",
+                format!(
+                    "must be between 1 and the {n} training rows, got {}",
+                    opts.batch
+                ),
+            ));
+        }
+        if opts.inner_steps == 0 {
+            return Err(Error::option("--inner-steps", "must be at least 1"));
+        }
+        if let Some(v) = opts.inner_lr {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::option("--inner-lr", format!("must be > 0, got {v}")));
+            }
+        }
+        if opts.representation == Representation::Dense && dim > DENSE_MAX_DIM {
+            return Err(Error::option(
+                "--curvature",
+                format!("dense keeps a P×P matrix and allows P ≤ {DENSE_MAX_DIM}, but the network has P = {dim}; use kfac or lowrank"),
+            ));
+        }
+        let mut opts = opts;
+        let spec = fisher_spec(&opts, dim);
+        spec.validate()?;
+        if opts.representation == Representation::Dense && opts.dense_update == DenseUpdate::Auto {
+            let host = damping(problem.network(), problem.lambda());
+            let diag = b.upload(&host)?;
+            let reg = Regulariser {
+                backend: b,
+                diag: &diag,
+                groups: Groups::Each,
+                lambda: &host,
+            };
+            opts.dense_update = choose_dense_update(b, &spec, &reg)?.0;
+        }
+        let w = problem.initial_point()?;
+        let h0 = problem.hessian(&w)?;
+        let top = linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?;
+        if !(top > 0.0 && top.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
+            )));
+        }
+        Ok(MlpNhgd {
+            opts,
+            w,
+            n_train: n,
+            default_lr: 1.0 / (1.05 * top),
+        })
+    }
+
+    /// The current inner iterate.
+    pub fn w(&self) -> &B::Buf {
+        &self.w
+    }
+
+    /// The SGD step in use.
+    pub fn inner_lr(&self) -> f64 {
+        self.opts.inner_lr.unwrap_or(self.default_lr)
+    }
+
+    /// The dense update in use (`auto` resolved).
+    pub fn dense_update(&self) -> DenseUpdate {
+        self.opts.dense_update
+    }
+
+    /// Restores the carried iterate (resuming a checkpointed run).
+    pub fn restore(&mut self, backend: &B, w: &[f64]) -> Result<()> {
+        if w.len() != backend.len(&self.w) {
+            return Err(Error::Dimension(format!(
+                "the checkpoint's inner variable has {} entries, the network {}",
+                w.len(),
+                backend.len(&self.w)
+            )));
+        }
+        self.w = backend.upload(w)?;
+        Ok(())
+    }
+
+    /// One hypergradient estimate at the problem's current θ; `step` (the outer step) seeds
+    /// the mini-batches. Warm start keeps `w` from the last estimate; cold start restarts from
+    /// `w₀`.
+    pub fn estimate(
+        &mut self,
+        problem: &MlpBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        let started = Instant::now();
+        let b = problem.backend();
+        let net = problem.network();
+        let dim = net.dim();
+        let batch = self.opts.batch;
+        if !self.opts.warm_start {
+            self.w = problem.initial_point()?;
+        }
+        let mut rng = Rng::new(self.opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let eta = self.inner_lr();
+        let spec = fisher_spec(&self.opts, dim);
+        let prepared = self.prepare(problem, &mut rng)?;
+        let damping_host = damping(net, problem.lambda());
+        let damping_buf = b.upload(&damping_host)?;
+        let mut curvature = MlpCurvature::start(b, net, &spec, &damping_buf)?;
+        let mut grads = b.zeros(match spec.representation {
+            Representation::Kfac => 0,
+            _ => batch * dim,
+        })?;
+        let mut g = b.zeros(dim)?;
+        let train = problem.train_data();
+        let loop_start = Instant::now();
+        let traffic = b.host_traffic();
+        for (t, rows) in prepared.rows.iter().enumerate() {
+            let data = MlpData {
+                rows: Some(rows),
+                ..train
+            };
+            let tape = b.mlp_forward(net, data, &self.w)?;
+            let deltas = b.mlp_backward(net, data, &tape, &self.w)?;
+            let this = b.rows_len(rows) as f64;
+            b.mlp_gradient(net, data, &tape, &deltas, 1.0 / this, &mut g)?;
+            b.mul_add(1.0, problem.reg_diag(), &self.w, &mut g)?;
+            let inputs = CurvatureStep {
+                data,
+                tape: &tape,
+                deltas: &deltas,
+                sqrt_weights: prepared.sqrt_weights[t].as_ref(),
+                sketch: prepared.sketches[t].as_ref(),
+            };
+            curvature.update(b, net, &spec, &inputs, &mut grads)?;
+            b.axpy(-eta, &g, &mut self.w)?;
+        }
+        let after = b.host_traffic();
+        b.synchronize()?;
+        let stats = LoopStats {
+            inner_seconds: loop_start.elapsed().as_secs_f64(),
+            inner_host_syncs: after.0 - traffic.0,
+            inner_host_transfers: after.1 - traffic.1,
+            fisher_update: (spec.representation == Representation::Dense)
+                .then_some(self.opts.dense_update),
+        };
+        let mut a = b.zeros(dim)?;
+        let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
+        let (q, linear_iters) = curvature.apply_inverse(
+            b,
+            net,
+            problem.lambda(),
+            (&damping_buf, &damping_host),
+            &a,
+            self.opts.linear_tol,
+        )?;
+        let hypergradient: Vec<f64> = problem.cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        let inner_grad_norm = if self.opts.diagnostics {
+            problem.inner_value_grad(&self.w, Some(&mut g))?;
+            b.nrm2(&g)?
+        } else {
+            f64::NAN
+        };
+        let result = Hypergradient {
+            method: Method::Nhgd,
+            theta: problem.theta().to_vec(),
+            outer_loss,
+            hypergradient,
+            inner_grad_norm,
+            residual_norm: None,
+            error_bound: None,
+            inner_iters: self.opts.inner_steps,
+            linear_iters,
+            inner_converged: false,
+            seconds: started.elapsed().as_secs_f64(),
+            extra: (),
+            w: Vec::new(),
+        };
+        Ok((result, stats))
+    }
+
+    /// Draws the T mini-batches (cycling through seeded permutations of the rows, as for the
+    /// linear models) with their `√s_p` and sketches, and uploads them before the loop.
+    fn prepare(&self, problem: &MlpBilevel<B>, rng: &mut Rng) -> Result<Prepared<B>> {
+        let b = problem.backend();
+        let (batch, steps, n) = (self.opts.batch, self.opts.inner_steps, self.n_train);
+        let rank = match self.opts.representation {
+            Representation::Lowrank { rank } => Some(rank),
+            _ => None,
+        };
+        let mut order = rng.permutation(n);
+        let mut cursor = 0;
+        let mut rows: Vec<u32> = Vec::with_capacity(steps * batch);
+        let mut signs: Vec<f64> = Vec::new();
+        for _ in 0..steps {
+            for _ in 0..batch {
+                if cursor == n {
+                    order = rng.permutation(n);
+                    cursor = 0;
+                }
+                rows.push(order[cursor] as u32);
+                cursor += 1;
+            }
+            if let Some(r) = rank {
+                let scale = 1.0 / (r as f64).sqrt();
+                signs.extend((0..r * batch).map(|_| {
+                    if rng.next_u64() >> 63 == 0 {
+                        scale
+                    } else {
+                        -scale
+                    }
+                }));
+            }
+        }
+        let none = || (0..steps).map(|_| None).collect::<Vec<_>>();
+        let sqrt_weights = match (problem.weights_host(), self.opts.representation) {
+            (Some(s), Representation::Dense | Representation::Lowrank { .. }) => {
+                let root: Vec<f64> = rows.iter().map(|&r| s[r as usize].sqrt()).collect();
+                b.upload_parts(&root, batch)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
+            _ => none(),
+        };
+        let sketches = match rank {
+            Some(r) => b
+                .upload_parts(&signs, r * batch)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => none(),
+        };
+        Ok(Prepared {
+            rows: b.upload_batches(&rows, batch, n)?,
+            sqrt_weights,
+            sketches,
+        })
+    }
+}
+
+/// The per-step inputs of one inner loop, uploaded before it starts.
+struct Prepared<B: Backend> {
+    rows: Vec<B::Rows>,
+    sqrt_weights: Vec<Option<B::Buf>>,
+    sketches: Vec<Option<B::Buf>>,
+}
+
+/// The Fisher spec of a network with P parameters (`shape = (1, P)`: dense and lowrank see
+/// only P).
+pub fn fisher_spec(opts: &StochasticOptions, dim: usize) -> FisherSpec {
+    FisherSpec {
+        representation: opts.representation,
+        dense_update: opts.dense_update,
+        averaging: opts.averaging,
+        batch: opts.batch,
+        steps: opts.inner_steps,
+        shape: (1, dim),
+    }
+}

@@ -1,0 +1,353 @@
+//! `--model`, `--activation` and `--hyper per-layer` on the command line and in the API's
+//! `Settings::set`: the JSON a network run prints, its agreement with the library, and one
+//! test per kind of bad input (one line on stderr naming the option, non-zero exit, no panic).
+
+use std::process::{Command, Output};
+
+use hypergrad::api::{self, DataSource, ModelSpec, OptionValue, Request, Settings};
+
+fn hypergrad(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
+        .args(args)
+        .output()
+        .expect("the hypergrad binary runs")
+}
+
+/// Asserts the run failed with exactly one line on stderr containing every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "'{needle}' missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+const DATA: &str = "synthetic:softmax:n=200,d=5,c=3,seed=4";
+
+fn grad_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["grad", "--problem", "softmax", "--train", DATA, "--json"];
+    args.extend_from_slice(extra);
+    let out = hypergrad(&args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn vector(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
+#[test]
+fn grad_with_a_network_reports_the_model_and_agrees_across_methods() {
+    let common = [
+        "--model",
+        "mlp:4,3",
+        "--hyper",
+        "per-layer",
+        "--theta",
+        "-3",
+    ];
+    let exact = grad_json(&[&common[..], &["--method", "exact"]].concat());
+    let cg = grad_json(&[&common[..], &["--method", "cg"]].concat());
+    assert_eq!(exact["model"], "mlp:4,3");
+    assert_eq!(exact["activation"], "tanh");
+    // P = 4·(5+1) + 3·(4+1) + 3·(3+1) = 51, p = 3 weight matrices.
+    assert_eq!(exact["parameters"], 51);
+    assert_eq!(exact["p"], 3);
+    assert!(exact["error_bound"].is_null());
+    assert_eq!(exact["device"], "cpu-f64");
+    let (he, hc) = (
+        vector(&exact["hypergradient"]),
+        vector(&cg["hypergradient"]),
+    );
+    assert_eq!(he.len(), 3);
+    let diff: f64 = he
+        .iter()
+        .zip(&hc)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = he.iter().map(|a| a * a).sum::<f64>().sqrt();
+    assert!(
+        norm > 0.0 && diff <= 1e-8 * norm,
+        "exact {he:?} vs cg {hc:?}"
+    );
+    // The linear model says so too.
+    let linear = grad_json(&["--method", "cg"]);
+    assert_eq!(linear["model"], "linear");
+    assert!(linear["activation"].is_null());
+}
+
+#[test]
+fn the_cli_computes_what_the_library_computes() {
+    // NHGD (seeded, so deterministic): a relu network's inner problem seldom has the smooth
+    // strict minimum the implicit methods need.
+    let json = grad_json(&[
+        "--model",
+        "mlp:6",
+        "--activation",
+        "relu",
+        "--method",
+        "nhgd",
+        "--theta",
+        "-2",
+        "--seed",
+        "3",
+    ]);
+    let mut settings = Settings::default();
+    for (name, value) in [
+        ("model", OptionValue::Str("mlp:6".into())),
+        ("activation", OptionValue::Str("relu".into())),
+        ("method", OptionValue::Str("nhgd".into())),
+        ("theta", OptionValue::Float(-2.0)),
+        ("seed", OptionValue::Int(3)),
+    ] {
+        settings.set(name, &value).unwrap();
+    }
+    assert_eq!(settings.model, ModelSpec::Mlp { hidden: vec![6] });
+    let request = Request::new("softmax", settings).unwrap();
+    let source = DataSource {
+        train: DATA.into(),
+        ..Default::default()
+    };
+    let report = api::grad(&request, &source.into()).unwrap().to_json();
+    assert_eq!(report["activation"], "relu");
+    assert_eq!(
+        vector(&report["hypergradient"]),
+        vector(&json["hypergradient"])
+    );
+}
+
+#[test]
+fn nhgd_runs_on_a_network_with_each_curvature() {
+    for curvature in ["kfac", "dense", "lowrank"] {
+        let json = grad_json(&[
+            "--model",
+            "mlp:4",
+            "--method",
+            "nhgd",
+            "--curvature",
+            curvature,
+            "--inner-steps",
+            "30",
+            "--batch-size",
+            "16",
+            "--theta",
+            "-3",
+        ]);
+        assert_eq!(json["method"], "nhgd");
+        let h = vector(&json["hypergradient"]);
+        assert!(h.len() == 1 && h[0].is_finite(), "{curvature}: {h:?}");
+    }
+}
+
+#[test]
+fn bad_model_values_are_one_line_errors() {
+    for value in ["mlp:", "mlp:0", "mlp:4,x", "mlp:-3", "cnn:5", "MLP:4"] {
+        let out = hypergrad(&[
+            "grad",
+            "--problem",
+            "softmax",
+            "--train",
+            DATA,
+            "--model",
+            value,
+        ]);
+        assert_one_line_error(&out, &["--model"]);
+    }
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "softmax",
+        "--train",
+        DATA,
+        "--model",
+        "mlp:4",
+        "--activation",
+        "sigmoid",
+    ]);
+    assert_one_line_error(&out, &["--activation", "sigmoid"]);
+}
+
+#[test]
+fn combinations_a_network_does_not_have_are_one_line_errors() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["grad", "--train", DATA];
+        args.extend_from_slice(extra);
+        hypergrad(&args)
+    };
+    // Networks are for softmax and hyperclean.
+    let out = run(&["--problem", "ridge", "--model", "mlp:4"]);
+    assert_one_line_error(&out, &["--model", "ridge"]);
+    let out = run(&["--problem", "lasso", "--model", "mlp:4"]);
+    assert_one_line_error(&out, &["--model"]);
+    // per-layer needs layers; per-class is the linear model's.
+    let out = run(&["--problem", "softmax", "--hyper", "per-layer"]);
+    assert_one_line_error(&out, &["--hyper", "per-layer"]);
+    let out = run(&[
+        "--problem",
+        "softmax",
+        "--model",
+        "mlp:4",
+        "--hyper",
+        "per-class",
+    ]);
+    assert_one_line_error(&out, &["--hyper", "per-class"]);
+    // No global curvature bound: the trajectory methods need a step.
+    let out = run(&[
+        "--problem",
+        "softmax",
+        "--model",
+        "mlp:4",
+        "--method",
+        "unroll",
+    ]);
+    assert_one_line_error(&out, &["--step"]);
+    // The stochastic baselines are not there for networks.
+    let out = run(&[
+        "--problem",
+        "softmax",
+        "--model",
+        "mlp:4",
+        "--method",
+        "stocbio",
+    ]);
+    assert_one_line_error(&out, &["stocbio", "networks"]);
+    // The network primitives are CPU-only.
+    let out = run(&[
+        "--problem",
+        "softmax",
+        "--model",
+        "mlp:4",
+        "--device",
+        "cuda",
+    ]);
+    assert_one_line_error(&out, &["--device"]);
+    // θ of the wrong length for the layout.
+    let out = run(&[
+        "--problem",
+        "softmax",
+        "--model",
+        "mlp:4",
+        "--hyper",
+        "per-layer",
+        "--theta-file",
+        "/nonexistent/theta.txt",
+    ]);
+    assert_one_line_error(&out, &["theta.txt"]);
+}
+
+#[test]
+fn settings_set_knows_the_new_names() {
+    let mut s = Settings::default();
+    assert_eq!(s.model, ModelSpec::Linear);
+    s.set("model", &OptionValue::Str("mlp:300".into())).unwrap();
+    assert_eq!(s.model, ModelSpec::Mlp { hidden: vec![300] });
+    assert_eq!(s.model.name(), "mlp:300");
+    s.set("hyper", &OptionValue::Str("per-layer".into()))
+        .unwrap();
+    let err = s
+        .set("model", &OptionValue::Str("mlp:0".into()))
+        .unwrap_err();
+    assert!(err.to_string().contains("--model"), "{err}");
+    let err = s
+        .set("activation", &OptionValue::Str("gelu".into()))
+        .unwrap_err();
+    assert!(err.to_string().contains("--activation"), "{err}");
+    let err = s.set("model", &OptionValue::Int(3)).unwrap_err();
+    assert!(err.to_string().contains("--model"), "{err}");
+    for name in ["model", "activation"] {
+        assert!(api::OPTION_NAMES.iter().any(|(n, _)| *n == name), "{name}");
+    }
+}
+
+fn run_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "run",
+        "--problem",
+        "hyperclean",
+        "--train",
+        DATA,
+        "--model",
+        "mlp:4",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = hypergrad(&args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn run_trains_a_network_and_resumes_from_a_checkpoint() {
+    let nhgd = [
+        "--method",
+        "nhgd",
+        "--inner-steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--seed",
+        "5",
+    ];
+    let straight = run_json(&[&nhgd[..], &["--outer-steps", "6"]].concat());
+    assert_eq!(straight["model"], "mlp:4");
+    assert_eq!(straight["final"]["step"], 6);
+    assert!(straight["final"]["error_bound"].is_null());
+    let dir = std::env::temp_dir().join(format!("hg-mlp-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("run.ckpt");
+    let ckpt = ckpt.to_str().unwrap();
+    let half = run_json(&[&nhgd[..], &["--outer-steps", "3", "--checkpoint", ckpt]].concat());
+    assert_ne!(vector(&half["theta"]), vector(&straight["theta"]));
+    let resumed = run_json(&[&nhgd[..], &["--outer-steps", "6", "--checkpoint", ckpt]].concat());
+    assert_eq!(resumed["resumed_from"], 2);
+    // The carried inner iterate w comes back from the checkpoint: the resumed run ends where
+    // the uninterrupted one does.
+    let (a, b) = (vector(&resumed["theta"]), vector(&straight["theta"]));
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(diff <= 1e-12, "resumed θ is {diff:e} away");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A deterministic method with a test split reports test accuracy.
+    let cg = run_json(&["--method", "cg", "--outer-steps", "1", "--test", DATA]);
+    assert!(cg["final"]["test_accuracy"].as_f64().is_some());
+}
+
+#[test]
+fn maid_is_refused_for_networks() {
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "softmax",
+        "--train",
+        DATA,
+        "--model",
+        "mlp:4",
+        "--outer-opt",
+        "maid",
+    ]);
+    assert_one_line_error(&out, &["--outer-opt", "maid"]);
+}
