@@ -30,6 +30,7 @@ pub mod hypergrad;
 pub mod l1;
 pub mod linalg;
 pub mod outer;
+pub mod plot;
 pub mod problem;
 pub mod solver;
 

@@ -100,9 +100,48 @@ fn pre_scale<T: Scalar>(c: &mut [T], beta: T) -> Accum {
 /// p is read off C, so that m = 0 (C ← β C) needs no special case.
 pub fn syrk<T: Scalar>(alpha: T, a: &[T], m: usize, beta: T, c: &mut [T]) {
     let p = c.len().isqrt();
-    // A general C (not necessarily symmetric) must come out as α AᵀA + β C entry by entry, so
-    // this is a full GEMM rather than a triangle and a mirror.
-    gemm(true, false, (p, p, m), alpha, a, a, beta, c);
+    // When β C is symmetric (always in NHGD's Fisher), so is the result: compute its lower
+    // triangle (half the flops) and mirror it. A general C must come out entry by entry, so
+    // it gets the full GEMM; telling them apart reads C once, p² against the p²m of the
+    // product.
+    if beta == T::from(0.0) || is_symmetric(c, p) {
+        let at = MatRef::from_row_major_slice(a, m, p).transpose();
+        sym_rank_k(alpha, at, beta, c);
+    } else {
+        gemm(true, false, (p, p, m), alpha, a, a, beta, c);
+    }
+}
+
+/// `C ← α XXᵀ + β C` for X (p×k) and a symmetric row-major C (p×p): faer computes the lower
+/// triangle only, which is then mirrored, so that C stays exactly symmetric.
+pub fn sym_rank_k<T: Scalar>(alpha: T, x: MatRef<'_, T>, beta: T, c: &mut [T]) {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let p = x.nrows();
+    let accum = pre_scale(c, beta);
+    {
+        let dst = MatMut::from_row_major_slice_mut(c, p, p);
+        matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            accum,
+            x,
+            BlockStructure::Rectangular,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            alpha,
+            par(),
+        );
+    }
+    for i in 0..p {
+        for j in (i + 1)..p {
+            c[i * p + j] = c[j * p + i];
+        }
+    }
+}
+
+/// Whether the row-major p×p matrix equals its transpose exactly.
+fn is_symmetric<T: Scalar>(c: &[T], p: usize) -> bool {
+    (0..p).all(|i| (i + 1..p).all(|j| c[i * p + j] == c[j * p + i]))
 }
 
 /// faer's LLᵀ factor of the SPD matrix whose lower triangle is that of the row-major `a`
@@ -144,6 +183,14 @@ pub fn cholesky_solve_rows(l: &[f64], dim: usize, b: &mut [f64], nrhs: usize) {
     let mut x = MatMut::from_column_major_slice_mut(b, dim, nrhs);
     solve_lower_triangular_in_place(l, x.as_mut(), par());
     solve_upper_triangular_in_place(l.transpose(), x, par());
+}
+
+/// The first half of [`cholesky_solve_rows`]: each of the `nrhs` rows of `b` becomes
+/// `L⁻¹ b_r`, so that the rows z_r, z_s satisfy `z_r · z_s = b_r (LLᵀ)⁻¹ b_s`.
+pub fn cholesky_half_solve_rows(l: &[f64], dim: usize, b: &mut [f64], nrhs: usize) {
+    let l = MatRef::from_row_major_slice(l, dim, dim);
+    let x = MatMut::from_column_major_slice_mut(b, dim, nrhs);
+    solve_lower_triangular_in_place(l, x, par());
 }
 
 /// Solves `LLᵀ x = rhs` in place, given the factor from [`cholesky`].

@@ -73,9 +73,9 @@ fn forward_and_implicit_forward_agree_dense_and_sparse() {
             let e = rel(&f.hypergradient, &i.hypergradient);
             println!(
                 "{kind:?} sparse={sparse}: |S|={} forward vs implicit-forward rel {e:.2e}",
-                i.support_size
+                i.extra.support_size
             );
-            assert!(i.support_size > 0 && i.support_size < 30);
+            assert!(i.extra.support_size > 0 && i.extra.support_size < 30);
             assert!(e <= 1e-6, "{kind:?} sparse={sparse}: {e:e}");
             assert!(f.error_bound.is_none() && i.error_bound.is_none());
             by_storage.push((f.hypergradient, i.hypergradient, i.outer_loss));

@@ -165,6 +165,37 @@ fn syrk_matches_the_definition_for_any_c() {
     }
 }
 
+/// A symmetric C (NHGD's Fisher) takes the triangle-and-mirror path: the same numbers as the
+/// definition, and a result that is exactly symmetric.
+#[test]
+fn syrk_of_a_symmetric_c_matches_the_definition_and_stays_symmetric() {
+    let mut rng = Rng::new(13);
+    for (m, p) in [(1, 1), (5, 3), (3, 5), (128, 65), (200, 64)] {
+        for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-1.5, 0.25)] {
+            let a = normals(&mut rng, m * p);
+            let g = normals(&mut rng, p * p);
+            let mut c0 = vec![0.0; p * p];
+            for i in 0..p {
+                for j in 0..p {
+                    c0[i * p + j] = g[i * p + j] + g[j * p + i];
+                }
+            }
+            let want = common::ref_gemm(true, false, (p, p, m), alpha, &a, &a, beta, &c0);
+            let mut c = c0.clone();
+            linalg::syrk(alpha, &a, m, beta, &mut c);
+            assert!(
+                rel_diff(&c, &want) < 1e-13,
+                "m={m} p={p} α={alpha} β={beta}"
+            );
+            for i in 0..p {
+                for j in 0..p {
+                    assert_eq!(c[i * p + j], c[j * p + i], "m={m} p={p} ({i}, {j})");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn cholesky_agrees_with_the_scalar_code_and_keeps_the_upper_triangle() {
     let mut rng = Rng::new(4);

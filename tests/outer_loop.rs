@@ -13,12 +13,7 @@ use hypergrad::outer::{self, Estimator, OuterOpt, RunConfig};
 use hypergrad::problem::{Bilevel, GlmBilevel, HyperLayout, ProblemKind};
 
 fn adam() -> OuterOpt {
-    OuterOpt::Adam {
-        lr: 0.1,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-    }
+    OuterOpt::Adam(outer::Adam::new(0.1))
 }
 
 fn nhgd_run(steps: u64, checkpoint: Option<&std::path::Path>) -> Vec<f64> {

@@ -3,8 +3,17 @@
 
 use super::names::{DeviceName, PrecisionName, StorageName};
 use super::settings::DeviceSpec;
+use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Storage};
 use crate::{Error, Result};
+
+/// Code written once, generic over the backend, to run on whichever backend a [`Device`]
+/// opened (Rust closures cannot be generic, so such code is a value of a type implementing
+/// this; see [`Device::dispatch`]).
+pub trait OnBackend {
+    type Output;
+    fn on<B: crate::backend::Backend + Clone>(self, backend: B) -> Result<Self::Output>;
+}
 
 /// An opened backend.
 pub enum Backend {
@@ -54,8 +63,10 @@ impl Device {
                         "f64 is CPU-only, the CUDA backend computes in f32",
                     ));
                 }
-                let backend = CudaBackend::new(0, storage)
-                    .map_err(|e| Error::Backend(format!("--device cuda: {e}")))?;
+                let backend = CudaBackend::new(0, storage).map_err(|e| match e {
+                    Error::Backend(why) => Error::Backend(format!("--device cuda: {why}")),
+                    other => other,
+                })?;
                 Ok(on(Backend::Cuda(backend)))
             }
             DeviceName::Auto if wants_f64 => Ok(Device {
@@ -69,6 +80,15 @@ impl Device {
                     fallback_reason: Some(e.to_string()),
                 }),
             },
+        }
+    }
+
+    /// Runs `task` on the opened backend: the one place that turns the device into a type.
+    pub fn dispatch<T: OnBackend>(self, task: T) -> Result<T::Output> {
+        match self.backend {
+            Backend::CpuF64 => task.on(CpuBackend::<f64>::new()),
+            Backend::CpuF32 => task.on(CpuBackend::<f32>::new()),
+            Backend::Cuda(backend) => task.on(backend),
         }
     }
 

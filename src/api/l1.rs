@@ -33,9 +33,10 @@ pub struct L1Report {
 impl L1Report {
     /// The object of `grad --json`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.result).unwrap_or_default();
-        if let Some(object) = value.as_object_mut() {
-            let extra = json!({
+        let value = serde_json::to_value(&self.result).unwrap_or_default();
+        super::with_fields(
+            value,
+            json!({
                 "problem": self.kind.name(),
                 "device": "cpu-f64",
                 "device_note": self.device_note,
@@ -52,14 +53,8 @@ impl L1Report {
                 "inner_solver": self.opts.inner.solver.name(),
                 "inner_tol": self.opts.inner.tol,
                 "linear_tol": self.opts.linear_tol,
-            });
-            if let Some(extra) = extra.as_object() {
-                for (k, v) in extra {
-                    object.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        value
+            }),
+        )
     }
 }
 
@@ -192,7 +187,11 @@ fn merge_folds(folds: &[L1Hypergradient], value: f64, grad: Vec<f64>) -> L1Hyper
     r.inner_iters = folds.iter().map(|f| f.inner_iters).sum();
     r.linear_iters = folds.iter().map(|f| f.linear_iters).sum();
     r.inner_converged = folds.iter().all(|f| f.inner_converged);
-    r.support_size = folds.iter().map(|f| f.support_size).max().unwrap_or(0);
+    r.extra.support_size = folds
+        .iter()
+        .map(|f| f.extra.support_size)
+        .max()
+        .unwrap_or(0);
     r
 }
 

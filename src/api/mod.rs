@@ -133,6 +133,30 @@ pub fn run(
     }
 }
 
+/// The one-line message of `err` for callers that pass options as keyword arguments (the
+/// Python package): an invalid option is named `inner_tol` rather than `--inner-tol`; every
+/// other message is the command line's.
+pub fn keyword_message(err: &crate::Error) -> String {
+    match err {
+        crate::Error::InvalidOption { option, message } => {
+            let name = OPTION_NAMES
+                .iter()
+                .find(|(_, flag)| flag == option)
+                .map_or(*option, |(keyword, _)| *keyword);
+            format!("invalid value for {name}: {message}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `value` (an object) with the fields of `extra` (an object) added.
+fn with_fields(mut value: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(object), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    value
+}
+
 /// What `hypergrad info --json` prints: version, build, kernels, devices.
 pub fn info() -> serde_json::Value {
     info::Info::gather().to_json()

@@ -165,12 +165,7 @@ impl SmoothPlan {
         }
         Ok(match settings.outer_opt {
             OuterOptName::Sgd => OuterOpt::Sgd { lr },
-            OuterOptName::Adam => OuterOpt::Adam {
-                lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
+            OuterOptName::Adam => OuterOpt::Adam(crate::outer::Adam::new(lr)),
             OuterOptName::Maid => OuterOpt::Maid { lr },
             OuterOptName::Hoag | OuterOptName::Grid | OuterOptName::Random => {
                 return Err(Error::option(

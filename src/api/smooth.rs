@@ -5,11 +5,10 @@ use serde_json::json;
 
 use super::cleaning::{self, CleaningReport};
 use super::data::{DenseSplits, Input};
-use super::device::{Backend as DeviceBackend, Device};
+use super::device::{Device, OnBackend};
 use super::plan::SmoothPlan;
 use super::settings::Settings;
 use super::trace::TraceWriter;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::hypergrad::fisher::{DenseUpdate, DenseUpdateTiming};
 use crate::hypergrad::stochastic::StochasticEstimator;
@@ -43,9 +42,10 @@ pub struct SmoothReport {
 impl SmoothReport {
     /// The object of `grad --json`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.result).unwrap_or_default();
-        if let Some(object) = value.as_object_mut() {
-            let extra = json!({
+        let value = serde_json::to_value(&self.result).unwrap_or_default();
+        super::with_fields(
+            value,
+            json!({
                 "problem": self.kind.name(),
                 "hyper": self.layout.name(),
                 "device": self.device,
@@ -60,14 +60,8 @@ impl SmoothReport {
                 "inner_solver": self.inner_solver.name(),
                 "inner_tol": self.inner_tol,
                 "linear_tol": self.linear_tol,
-            });
-            if let Some(extra) = extra.as_object() {
-                for (k, v) in extra {
-                    object.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        value
+            }),
+        )
     }
 }
 
@@ -124,12 +118,13 @@ impl SmoothOutcome {
 pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
-    let note = device.note();
-    match device.backend {
-        DeviceBackend::CpuF64 => grad_on(CpuBackend::<f64>::new(), plan, settings, &splits, note),
-        DeviceBackend::CpuF32 => grad_on(CpuBackend::<f32>::new(), plan, settings, &splits, note),
-        DeviceBackend::Cuda(backend) => grad_on(backend, plan, settings, &splits, note),
-    }
+    let device_note = device.note();
+    device.dispatch(Grad {
+        plan,
+        settings,
+        splits: &splits,
+        device_note,
+    })
 }
 
 pub fn run(
@@ -149,30 +144,15 @@ pub fn run(
             settings.seed,
         )?),
     };
-    let note = device.note();
-    let data = RunData {
+    let device_note = device.note();
+    device.dispatch(Run {
+        plan,
+        settings,
         splits: &splits,
         corrupted: corrupted.as_deref(),
-    };
-    match device.backend {
-        DeviceBackend::CpuF64 => run_on(
-            CpuBackend::<f64>::new(),
-            plan,
-            settings,
-            data,
-            note,
-            on_step,
-        ),
-        DeviceBackend::CpuF32 => run_on(
-            CpuBackend::<f32>::new(),
-            plan,
-            settings,
-            data,
-            note,
-            on_step,
-        ),
-        DeviceBackend::Cuda(backend) => run_on(backend, plan, settings, data, note, on_step),
-    }
+        device_note,
+        on_step,
+    })
 }
 
 /// Builds the problem on `backend` and sets θ from the settings.
@@ -195,6 +175,27 @@ fn build<B: Backend>(
     let theta = settings.theta.values(p, 0.0, &what)?;
     problem.set_theta(&theta)?;
     Ok(problem)
+}
+
+/// `grad` on one backend.
+struct Grad<'a> {
+    plan: &'a SmoothPlan,
+    settings: &'a Settings,
+    splits: &'a DenseSplits,
+    device_note: Option<String>,
+}
+
+impl OnBackend for Grad<'_> {
+    type Output = SmoothReport;
+    fn on<B: Backend + Clone>(self, backend: B) -> Result<SmoothReport> {
+        let Grad {
+            plan,
+            settings,
+            splits,
+            device_note,
+        } = self;
+        grad_on(backend, plan, settings, splits, device_note)
+    }
 }
 
 fn grad_on<B: Backend + Clone>(
@@ -241,23 +242,33 @@ fn grad_on<B: Backend + Clone>(
     })
 }
 
-/// The data of a run, with the rows whose labels were corrupted.
-#[derive(Clone, Copy)]
-struct RunData<'a> {
+/// `run` on one backend; `corrupted` are the rows whose labels were replaced.
+struct Run<'a> {
+    plan: &'a SmoothPlan,
+    settings: &'a Settings,
     splits: &'a DenseSplits,
     corrupted: Option<&'a [usize]>,
+    device_note: Option<String>,
+    on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
 }
 
-fn run_on<B: Backend + Clone>(
-    backend: B,
-    plan: &SmoothPlan,
-    settings: &Settings,
-    data: RunData<'_>,
-    device_note: Option<String>,
-    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
-) -> Result<SmoothOutcome> {
+impl OnBackend for Run<'_> {
+    type Output = SmoothOutcome;
+    fn on<B: Backend + Clone>(self, backend: B) -> Result<SmoothOutcome> {
+        run_on(backend, self)
+    }
+}
+
+fn run_on<B: Backend + Clone>(backend: B, task: Run<'_>) -> Result<SmoothOutcome> {
+    let Run {
+        plan,
+        settings,
+        splits,
+        corrupted,
+        device_note,
+        on_step,
+    } = task;
     let device = backend.name();
-    let splits = data.splits;
     let mut problem = build(backend.clone(), plan, settings, splits)?;
     let opts = plan.options(settings, backend.precision());
     let warm = !settings.cold_start;
@@ -320,7 +331,7 @@ fn run_on<B: Backend + Clone>(
         trace.push(value);
         Ok(())
     })?;
-    let cleaning = match data.corrupted {
+    let cleaning = match corrupted {
         Some(corrupted) if plan.kind == ProblemKind::Hyperclean => Some(cleaning::report(
             &problem,
             &opts.inner,

@@ -933,12 +933,14 @@ impl<T: Real> Backend for CpuBackend<T> {
                 "Woodbury update: the capacitance matrix is not positive definite ({e})"
             ))
         })?;
-        // Y = (S⁻¹ (AUᵀ)ᵀ)ᵀ (p×m): the p rows of AUᵀ are right-hand sides of S (symmetric).
-        let mut y = to_f64(&au);
-        linalg::cholesky_solve_rows(&s, m, &mut y, p);
-        let y: Vec<T> = y.into_iter().map(T::from_f64).collect();
-        // A ← A − (AUᵀ) Yᵀ.
-        self.gemm(false, true, (p, p, m), -1.0, &au, &y, 1.0, a)
+        // AUᵀ S⁻¹ UAᵀ = ZZᵀ with Z = AUᵀ L⁻ᵀ (p×m): each row of AUᵀ solved with L only.
+        let mut z = to_f64(&au);
+        linalg::cholesky_half_solve_rows(&s, m, &mut z, p);
+        let z: Vec<T> = z.into_iter().map(T::from_f64).collect();
+        // A ← A − ZZᵀ, a symmetric rank-m update (lower triangle, mirrored).
+        let z = faer::MatRef::from_row_major_slice(&z, p, m);
+        linalg::sym_rank_k(-T::one(), z, T::one(), a);
+        Ok(())
     }
 
     fn glm_sgd_step(

@@ -6,11 +6,49 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::data_args::DataArgs;
+use super::stochastic_args::StochasticArgs;
 use crate::api::names::{
     DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName, PrecisionName, ProblemName,
     StorageName,
 };
 use crate::api::{Settings, Theta};
+
+/// The options `grad` and `run` share: the problem, its data, the method and the device.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub problem: ProblemArgs,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    #[command(flatten)]
+    pub estimator: EstimatorArgs,
+
+    #[command(flatten)]
+    pub stochastic: StochasticArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+
+    #[command(flatten)]
+    pub l1: L1Args,
+}
+
+impl CommonArgs {
+    /// The library's settings from these flags (the rest at the library's defaults).
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        self.problem.apply(&mut s);
+        self.data.apply(&mut s);
+        self.estimator.apply(&mut s);
+        self.stochastic.apply(&mut s);
+        self.device.apply(&mut s);
+        self.l1.apply(&mut s);
+        s
+    }
+}
 
 /// Which bilevel problem, and where θ starts.
 #[derive(Debug, Args)]

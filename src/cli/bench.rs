@@ -2,8 +2,11 @@
 //! GEMM ceilings measured in the same run (see [`crate::bench`]).
 
 use anyhow::Result;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
+use crate::api::device::{Backend as DeviceBackend, Device};
+use crate::api::names::{DeviceName, PrecisionName};
+use crate::api::DeviceSpec;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, RowPath, Storage};
 use crate::backend::{Backend, Loss};
@@ -28,7 +31,7 @@ pub enum BenchCommand {
 pub struct KernelArgs {
     /// auto: the first CUDA GPU when one is usable, else the CPU (f32).
     #[arg(long, value_enum, default_value = "auto")]
-    pub device: BenchDevice,
+    pub device: DeviceName,
     /// Rows of X (default 131072 on a GPU, 32768 on the CPU).
     #[arg(long)]
     pub n: Option<usize>,
@@ -58,11 +61,13 @@ pub struct KernelArgs {
     pub json: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchDevice {
-    Auto,
-    Cpu,
-    Cuda,
+/// The device of a benchmark: `--device` in `precision` (f32 is the one both backends have).
+pub fn open_device(device: DeviceName, precision: PrecisionName) -> Result<Device> {
+    Ok(Device::open(&DeviceSpec {
+        device,
+        precision: Some(precision),
+        ..DeviceSpec::default()
+    })?)
 }
 
 impl KernelArgs {
@@ -103,12 +108,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
     };
-    let gpu = match args.device {
-        BenchDevice::Cpu => None,
-        BenchDevice::Cuda => Some(
-            CudaBackend::new(0, Storage::F32).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
-        ),
-        BenchDevice::Auto => CudaBackend::new(0, Storage::F32).ok(),
+    let gpu = match open_device(args.device, PrecisionName::F32)?.backend {
+        DeviceBackend::Cuda(gpu) => Some(gpu),
+        _ => None,
     };
     let (device, rows) = match gpu {
         Some(backend) => {

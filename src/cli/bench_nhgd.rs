@@ -8,9 +8,9 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::bench::BenchDevice;
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{CudaBackend, Storage};
+use super::bench::open_device;
+use crate::api::device::OnBackend;
+use crate::api::names::{DeviceName, PrecisionName};
 use crate::backend::Backend;
 use crate::bench::time_calls;
 use crate::data::synthetic;
@@ -22,7 +22,10 @@ use crate::problem::{GlmBilevel, HyperLayout, ProblemKind};
 #[derive(Debug, Args)]
 pub struct NhgdBenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
-    pub device: BenchDevice,
+    pub device: DeviceName,
+    /// Precision: f32 (default; the only one CUDA has) or f64 (CPU only).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionName,
     /// Training rows.
     #[arg(long, default_value_t = 50_000)]
     pub n: usize,
@@ -63,16 +66,17 @@ pub fn run(args: NhgdBenchArgs) -> Result<()> {
             anyhow::bail!("invalid value for {name}: must be at least 1");
         }
     }
-    match args.device {
-        BenchDevice::Cpu => bench_on(CpuBackend::<f32>::new(), &args),
-        BenchDevice::Cuda => bench_on(
-            CudaBackend::new(0, Storage::F32).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
-            &args,
-        ),
-        BenchDevice::Auto => match CudaBackend::new(0, Storage::F32) {
-            Ok(gpu) => bench_on(gpu, &args),
-            Err(_) => bench_on(CpuBackend::<f32>::new(), &args),
-        },
+    Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?)
+}
+
+/// The benchmark on the opened backend.
+struct Bench<'a>(&'a NhgdBenchArgs);
+
+impl OnBackend for Bench<'_> {
+    type Output = ();
+    fn on<B: Backend + Clone>(self, backend: B) -> crate::Result<()> {
+        // The library's error type carries the report's failures as backend errors.
+        bench_on(backend, self.0).map_err(|e| crate::Error::Backend(format!("{e:#}")))
     }
 }
 

@@ -10,8 +10,10 @@ mod bench_nhgd;
 mod data_args;
 mod grad;
 mod info;
+mod plot;
 mod run;
 mod stochastic_args;
+mod tables;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show the version, the build, the backends and the devices found.
     Info(info::InfoArgs),
+    /// Draw traces (run --trace files) as an SVG or PNG figure.
+    Plot(plot::PlotArgs),
 }
 
 /// Entry point of the binary: parses the command line, runs the command, and turns every
@@ -64,11 +68,12 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", one_line(&format!("{err:#}")));
+            eprintln!("error: {}", one_line(&chain(&err)));
             ExitCode::FAILURE
         }
     }
@@ -97,6 +102,23 @@ fn report_clap_error(err: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, `outer: cause: …`, leaving out a cause whose text the message
+/// already holds (the library's I/O errors print their source themselves).
+fn chain(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Collapses a message onto one line.

@@ -12,12 +12,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::args::{DeviceArgs, EstimatorArgs, L1Args, ProblemArgs};
-use super::data_args::DataArgs;
-use super::grad::preview;
-use super::stochastic_args::StochasticArgs;
+use super::args::CommonArgs;
+use super::tables;
 use crate::api::names::OuterOptName;
-use crate::api::{self, L1Outcome, Outcome, Request, Settings, SmoothOutcome};
+use crate::api::{self, Outcome, Request, Settings};
 
 /// The options the main job adds when `run` is given neither `--problem` nor `--train`
 /// (each one only if the user did not give it).
@@ -59,25 +57,10 @@ pub fn with_main_job_defaults(args: impl Iterator<Item = OsString>) -> Vec<OsStr
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub problem: ProblemArgs,
-
-    #[command(flatten)]
-    pub data: DataArgs,
-
-    #[command(flatten)]
-    pub estimator: EstimatorArgs,
-
-    #[command(flatten)]
-    pub stochastic: StochasticArgs,
+    pub common: CommonArgs,
 
     #[command(flatten)]
     pub outer: OuterArgs,
-
-    #[command(flatten)]
-    pub device: DeviceArgs,
-
-    #[command(flatten)]
-    pub l1: L1Args,
 
     /// Print one JSON object with the outcome instead of the table.
     #[arg(long)]
@@ -129,13 +112,7 @@ pub struct OuterArgs {
 
 impl RunArgs {
     pub fn settings(&self) -> Settings {
-        let mut s = Settings::default();
-        self.problem.apply(&mut s);
-        self.data.apply(&mut s);
-        self.estimator.apply(&mut s);
-        self.stochastic.apply(&mut s);
-        self.device.apply(&mut s);
-        self.l1.apply(&mut s);
+        let mut s = self.common.settings();
         let o = &self.outer;
         s.outer_steps = o.outer_steps;
         s.outer_opt = o.outer_opt;
@@ -150,10 +127,10 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let request = Request {
-        problem: args.problem.problem,
+        problem: args.common.problem.problem,
         settings: args.settings(),
     };
-    let input = args.data.source(args.outer.test.as_deref()).into();
+    let input = args.common.data.source(args.outer.test.as_deref()).into();
     let progress = std::io::stderr().is_terminal() && !args.json;
     let total = args.outer.outer_steps;
     let mut show = |record: &serde_json::Value| -> crate::Result<()> {
@@ -187,116 +164,30 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     match &outcome {
-        Outcome::Smooth(o) => print_smooth(o),
-        Outcome::L1(o) => print_l1(o),
+        Outcome::Smooth(o) => tables::smooth_outcome(o),
+        Outcome::L1(o) => tables::l1_outcome(o),
     }
     Ok(())
 }
 
-fn print_smooth(o: &SmoothOutcome) {
-    println!(
-        "problem       {} (p = {}), method {} with {} on {}, {} start",
-        o.kind.name(),
-        o.p,
-        o.method.name(),
-        o.outer_opt,
-        o.device,
-        if o.warm_start { "warm" } else { "cold" }
-    );
-    if let Some((update, t)) = &o.fisher_update_auto {
-        println!(
-            "fisher update {} (auto: an outer step projected at {:.3} s by Woodbury, \
-             {:.3} s by accumulate)",
-            format!("{update:?}").to_lowercase(),
-            t.woodbury_outer,
-            t.accumulate_outer
-        );
-    }
-    if let Some(step) = o.resumed_from {
-        println!("resumed       from the checkpoint after step {step}");
-    }
-    if let Some(last) = o.trace.last() {
-        let number = |key: &str| last.get(key).and_then(|v| v.as_f64());
-        println!(
-            "final         step {}: F {:.6e}, ‖h‖ {:.3e}, {:.2} s",
-            last.get("step").and_then(|v| v.as_u64()).unwrap_or(0),
-            number("outer_loss").unwrap_or(f64::NAN),
-            number("hypergradient_norm").unwrap_or(f64::NAN),
-            number("seconds").unwrap_or(f64::NAN)
-        );
-        if let Some(loss) = number("test_loss") {
-            let acc = number("test_accuracy")
-                .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));
-            println!("test          loss {loss:.6e}{acc} (the last inner iterate)");
-        }
-    }
-    if let Some(c) = &o.cleaning {
-        println!(
-            "test accuracy without cleaning {:.2}%, with cleaning {:.2}%, clean rows only {:.2}% ({} of {} training labels corrupted)",
-            100.0 * c.without_cleaning,
-            100.0 * c.with_cleaning,
-            100.0 * c.clean_rows_only,
-            c.corrupted,
-            c.n_train
-        );
-        println!(
-            "weights       mean σ(θ) {:.3} on corrupted rows, {:.3} on clean rows",
-            c.mean_weight_corrupted, c.mean_weight_clean
-        );
-    }
-    if let Some(note) = &o.device_note {
-        println!("device note   {note}");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
 
-fn print_l1(o: &L1Outcome) {
-    let result = &o.result;
-    println!(
-        "problem       {} (p = {}), {} features, {} design; criterion {}",
-        o.kind.name(),
-        o.p,
-        o.features,
-        if o.sparse { "sparse" } else { "dense" },
-        o.criterion
-    );
-    match &result.refinement {
-        Some(r) => {
-            let screened = result.trace.len() - r.resolved.iter().sum::<usize>();
-            let rungs: Vec<String> = r
-                .ladder
-                .iter()
-                .zip(&r.resolved)
-                .map(|(t, k)| format!("{k} re-solved to {t:.0e}"))
-                .collect();
-            println!(
-                "search        {}, criterion only (no hypergradient): {screened} points solved to a relative gap of {:.0e}{}{}; {} inner epochs in {:.3} s",
-                o.search.opt.name(),
-                r.screen_tol,
-                rungs.iter().map(|s| format!(", {s}")).collect::<String>(),
-                if r.fallback {
-                    " (a screening error exceeded its bound: every point refined)"
-                } else {
-                    ""
-                },
-                result.inner_iters,
-                result.seconds
-            )
-        }
-        None => println!(
-            "search        {} with {} hypergradients, {} evaluations, {} inner epochs in {:.3} s",
-            o.search.opt.name(),
-            o.opts.method.name(),
-            result.trace.len(),
-            result.inner_iters,
-            result.seconds
-        ),
-    }
-    println!("best θ        {}", preview(&result.best_theta));
-    println!("best F(θ)     {:.10e}", result.best_loss);
-    if let Some(t) = o.test_loss {
-        println!("test MSE      {t:.10e}  (refit on the training rows at the best θ)");
-    }
-    if let Some(note) = &o.device_note {
-        println!("device note   {note}");
+    use super::super::Cli;
+    use crate::api::{Settings, Theta};
+
+    /// The command line's defaults are the library's: a `run` that names only the problem and
+    /// the data fills `Settings` exactly as `Settings::default()` does.
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["hypergrad", "run", "--problem", "ridge", "--train", "x"])
+            .unwrap();
+        let super::super::Command::Run(args) = cli.command else {
+            panic!("parsed as run");
+        };
+        let settings = args.settings();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.theta, Theta::Default);
     }
 }

@@ -57,6 +57,7 @@ pub fn hypergradient<P: Bilevel>(
         linear_iters: opts.unroll_steps,
         inner_converged: grad_norm <= threshold,
         seconds: 0.0,
+        extra: (),
         w: b.download(&fwd.w)?,
     })
 }

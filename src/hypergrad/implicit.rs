@@ -70,6 +70,7 @@ where
         linear_iters: solution.iters,
         inner_converged: inner.converged,
         seconds: 0.0,
+        extra: (),
         w: b.download(&inner.w)?,
     })
 }

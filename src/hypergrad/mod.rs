@@ -164,17 +164,20 @@ impl Options {
     }
 }
 
-/// A hypergradient with its diagnostics (SPEC §4, §6).
+/// A hypergradient with its diagnostics (SPEC §4, §6), for either family of problems: `M`
+/// is the family's method type ([`Method`] here, `l1::L1Method` for the ℓ1 problems) and `X`
+/// what the family adds (nothing for the smooth problems; the support for the ℓ1 problems),
+/// serialised alongside the common fields.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Hypergradient {
+pub struct Estimate<M: MethodName, X = ()> {
     #[serde(serialize_with = "serialize_method")]
-    pub method: Method,
+    pub method: M,
     pub theta: Vec<f64>,
     /// `f(ŵ)`.
     pub outer_loss: f64,
     /// `h ≈ ∇F(θ)`, length p.
     pub hypergradient: Vec<f64>,
-    /// `‖∇_w g(ŵ)‖` at the inner point used.
+    /// `‖∇_w g(ŵ)‖` at the inner point used (the duality gap for the ℓ1 problems).
     pub inner_grad_norm: f64,
     /// `‖H(ŵ)q̂ − ∇_w f(ŵ)‖` where a `q̂` exists.
     pub residual_norm: Option<f64>,
@@ -184,13 +187,30 @@ pub struct Hypergradient {
     pub linear_iters: usize,
     pub inner_converged: bool,
     pub seconds: f64,
-    /// The inner point `ŵ` (`c×d`, class-major).
+    /// What the family adds.
+    #[serde(flatten)]
+    pub extra: X,
+    /// The inner point `ŵ` (`c×d`, class-major for the smooth problems).
     #[serde(skip)]
     pub w: Vec<f64>,
 }
 
-fn serialize_method<S: serde::Serializer>(
-    m: &Method,
+/// A smooth problem's hypergradient.
+pub type Hypergradient = Estimate<Method>;
+
+/// A method type's name as the command line spells it.
+pub trait MethodName: Copy {
+    fn name(self) -> &'static str;
+}
+
+impl MethodName for Method {
+    fn name(self) -> &'static str {
+        Method::name(self)
+    }
+}
+
+fn serialize_method<M: MethodName, S: serde::Serializer>(
+    m: &M,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(m.name())

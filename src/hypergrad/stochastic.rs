@@ -361,6 +361,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             linear_iters,
             inner_converged: false,
             seconds: started.elapsed().as_secs_f64(),
+            extra: (),
             w: Vec::new(),
         };
         Ok((result, stats))

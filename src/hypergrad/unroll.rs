@@ -38,6 +38,7 @@ pub fn hypergradient<P: Bilevel>(
         linear_iters: opts.truncate.unwrap_or(steps).min(steps),
         inner_converged: path.final_grad_norm <= threshold,
         seconds: 0.0,
+        extra: (),
         w: b.download(last)?,
     })
 }

@@ -174,7 +174,7 @@ impl Evaluator {
             )?;
             h.theta = theta.to_vec();
             self.warm[f] = Some(h.w.clone());
-            self.jac[f] = h.jacobian.take();
+            self.jac[f] = h.extra.jacobian.take();
             folds.push(h);
         }
         let value = folds.iter().map(|h| h.outer_loss).sum::<f64>() / k;

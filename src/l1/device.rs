@@ -204,9 +204,11 @@ pub fn forward_pgd_on<B: SparseOps>(
         inner_iters: iters,
         linear_iters: 0,
         inner_converged: gap <= threshold,
-        support_size: w_host.iter().filter(|a| **a != 0.0).count(),
         seconds: started.elapsed().as_secs_f64(),
+        extra: super::hypergrad::Support {
+            support_size: w_host.iter().filter(|a| **a != 0.0).count(),
+            jacobian: None,
+        },
         w: w_host,
-        jacobian: None,
     })
 }

@@ -31,6 +31,7 @@ use super::solver::{
     soft_threshold, solve, L1Solver, Solution, SolveOptions, ANDERSON_K,
 };
 use crate::backend::cpu::CpuBackend;
+use crate::hypergrad::{Estimate, MethodName};
 use crate::solver::linear::conjugate_gradient;
 use crate::{Error, Result};
 
@@ -103,42 +104,26 @@ impl L1Options {
     }
 }
 
-/// A hypergradient of an ℓ1 problem with its diagnostics (SPEC §4, §6).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct L1Hypergradient {
-    #[serde(serialize_with = "serialize_method")]
-    pub method: L1Method,
-    pub theta: Vec<f64>,
-    /// `f(ŵ)`, the held-out mean squared error.
-    pub outer_loss: f64,
-    /// `h ≈ ∇F(θ)`, length p.
-    pub hypergradient: Vec<f64>,
-    /// The duality gap at ŵ (SPEC §4: ℓ1 problems report it in place of `‖∇g‖`).
-    pub inner_grad_norm: f64,
-    /// `implicit`: `‖Aq − ∇_S f‖`; `implicit-forward`: `‖AJ_S + B‖_F`; `forward`: `None`.
-    pub residual_norm: Option<f64>,
-    /// Always `None`: no valid bound is known for ℓ1 problems.
-    pub error_bound: Option<f64>,
-    pub inner_iters: usize,
-    pub linear_iters: usize,
-    pub inner_converged: bool,
+/// A hypergradient of an ℓ1 problem with its diagnostics (SPEC §4, §6): the common fields
+/// (the duality gap in `inner_grad_norm`; `error_bound` always `None`, no valid bound is
+/// known for ℓ1 problems) plus the support.
+pub type L1Hypergradient = Estimate<L1Method, Support>;
+
+/// What an ℓ1 hypergradient adds to the common fields.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Support {
     /// |S|, the number of nonzero coefficients of ŵ.
     pub support_size: usize,
-    pub seconds: f64,
-    /// ŵ.
-    #[serde(skip)]
-    pub w: Vec<f64>,
     /// `implicit-forward` for `lasso`/`enet`: `∂ŵ/∂θ_k` as p vectors of length d (0 off S),
     /// to warm-start the next Jacobian recursion at a nearby θ. `None` otherwise.
     #[serde(skip)]
     pub jacobian: Option<Vec<Vec<f64>>>,
 }
 
-fn serialize_method<S: serde::Serializer>(
-    m: &L1Method,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(m.name())
+impl MethodName for L1Method {
+    fn name(self) -> &'static str {
+        L1Method::name(self)
+    }
 }
 
 /// The hypergradient of `problem` at θ, starting the inner solver from `w0` (zeros if
@@ -210,10 +195,12 @@ pub fn hypergradient_warm(
                 inner_iters: sol.iters,
                 linear_iters,
                 inner_converged: sol.converged,
-                support_size: support.len(),
                 seconds: 0.0,
+                extra: Support {
+                    support_size: support.len(),
+                    jacobian,
+                },
                 w: sol.w,
-                jacobian,
             }
         }
     };
@@ -553,10 +540,12 @@ fn forward(
         inner_iters: iters,
         linear_iters: 0,
         inner_converged: converged,
-        support_size: w.iter().filter(|v| **v != 0.0).count(),
         seconds: 0.0,
+        extra: Support {
+            support_size: w.iter().filter(|v| **v != 0.0).count(),
+            jacobian: None,
+        },
         w,
-        jacobian: None,
     })
 }
 

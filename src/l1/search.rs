@@ -412,7 +412,7 @@ pub fn search(
             }
         }
         OuterOpt::Adam => {
-            let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+            let adam = crate::outer::Adam::new(search.lr);
             let mut theta = theta0;
             clip(&mut theta);
             let mut m = vec![0.0; p];
@@ -432,15 +432,13 @@ pub fn search(
                 if step == search.steps {
                     break;
                 }
-                let t = (step + 1) as i32;
-                for k in 0..p {
-                    let g = e.hypergradient[k];
-                    m[k] = b1 * m[k] + (1.0 - b1) * g;
-                    v[k] = b2 * v[k] + (1.0 - b2) * g * g;
-                    let mh = m[k] / (1.0 - b1.powi(t));
-                    let vh = v[k] / (1.0 - b2.powi(t));
-                    theta[k] -= search.lr * mh / (vh.sqrt() + eps);
-                }
+                adam.step(
+                    (step + 1) as u64,
+                    &mut m,
+                    &mut v,
+                    &mut theta,
+                    &e.hypergradient,
+                );
                 clip(&mut theta);
                 if !search.warm_start {
                     eval.cold_start();

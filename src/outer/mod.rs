@@ -15,7 +15,10 @@
 //!   `RELAX_AFTER` steps without tightening, ε and δ are relaxed (×1/ν, never above their
 //!   start), so accuracy is spent only where the step needs it.
 
+mod adam;
 pub mod checkpoint;
+
+pub use adam::Adam;
 
 use std::time::Instant;
 
@@ -32,25 +35,16 @@ pub use checkpoint::Checkpoint;
 /// The outer optimiser (`--outer-opt`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OuterOpt {
-    Sgd {
-        lr: f64,
-    },
-    Adam {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    },
-    Maid {
-        lr: f64,
-    },
+    Sgd { lr: f64 },
+    Adam(Adam),
+    Maid { lr: f64 },
 }
 
 impl OuterOpt {
     pub fn name(&self) -> &'static str {
         match self {
             OuterOpt::Sgd { .. } => "sgd",
-            OuterOpt::Adam { .. } => "adam",
+            OuterOpt::Adam(_) => "adam",
             OuterOpt::Maid { .. } => "maid",
         }
     }
@@ -284,7 +278,7 @@ fn norm(v: &[f64]) -> f64 {
 fn initial_state<B: Backend>(opt: &OuterOpt, estimator: &Estimator<B>, p: usize) -> OptState {
     let mut state = OptState::default();
     match opt {
-        OuterOpt::Adam { .. } => {
+        OuterOpt::Adam(_) => {
             state.m = vec![0.0; p];
             state.v = vec![0.0; p];
         }
@@ -306,26 +300,11 @@ pub fn update(opt: &OuterOpt, state: &mut OptState, theta: &[f64], h: &[f64]) ->
         OuterOpt::Sgd { lr } | OuterOpt::Maid { lr } => {
             theta.iter().zip(h).map(|(t, g)| t - lr * g).collect()
         }
-        OuterOpt::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } => {
+        OuterOpt::Adam(adam) => {
             state.t += 1;
-            let t = state.t as i32;
-            let c1 = 1.0 - beta1.powi(t);
-            let c2 = 1.0 - beta2.powi(t);
-            theta
-                .iter()
-                .zip(h)
-                .enumerate()
-                .map(|(i, (th, g))| {
-                    state.m[i] = beta1 * state.m[i] + (1.0 - beta1) * g;
-                    state.v[i] = beta2 * state.v[i] + (1.0 - beta2) * g * g;
-                    th - lr * (state.m[i] / c1) / ((state.v[i] / c2).sqrt() + eps)
-                })
-                .collect()
+            let mut next = theta.to_vec();
+            adam.step(state.t, &mut state.m, &mut state.v, &mut next, h);
+            next
         }
     }
 }

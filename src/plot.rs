@@ -1,0 +1,273 @@
+//! `hypergrad plot` (SPEC §10): traces (`run --trace` JSONL files) drawn as line charts, SVG or
+//! PNG, with no Python and no system fonts (text uses the bundled DejaVu Sans).
+//!
+//! One panel per y field, stacked; in each, one line per trace, named in the legend by the
+//! trace's label. An axis whose positive values span more than two decades is logarithmic.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
+use crate::{Error, Result};
+
+/// One trace: its label and its records' (x, y) values for each field.
+pub struct Trace {
+    pub label: String,
+    /// For each requested y field, the (x, y) points in file order.
+    pub points: Vec<Vec<(f64, f64)>>,
+}
+
+/// What to draw.
+pub struct Figure {
+    /// The x field (`step` or `seconds`).
+    pub x: String,
+    /// The y fields, one panel each.
+    pub y: Vec<String>,
+    pub traces: Vec<Trace>,
+}
+
+/// Reads the fields `x` and each of `ys` from every line of a JSONL trace. A line that is
+/// not a JSON object, or that lacks a field (or has a non-number there), is an error naming
+/// the file and line; `null` (e.g. `test_accuracy` of a regression run) skips the point.
+pub fn read_trace(path: &Path, label: String, x: &str, ys: &[String]) -> Result<Trace> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut points = vec![Vec::new(); ys.len()];
+    let mut records = 0;
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let number = index + 1;
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::parse(path, number, format!("not a JSON trace record: {e}")))?;
+        let field = |name: &str| -> Result<Option<f64>> {
+            match value.get(name) {
+                None => Err(Error::parse(
+                    path,
+                    number,
+                    format!("the record has no field '{name}'"),
+                )),
+                Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                    Error::parse(path, number, format!("field '{name}' is {v}, not a number"))
+                }),
+            }
+        };
+        let xv = field(x)?;
+        for (k, y) in ys.iter().enumerate() {
+            if let (Some(xv), Some(yv)) = (xv, field(y)?) {
+                if xv.is_finite() && yv.is_finite() {
+                    points[k].push((xv, yv));
+                }
+            }
+        }
+        records += 1;
+    }
+    if records == 0 {
+        return Err(Error::parse(path, 1, "the trace has no records"));
+    }
+    Ok(Trace { label, points })
+}
+
+/// Draws `figure` to `out`: SVG for `.svg`, PNG for `.png`; anything else is refused.
+pub fn draw(figure: &Figure, out: &Path) -> Result<()> {
+    register_fonts();
+    let height = 60 + 300 * figure.y.len() as u32;
+    let size = (900, height);
+    let fail = |e: String| Error::Backend(format!("cannot draw {}: {e}", out.display()));
+    match extension(out).as_deref() {
+        Some("svg") => {
+            let root = SVGBackend::new(out, size).into_drawing_area();
+            draw_on(&root, figure).map_err(fail)?;
+            root.present().map_err(|e| fail(e.to_string()))
+        }
+        Some("png") => {
+            let root = BitMapBackend::new(out, size).into_drawing_area();
+            draw_on(&root, figure).map_err(fail)?;
+            root.present().map_err(|e| fail(e.to_string()))
+        }
+        _ => Err(Error::option(
+            "-o",
+            format!(
+                "{}: the figure's name must end in .svg or .png",
+                out.display()
+            ),
+        )),
+    }
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+/// The label of a trace file: its name without `.jsonl`.
+pub fn default_label(path: &Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    name.strip_suffix(".jsonl")
+        .or_else(|| name.strip_suffix(".json"))
+        .unwrap_or(&name)
+        .to_string()
+}
+
+/// The path `figure` would be written to, checked before any trace is read.
+pub fn check_output(out: &Path) -> Result<PathBuf> {
+    match extension(out).as_deref() {
+        Some("svg") | Some("png") => Ok(out.to_path_buf()),
+        _ => Err(Error::option(
+            "-o",
+            format!(
+                "{}: the figure's name must end in .svg or .png",
+                out.display()
+            ),
+        )),
+    }
+}
+
+static FONTS: Once = Once::new();
+
+/// plotters draws text with fonts registered by name; DejaVu Sans is compiled in.
+fn register_fonts() {
+    FONTS.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        // The bundled file is a valid TrueType font; registering it cannot fail.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// An axis: its range and whether it is logarithmic (positive values spanning more than two
+/// decades).
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+fn axis(values: impl Iterator<Item = f64>) -> Axis {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return Axis {
+            lo: 0.0,
+            hi: 1.0,
+            log: false,
+        };
+    }
+    if lo > 0.0 && hi / lo > 100.0 {
+        return Axis {
+            lo: lo / 1.5,
+            hi: hi * 1.5,
+            log: true,
+        };
+    }
+    let pad = if hi > lo {
+        0.05 * (hi - lo)
+    } else {
+        lo.abs().max(1.0) * 0.05
+    };
+    Axis {
+        lo: lo - pad,
+        hi: hi + pad,
+        log: false,
+    }
+}
+
+type DrawResult = std::result::Result<(), String>;
+
+fn draw_on<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    figure: &Figure,
+) -> DrawResult {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((figure.y.len(), 1));
+    for (k, (panel, field)) in panels.iter().zip(&figure.y).enumerate() {
+        let series: Vec<(&str, &[(f64, f64)])> = figure
+            .traces
+            .iter()
+            .map(|t| (t.label.as_str(), t.points[k].as_slice()))
+            .collect();
+        let x = axis(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
+        let y = axis(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)));
+        let labels = (figure.x.as_str(), field.as_str());
+        // Linear and logarithmic axes are different types to plotters: one call per pair.
+        match (x.log, y.log) {
+            (false, false) => panel_on(panel, x.lo..x.hi, y.lo..y.hi, labels, &series),
+            (false, true) => panel_on(panel, x.lo..x.hi, (y.lo..y.hi).log_scale(), labels, &series),
+            (true, false) => panel_on(panel, (x.lo..x.hi).log_scale(), y.lo..y.hi, labels, &series),
+            (true, true) => panel_on(
+                panel,
+                (x.lo..x.hi).log_scale(),
+                (y.lo..y.hi).log_scale(),
+                labels,
+                &series,
+            ),
+        }?;
+    }
+    Ok(())
+}
+
+fn panel_on<DB, X, Y>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: X,
+    y: Y,
+    (x_name, y_name): (&str, &str),
+    series: &[(&str, &[(f64, f64)])],
+) -> DrawResult
+where
+    DB: DrawingBackend,
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut chart = ChartBuilder::on(area)
+        .caption(y_name, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_name)
+        .y_desc(y_name)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (label, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).mix(0.95);
+        let style = ShapeStyle::from(&color).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), style))
+            .map_err(|e| err(&e))?
+            .label(*label)
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 18, y)],
+                    ShapeStyle::from(&color).stroke_width(2),
+                )
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
