@@ -11,7 +11,8 @@
 //!   requests, one place where the device is chosen, `grad` and `run`);
 //! * [`backend`]: the [`backend::Backend`] trait and the CPU backend;
 //! * [`data`]: LIBSVM/CSV readers, bundled datasets, synthetic generators, splits;
-//! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`);
+//! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`, and
+//!   Ehrhardt & Roberts' `quadratic`);
 //! * [`solver`]: inner solvers (GD, AGD, Newton-CG) and matrix-free linear algebra;
 //! * [`hypergrad`]: the hypergradient estimators and error bounds;
 //! * [`l1`]: sparse model selection (`lasso`, `enet`, `wlasso`): prox solvers, hypergradients, outer search;
