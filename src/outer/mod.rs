@@ -27,7 +27,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
-use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
+use crate::problem::{Bilevel, Buf, GlmBilevel, QuadraticBilevel};
 use crate::solver;
 
 pub use checkpoint::Checkpoint;
@@ -67,6 +67,39 @@ pub struct OptState {
 /// The inner iterate `w` and the linear-system iterate `q` an estimator carries, on the host.
 type CarriedState = (Option<Vec<f64>>, Option<Vec<f64>>);
 
+/// What the outer loop needs of a problem beyond [`Bilevel`]: the test-set evaluation of
+/// `--test`, and the training rows the stochastic estimators draw mini-batches from.
+pub trait OuterProblem: Bilevel {
+    /// The loss (and, for classification, the accuracy) of the inner point `w` on `test`.
+    fn evaluate_test(&self, w: &Buf<Self>, test: &Dataset) -> Result<(f64, Option<f64>)>;
+    /// The GLM whose training rows [`StochasticEstimator`] samples; `None` where there are no
+    /// rows to sample.
+    fn glm(&self) -> Option<&GlmBilevel<Self::B>>;
+}
+
+impl<B: Backend> OuterProblem for GlmBilevel<B> {
+    fn evaluate_test(&self, w: &B::Buf, test: &Dataset) -> Result<(f64, Option<f64>)> {
+        self.evaluate(w, test)
+    }
+
+    fn glm(&self) -> Option<&GlmBilevel<B>> {
+        Some(self)
+    }
+}
+
+impl OuterProblem for QuadraticBilevel {
+    fn evaluate_test(&self, _w: &Vec<f64>, _test: &Dataset) -> Result<(f64, Option<f64>)> {
+        Err(Error::option(
+            "--test",
+            "quadratic has no test rows: its upper level ‖Ax − b‖² is the whole outer problem",
+        ))
+    }
+
+    fn glm(&self) -> Option<&GlmBilevel<Self::B>> {
+        None
+    }
+}
+
 /// Where a hypergradient comes from.
 pub enum Estimator<B: Backend> {
     /// `exact`, `cg`, … at an inner solution (warm-started from the last one if `warm`).
@@ -81,9 +114,9 @@ pub enum Estimator<B: Backend> {
 
 impl<B: Backend + Clone> Estimator<B> {
     /// One estimate at the problem's current θ.
-    pub fn estimate(
+    pub fn estimate<P: OuterProblem<B = B>>(
         &mut self,
-        problem: &GlmBilevel<B>,
+        problem: &P,
         step: u64,
     ) -> Result<(Hypergradient, Option<LoopStats>)> {
         match self {
@@ -94,7 +127,13 @@ impl<B: Backend + Clone> Estimator<B> {
                 Ok((result, None))
             }
             Estimator::Stochastic(est) => {
-                let (result, stats) = est.estimate(problem, step)?;
+                let glm = problem.glm().ok_or_else(|| {
+                    Error::option(
+                        "--method",
+                        "the stochastic methods draw mini-batches of training rows, which this problem does not have",
+                    )
+                })?;
+                let (result, stats) = est.estimate(glm, step)?;
                 Ok((result, Some(stats)))
             }
         }
@@ -179,8 +218,8 @@ pub struct RunOutcome {
 
 /// Runs the outer loop, calling `on_record` as soon as each step's record exists (the trace
 /// writer and the progress bar), and writing the checkpoint after every step.
-pub fn run<B: Backend + Clone>(
-    problem: &mut GlmBilevel<B>,
+pub fn run<B: Backend + Clone, P: OuterProblem<B = B>>(
+    problem: &mut P,
     estimator: &mut Estimator<B>,
     config: &RunConfig<'_>,
     mut on_record: impl FnMut(&StepRecord) -> Result<()>,
@@ -218,7 +257,7 @@ pub fn run<B: Backend + Clone>(
         }
         let (test_loss, test_accuracy) = match (config.test, estimator.w()) {
             (Some(test), Some(w)) => {
-                let (loss, acc) = problem.evaluate(w, test)?;
+                let (loss, acc) = problem.evaluate_test(w, test)?;
                 (Some(loss), acc)
             }
             _ => (None, None),
@@ -331,8 +370,8 @@ fn deterministic_opts<B: Backend>(estimator: &mut Estimator<B>) -> Result<&mut O
 }
 
 /// A hypergradient whose bound is at most ½‖h‖, tightening the tolerances until it is.
-fn maid_hypergradient<B: Backend + Clone>(
-    problem: &GlmBilevel<B>,
+fn maid_hypergradient<B: Backend + Clone, P: OuterProblem<B = B>>(
+    problem: &P,
     estimator: &mut Estimator<B>,
     state: &mut OptState,
     step: u64,
@@ -366,8 +405,8 @@ fn tighten(state: &mut OptState) -> bool {
 
 /// The backtracking line search of MAID from θ along −h; returns the accepted θ (or θ itself,
 /// with tightened tolerances, when no step length gives sufficient decrease).
-fn maid_step<B: Backend + Clone>(
-    problem: &mut GlmBilevel<B>,
+fn maid_step<B: Backend + Clone, P: OuterProblem<B = B>>(
+    problem: &mut P,
     estimator: &mut Estimator<B>,
     state: &mut OptState,
     h: &Hypergradient,
