@@ -15,6 +15,8 @@
 //!   Ehrhardt & Roberts' `quadratic`);
 //! * [`solver`]: inner solvers (GD, AGD, Newton-CG) and matrix-free linear algebra;
 //! * [`hypergrad`]: the hypergradient estimators and error bounds;
+//! * [`bound_curves`]: true error against the a posteriori and a priori bounds over CG
+//!   iterations (`hypergrad bench bounds`);
 //! * [`l1`]: sparse model selection (`lasso`, `enet`, `wlasso`): prox solvers, hypergradients, outer search;
 //! * [`cli`]: the `hypergrad` command line.
 
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod bound_curves;
 pub mod cli;
 pub mod data;
 pub mod error;

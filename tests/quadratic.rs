@@ -7,6 +7,7 @@
 use std::process::{Command, Output};
 
 use hypergrad::api::{self, DataSource, Request, Settings, Theta};
+use hypergrad::bound_curves::cg_curves;
 use hypergrad::data::synthetic::{QuadraticData, QuadraticSpec};
 use hypergrad::hypergrad::{compute, Hypergradient, Method, Options};
 use hypergrad::problem::{Bilevel, QuadraticBilevel};
@@ -284,6 +285,37 @@ fn a_posteriori_bound_holds_at_every_cg_iteration_count() {
     }
 }
 
+/// The benchmark's curves: both bounds above the true error at every k; CG reaches the
+/// rounding floor within about nx iterations, and the a priori bound decays at CG's rate.
+#[test]
+fn bound_curves_bound_the_true_error() {
+    let (problem, w) = instance(spec(1000, 10, 10, 0));
+    let reference = closed_form_gradient(problem.data(), &w);
+    let mut inner = InnerOptions::default_for(hypergrad::backend::Precision::F64);
+    inner.tol = 0.0;
+    let curves = cg_curves(&problem, inner, 40).unwrap();
+    assert_eq!(curves.points.len(), 41);
+    let scale = norm(&reference);
+    assert!((curves.hypergradient_norm - scale).abs() < 1e-10 * scale);
+    for p in &curves.points {
+        assert!(p.true_error <= p.a_posteriori, "{p:?}");
+        assert!(p.true_error <= p.a_priori, "{p:?}");
+        assert!(p.a_posteriori_raw <= p.a_posteriori, "{p:?}");
+    }
+    let at = |k: usize| &curves.points[k];
+    assert!(at(0).true_error > 0.99 * scale, "h_0 = 0");
+    assert!(at(15).true_error < 1e-13 * scale, "{:?}", at(15));
+    // Past the ε terms (ε ≈ 1e-16 here) the a priori bound falls by CG's rate ρ per iteration.
+    let (l, mu) = (curves.constants.l_g, curves.constants.mu);
+    let rho = (l.sqrt() - mu.sqrt()) / (l.sqrt() + mu.sqrt());
+    let ratio = at(40).a_priori / at(20).a_priori;
+    assert!(
+        (ratio / rho.powi(20) - 1.0).abs() < 1e-3,
+        "ratio {ratio:e}, ρ²⁰ {:e}",
+        rho.powi(20)
+    );
+}
+
 // ---- run ----------------------------------------------------------------------------------------
 
 /// `run` (Adam, the default) lowers F, and its first and last records are F and ‖∇F‖ of the
@@ -389,6 +421,9 @@ fn bad_specs_are_one_line_errors() {
     for (train, needles) in cases {
         assert_one_line_error(&grad_quadratic(train, &[]), needles);
     }
+    // The same specs through the benchmark.
+    let out = hypergrad(&["bench", "bounds", "--train", "synthetic:quadratic:m=0"]);
+    assert_one_line_error(&out, &["--train", "m must be at least 1"]);
     // The spec is not a dataset for the other problems.
     let out = hypergrad(&[
         "grad",
@@ -441,4 +476,62 @@ fn grad_json_has_the_contract_fields() {
     assert_eq!(v["hypergradient"].as_array().unwrap().len(), 3);
     assert_eq!(v["theta"], serde_json::json!([1.0, 1.0, 1.0]));
     assert!(v["error_bound"].as_f64().unwrap() > 0.0);
+}
+
+/// `bench bounds --jsonl` writes one record per k that `hypergrad plot` draws.
+#[test]
+fn bench_bounds_jsonl_is_a_trace_plot_draws() {
+    let dir = std::env::temp_dir().join(format!("hypergrad-quadratic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (jsonl, svg) = (dir.join("bounds.jsonl"), dir.join("bounds.svg"));
+    let out = hypergrad(&[
+        "bench",
+        "bounds",
+        "--train",
+        "synthetic:quadratic:m=100,nx=6,nw=3,seed=4",
+        "--max-iters",
+        "12",
+        "--jsonl",
+        jsonl.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 13);
+    for (k, r) in records.iter().enumerate() {
+        assert_eq!(r["iterations"], k);
+        let field = |key: &str| r[key].as_f64().unwrap();
+        assert!(field("true_error") <= field("a_posteriori"), "{r}");
+        assert!(field("true_error") <= field("a_priori"), "{r}");
+    }
+    let out = hypergrad(&[
+        "plot",
+        jsonl.to_str().unwrap(),
+        "--x",
+        "iterations",
+        "--y",
+        "true_error",
+        "a_posteriori",
+        "a_priori",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        drawn.matches("stroke-width=\"2\"").count(),
+        3 * 2,
+        "3 fields, each with a legend"
+    );
 }
