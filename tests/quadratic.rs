@@ -421,6 +421,13 @@ fn bad_specs_are_one_line_errors() {
     for (train, needles) in cases {
         assert_one_line_error(&grad_quadratic(train, &[]), needles);
     }
+    // The prefix may be left out, as for the other synthetic specs.
+    let out = grad_quadratic("quadratic:m=50,nx=3,nw=2", &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The same specs through the benchmark.
     let out = hypergrad(&["bench", "bounds", "--train", "synthetic:quadratic:m=0"]);
     assert_one_line_error(&out, &["--train", "m must be at least 1"]);
@@ -445,6 +452,7 @@ fn options_quadratic_does_not_have_are_one_line_errors() {
         (&["--val", "digits"], &["--val"]),
         (&["--standardize"], &["--standardize"]),
         (&["--theta", "nan"], &["--theta"]),
+        (&["--seed", "3"], &["--seed", "seed=3"]),
     ];
     for (extra, needles) in cases {
         assert_one_line_error(&grad_quadratic(train, extra), needles);

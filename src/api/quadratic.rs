@@ -67,6 +67,16 @@ fn spec_of(input: &Input, settings: &Settings) -> Result<QuadraticSpec> {
             "quadratic has no labels to corrupt",
         ));
     }
+    // The instance is the spec's seed; a --seed that silently did nothing would mislead.
+    if settings.seed != 0 {
+        return Err(Error::option(
+            "--seed",
+            format!(
+                "quadratic's matrices come from the spec's seed: use --train synthetic:quadratic:…,seed={}",
+                settings.seed
+            ),
+        ));
+    }
     QuadraticSpec::parse(&source.train)
 }
 

@@ -360,7 +360,7 @@ impl QuadraticSpec {
     /// for `--train`, quoting the spec.
     pub fn parse(spec: &str) -> Result<QuadraticSpec> {
         let (kind, params) = split_spec(spec);
-        if kind != "quadratic" || !spec.starts_with("synthetic:") {
+        if kind != "quadratic" {
             return Err(Error::option(
                 OPTION,
                 format!(
