@@ -11,9 +11,12 @@
 //!   requests, one place where the device is chosen, `grad` and `run`);
 //! * [`backend`]: the [`backend::Backend`] trait and the CPU backend;
 //! * [`data`]: LIBSVM/CSV readers, bundled datasets, synthetic generators, splits;
-//! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`);
+//! * [`problem`]: the bilevel problems (`ridge`, `logreg`, `softmax`, `hyperclean`, and
+//!   Ehrhardt & Roberts' `quadratic`);
 //! * [`solver`]: inner solvers (GD, AGD, Newton-CG) and matrix-free linear algebra;
 //! * [`hypergrad`]: the hypergradient estimators and error bounds;
+//! * [`bound_curves`]: true error against the a posteriori and a priori bounds over CG
+//!   iterations (`hypergrad bench bounds`);
 //! * [`l1`]: sparse model selection (`lasso`, `enet`, `wlasso`): prox solvers, hypergradients, outer search;
 //! * [`cli`]: the `hypergrad` command line.
 
@@ -23,6 +26,7 @@
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod bound_curves;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -209,3 +209,28 @@ pub fn spd_inverse(a: &[f64], dim: usize) -> Result<Vec<f64>, NotPositiveDefinit
     }
     Ok(out)
 }
+
+/// The singular values of a row-major `rows×cols` matrix, largest first (faer's SVD).
+pub fn singular_values(a: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+    MatRef::from_row_major_slice(a, rows, cols)
+        .singular_values()
+        .map_err(|e| format!("the SVD did not converge ({e:?})"))
+}
+
+/// The least-squares solutions `X = argmin ‖A X − B‖_F` by Householder QR, for a row-major
+/// `A` (rows×cols, rows ≥ cols, full column rank) and right-hand sides `B` (rows×nrhs,
+/// row-major); returns X (cols×nrhs, row-major). QR works on A itself, never on AᵀA, so
+/// the solution's relative error grows with κ(A), not κ(A)².
+///
+/// # Panics
+/// If a slice's length does not match its shape or `rows < cols` (callers check first).
+pub fn least_squares(a: &[f64], (rows, cols): (usize, usize), b: &[f64], nrhs: usize) -> Vec<f64> {
+    use faer::linalg::solvers::SolveLstsq;
+    let qr = MatRef::from_row_major_slice(a, rows, cols).qr();
+    let mut x = MatRef::from_row_major_slice(b, rows, nrhs).to_owned();
+    qr.solve_lstsq_in_place(x.as_mut());
+    (0..cols)
+        .flat_map(|i| (0..nrhs).map(move |j| (i, j)))
+        .map(|(i, j)| x[(i, j)])
+        .collect()
+}

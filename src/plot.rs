@@ -244,6 +244,8 @@ where
         .configure_mesh()
         .x_desc(x_name)
         .y_desc(y_name)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| err(&e))?;
@@ -351,4 +353,59 @@ fn bars_on<DB: DrawingBackend>(
             .map_err(|e| err(&e))?;
     }
     Ok(())
+}
+
+/// A tick label with at most three significant digits: plotters' own formatting prints the
+/// rounding of a log axis's ticks (`0.0999999999998` for 0.1, `9.99999999997e-6` for 1e-5).
+/// Plain decimals from 0.001 to 9999, scientific notation outside (`1e-11`, `2.5e6`).
+fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if (-3..4).contains(&magnitude) {
+        let decimals = (2 - magnitude).max(0) as usize;
+        trim_zeros(format!("{v:.decimals$}"))
+    } else {
+        let text = format!("{v:.2e}");
+        match text.split_once('e') {
+            Some((mantissa, exponent)) => format!("{}e{exponent}", trim_zeros(mantissa.into())),
+            None => text,
+        }
+    }
+}
+
+/// `2.50` → `2.5`, `1.00` → `1`; integers are left alone.
+fn trim_zeros(text: String) -> String {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn ticks_have_three_significant_digits_at_most() {
+        let cases = [
+            (0.0999999999998, "0.1"),
+            (9.99999999997e-6, "1e-5"),
+            (1e-11, "1e-11"),
+            (0.65, "0.65"),
+            (0.001, "0.001"),
+            (5.0, "5"),
+            (45.0, "45"),
+            (2500.0, "2500"),
+            (100000.0, "1e5"),
+            (2.5e6, "2.5e6"),
+            (-0.125, "-0.125"),
+            (0.0, "0"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(tick(v), want, "tick({v})");
+        }
+    }
 }

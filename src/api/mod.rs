@@ -29,6 +29,7 @@ mod l1;
 pub mod names;
 mod network;
 mod plan;
+mod quadratic;
 pub mod settings;
 mod smooth;
 mod trace;
@@ -52,7 +53,7 @@ pub struct Request {
 
 impl Request {
     /// `problem` is a SPEC §2 name (`ridge`, `logreg`, `softmax`, `hyperclean`, `lasso`,
-    /// `enet`, `wlasso`).
+    /// `enet`, `wlasso`) or `quadratic` (SPEC §9).
     pub fn new(problem: &str, settings: Settings) -> Result<Request> {
         Ok(Request {
             problem: names::parse("--problem", problem)?,

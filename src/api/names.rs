@@ -17,6 +17,9 @@ pub enum ProblemName {
     Lasso,
     Enet,
     Wlasso,
+    /// Ehrhardt & Roberts' quadratic test problem (SPEC §9), from
+    /// `--train synthetic:quadratic:m=1000,nx=10,nw=10,seed=S`.
+    Quadratic,
 }
 
 /// `--method`: the hypergradient method (SPEC §3).

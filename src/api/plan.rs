@@ -26,8 +26,8 @@ pub enum Plan {
     L1(L1Plan),
 }
 
-/// A smooth problem (`ridge`, `logreg`, `softmax`, `hyperclean`; SPEC §2) with a smooth
-/// method (SPEC §3).
+/// A smooth problem (`ridge`, `logreg`, `softmax`, `hyperclean`; SPEC §2, or `quadratic`;
+/// SPEC §9) with a smooth method (SPEC §3).
 #[derive(Clone, Debug)]
 pub struct SmoothPlan {
     pub kind: ProblemKind,
@@ -73,6 +73,7 @@ impl Plan {
             ProblemName::Ridge => ProblemKind::Ridge,
             ProblemName::Logreg => ProblemKind::Logreg,
             ProblemName::Softmax => ProblemKind::Softmax,
+            ProblemName::Quadratic => ProblemKind::Quadratic,
             _ => ProblemKind::Hyperclean,
         };
         SmoothPlan::new(kind, settings).map(Plan::Smooth)
@@ -99,6 +100,9 @@ impl SmoothPlan {
                 ))
             }
         };
+        if kind == ProblemKind::Quadratic {
+            check_quadratic(method, settings)?;
+        }
         let layout = match settings.hyper {
             None => kind.default_layout(),
             Some(HyperName::Shared) => HyperLayout::Shared,
@@ -212,6 +216,27 @@ impl SmoothPlan {
             }
         })
     }
+}
+
+/// What `quadratic` refuses: a layout of θ (it has one, θ = w) and the stochastic methods,
+/// which draw mini-batches of training rows that its matrices are not.
+fn check_quadratic(method: Method, settings: &Settings) -> Result<()> {
+    if settings.hyper.is_some() {
+        return Err(Error::option(
+            "--hyper",
+            "quadratic fixes θ's layout: θ = w, one entry per column of C (p = nw)",
+        ));
+    }
+    if method.is_stochastic() {
+        return Err(Error::option(
+            "--method",
+            format!(
+                "{} draws mini-batches of training rows, which quadratic does not have (use exact, cg, neumann, fixed-point, unroll or forward)",
+                method.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl L1Plan {

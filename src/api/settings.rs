@@ -45,7 +45,8 @@ impl Default for DeviceSpec {
 /// θ's starting value: every entry the same, or one value per entry.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Theta {
-    /// The problem's default (0 for the smooth problems; log(λ_max/10) for the ℓ1 problems).
+    /// The problem's default (0 for the smooth problems; log(λ_max/10) for the ℓ1 problems;
+    /// 1 for `quadratic`, Ehrhardt & Roberts' w = (1, …, 1)).
     Default,
     Scalar(f64),
     Vector(Vec<f64>),

@@ -1,5 +1,5 @@
 //! `grad` and `run` for the smooth problems (`ridge`, `logreg`, `softmax`, `hyperclean`), on
-//! whichever backend the device opened.
+//! whichever backend the device opened; `quadratic` goes to [`super::quadratic`].
 
 use serde_json::json;
 
@@ -10,10 +10,11 @@ use super::plan::SmoothPlan;
 use super::settings::Settings;
 use super::trace::TraceWriter;
 use crate::backend::Backend;
+use crate::data::Dataset;
 use crate::hypergrad::fisher::{DenseUpdate, DenseUpdateTiming};
 use crate::hypergrad::stochastic::StochasticEstimator;
 use crate::hypergrad::{self, Hypergradient};
-use crate::outer::{self, Estimator, RunConfig};
+use crate::outer::{self, Estimator, OuterOpt, OuterProblem, RunConfig, RunOutcome};
 use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
 use crate::solver::{self, Solver};
 use crate::{Error, Result};
@@ -142,6 +143,9 @@ pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<Smo
     if let Some(network) = &plan.network {
         return super::network::grad(plan, network, settings, input);
     }
+    if plan.kind == ProblemKind::Quadratic {
+        return super::quadratic::grad(plan, settings, input);
+    }
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
     let device_note = device.note();
@@ -161,6 +165,9 @@ pub fn run(
 ) -> Result<SmoothOutcome> {
     if let Some(network) = &plan.network {
         return super::network::run(plan, network, settings, input, on_step);
+    }
+    if plan.kind == ProblemKind::Quadratic {
+        return super::quadratic::run(plan, settings, input, on_step);
     }
     let device = Device::open(&settings.device)?;
     let mut splits = input.dense(settings)?;
@@ -340,27 +347,15 @@ fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<Smo
         settings.inner_steps,
         settings.batch_size,
     );
-    let resumed_step = match settings.checkpoint.as_deref() {
-        Some(ck) => outer::Checkpoint::load(ck)?.map(|c| c.step),
-        None => None,
-    };
-    let mut trace_file = TraceWriter::open(settings.trace.as_deref(), resumed_step)?;
-    let mut trace = Vec::new();
-    let config = RunConfig {
-        outer_steps: settings.outer_steps,
+    let (outcome, trace) = drive(
+        &mut problem,
+        &mut estimator,
+        settings,
         opt,
-        test: splits.test.as_ref(),
+        splits.test.as_ref(),
         fingerprint,
-        checkpoint: settings.checkpoint.as_deref(),
-    };
-    let outcome = outer::run(&mut problem, &mut estimator, &config, |record| {
-        let value = serde_json::to_value(record)
-            .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
-        trace_file.write(&value)?;
-        on_step(&value)?;
-        trace.push(value);
-        Ok(())
-    })?;
+        on_step,
+    )?;
     let cleaning = match corrupted {
         Some(corrupted) if plan.kind == ProblemKind::Hyperclean => Some(cleaning::report(
             &problem,
@@ -404,4 +399,43 @@ fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<Smo
         features,
         network: None,
     })
+}
+
+/// The outer loop of `run` with the settings' trace file and checkpoint: each step's record is
+/// written to the trace file, handed to `on_step` and kept (the trace of the outcome).
+pub(super) fn drive<P>(
+    problem: &mut P,
+    estimator: &mut Estimator<P>,
+    settings: &Settings,
+    opt: OuterOpt,
+    test: Option<&Dataset>,
+    fingerprint: String,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+) -> Result<(RunOutcome, Vec<serde_json::Value>)>
+where
+    P: OuterProblem,
+    P::B: Clone,
+{
+    let resumed_step = match settings.checkpoint.as_deref() {
+        Some(ck) => outer::Checkpoint::load(ck)?.map(|c| c.step),
+        None => None,
+    };
+    let mut trace_file = TraceWriter::open(settings.trace.as_deref(), resumed_step)?;
+    let mut trace = Vec::new();
+    let config = RunConfig {
+        outer_steps: settings.outer_steps,
+        opt,
+        test,
+        fingerprint,
+        checkpoint: settings.checkpoint.as_deref(),
+    };
+    let outcome = outer::run(problem, estimator, &config, |record| {
+        let value = serde_json::to_value(record)
+            .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
+        trace_file.write(&value)?;
+        on_step(&value)?;
+        trace.push(value);
+        Ok(())
+    })?;
+    Ok((outcome, trace))
 }

@@ -25,6 +25,9 @@ pub enum BenchCommand {
     Kernels(KernelArgs),
     /// NHGD outer-step time per curvature representation against the plain SGD loop.
     Nhgd(super::bench_nhgd::NhgdBenchArgs),
+    /// Ehrhardt & Roberts' quadratic problem: true error, a posteriori and a priori bounds
+    /// over CG iterations.
+    Bounds(super::bench_bounds::BoundsBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +113,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let args = match args.what {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
+        BenchCommand::Bounds(args) => return super::bench_bounds::run(args),
     };
     let gpu = match open_device(args.device, PrecisionName::F32)?.backend {
         DeviceBackend::Cuda(gpu) => Some(gpu),

@@ -12,6 +12,7 @@ pub struct DataArgs {
     /// Training data: a CSV or LIBSVM file (optionally .gz), a bundled dataset (digits,
     /// breast_cancer, diabetes, mnist_5k) or a synthetic spec such as
     /// synthetic:logistic:n=1000,d=20,seed=1. Without --val it is split by --split.
+    /// --problem quadratic takes its whole problem from synthetic:quadratic:m=1000,nx=10,nw=10,seed=S.
     #[arg(long, value_name = "FILE|NAME")]
     pub train: String,
 

@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod bench_bounds;
 mod bench_nhgd;
 mod data_args;
 mod grad;

@@ -152,98 +152,57 @@ const MAX_ENTRIES: usize = 1 << 30;
 ///
 /// `n, d ≥ 1`, `c ≥ 2`, `rho` in `[0, 1)`, `noise, scale ≥ 0` and finite. Unknown or repeated
 /// keys, bad numbers and out-of-range values are [`Error::InvalidOption`] for `--train`,
-/// quoting the spec.
+/// quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
+/// [`QuadraticSpec::parse`].)
 pub fn parse_spec(spec: &str) -> Result<Dataset> {
-    let bad = |m: String| Error::option(OPTION, format!("synthetic spec '{spec}': {m}"));
-    let body = spec.strip_prefix("synthetic:").unwrap_or(spec);
-    let (kind, params) = match body.split_once(':') {
-        Some((k, p)) => (k.trim(), p),
-        None => (body.trim(), ""),
-    };
+    let (kind, params) = split_spec(spec);
     let allowed: &[&str] = match kind {
         "linear" => &["n", "d", "rho", "noise", "seed"],
         "logistic" => &["n", "d", "rho", "scale", "seed"],
         "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
+        "quadratic" => {
+            return Err(bad(
+                spec,
+                "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
+                 use it with --problem quadratic"
+                    .into(),
+            ))
+        }
         _ => {
-            return Err(bad(format!(
-                "unknown kind '{kind}' (expected linear, logistic or softmax)"
-            )))
+            return Err(bad(
+                spec,
+                format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
+            ))
         }
     };
+    let params = Params::parse(spec, kind, params, allowed)?;
 
-    let mut given: Vec<(&str, &str)> = Vec::new();
-    for item in params.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        let Some((key, val)) = item.split_once('=') else {
-            return Err(bad(format!("expected key=value, found '{item}'")));
-        };
-        let (key, val) = (key.trim(), val.trim());
-        if !allowed.contains(&key) {
-            return Err(bad(format!(
-                "unknown key '{key}' for {kind} (allowed: {})",
-                allowed.join(", ")
-            )));
-        }
-        if given.iter().any(|(k, _)| *k == key) {
-            return Err(bad(format!("key '{key}' given twice")));
-        }
-        given.push((key, val));
-    }
-    let lookup = |key: &str| given.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
-    let int = |key: &str, default: Option<u64>| -> Result<u64> {
-        match lookup(key) {
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| bad(format!("{key}='{v}' is not a non-negative integer"))),
-            None => default.ok_or_else(|| bad(format!("missing required key '{key}'"))),
-        }
-    };
-    let real = |key: &str, default: f64| -> Result<f64> {
-        match lookup(key) {
-            Some(v) => match v.parse::<f64>() {
-                Ok(x) if x.is_finite() => Ok(x),
-                _ => Err(bad(format!("{key}='{v}' is not a finite number"))),
-            },
-            None => Ok(default),
-        }
-    };
-    let size = |key: &str, min: usize| -> Result<usize> {
-        let v = int(key, None)?;
-        let v = usize::try_from(v).map_err(|_| bad(format!("{key}={v} is too large")))?;
-        if v < min {
-            return Err(bad(format!("{key} must be at least {min}, got {v}")));
-        }
-        Ok(v)
-    };
-
-    let n = size("n", 1)?;
-    let d = size("d", 1)?;
-    let rho = real("rho", 0.0)?;
+    let n = params.size("n", 1)?;
+    let d = params.size("d", 1)?;
+    let rho = params.real("rho", 0.0)?;
     if !(0.0..1.0).contains(&rho) {
-        return Err(bad(format!("rho must be in [0, 1), got {rho}")));
+        return Err(bad(spec, format!("rho must be in [0, 1), got {rho}")));
     }
-    let seed = int("seed", Some(0))?;
-    let c = if kind == "softmax" { size("c", 2)? } else { 1 };
-    match n.checked_mul(d.max(c)) {
-        Some(e) if e <= MAX_ENTRIES => {}
-        _ => return Err(bad(format!("n x d = {n} x {d} is too large"))),
-    }
+    let seed = params.int("seed", Some(0))?;
+    let c = if kind == "softmax" {
+        params.size("c", 2)?
+    } else {
+        1
+    };
+    check_entries(spec, ("n", "d"), n, d.max(c))?;
 
     let ds = match kind {
         "linear" => {
-            let noise = real("noise", 0.1)?;
+            let noise = params.real("noise", 0.1)?;
             if noise < 0.0 {
-                return Err(bad(format!("noise must be >= 0, got {noise}")));
+                return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
             }
             linear(n, d, rho, noise, seed).0
         }
         _ => {
-            let scale = real("scale", 3.0)?;
+            let scale = params.real("scale", 3.0)?;
             if scale < 0.0 {
-                return Err(bad(format!("scale must be >= 0, got {scale}")));
+                return Err(bad(spec, format!("scale must be >= 0, got {scale}")));
             }
             if kind == "logistic" {
                 logistic(n, d, rho, scale, seed).0
@@ -253,4 +212,272 @@ pub fn parse_spec(spec: &str) -> Result<Dataset> {
         }
     };
     Ok(ds)
+}
+
+/// `(KIND, "key=val,...")` of a spec, with or without its `synthetic:` prefix.
+fn split_spec(spec: &str) -> (&str, &str) {
+    let body = spec.strip_prefix("synthetic:").unwrap_or(spec);
+    match body.split_once(':') {
+        Some((k, p)) => (k.trim(), p),
+        None => (body.trim(), ""),
+    }
+}
+
+/// The error about a spec: an invalid `--train`, quoting the spec.
+fn bad(spec: &str, message: String) -> Error {
+    Error::option(OPTION, format!("synthetic spec '{spec}': {message}"))
+}
+
+/// Refuses a spec whose matrix would hold more than [`MAX_ENTRIES`] entries (`names` are
+/// the keys of its two sides, e.g. `("n", "d")`).
+fn check_entries(spec: &str, names: (&str, &str), rows: usize, cols: usize) -> Result<()> {
+    match rows.checked_mul(cols) {
+        Some(e) if e <= MAX_ENTRIES => Ok(()),
+        _ => Err(bad(
+            spec,
+            format!("{} x {} = {rows} x {cols} is too large", names.0, names.1),
+        )),
+    }
+}
+
+/// The `key=val` pairs of a spec, each key allowed for its kind and given at most once.
+struct Params<'a> {
+    spec: &'a str,
+    given: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Params<'a> {
+    fn parse(spec: &'a str, kind: &str, params: &'a str, allowed: &[&str]) -> Result<Self> {
+        let mut given: Vec<(&str, &str)> = Vec::new();
+        for item in params.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let Some((key, val)) = item.split_once('=') else {
+                return Err(bad(spec, format!("expected key=value, found '{item}'")));
+            };
+            let (key, val) = (key.trim(), val.trim());
+            if !allowed.contains(&key) {
+                return Err(bad(
+                    spec,
+                    format!(
+                        "unknown key '{key}' for {kind} (allowed: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if given.iter().any(|(k, _)| *k == key) {
+                return Err(bad(spec, format!("key '{key}' given twice")));
+            }
+            given.push((key, val));
+        }
+        Ok(Params { spec, given })
+    }
+
+    fn lookup(&self, key: &str) -> Option<&'a str> {
+        self.given.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// A non-negative integer; `default` when the key is absent (required when `None`).
+    fn int(&self, key: &str, default: Option<u64>) -> Result<u64> {
+        match self.lookup(key) {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                bad(
+                    self.spec,
+                    format!("{key}='{v}' is not a non-negative integer"),
+                )
+            }),
+            None => default.ok_or_else(|| bad(self.spec, format!("missing required key '{key}'"))),
+        }
+    }
+
+    /// A finite number, `default` when the key is absent.
+    fn real(&self, key: &str, default: f64) -> Result<f64> {
+        match self.lookup(key) {
+            Some(v) => match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                _ => Err(bad(
+                    self.spec,
+                    format!("{key}='{v}' is not a finite number"),
+                )),
+            },
+            None => Ok(default),
+        }
+    }
+
+    /// A size of at least `min` (required).
+    fn size(&self, key: &str, min: usize) -> Result<usize> {
+        self.size_or(key, min, None)
+    }
+
+    /// A size of at least `min`, `default` when the key is absent (required when `None`).
+    fn size_or(&self, key: &str, min: usize, default: Option<usize>) -> Result<usize> {
+        let v = self.int(key, default.map(|d| d as u64))?;
+        let v =
+            usize::try_from(v).map_err(|_| bad(self.spec, format!("{key}={v} is too large")))?;
+        if v < min {
+            return Err(bad(
+                self.spec,
+                format!("{key} must be at least {min}, got {v}"),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// The spec of Ehrhardt & Roberts' quadratic bilevel problem (SPEC §9):
+/// `synthetic:quadratic:m=1000,nx=10,nw=10,noise=0.01,seed=0` (every key optional, these are
+/// the defaults; the upper and the lower level have `m` rows each, as in their experiments).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuadraticSpec {
+    pub m: usize,
+    pub nx: usize,
+    pub nw: usize,
+    /// Standard deviation of the Gaussian noise added to `b` and `e`.
+    pub noise: f64,
+    pub seed: u64,
+}
+
+impl Default for QuadraticSpec {
+    /// Their experiment's size (`QuadraticProblem(m1=1000, m2=1000, nx=10, nw=10)`, noise
+    /// 0.01, seed 0).
+    fn default() -> Self {
+        QuadraticSpec {
+            m: 1000,
+            nx: 10,
+            nw: 10,
+            noise: 0.01,
+            seed: 0,
+        }
+    }
+}
+
+impl QuadraticSpec {
+    /// Parses `synthetic:quadratic:key=val,...` (keys `m`, `nx`, `nw`, `noise`, `seed`; the
+    /// `synthetic:` prefix may be left out). `nx, nw ≥ 1`, `m ≥ nx` (D must have full column
+    /// rank for the inner problem to be strongly convex), `noise ≥ 0`. Errors are one line
+    /// for `--train`, quoting the spec.
+    pub fn parse(spec: &str) -> Result<QuadraticSpec> {
+        let (kind, params) = split_spec(spec);
+        if kind != "quadratic" {
+            return Err(Error::option(
+                OPTION,
+                format!(
+                    "--problem quadratic generates its matrices from a spec \
+                     synthetic:quadratic:m=1000,nx=10,nw=10,seed=0, not from '{spec}'"
+                ),
+            ));
+        }
+        let allowed = ["m", "nx", "nw", "noise", "seed"];
+        let params = Params::parse(spec, kind, params, &allowed)?;
+        let defaults = QuadraticSpec::default();
+        let nx = params.size_or("nx", 1, Some(defaults.nx))?;
+        let nw = params.size_or("nw", 1, Some(defaults.nw))?;
+        let m = params.size_or("m", 1, Some(defaults.m))?;
+        if m < nx {
+            return Err(bad(
+                spec,
+                format!(
+                    "m = {m} rows cannot give D (m×nx) full column rank with nx = {nx}; use m ≥ nx"
+                ),
+            ));
+        }
+        check_entries(spec, ("m", "max(nx, nw)"), m, nx.max(nw))?;
+        let noise = params.real("noise", defaults.noise)?;
+        if noise < 0.0 {
+            return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
+        }
+        let seed = params.int("seed", Some(defaults.seed))?;
+        Ok(QuadraticSpec {
+            m,
+            nx,
+            nw,
+            noise,
+            seed,
+        })
+    }
+
+    /// The canonical spec, every key spelled out.
+    pub fn name(&self) -> String {
+        format!(
+            "synthetic:quadratic:m={},nx={},nw={},noise={},seed={}",
+            self.m, self.nx, self.nw, self.noise, self.seed
+        )
+    }
+
+    /// The matrices, drawn as Ehrhardt & Roberts' `QuadraticProblem.__init__` draws them
+    /// (itself after Li, Gu & Huang 2022, §6.1), in the same order from one [`Rng`] seeded with
+    /// `seed`:
+    ///
+    /// ```text
+    /// A ~ U[0,1)^{m×nx},  b = A u_b + σ ε_b,               u_b ~ U[0,1)^{nx}, ε_b ~ N(0, I_m)
+    /// C ~ U[0,1)^{m×nw},  D ~ U[0,1)^{m×nx},
+    /// e = C u_c + D u_d + σ ε_e,                           u_c ~ U[0,1)^{nw}, u_d ~ U[0,1)^{nx}
+    /// ```
+    ///
+    /// Their code draws from numpy's Mersenne Twister (`np.random.seed(seed)`), which this
+    /// generator does not reproduce: a seed here gives matrices from the same distribution,
+    /// not the same matrices. The conditioning that matters (σ(D), ‖A‖, ‖DᵀC‖) is a property
+    /// of the distribution at m = 1000, nx = nw = 10 and comes out alike (BENCHMARKS.md).
+    pub fn generate(&self) -> QuadraticData {
+        let QuadraticSpec {
+            m,
+            nx,
+            nw,
+            noise,
+            seed,
+        } = *self;
+        let mut rng = Rng::new(seed);
+        let a = uniform_vec(&mut rng, m * nx);
+        let b = {
+            let u_b = uniform_vec(&mut rng, nx);
+            let mut b = mat_vec(&a, nx, &u_b);
+            b.iter_mut().for_each(|v| *v += noise * rng.normal());
+            b
+        };
+        let c = uniform_vec(&mut rng, m * nw);
+        let d = uniform_vec(&mut rng, m * nx);
+        let e = {
+            let u_c = uniform_vec(&mut rng, nw);
+            let u_d = uniform_vec(&mut rng, nx);
+            let mut e = mat_vec(&c, nw, &u_c);
+            for (ei, di) in e.iter_mut().zip(mat_vec(&d, nx, &u_d)) {
+                *ei += di + noise * rng.normal();
+            }
+            e
+        };
+        QuadraticData {
+            spec: *self,
+            a,
+            b,
+            c,
+            d,
+            e,
+        }
+    }
+}
+
+/// The matrices of the quadratic problem, row-major: `A` (m×nx), `b` (m), `C` (m×nw),
+/// `D` (m×nx), `e` (m).
+#[derive(Clone, Debug)]
+pub struct QuadraticData {
+    pub spec: QuadraticSpec,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+    pub c: Vec<f64>,
+    pub d: Vec<f64>,
+    pub e: Vec<f64>,
+}
+
+/// `len` independent U[0, 1) draws.
+fn uniform_vec(rng: &mut Rng, len: usize) -> Vec<f64> {
+    (0..len).map(|_| rng.uniform()).collect()
+}
+
+/// `M v` for a row-major `M` with `cols` columns.
+fn mat_vec(m: &[f64], cols: usize, v: &[f64]) -> Vec<f64> {
+    m.chunks_exact(cols)
+        .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
 }

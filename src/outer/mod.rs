@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
-use crate::problem::{Bilevel, Buf, GlmBilevel, MlpBilevel};
+use crate::problem::{Bilevel, Buf, GlmBilevel, MlpBilevel, QuadraticBilevel};
 use crate::solver;
 
 pub use checkpoint::Checkpoint;
@@ -78,6 +78,17 @@ pub trait OuterProblem: Bilevel {
 impl<B: Backend> OuterProblem for GlmBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         GlmBilevel::evaluate(self, w, data)
+    }
+}
+
+/// Ehrhardt & Roberts' quadratic problem has no rows to score: its upper level is the whole
+/// outer problem.
+impl OuterProblem for QuadraticBilevel {
+    fn evaluate(&self, _w: &Vec<f64>, _data: &Dataset) -> Result<(f64, Option<f64>)> {
+        Err(Error::option(
+            "--test",
+            "quadratic has no test rows: its upper level ‖Ax − b‖² is the whole outer problem",
+        ))
     }
 }
 

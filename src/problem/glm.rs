@@ -46,6 +46,9 @@ pub enum ProblemKind {
     Logreg,
     Softmax,
     Hyperclean,
+    /// Ehrhardt & Roberts' quadratic test problem (SPEC §9): not a GLM, see
+    /// [`crate::problem::quadratic`].
+    Quadratic,
 }
 
 impl ProblemKind {
@@ -56,6 +59,7 @@ impl ProblemKind {
             ProblemKind::Logreg => "logreg",
             ProblemKind::Softmax => "softmax",
             ProblemKind::Hyperclean => "hyperclean",
+            ProblemKind::Quadratic => "quadratic",
         }
     }
 
@@ -63,6 +67,7 @@ impl ProblemKind {
     pub fn default_layout(self) -> HyperLayout {
         match self {
             ProblemKind::Hyperclean => HyperLayout::PerSample,
+            ProblemKind::Quadratic => HyperLayout::PerColumn,
             _ => HyperLayout::Shared,
         }
     }
@@ -86,6 +91,8 @@ pub enum HyperLayout {
     PerSample,
     /// One λ per weight matrix of a network (`softmax --model mlp:…`; biases unpenalised).
     PerLayer,
+    /// `quadratic`'s θ = w: one entry per column of C (p = nw), the only layout it has.
+    PerColumn,
 }
 
 impl HyperLayout {
@@ -97,6 +104,7 @@ impl HyperLayout {
             HyperLayout::PerClass => "per-class",
             HyperLayout::PerSample => "per-sample",
             HyperLayout::PerLayer => "per-layer",
+            HyperLayout::PerColumn => "per-column",
         }
     }
 }
@@ -232,6 +240,7 @@ impl<B: Backend> GlmBilevel<B> {
                 }
                 (Loss::Softmax { classes }, 1.0)
             }
+            ProblemKind::Quadratic => return Err(not_a_glm()),
         };
         let c = loss.outputs();
         let allowed: &[HyperLayout] = match kind {
@@ -240,6 +249,7 @@ impl<B: Backend> GlmBilevel<B> {
             }
             ProblemKind::Softmax => &[HyperLayout::Shared, HyperLayout::PerClass],
             ProblemKind::Hyperclean => &[HyperLayout::PerSample],
+            ProblemKind::Quadratic => &[],
         };
         if layout == HyperLayout::PerLayer {
             return Err(Error::option(
@@ -266,8 +276,11 @@ impl<B: Backend> GlmBilevel<B> {
             ));
         }
         let groups = match layout {
-            // (PerLayer was refused above.)
-            HyperLayout::Shared | HyperLayout::PerSample | HyperLayout::PerLayer => Groups::Shared,
+            // (PerLayer and PerColumn were refused above.)
+            HyperLayout::Shared
+            | HyperLayout::PerSample
+            | HyperLayout::PerLayer
+            | HyperLayout::PerColumn => Groups::Shared,
             HyperLayout::PerFeature => Groups::Each,
             HyperLayout::PerClass => Groups::Blocks { block: d },
         };
@@ -369,6 +382,14 @@ impl<B: Backend> GlmBilevel<B> {
     fn train_weights_host(&self) -> Option<&[f64]> {
         self.state.weights.as_ref().map(|(_, s, _)| s.as_slice())
     }
+}
+
+/// `quadratic` is a [`crate::problem::QuadraticBilevel`], not a GLM.
+fn not_a_glm() -> Error {
+    Error::option(
+        "--problem",
+        "quadratic is not a generalised linear model; build it with QuadraticBilevel",
+    )
 }
 
 /// Number of rows classified right, read off the gradient factors `G_i = ∇_z ℓ`: for the

@@ -6,9 +6,11 @@
 
 pub mod glm;
 pub mod mlp;
+pub mod quadratic;
 
 pub use glm::{GlmBilevel, HyperLayout, ProblemKind, TrainView};
 pub use mlp::MlpBilevel;
+pub use quadratic::QuadraticBilevel;
 
 use crate::backend::Backend;
 use crate::error::Result;

@@ -78,6 +78,7 @@ pub fn datasets_rho(
             ProblemKind::Softmax | ProblemKind::Hyperclean => {
                 synthetic::softmax(n, d, CLASSES, rho, 2.0, s).0
             }
+            ProblemKind::Quadratic => panic!("quadratic is generated from its spec, not from rows"),
         };
         let train = all.select(&(0..n_train).collect::<Vec<_>>());
         let val = all.select(&(n_train..n).collect::<Vec<_>>());
@@ -86,7 +87,7 @@ pub fn datasets_rho(
                 (0..CLASSES).all(|k| train.y.contains(&(k as f64)))
             }
             ProblemKind::Logreg => train.y.contains(&1.0) && train.y.contains(&-1.0),
-            ProblemKind::Ridge => true,
+            ProblemKind::Ridge | ProblemKind::Quadratic => true,
         };
         if ok {
             return (train, val);
@@ -348,6 +349,7 @@ impl DenseRef {
             HyperLayout::PerFeature => e,
             HyperLayout::PerClass => e / self.d,
             HyperLayout::PerLayer => unreachable!("the linear models have no layers"),
+            HyperLayout::PerColumn => unreachable!("per-column is quadratic's, not a GLM's"),
         }
     }
 
