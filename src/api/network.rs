@@ -10,12 +10,11 @@ use super::names::DeviceName;
 use super::plan::{NetworkPlan, SmoothPlan};
 use super::settings::{DeviceSpec, Settings};
 use super::smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
-use super::trace::TraceWriter;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpOps;
 use crate::hypergrad;
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
-use crate::outer::{self, Estimator, RunConfig};
+use crate::outer::Estimator;
 use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
 use crate::solver;
 use crate::{Error, Result};
@@ -239,27 +238,15 @@ fn run_on<B: MlpOps + Clone + 'static>(
         settings.inner_steps,
         settings.batch_size,
     );
-    let resumed_step = match settings.checkpoint.as_deref() {
-        Some(ck) => outer::Checkpoint::load(ck)?.map(|c| c.step),
-        None => None,
-    };
-    let mut trace_file = TraceWriter::open(settings.trace.as_deref(), resumed_step)?;
-    let mut trace = Vec::new();
-    let config = RunConfig {
-        outer_steps: settings.outer_steps,
+    let (outcome, trace) = super::smooth::drive(
+        &mut problem,
+        &mut estimator,
+        settings,
         opt,
-        test: splits.test.as_ref(),
+        splits.test.as_ref(),
         fingerprint,
-        checkpoint: settings.checkpoint.as_deref(),
-    };
-    let outcome = outer::run(&mut problem, &mut estimator, &config, |record| {
-        let value = serde_json::to_value(record)
-            .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
-        trace_file.write(&value)?;
-        on_step(&value)?;
-        trace.push(value);
-        Ok(())
-    })?;
+        on_step,
+    )?;
     // The model the final θ trains: the inner solution warm-started from the estimator's last
     // inner point (a network's minimiser depends on where its solve starts), from w₀ if none.
     let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
