@@ -40,6 +40,72 @@ fn open_cpu(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
     }
 }
 
+/// Code generic over the CPU backends that have the network primitives: the networks' twin
+/// of [`super::device::OnBackend`] (CUDA has no [`MlpOps`] yet).
+trait OnCpu {
+    type Output;
+    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<Self::Output>;
+}
+
+/// The one match from the opened CPU device to its backend type.
+fn dispatch_cpu<T: OnCpu>(device: Device, task: T) -> Result<T::Output> {
+    match device.backend {
+        DeviceBackend::CpuF64 => task.on(CpuBackend::<f64>::new()),
+        DeviceBackend::CpuF32 => task.on(CpuBackend::<f32>::new()),
+        DeviceBackend::Cuda(_) => Err(Error::Backend(
+            "internal: a network was given a CUDA backend".into(),
+        )),
+    }
+}
+
+/// `grad` on one CPU backend.
+struct Grad<'a> {
+    plan: &'a SmoothPlan,
+    network: &'a NetworkPlan,
+    settings: &'a Settings,
+    splits: &'a DenseSplits,
+    note: Option<String>,
+}
+
+impl OnCpu for Grad<'_> {
+    type Output = SmoothReport;
+    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
+        grad_on(
+            backend,
+            self.plan,
+            self.network,
+            self.settings,
+            self.splits,
+            self.note,
+        )
+    }
+}
+
+/// `run` on one CPU backend.
+struct Run<'a> {
+    plan: &'a SmoothPlan,
+    network: &'a NetworkPlan,
+    settings: &'a Settings,
+    splits: &'a DenseSplits,
+    note: Option<String>,
+    on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
+}
+
+impl OnCpu for Run<'_> {
+    type Output = SmoothOutcome;
+    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
+        let Run {
+            plan,
+            network,
+            settings,
+            splits,
+            note,
+            on_step,
+        } = self;
+        run_on(backend, plan, network, settings, splits, note, on_step)
+    }
+}
+
 pub(super) fn grad(
     plan: &SmoothPlan,
     network: &NetworkPlan,
@@ -48,27 +114,16 @@ pub(super) fn grad(
 ) -> Result<SmoothReport> {
     let (device, note) = open_cpu(&settings.device)?;
     let splits = input.dense(settings)?;
-    match device.backend {
-        DeviceBackend::CpuF64 => grad_on(
-            CpuBackend::<f64>::new(),
+    dispatch_cpu(
+        device,
+        Grad {
             plan,
             network,
             settings,
-            &splits,
+            splits: &splits,
             note,
-        ),
-        DeviceBackend::CpuF32 => grad_on(
-            CpuBackend::<f32>::new(),
-            plan,
-            network,
-            settings,
-            &splits,
-            note,
-        ),
-        DeviceBackend::Cuda(_) => Err(Error::Backend(
-            "internal: a network was given a CUDA backend".into(),
-        )),
-    }
+        },
+    )
 }
 
 /// Builds the network problem on `backend` (w₀ from `--seed`) and sets θ from the settings.
@@ -163,29 +218,17 @@ pub(super) fn run(
     if let Some(fraction) = settings.corrupt {
         cleaning::corrupt(plan.kind, &mut splits.train, fraction, settings.seed)?;
     }
-    match device.backend {
-        DeviceBackend::CpuF64 => run_on(
-            CpuBackend::<f64>::new(),
+    dispatch_cpu(
+        device,
+        Run {
             plan,
             network,
             settings,
-            &splits,
+            splits: &splits,
             note,
             on_step,
-        ),
-        DeviceBackend::CpuF32 => run_on(
-            CpuBackend::<f32>::new(),
-            plan,
-            network,
-            settings,
-            &splits,
-            note,
-            on_step,
-        ),
-        DeviceBackend::Cuda(_) => Err(Error::Backend(
-            "internal: a network was given a CUDA backend".into(),
-        )),
-    }
+        },
+    )
 }
 
 /// The outer loop on a network problem: the linear model's `run` with an [`MlpBilevel`] and
