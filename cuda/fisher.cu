@@ -1,11 +1,12 @@
-// hypergrad CUDA kernels: per-sample gradients, K-FAC factors and the small Cholesky solves of
-// the Woodbury update (Fisher-type curvature estimates over mini-batches).
+// hypergrad CUDA kernels: per-sample gradients, K-FAC factors and damping, and the diagonal
+// helpers of the Woodbury update (Fisher-type curvature estimates over mini-batches; the
+// Woodbury update's Cholesky solve is cuSOLVER's).
 //
 // Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
 // file includes no header. Buffers are f32 row-major; bf16 designs are their bit patterns
 // (unsigned short), widened exactly (f32 = bits << 16). Grid-stride loops everywhere.
 // CPU twins: src/backend/cpu.rs (glm_per_sample_gradients, glm_kfac_factors,
-// woodbury_update with cholesky_in_place).
+// woodbury_update).
 //
 // hg_per_sample_grads_{f32,bf16}(x, rows, b, d, g, c, scale, out)
 //     out[p·c·d + k·d + t] = (scale_p g[p·c+k]) x[rows[p]·d + t]   (scale_p = 1 if null)
@@ -25,19 +26,6 @@
 //     factorisation's status (cuSOLVER potrf writes 0 on success, so it cannot write the flag
 //     itself without clearing an earlier failure), kept for the next synchronising call.
 //     One thread.
-// hg_cholesky_small(s, b, info)   s = L Lᵀ for s (b×b SPD, b ≤ 96), L written back (lower,
-//     upper triangle zeroed). ONE block of 256 threads, dynamic shared memory b·b·4 bytes.
-//     Left-looking, column by column: every warp computes the pivot
-//     a_jj − Σ_{q<j} L_jq² (the same double-precision warp reduction in every warp, hence
-//     bitwise the same value), then warp w computes rows r = j+1+w, j+9+w, …:
-//     L_rj = (a_rj − Σ_{q<j} L_rq L_jq) / L_jj, dot products in double; one __syncthreads
-//     per column. A pivot that is ≤ 0 or not finite sets info[0] = j+1 (first failure only)
-//     and is replaced by 1; info is untouched on success. Traffic: b² reads + b² writes.
-// hg_cholesky_solve_cols(l, b, rhs, ncols)   rhs ← (L Lᵀ)⁻¹ rhs for rhs b×ncols (row-major),
-//     in place. Block 128, grid ceil(ncols/128), dynamic shared memory b·b·4 bytes (L).
-//     Thread j: forward then backward substitution on column j, dot products in double, the
-//     intermediate L⁻¹ rhs stored in rhs (f32). Traffic: L b² per block; per column ~b²
-//     re-reads of its own entries (L1/L2) and 2b writes.
 // hg_kfac_gg(g, scale, b, c, alpha, beta, gg)
 //     gg[k·c+l] = α Σ_p (scale_p g[p·c+k]) g[p·c+l] + β gg[k·c+l]  (gg not read when β == 0,
 //     as the CPU GEMM). One thread per (k, l), f32 sum over p in order; block 256,
@@ -74,8 +62,6 @@ __device__ __forceinline__ double hg_warp_sum_d(double v) {
     }
     return v;
 }
-
-extern __shared__ float4 hg_fisher_smem[];
 
 // ---- per-sample gradients and gathers -------------------------------------------------------
 
@@ -194,101 +180,6 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void hg_keep_failure(const int* info, int* flag) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && flag[0] == 0 && info[0] != 0) {
         flag[0] = info[0];
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256) hg_cholesky_small(float* s, int b, int* info) {
-    float* const a = reinterpret_cast<float*>(hg_fisher_smem);  // b×b, row-major
-    const int tid = threadIdx.x;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const int nwarps = blockDim.x >> 5;
-    const int bb = b * b;
-    for (int e = tid; e < bb; e += blockDim.x) {
-        a[e] = s[e];
-    }
-    __syncthreads();
-
-    bool failed = false;  // meaningful in thread 0
-    float ljj_prev = 0.0f;  // thread 0: L_{j-1,j-1}, stored once no warp can read a_{j-1,j-1}
-    for (int j = 0; j < b; ++j) {  // b is uniform: every thread runs every column
-        if (tid == 0 && j > 0) {
-            a[(j - 1) * b + (j - 1)] = ljj_prev;  // after the previous column's barrier
-        }
-        const float* aj = a + j * b;
-        // The pivot, computed identically by every warp (same lanes, same shuffle tree).
-        double dot = 0.0;
-        for (int q = lane; q < j; q += 32) {
-            const double l = (double)aj[q];
-            dot += l * l;
-        }
-        dot = hg_warp_sum_d(dot);
-        double pivot = (double)aj[j] - dot;
-        // Not (0 < pivot ≤ DBL_MAX): non-positive, NaN or infinite.
-        const bool bad = !(pivot > 0.0 && pivot <= 1.7976931348623157e308);
-        if (bad) {
-            pivot = 1.0;
-        }
-        const double ljj = sqrt(pivot);
-        if (tid == 0) {
-            if (bad && !failed) {
-                info[0] = j + 1;
-                failed = true;
-            }
-            ljj_prev = (float)ljj;
-        }
-        // Column j below the diagonal: warp w takes rows j+1+w, j+1+w+nwarps, ...
-        for (int r = j + 1 + warp; r < b; r += nwarps) {  // warp-uniform
-            const float* ar = a + r * b;
-            double v = 0.0;
-            for (int q = lane; q < j; q += 32) {
-                v += (double)ar[q] * (double)aj[q];
-            }
-            v = hg_warp_sum_d(v);
-            if (lane == 0) {
-                a[r * b + j] = (float)(((double)ar[j] - v) / ljj);
-            }
-        }
-        __syncthreads();
-    }
-    if (tid == 0 && b > 0) {
-        a[(b - 1) * b + (b - 1)] = ljj_prev;
-    }
-    __syncthreads();
-    for (int e = tid; e < bb; e += blockDim.x) {
-        const int r = e / b;
-        const int q = e - r * b;
-        s[e] = (q <= r) ? a[e] : 0.0f;
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-hg_cholesky_solve_cols(const float* l, int b, float* rhs, int ncols) {
-    float* const lf = reinterpret_cast<float*>(hg_fisher_smem);  // L, b×b
-    const int bb = b * b;
-    for (int e = threadIdx.x; e < bb; e += blockDim.x) {
-        lf[e] = l[e];
-    }
-    __syncthreads();  // no barrier after this point: threads may diverge freely
-    for (long long j = hg_gtid(); j < ncols; j += hg_gstride()) {
-        float* col = rhs + j;
-        // Forward: L y = rhs.
-        for (int r = 0; r < b; ++r) {
-            const float* lr = lf + r * b;
-            double v = (double)col[(long long)r * ncols];
-            for (int q = 0; q < r; ++q) {
-                v -= (double)lr[q] * (double)col[(long long)q * ncols];
-            }
-            col[(long long)r * ncols] = (float)(v / (double)lr[r]);
-        }
-        // Backward: Lᵀ x = y.
-        for (int r = b - 1; r >= 0; --r) {
-            double v = (double)col[(long long)r * ncols];
-            for (int q = r + 1; q < b; ++q) {
-                v -= (double)lf[q * b + r] * (double)col[(long long)q * ncols];
-            }
-            col[(long long)r * ncols] = (float)(v / (double)lf[r * b + r]);
-        }
     }
 }
 

@@ -28,7 +28,8 @@
 // blocks a multiprocessor × SMs) (any grid is correct); dynamic shared memory = (k·d + 8·KMAX)·4 bytes with acc_out, else
 // 8·KMAX·4 bytes. The block walks tiles of 8 consecutive positions (tile = blockIdx.x,
 // += gridDim.x); warp w takes position tile·8 + w. Phase 1: lanes stride over t accumulating
-// KMAX partial sums in registers, then a warp reduce-scatter (31 shuffles for KMAX = 32, a
+// KMAX partial sums in registers (four features a load when d % 4 == 0 and X, M are aligned
+// to that), then a warp reduce-scatter (31 shuffles for KMAX = 32, a
 // plain butterfly for KMAX = 1) leaves z_j in lane j (lanes ≥ KMAX hold copies: lane l has
 // j = l mod KMAX). Phase 2 runs lane-parallel over j (group max/sums are xor-shuffles within
 // each aligned group of KMAX lanes). Lanes < KMAX store u into shared u_tile[j·8 + w];
@@ -57,6 +58,22 @@ __device__ __forceinline__ float hg_x(const float* x, long long e) { return __ld
 
 __device__ __forceinline__ float hg_x(const unsigned short* x, long long e) {
     return __uint_as_float(((unsigned int)__ldg(x + e)) << 16);
+}
+
+// Features 4·e4 .. 4·e4+3 of x in one load (16 bytes of f32, 8 of bf16); the caller checks
+// the alignment.
+__device__ __forceinline__ float4 hg_x4(const float* x, long long e4) {
+    return __ldg(reinterpret_cast<const float4*>(x) + e4);
+}
+
+__device__ __forceinline__ float4 hg_x4(const unsigned short* x, long long e4) {
+    const uint2 bits = __ldg(reinterpret_cast<const uint2*>(x) + e4);  // little-endian pairs
+    float4 v;
+    v.x = __uint_as_float(bits.x << 16);
+    v.y = __uint_as_float(bits.x & 0xffff0000u);
+    v.z = __uint_as_float(bits.y << 16);
+    v.w = __uint_as_float(bits.y & 0xffff0000u);
+    return v;
 }
 
 __device__ __forceinline__ float hg_neg_inf() { return __int_as_float(0xff800000); }
@@ -189,6 +206,11 @@ __device__ __forceinline__ void hg_glm_rows(
     const bool j_writer = j_real && lane < KMAX;   // the one lane that writes output j
     const bool do_acc = acc_out != 0 && z_in == 0;  // uniform over the block
     const int kd = k * d;
+    // Phase 1 reads X and M four features at a time (a quarter of the load instructions, four
+    // times the bytes in flight a load) when every row and M start on such a boundary.
+    const bool vec4 = (d & 3) == 0 && m != 0 &&
+                      (reinterpret_cast<unsigned long long>(x) & (4 * sizeof(XT) - 1)) == 0 &&
+                      (reinterpret_cast<unsigned long long>(m) & 15) == 0;
 
     if (do_acc) {
         for (int e = tid; e < kd; e += HG_THREADS) {
@@ -219,7 +241,27 @@ __device__ __forceinline__ void hg_glm_rows(
             for (int j = 0; j < KMAX; ++j) {
                 part[j] = 0.0f;
             }
-            if (active) {
+            if (active && vec4) {
+                const int d4 = d >> 2;
+                const long long row4 = (i * d) >> 2;
+                const float4* m4 = reinterpret_cast<const float4*>(m);
+                // Unrolled only for one output: with more, the KMAX float4 loads of M already
+                // fill the registers (an unrolled k = 4 needs 126 and loses a block per SM).
+#pragma unroll(KMAX == 1 ? 4 : 1)
+                for (int t4 = lane; t4 < d4; t4 += 32) {
+                    const float4 xv = hg_x4(x, row4 + t4);
+#pragma unroll
+                    for (int j = 0; j < KMAX; ++j) {
+                        if (j < k) {
+                            const float4 mv = __ldg(m4 + j * d4 + t4);
+                            float a = fmaf(mv.x, xv.x, part[j]);
+                            a = fmaf(mv.y, xv.y, a);
+                            a = fmaf(mv.z, xv.z, a);
+                            part[j] = fmaf(mv.w, xv.w, a);
+                        }
+                    }
+                }
+            } else if (active) {
                 const XT* xr = x + i * d;
                 for (int t = lane; t < d; t += 32) {
                     const float xv = hg_x(xr, t);

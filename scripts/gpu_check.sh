@@ -14,8 +14,8 @@
 #   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
 #                that use shared memory)
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
-#                row kernel for HVP k = 1, 8 and the SGD step, the SGD apply, the Woodbury
-#                capacitance Cholesky): speed of light, occupancy, launch statistics
+#                row kernel for HVP k = 1, 8 and the SGD step, and the SGD apply): speed of
+#                light, occupancy, launch statistics
 # Only 8 files come back from $OUT: one log per stage (the profile's goes into details.tar.gz),
 # summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
@@ -319,7 +319,7 @@ if want 7; then
         # KERNEL:SKIP — one launch each; SKIP passes over earlier launches of the same kernel
         # (k16 is the softmax SGD step: launches 0-1 are b = 1024, 2-3 the b = n one).
         rc=0
-        for spec in glm_rows_f32_k1:0 glm_rows_f32_k8:0 glm_rows_f32_k16:2 hg_cholesky_small:0 hg_sgd_apply:2; do
+        for spec in glm_rows_f32_k1:0 glm_rows_f32_k8:0 glm_rows_f32_k16:2 hg_sgd_apply:2; do
             run_logged "$(stage_limit 40)" "$plog" "$ncu" --clock-control none \
                 -k "regex:^${spec%%:*}\$" --launch-skip "${spec##*:}" -c 1 \
                 --section SpeedOfLight --section Occupancy --section LaunchStats \

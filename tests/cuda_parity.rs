@@ -808,8 +808,8 @@ fn check_woodbury<G: Backend>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(800);
     for p in [45, 130] {
-        // (rank, updates): ranks 1, 4 and 32 once, and 5 updates of rank 4 in a row.
-        for (m, updates) in [(1, 1), (4, 1), (32, 1), (4, 5)] {
+        // (rank, updates): ranks 1, 4, 32 and 100 once, and 5 updates of rank 4 in a row.
+        for (m, updates) in [(1, 1), (4, 1), (32, 1), (100, 1), (4, 5)] {
             let what = format!(
                 "{} woodbury_update p={p} rank={m} updates={updates}",
                 ctx.tag
@@ -1402,7 +1402,7 @@ fn spd_solve_matches_f64_cholesky() {
 }
 
 #[test]
-fn woodbury_update_ranks_1_4_32() {
+fn woodbury_update_matches_the_cpu_at_ranks_1_to_100() {
     let Some(gpu) = gpu() else { return };
     check_woodbury(&gpu, &Ctx::f32(gpu.name()));
 }

@@ -195,7 +195,7 @@ static void glm_suite() {
     const int ks[] = {KMAX, KMAX / 2 + 1};
     for (int kk : ks) {
         if (kk > KMAX) continue;
-        for (int d : {1, 37, 300}) for (int nr : {1, 13, 50}) {
+        for (int d : {1, 37, 300, 64}) for (int nr : {1, 13, 50}) {
             unsigned grid = 1 + (rng() % 4);
             bool rows = rng() % 2, w = rng() % 2, zin = (rng() % 4) == 0;
             int n_total = nr + 5;
@@ -271,35 +271,11 @@ static void test_fisher() {
         launch(g1(1), g1(1), [&] { kf::hg_keep_failure(&ok, &flag); });
         expect(flag == 7, "keep_failure: the first failure stays");
     }
-    // add_diag + cholesky + solve
-    for (int bb : {1, 2, 5, 33, 64, 96}) {
-        std::vector<double> B((size_t)bb * bb); for (auto& v : B) v = unif();
-        std::vector<float> A((size_t)bb * bb);
-        for (int i = 0; i < bb; ++i) for (int j = 0; j < bb; ++j) { double s = 0; for (int q = 0; q < bb; ++q) s += B[i * bb + q] * B[j * bb + q]; A[i * bb + j] = (float)s; }
+    // add_diag
+    {
+        const int bb = 5; auto A = randv(bb * bb), A0 = A;
         launch(g1(1), g1(256), [&] { kf::hg_add_diag(A.data(), bb, 0.5f); });
-        std::vector<double> L(A.begin(), A.end());
-        for (int j = 0; j < bb; ++j) { double pv = L[j * bb + j]; for (int q = 0; q < j; ++q) pv -= L[j * bb + q] * L[j * bb + q]; double l = sqrt(pv); L[j * bb + j] = l;
-            for (int i = j + 1; i < bb; ++i) { double v = L[i * bb + j]; for (int q = 0; q < j; ++q) v -= L[i * bb + q] * L[j * bb + q]; L[i * bb + j] = v / l; }
-            for (int q = j + 1; q < bb; ++q) L[j * bb + q] = 0; }
-        std::vector<float> S = A; int info = 0;
-        launch(g1(1), g1(256), [&] { kf::hg_cholesky_small(S.data(), bb, &info); });
-        expect(info == 0, "cholesky info");
-        double lmax = 0; for (double v : L) lmax = std::max(lmax, std::fabs(v));
-        for (int e = 0; e < bb * bb; ++e) { if (!(std::fabs(S[e] - L[e]) <= 1e-3 * lmax)) { expect(false, "cholesky L", S[e], L[e]); break; } ++checks; }
-        for (int i = 0; i < bb; ++i) for (int j = i + 1; j < bb; ++j) expect(S[i * bb + j] == 0.f, "cholesky upper");
-        const int nc = 300;
-        auto rhs = randv((size_t)bb * nc); auto r0 = rhs;
-        launch(g1(bb % 2 ? 1 : 3), g1(128), [&] { kf::hg_cholesky_solve_cols(S.data(), bb, rhs.data(), nc); });
-        // check A X = RHS (with the float factor's product)
-        double worst = 0;
-        for (int i = 0; i < bb; ++i) for (int j = 0; j < nc; ++j) { double s = 0; for (int q = 0; q < bb; ++q) s += (double)A[i * bb + q] * rhs[q * nc + j]; worst = std::max(worst, std::fabs(s - r0[i * nc + j])); }
-        close(worst, 0, 1e-3, "cholesky_solve residual");
-    }
-    { // failure: pivot 3 negative
-        const int bb = 6; std::vector<float> A(bb * bb, 0.f); for (int i = 0; i < bb; ++i) A[i * bb + i] = 4.f; A[3 * bb + 3] = -1.f; A[4 * bb + 4] = -2.f;
-        int info = 0; launch(g1(1), g1(256), [&] { kf::hg_cholesky_small(A.data(), bb, &info); });
-        expect(info == 4, "cholesky failure info", info, 4);
-        expect(A[3 * bb + 3] == 1.f && A[0] == 2.f && A[5 * bb + 5] == 2.f, "cholesky failure continues");
+        for (int e = 0; e < bb * bb; ++e) expect(A[e] == (e / bb == e % bb ? A0[e] + 0.5f : A0[e]), "add_diag");
     }
     // kfac_gg
     const int kb_ = 20, kc = 7;

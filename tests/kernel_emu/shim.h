@@ -16,6 +16,7 @@
 using std::exp; using std::log; using std::log1p; using std::sqrt;
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct float4 { float x, y, z, w; };
+struct uint2 { unsigned x, y; };
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 #define __global__

@@ -24,8 +24,6 @@ const ROWS_TILE: usize = 8;
 const KMAX_VARIANTS: [usize; 6] = [1, 2, 4, 8, 16, 32];
 /// Bytes of X a block of the GEMM path gathers at a time.
 const GEMM_BLOCK_BYTES: usize = 64 << 20;
-/// Largest capacitance matrix `hg_cholesky_small` factorises (one block, shared memory).
-const MAX_WOODBURY_RANK: usize = 96;
 
 /// `glm_rows` modes (cuda/glm_rows.cu).
 #[derive(Clone, Copy)]
@@ -1113,19 +1111,20 @@ impl Backend for CudaBackend {
                 "Woodbury update needs α > 0, got {alpha}"
             )));
         }
-        if m == 0 || m > MAX_WOODBURY_RANK {
-            return Err(Error::Dimension(format!(
-                "Woodbury update of rank {m}: the CUDA backend handles ranks 1 to {MAX_WOODBURY_RANK}"
-            )));
+        if m == 0 {
+            return Err(Error::Dimension(
+                "a Woodbury update needs a rank of at least 1".into(),
+            ));
         }
         let p = square_side("Woodbury A", a.len())?;
         check_len("Woodbury U", u.len(), m * p)?;
-        // UA (m×p) = (AUᵀ)ᵀ since A is symmetric; S = UA·Uᵀ + I/α (m×m); X = S⁻¹ UA;
-        // A ← A − (UA)ᵀ X.
-        let mut ua = self.alloc_f32(m * p)?;
-        self.gemm(false, false, (m, p, p), 1.0, u, a, 0.0, &mut ua)?;
+        // AUᵀ (p×m) = (UA)ᵀ since A is symmetric; S = U·AUᵀ + I/α (m×m); X = AUᵀ S⁻¹ (p×m)
+        // by cuSOLVER (its rows are the p right-hand sides of S, S symmetric);
+        // A ← A − AUᵀ Xᵀ. The layout puts the p right-hand sides in rows, as spd_solve wants.
+        let mut aut = self.alloc_f32(p * m)?;
+        self.gemm(false, true, (p, m, p), 1.0, a, u, 0.0, &mut aut)?;
         let mut s = self.alloc_f32(m * m)?;
-        self.gemm(false, true, (m, m, p), 1.0, &ua, u, 0.0, &mut s)?;
+        self.gemm(false, false, (m, m, p), 1.0, u, &aut, 0.0, &mut s)?;
         self.launch(
             "hg_add_diag",
             grid_1d(m),
@@ -1135,42 +1134,11 @@ impl Backend for CudaBackend {
                 Arg::F32((1.0 / alpha) as f32),
             ],
         )?;
-        let shared = (4 * m * m) as u32;
-        let health = self
-            .health
-            .lock()
-            .map_err(|_| Error::Backend("the device health flag was poisoned".into()))?;
-        self.launch(
-            "hg_cholesky_small",
-            LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: shared,
-            },
-            &[
-                Arg::Ptr(self.ptr(&s)),
-                Arg::I32(m as i32),
-                Arg::Ptr(self.ptr(&*health)),
-            ],
-        )?;
-        drop(health);
-        let mut x = self.alloc_f32(m * p)?;
-        self.copy(&ua, &mut x)?;
-        self.launch(
-            "hg_cholesky_solve_cols",
-            LaunchConfig {
-                grid_dim: (p.div_ceil(128).max(1) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: shared,
-            },
-            &[
-                Arg::Ptr(self.ptr(&s)),
-                Arg::I32(m as i32),
-                Arg::Ptr(self.ptr(&x)),
-                Arg::I32(int("columns", p)?),
-            ],
-        )?;
-        self.gemm(true, false, (p, p, m), -1.0, &ua, &x, 1.0, a)
+        let mut x = self.alloc_f32(p * m)?;
+        self.copy(&aut, &mut x)?;
+        // A failed factorisation goes to the health flag (no host round trip).
+        self.spd_solve(&mut s, &mut x, p)?;
+        self.gemm(false, true, (p, p, m), -1.0, &aut, &x, 1.0, a)
     }
 
     fn glm_sgd_step(
