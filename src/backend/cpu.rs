@@ -20,6 +20,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::shape::{check_gemm, check_len, per_part, square_side};
+use super::skinny::{self, SKINNY_MAX_WIDTH};
 use super::{Backend, Curvature, Groups, Loss, Precision};
 use crate::error::{Error, Result};
 use crate::linalg;
@@ -42,6 +43,9 @@ pub trait Real:
     const PRECISION: Precision;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `self·a + b` rounded once (an FMA instruction where the target has one, a slow
+    /// library call where it does not: see `skinny::madd`).
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -54,6 +58,10 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn fused_mul_add(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
 }
 
 impl Real for f64 {
@@ -65,6 +73,10 @@ impl Real for f64 {
     #[inline]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn fused_mul_add(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
     }
 }
 
@@ -388,15 +400,13 @@ fn accumulate_outer<T: Real>(u: &Array2<T>, block: ArrayView2<'_, T>, acc: &mut 
     general_mat_mul(T::one(), &u.t(), &block, T::one(), &mut acc);
 }
 
-/// Batches at most this wide (rows of `M` in [`project_rows`]) take the row path: per row, dot
-/// products and axpys on `x_i` while it sits in L1 — memory-bound, X read once. Wider batches
-/// take blocked GEMMs, which reuse each loaded element of X across the batch.
-const ROW_PATH_MAX_WIDTH: usize = 2;
-
 /// The pattern shared by the loss gradient and the batched HVP: for every row `x_i`,
 /// `z_i = M x_i` (`M` is `k×d` row-major), then `transform(i, z_i, scratch)` rewrites `z_i`
 /// into coefficients `u_i` and returns a scalar, then (if `accumulate`) `acc += u_i ⊗ x_i`.
-/// Returns `(acc, Σ scalars)`; `acc` is `k×d` (empty if not accumulating).
+/// Returns `(acc, Σ scalars)`; `acc` is `k×d` (empty if not accumulating). Per block of rows:
+/// `Z = X_b Mᵀ`, the transforms, then `acc += Zᵀ X_b` — skinny products of our own up to
+/// [`SKINNY_MAX_WIDTH`] rows of M, blocked GEMMs (which reuse each loaded element of X across
+/// the batch) beyond.
 fn project_rows<T, F>(x: &CpuMatrix<T>, m: &[T], accumulate: bool, transform: F) -> (Vec<T>, f64)
 where
     T: Real,
@@ -408,37 +418,50 @@ where
     stream_blocks(x, acc_len, |first, block, acc| {
         let mut scratch = Vec::new();
         let mut total = 0.0;
-        if k <= ROW_PATH_MAX_WIDTH {
-            let mut z = vec![T::zero(); k];
-            for (r, xi) in block.rows().into_iter().enumerate() {
-                let xi = xi
-                    .to_slice()
-                    .expect("rows of a standard-layout block are contiguous");
-                for (j, zj) in z.iter_mut().enumerate() {
-                    *zj = dot(&m[j * d..(j + 1) * d], xi);
-                }
-                total += transform(first + r, &mut z, &mut scratch);
-                if accumulate {
-                    for (j, &u) in z.iter().enumerate() {
-                        axpy(u, xi, &mut acc[j * d..(j + 1) * d]);
-                    }
-                }
-            }
+        let rows = block
+            .as_slice()
+            .expect("a block of a row-major matrix is contiguous");
+        let mut z = Array2::<T>::zeros((block.nrows(), k));
+        if k <= SKINNY_MAX_WIDTH {
+            let zs = z.as_slice_mut().expect("a new array is contiguous");
+            skinny::rows_times(rows, d, m, zs);
         } else {
-            let mut z = Array2::<T>::zeros((block.nrows(), k));
             block_times_rows(block, m, &mut z);
-            for (r, mut zrow) in z.rows_mut().into_iter().enumerate() {
-                let zrow = zrow
-                    .as_slice_mut()
-                    .expect("rows of a new array are contiguous");
-                total += transform(first + r, zrow, &mut scratch);
-            }
-            if accumulate {
+        }
+        let zs = z.as_slice_mut().expect("a new array is contiguous");
+        for r in 0..block.nrows() {
+            total += transform(first + r, &mut zs[r * k..(r + 1) * k], &mut scratch);
+        }
+        if accumulate {
+            if k <= SKINNY_MAX_WIDTH {
+                skinny::add_outer(zs, k, rows, d, acc);
+            } else {
                 accumulate_outer(&z, block, acc);
             }
         }
         total
     })
+}
+
+/// `z_k = m_kᵀ x_i` in f64 for the rows `m_k` of `m` (`z.len()` rows of `x_i.len()`), the
+/// products of one row computed together ([`skinny::rows_times`]).
+fn row_times<T: Real>(xi: &[T], m: &[T], z: &mut [f64]) {
+    let d = xi.len();
+    if d == 0 {
+        z.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let mut buf = [T::zero(); SKINNY_MAX_WIDTH];
+    for (zc, mc) in z
+        .chunks_mut(SKINNY_MAX_WIDTH)
+        .zip(m.chunks(SKINNY_MAX_WIDTH * d))
+    {
+        let out = &mut buf[..zc.len()];
+        skinny::rows_times(xi, d, mc, out);
+        for (dst, src) in zc.iter_mut().zip(out.iter()) {
+            *dst = src.to_f64();
+        }
+    }
 }
 
 /// Checks the shapes of a GLM kernel's operands; returns `(c, d)`.
@@ -637,7 +660,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         scale: f64,
     ) -> Result<Curvature<Self>> {
         self.record_pass(x);
-        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
+        let (c, _) = check_glm_operands(x, loss, y, row_weights, w)?;
         let weight = |i: usize| scale * row_weights.map_or(1.0, |s| s[i].to_f64());
         let mut row_scale = vec![T::zero(); x.n];
         let mut probs = match loss {
@@ -645,9 +668,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             _ => None,
         };
         let z_of = |i: usize, z: &mut [f64]| {
-            for (k, zk) in z.iter_mut().enumerate() {
-                *zk = dot(&w[k * d..(k + 1) * d], x.row(i)).to_f64();
-            }
+            row_times(x.row(i), w, z);
         };
         match probs.as_mut() {
             None => row_scale.par_iter_mut().enumerate().for_each(|(i, r)| {
@@ -731,15 +752,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         w: &Vec<T>,
     ) -> Result<Vec<T>> {
         self.record_pass(x);
-        let (c, d) = check_glm_operands(x, loss, y, None, w)?;
+        let (c, _) = check_glm_operands(x, loss, y, None, w)?;
         let mut out = vec![T::zero(); x.n * c];
         out.par_chunks_mut(c).enumerate().for_each(|(i, gi)| {
             let mut z = vec![0.0; c];
             let mut g = vec![0.0; c];
             let mut p = vec![0.0; c];
-            for (k, zk) in z.iter_mut().enumerate() {
-                *zk = dot(&w[k * d..(k + 1) * d], x.row(i)).to_f64();
-            }
+            row_times(x.row(i), w, &mut z);
             row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
             for (dst, &src) in gi.iter_mut().zip(&g) {
                 *dst = T::from_f64(src);
@@ -755,12 +774,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         check_len("glm_row_pairing vector", q.len(), c * d)?;
         Ok((0..x.n)
             .into_par_iter()
-            .map(|i| {
-                let xi = x.row(i);
-                (0..c)
-                    .map(|k| dot(&q[k * d..(k + 1) * d], xi).to_f64() * g[i * c + k].to_f64())
-                    .sum()
-            })
+            .map_init(
+                || vec![0.0; c],
+                |z, i| {
+                    row_times(x.row(i), q, z);
+                    z.iter()
+                        .zip(&g[i * c..(i + 1) * c])
+                        .map(|(zk, gk)| zk * gk.to_f64())
+                        .sum()
+                },
+            )
             .collect())
     }
 
@@ -968,9 +991,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         let (mut z, mut g, mut p) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
         for (pos, &i) in rows.iter().enumerate() {
             let xi = x.row(i);
-            for (k, zk) in z.iter_mut().enumerate() {
-                *zk = dot(&w[k * d..(k + 1) * d], xi).to_f64();
-            }
+            row_times(xi, w, &mut z);
             row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
             let weight = row_weights.map_or(1.0, |s| s[i].to_f64());
             for (k, &gk) in g.iter().enumerate() {

@@ -27,6 +27,7 @@ mod cpu_sparse;
 pub mod cuda;
 pub mod mlp;
 mod shape;
+mod skinny;
 pub mod sparse;
 
 use crate::error::Result;
