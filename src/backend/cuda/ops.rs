@@ -327,6 +327,93 @@ impl CudaBackend {
         self.glm_rows(&fused)
     }
 
+    /// `a = L Lᵀ` in place for a symmetric n×n `a` (row-major = column-major), L in the
+    /// column-major lower triangle (cuSOLVER `potrf`). A matrix that is not positive definite
+    /// is kept in the health flag for the next synchronising call (no host round trip).
+    fn cholesky_lower(&self, a: &mut CudaSlice<f32>, n: i32) -> Result<()> {
+        use cudarc::cusolver::sys::{
+            cublasFillMode_t, cusolverDnSpotrf, cusolverDnSpotrf_bufferSize,
+        };
+        let solver = self.solver()?;
+        let uplo = cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+        let a_ptr = self.ptr(a) as *mut f32;
+        let mut lwork = 0;
+        // SAFETY: the callers checked that a is n×n; the handle is bound to this stream.
+        unsafe { cusolverDnSpotrf_bufferSize(solver.cu(), uplo, n, a_ptr, n, &mut lwork) }
+            .result()
+            .map_err(driver_error)?;
+        // SAFETY: the workspace is written by cuSOLVER before it is read.
+        let work =
+            unsafe { self.stream.alloc::<f32>(lwork.max(1) as usize) }.map_err(driver_error)?;
+        // info > 0: the leading minor of that order is not positive definite.
+        let info = self.stream.alloc_zeros::<i32>(1).map_err(driver_error)?;
+        // SAFETY: buffers sized above; queued on this backend's stream.
+        unsafe {
+            cusolverDnSpotrf(
+                solver.cu(),
+                uplo,
+                n,
+                a_ptr,
+                n,
+                self.ptr(&work) as *mut f32,
+                lwork,
+                self.ptr(&info) as *mut i32,
+            )
+        }
+        .result()
+        .map_err(driver_error)?;
+        let health = self
+            .health
+            .lock()
+            .map_err(|_| Error::Backend("the device health flag was poisoned".into()))?;
+        self.launch(
+            "hg_keep_failure",
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[Arg::Ptr(self.ptr(&info)), Arg::Ptr(self.ptr(&*health))],
+        )
+    }
+
+    /// `B ← L⁻¹ B` for the column-major lower-triangular n×n `l` (from [`Self::cholesky_lower`])
+    /// and the column-major n×ncols `b` (ld n), by one cuBLAS `trsm`.
+    fn trsm_lower_left(
+        &self,
+        l: &CudaSlice<f32>,
+        n: i32,
+        b: &mut CudaSlice<f32>,
+        ncols: i32,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasDiagType_t, cublasFillMode_t, cublasSideMode_t, cublasStrsm_v2,
+        };
+        check_len("trsm L", l.len(), (n as usize) * (n as usize))?;
+        check_len("trsm B", b.len(), (n as usize) * (ncols as usize))?;
+        let one = 1.0f32;
+        // SAFETY: shapes checked above; alpha is a host scalar (the handle's default pointer
+        // mode); queued on this backend's stream.
+        unsafe {
+            cublasStrsm_v2(
+                *self.blas.handle(),
+                cublasSideMode_t::CUBLAS_SIDE_LEFT,
+                cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                cublasOperation_t::CUBLAS_OP_N,
+                cublasDiagType_t::CUBLAS_DIAG_NON_UNIT,
+                n,
+                ncols,
+                &one,
+                self.ptr(l) as *const f32,
+                n,
+                self.ptr(b) as *mut f32,
+                n,
+            )
+        }
+        .result()
+        .map_err(driver_error)
+    }
+
     fn alloc_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
         if len == 0 {
             return self.stream.null().map_err(driver_error);
@@ -1040,63 +1127,38 @@ impl Backend for CudaBackend {
     }
 
     fn spd_solve(&self, a: &mut CudaSlice<f32>, b: &mut CudaSlice<f32>, nrhs: usize) -> Result<()> {
-        use cudarc::cusolver::sys::{
-            cublasFillMode_t, cusolverDnSpotrf, cusolverDnSpotrf_bufferSize, cusolverDnSpotrs,
-        };
+        use cudarc::cusolver::sys::{cublasFillMode_t, cusolverDnSpotrs};
         let dim = square_side("spd_solve A", a.len())?;
         check_len("spd_solve right-hand sides", b.len(), nrhs * dim)?;
         if dim == 0 || nrhs == 0 {
             return Ok(());
         }
-        let solver = self.solver()?;
         let n = int("spd_solve dimension", dim)?;
         let k = int("spd_solve right-hand sides", nrhs)?;
-        // A row-major symmetric matrix is its own column-major layout, and the rows of the
-        // row-major nrhs×dim B are the columns of a column-major dim×nrhs matrix (ldb = dim).
-        let uplo = cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+        // The rows of the row-major nrhs×dim B are the columns of a column-major dim×nrhs
+        // matrix (ldb = dim).
+        self.cholesky_lower(a, n)?;
+        let solver = self.solver()?;
+        // potrs's info reports argument errors only, which the checks above exclude.
+        let info = self.stream.alloc_zeros::<i32>(1).map_err(driver_error)?;
         let (a_ptr, b_ptr) = (self.ptr(a) as *mut f32, self.ptr(b) as *mut f32);
-        let mut lwork = 0;
-        // SAFETY: a is dim×dim (checked); the handle is bound to this backend's stream.
-        unsafe { cusolverDnSpotrf_bufferSize(solver.cu(), uplo, n, a_ptr, n, &mut lwork) }
-            .result()
-            .map_err(driver_error)?;
-        // SAFETY: workspace and info are written by cuSOLVER before they are read.
-        let work =
-            unsafe { self.stream.alloc::<f32>(lwork.max(1) as usize) }.map_err(driver_error)?;
-        // info[0]: potrf's status (i > 0: leading minor i is not positive definite); info[1]:
-        // potrs's (argument errors only).
-        let info = self.stream.alloc_zeros::<i32>(2).map_err(driver_error)?;
-        let work_ptr = self.ptr(&work) as *mut f32;
-        let (potrf_info, potrs_info) = (
-            self.ptr(&info) as *mut i32,
-            self.ptr_at(&info, 1) as *mut i32,
-        );
-        // SAFETY: buffers sized above; every call is queued on this backend's stream.
+        let uplo = cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+        // SAFETY: a is dim×dim and b nrhs×dim (checked); queued on this backend's stream.
         unsafe {
-            cusolverDnSpotrf(solver.cu(), uplo, n, a_ptr, n, work_ptr, lwork, potrf_info)
-                .result()
-                .map_err(driver_error)?;
-            cusolverDnSpotrs(solver.cu(), uplo, n, k, a_ptr, n, b_ptr, n, potrs_info)
-                .result()
-                .map_err(driver_error)?;
+            cusolverDnSpotrs(
+                solver.cu(),
+                uplo,
+                n,
+                k,
+                a_ptr,
+                n,
+                b_ptr,
+                n,
+                self.ptr(&info) as *mut i32,
+            )
         }
-        // No host round trip: a failed factorisation (potrf's info > 0: the leading minor of
-        // that order is not positive definite) is kept in the health flag and reported by the
-        // next synchronising call, like the Woodbury update's. Argument errors cannot happen:
-        // the shapes were checked above.
-        let health = self
-            .health
-            .lock()
-            .map_err(|_| Error::Backend("the device health flag was poisoned".into()))?;
-        self.launch(
-            "hg_keep_failure",
-            LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1, 1, 1),
-                shared_mem_bytes: 0,
-            },
-            &[Arg::Ptr(potrf_info as u64), Arg::Ptr(self.ptr(&*health))],
-        )
+        .result()
+        .map_err(driver_error)
     }
 
     fn woodbury_update(
@@ -1118,13 +1180,13 @@ impl Backend for CudaBackend {
         }
         let p = square_side("Woodbury A", a.len())?;
         check_len("Woodbury U", u.len(), m * p)?;
-        // AUᵀ (p×m) = (UA)ᵀ since A is symmetric; S = U·AUᵀ + I/α (m×m); X = AUᵀ S⁻¹ (p×m)
-        // by cuSOLVER (its rows are the p right-hand sides of S, S symmetric);
-        // A ← A − AUᵀ Xᵀ. The layout puts the p right-hand sides in rows, as spd_solve wants.
-        let mut aut = self.alloc_f32(p * m)?;
-        self.gemm(false, true, (p, m, p), 1.0, a, u, 0.0, &mut aut)?;
+        // AUᵀ (p×m) = (UA)ᵀ since A is symmetric; S = U·AUᵀ + I/α = L Lᵀ (m×m, cuSOLVER);
+        // Z = AUᵀ L⁻ᵀ (p×m, one cuBLAS trsm in place); A ← A − Z Zᵀ, as the CPU backend.
+        // Row-major p×m AUᵀ is column-major m×p UA, so the trsm solves L Y = UA for Y = Zᵀ.
+        let mut z = self.alloc_f32(p * m)?;
+        self.gemm(false, true, (p, m, p), 1.0, a, u, 0.0, &mut z)?;
         let mut s = self.alloc_f32(m * m)?;
-        self.gemm(false, false, (m, m, p), 1.0, u, &aut, 0.0, &mut s)?;
+        self.gemm(false, false, (m, m, p), 1.0, u, &z, 0.0, &mut s)?;
         self.launch(
             "hg_add_diag",
             grid_1d(m),
@@ -1134,11 +1196,11 @@ impl Backend for CudaBackend {
                 Arg::F32((1.0 / alpha) as f32),
             ],
         )?;
-        let mut x = self.alloc_f32(p * m)?;
-        self.copy(&aut, &mut x)?;
+        let rank = int("Woodbury rank", m)?;
         // A failed factorisation goes to the health flag (no host round trip).
-        self.spd_solve(&mut s, &mut x, p)?;
-        self.gemm(false, true, (p, p, m), -1.0, &aut, &x, 1.0, a)
+        self.cholesky_lower(&mut s, rank)?;
+        self.trsm_lower_left(&s, rank, &mut z, int("Woodbury dimension", p)?)?;
+        self.gemm(false, true, (p, p, m), -1.0, &z, &z, 1.0, a)
     }
 
     fn glm_sgd_step(
