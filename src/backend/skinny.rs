@@ -118,7 +118,7 @@ fn rows_times_body<T: Real, const FUSE: bool>(x: &[T], d: usize, m: &[T], z: &mu
             zj.copy_from_slice(&dots4::<T, FUSE>(xi, m0, m1, m2, m3));
         }
         for (mj, zj) in quads.remainder().chunks_exact(d).zip(zq.into_remainder()) {
-            *zj = dot::<T, FUSE>(xi, mj);
+            *zj = dot_body::<T, FUSE>(xi, mj);
         }
     }
 }
@@ -173,7 +173,7 @@ fn dots4<T: Real, const FUSE: bool>(x: &[T], m0: &[T], m1: &[T], m2: &[T], m3: &
 
 /// `xᵀm` with [`LANES`] partial sums.
 #[inline(always)]
-fn dot<T: Real, const FUSE: bool>(x: &[T], m: &[T]) -> T {
+fn dot_body<T: Real, const FUSE: bool>(x: &[T], m: &[T]) -> T {
     let mut a = [T::zero(); LANES];
     for (xc, mc) in x.chunks_exact(LANES).zip(m.chunks_exact(LANES)) {
         for l in 0..LANES {
@@ -274,26 +274,16 @@ mod tests {
                             }
                         }
                     }
-                    check::<f64>(&x, &m, d, k, &want_z, &acc0, &want_acc, 1e-12);
-                    check::<f32>(&x, &m, d, k, &want_z, &acc0, &want_acc, 2e-5);
+                    for (name, times, outer) in variants::<f64>() {
+                        let case = (d, k, &x[..], &m[..], &want_z[..], &acc0[..], &want_acc[..]);
+                        check_variant(name, times, outer, case, 1e-12);
+                    }
+                    for (name, times, outer) in variants::<f32>() {
+                        let case = (d, k, &x[..], &m[..], &want_z[..], &acc0[..], &want_acc[..]);
+                        check_variant(name, times, outer, case, 2e-5);
+                    }
                 }
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn check<T: Real>(
-        x: &[f64],
-        m: &[f64],
-        d: usize,
-        k: usize,
-        want_z: &[f64],
-        acc0: &[f64],
-        want_acc: &[f64],
-        tol: f64,
-    ) {
-        for (name, times, outer) in variants::<T>() {
-            check_variant(name, times, outer, x, m, d, k, want_z, acc0, want_acc, tol);
         }
     }
 
@@ -334,18 +324,23 @@ mod tests {
         all
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `(d, k, X, M, Z, acc before, acc after)` in f64.
+    type Case<'a> = (
+        usize,
+        usize,
+        &'a [f64],
+        &'a [f64],
+        &'a [f64],
+        &'a [f64],
+        &'a [f64],
+    );
+
+    /// One build's products against the f64 loops, in precision `T`.
     fn check_variant<T: Real>(
         name: &str,
         times: Times<T>,
         outer: Outer<T>,
-        x: &[f64],
-        m: &[f64],
-        d: usize,
-        k: usize,
-        want_z: &[f64],
-        acc0: &[f64],
-        want_acc: &[f64],
+        (d, k, x, m, want_z, acc0, want_acc): Case<'_>,
         tol: f64,
     ) {
         let cast = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
