@@ -24,6 +24,7 @@
 pub mod cleaning;
 pub mod data;
 pub mod device;
+mod distill;
 pub mod info;
 mod l1;
 pub mod names;
