@@ -32,16 +32,14 @@ fn build<B: Backend>(
     }
     let k = settings.images_per_class;
     if k == 0 {
-        return Err(Error::option(
-            "--images-per-class",
-            "must be at least 1",
-        ));
+        return Err(Error::option("--images-per-class", "must be at least 1"));
     }
     let train = &splits.train;
     let classes = train.num_classes()?;
     let d = train.d();
     let p = k * classes * d;
-    let what = format!("distill (K = {k} images per class × c = {classes} classes × d = {d} features)");
+    let what =
+        format!("distill (K = {k} images per class × c = {classes} classes × d = {d} features)");
     let theta = match settings.theta {
         super::settings::Theta::Default => {
             let init = match settings.distill_init {
@@ -154,7 +152,6 @@ impl<B: Backend + Clone> DistillNhgd<B> {
             inner: StochasticEstimator::new(problem.glm(), &synthetic, opts)?,
         })
     }
-
 }
 
 impl<B: Backend + Clone> StochasticEstimate<DistillBilevel<B>> for DistillNhgd<B> {

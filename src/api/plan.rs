@@ -4,8 +4,8 @@
 //! message that says which name to use.
 
 use super::names::{
-    name_of, ActivationName, CurvatureName, DistillInitName, FisherUpdateName, HyperName, InnerSolverName,
-    L1SolverName, MethodName, OuterOptName, ProblemName,
+    name_of, ActivationName, CurvatureName, DistillInitName, FisherUpdateName, HyperName,
+    InnerSolverName, L1SolverName, MethodName, OuterOptName, ProblemName,
 };
 use super::settings::{ModelSpec, Settings};
 use crate::backend::mlp::Activation;
@@ -287,10 +287,7 @@ fn check_distill(method: Method, settings: &Settings) -> Result<()> {
         ));
     }
     if settings.images_per_class == 0 {
-        return Err(Error::option(
-            "--images-per-class",
-            "must be at least 1",
-        ));
+        return Err(Error::option("--images-per-class", "must be at least 1"));
     }
     Ok(())
 }

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use super::names::{
-    self, ActivationName, CurvatureName, DeviceName, DistillInitName, FisherUpdateName, HyperName, InnerSolverName,
-    L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
+    self, ActivationName, CurvatureName, DeviceName, DistillInitName, FisherUpdateName, HyperName,
+    InnerSolverName, L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
 };
 use crate::{Error, Result};
 

@@ -9,8 +9,8 @@ use clap::Args;
 use super::data_args::DataArgs;
 use super::stochastic_args::StochasticArgs;
 use crate::api::names::{
-    ActivationName, DeviceName, DistillInitName, HyperName, InnerSolverName, L1SolverName, MethodName,
-    PrecisionName, ProblemName, StorageName,
+    ActivationName, DeviceName, DistillInitName, HyperName, InnerSolverName, L1SolverName,
+    MethodName, PrecisionName, ProblemName, StorageName,
 };
 use crate::api::{ModelSpec, Settings, Theta};
 

@@ -270,7 +270,12 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         problem: &GlmBilevel<B>,
         step: u64,
     ) -> Result<(Hypergradient, LoopStats)> {
-        self.estimate_with(problem, step, &|w, q| problem.cross_t(w, q), problem.theta())
+        self.estimate_with(
+            problem,
+            step,
+            &|w, q| problem.cross_t(w, q),
+            problem.theta(),
+        )
     }
 
     /// [`Self::estimate`] for a bilevel problem whose inner problem is `problem` but whose θ

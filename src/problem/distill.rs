@@ -105,10 +105,7 @@ pub fn initial_theta(
 
 fn check_k(k: usize) -> Result<()> {
     if k == 0 {
-        return Err(Error::option(
-            "--images-per-class",
-            "must be at least 1",
-        ));
+        return Err(Error::option("--images-per-class", "must be at least 1"));
     }
     Ok(())
 }

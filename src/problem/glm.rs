@@ -418,7 +418,10 @@ fn not_a_glm(kind: ProblemKind) -> Error {
     };
     Error::option(
         "--problem",
-        format!("{} is not built as a plain GlmBilevel; build it with {with}", kind.name()),
+        format!(
+            "{} is not built as a plain GlmBilevel; build it with {with}",
+            kind.name()
+        ),
     )
 }
 
