@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use hypergrad::api::{self, Data, Request, Settings, Splits};
+use hypergrad::api::{self, Data, DeviceSpec, Request, Settings, Splits};
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::Backend;
 use hypergrad::data::rng::Rng;
@@ -215,6 +215,13 @@ fn every_method_agrees_with_exact() {
     }
 }
 
+fn cpu() -> DeviceSpec {
+    DeviceSpec {
+        device: hypergrad::api::names::DeviceName::Cpu,
+        ..Default::default()
+    }
+}
+
 /// The small problem's rows as in-memory splits for the library API.
 fn splits(seed: u64) -> Splits {
     let (train, val) = data(seed);
@@ -230,12 +237,14 @@ fn splits(seed: u64) -> Splits {
 /// damping C I it points downhill (a positive inner product with exact's).
 #[test]
 fn nhgd_through_the_api_returns_a_descent_direction() {
-    let mut settings = Settings::default();
-    settings.method = Some(hypergrad::api::names::MethodName::Nhgd);
-    settings.images_per_class = K;
-    settings.l2 = L2;
-    settings.inner_steps = 2000;
-    settings.device.device = hypergrad::api::names::DeviceName::Cpu;
+    let mut settings = Settings {
+        method: Some(hypergrad::api::names::MethodName::Nhgd),
+        images_per_class: K,
+        l2: L2,
+        inner_steps: 2000,
+        device: cpu(),
+        ..Default::default()
+    };
     let request = Request::new("distill", settings.clone()).unwrap();
     let report = api::grad(&request, &splits(0).into()).unwrap().to_json();
     let h: Vec<f64> = report["hypergradient"]
@@ -265,12 +274,14 @@ fn nhgd_through_the_api_returns_a_descent_direction() {
 /// `run` through the API lowers F, and `--retrain` reports an accuracy in [0, 1].
 #[test]
 fn run_lowers_the_outer_loss_and_retrains() {
-    let mut settings = Settings::default();
-    settings.images_per_class = K;
-    settings.l2 = L2;
-    settings.outer_steps = 30;
-    settings.retrain = true;
-    settings.device.device = hypergrad::api::names::DeviceName::Cpu;
+    let settings = Settings {
+        images_per_class: K,
+        l2: L2,
+        outer_steps: 30,
+        retrain: true,
+        device: cpu(),
+        ..Default::default()
+    };
     let request = Request::new("distill", settings).unwrap();
     let outcome = api::run(&request, &splits(1).into(), &mut |_| Ok(())).unwrap();
     let trace = outcome.trace();

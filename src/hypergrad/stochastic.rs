@@ -35,6 +35,10 @@ use crate::error::{Error, Result};
 use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
 use crate::solver::linear;
 
+/// `(w, q) ↦ B(w)ᵀq` of the bilevel problem an estimate is for.
+pub type CrossTranspose<'a, B> =
+    dyn Fn(&<B as Backend>::Buf, &<B as Backend>::Buf) -> Result<Vec<f64>> + 'a;
+
 /// Options of the stochastic estimators (defaults by [`StochasticOptions::new`]).
 #[derive(Clone, Copy, Debug)]
 pub struct StochasticOptions {
@@ -285,7 +289,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         &mut self,
         problem: &GlmBilevel<B>,
         step: u64,
-        cross_t: &dyn Fn(&B::Buf, &B::Buf) -> Result<Vec<f64>>,
+        cross_t: &CrossTranspose<'_, B>,
         theta: &[f64],
     ) -> Result<(Hypergradient, LoopStats)> {
         let started = Instant::now();
