@@ -1,5 +1,6 @@
 //! `grad` and `run` for the smooth problems (`ridge`, `logreg`, `softmax`, `hyperclean`), on
-//! whichever backend the device opened; `quadratic` goes to [`super::quadratic`].
+//! whichever backend the device opened; `quadratic` goes to [`super::quadratic`], `distill`
+//! to [`super::distill`].
 
 use serde_json::json;
 
