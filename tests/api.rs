@@ -40,7 +40,8 @@ fn every_option_name_is_accepted_and_unknown_names_are_refused() {
             "storage" => OptionValue::Str("bf16".into()),
             "split" => OptionValue::Str("0.5,0.5".into()),
             "trace" | "checkpoint" => OptionValue::Str("file.jsonl".into()),
-            "standardize" | "cold_start" => OptionValue::Bool(true),
+            "distill_init" => OptionValue::Str("noise".into()),
+            "standardize" | "cold_start" | "retrain" => OptionValue::Bool(true),
             // Warm start is the default: turning it off is the change.
             "warm_start" => OptionValue::Bool(false),
             "theta" | "l2" | "inner_tol" | "linear_tol" | "step" | "inner_lr" | "linear_lr"

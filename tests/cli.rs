@@ -325,6 +325,58 @@ fn theta_file_of_the_wrong_length_or_content() {
     assert_one_line_error(&out, &["theta_bad.txt:2", "zero"]);
 }
 
+/// `distill` (SPEC §9): `grad --json` has the contract fields with p = K·c·d, and its bad
+/// input (K = 0, θ of the wrong length, a refused method) is a one-line error.
+#[test]
+fn distill_json_contract_and_bad_input() {
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "distill",
+        "--train",
+        "digits",
+        "--images-per-class",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v = stdout_json(&out);
+    for key in [
+        "problem",
+        "method",
+        "theta",
+        "outer_loss",
+        "hypergradient",
+        "seconds",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing");
+    }
+    assert_eq!(v["problem"], "distill");
+    assert_eq!(v["theta"].as_array().unwrap().len(), 2 * 10 * 64);
+    let short = temp_file("distill_theta.txt", "0.5 0.5\n");
+    let base = [
+        "grad",
+        "--problem",
+        "distill",
+        "--train",
+        "digits",
+        "--device",
+        "cpu",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        hypergrad(&args)
+    };
+    assert_one_line_error(&with(&["--images-per-class", "0"]), &["--images-per-class"]);
+    assert_one_line_error(
+        &with(&["--theta-file", short.to_str().unwrap()]),
+        &["distill_theta.txt", "2 numbers", "p = 640"],
+    );
+    assert_one_line_error(&with(&["--method", "amigo"]), &["--method", "amigo"]);
+}
+
 #[test]
 fn exact_refuses_a_hessian_too_large_to_assemble() {
     let out = hypergrad(&[

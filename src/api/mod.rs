@@ -24,6 +24,7 @@
 pub mod cleaning;
 pub mod data;
 pub mod device;
+mod distill;
 pub mod info;
 mod l1;
 pub mod names;
@@ -53,7 +54,7 @@ pub struct Request {
 
 impl Request {
     /// `problem` is a SPEC §2 name (`ridge`, `logreg`, `softmax`, `hyperclean`, `lasso`,
-    /// `enet`, `wlasso`) or `quadratic` (SPEC §9).
+    /// `enet`, `wlasso`), `quadratic` or `distill` (SPEC §9).
     pub fn new(problem: &str, settings: Settings) -> Result<Request> {
         Ok(Request {
             problem: names::parse("--problem", problem)?,

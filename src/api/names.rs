@@ -20,6 +20,8 @@ pub enum ProblemName {
     /// Ehrhardt & Roberts' quadratic test problem (SPEC §9), from
     /// `--train synthetic:quadratic:m=1000,nx=10,nw=10,seed=S`.
     Quadratic,
+    /// Dataset distillation (SPEC §9): θ is K synthetic training rows per class.
+    Distill,
 }
 
 /// `--method`: the hypergradient method (SPEC §3).
@@ -57,6 +59,15 @@ pub enum HyperName {
 pub enum ActivationName {
     Tanh,
     Relu,
+}
+
+/// `--distill-init`: where `distill`'s θ starts without `--theta`/`--theta-file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DistillInitName {
+    /// K random training rows of each class (seeded).
+    Train,
+    /// Every entry N(0, 1) (seeded).
+    Noise,
 }
 
 /// `--inner-solver` of the smooth problems.

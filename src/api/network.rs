@@ -317,5 +317,6 @@ fn run_on<B: MlpOps + Clone + 'static>(
             activation: network.activation.name(),
             parameters: problem.inner_dim(),
         }),
+        retrain_test_accuracy: None,
     })
 }

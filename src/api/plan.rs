@@ -4,8 +4,8 @@
 //! message that says which name to use.
 
 use super::names::{
-    name_of, ActivationName, CurvatureName, FisherUpdateName, HyperName, InnerSolverName,
-    L1SolverName, MethodName, OuterOptName, ProblemName,
+    name_of, ActivationName, CurvatureName, DistillInitName, FisherUpdateName, HyperName,
+    InnerSolverName, L1SolverName, MethodName, OuterOptName, ProblemName,
 };
 use super::settings::{ModelSpec, Settings};
 use crate::backend::mlp::Activation;
@@ -54,6 +54,22 @@ pub struct L1Plan {
 
 impl Plan {
     pub fn new(problem: ProblemName, settings: &Settings) -> Result<Plan> {
+        if problem != ProblemName::Distill {
+            let distill_only = [
+                ("--retrain", settings.retrain),
+                ("--images-per-class", settings.images_per_class != 1),
+                (
+                    "--distill-init",
+                    settings.distill_init != DistillInitName::Train,
+                ),
+            ];
+            if let Some(&(option, _)) = distill_only.iter().find(|(_, given)| *given) {
+                return Err(Error::option(
+                    option,
+                    format!("is for --problem distill, not {}", name_of(&problem)),
+                ));
+            }
+        }
         let l1_kind = match problem {
             ProblemName::Lasso => Some(L1Kind::Lasso),
             ProblemName::Enet => Some(L1Kind::Enet),
@@ -74,6 +90,7 @@ impl Plan {
             ProblemName::Logreg => ProblemKind::Logreg,
             ProblemName::Softmax => ProblemKind::Softmax,
             ProblemName::Quadratic => ProblemKind::Quadratic,
+            ProblemName::Distill => ProblemKind::Distill,
             _ => ProblemKind::Hyperclean,
         };
         SmoothPlan::new(kind, settings).map(Plan::Smooth)
@@ -102,6 +119,9 @@ impl SmoothPlan {
         };
         if kind == ProblemKind::Quadratic {
             check_quadratic(method, settings)?;
+        }
+        if kind == ProblemKind::Distill {
+            check_distill(method, settings)?;
         }
         let layout = match settings.hyper {
             None => kind.default_layout(),
@@ -175,7 +195,9 @@ impl SmoothPlan {
             Some(CurvatureName::Lowrank) => Representation::Lowrank {
                 rank: settings.rank,
             },
-            None if self.kind.is_multiclass() => Representation::Kfac,
+            None if self.kind.is_multiclass() || self.kind == ProblemKind::Distill => {
+                Representation::Kfac
+            }
             None => Representation::Dense,
         };
         opts.dense_update = match settings.fisher_update {
@@ -235,6 +257,37 @@ fn check_quadratic(method: Method, settings: &Settings) -> Result<()> {
                 method.name()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// What `distill` refuses: a layout of θ (it is the synthetic rows), a network (the cross
+/// derivative is derived for the linear model only), and the stochastic baselines, which cut
+/// the training rows into mini-batches once, while distill's rows change with θ.
+fn check_distill(method: Method, settings: &Settings) -> Result<()> {
+    if settings.hyper.is_some() {
+        return Err(Error::option(
+            "--hyper",
+            "distill fixes θ's layout: the K·c synthetic rows of d features (p = K·c·d)",
+        ));
+    }
+    if settings.model != ModelSpec::Linear {
+        return Err(Error::option(
+            "--model",
+            "distill has the linear softmax model only (its cross derivative is not derived for networks)",
+        ));
+    }
+    if matches!(method, Method::Stocbio | Method::Amigo | Method::Soba) {
+        return Err(Error::option(
+            "--method",
+            format!(
+                "{} partitions the training rows once, but distill's rows are θ and change every step (use exact, cg, neumann, fixed-point, unroll, forward or nhgd)",
+                method.name()
+            ),
+        ));
+    }
+    if settings.images_per_class == 0 {
+        return Err(Error::option("--images-per-class", "must be at least 1"));
     }
     Ok(())
 }

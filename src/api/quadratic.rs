@@ -186,5 +186,6 @@ pub fn run(
         outputs: 1,
         features: spec.nx,
         network: None,
+        retrain_test_accuracy: None,
     })
 }

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use super::names::{
-    self, ActivationName, CurvatureName, DeviceName, FisherUpdateName, HyperName, InnerSolverName,
-    L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
+    self, ActivationName, CurvatureName, DeviceName, DistillInitName, FisherUpdateName, HyperName,
+    InnerSolverName, L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
 };
 use crate::{Error, Result};
 
@@ -196,6 +196,9 @@ pub struct Settings {
     /// The inner model (`--model`), and the hidden activation of a network.
     pub model: ModelSpec,
     pub activation: ActivationName,
+    /// `distill`: K synthetic rows per class, and where they start.
+    pub images_per_class: usize,
+    pub distill_init: DistillInitName,
 
     // Method.
     /// Default: cg for the smooth problems, implicit-forward for the ℓ1 problems.
@@ -236,6 +239,9 @@ pub struct Settings {
     pub corrupt: Option<f64>,
     pub trace: Option<PathBuf>,
     pub checkpoint: Option<PathBuf>,
+    /// `distill`: after the outer loop, train a fresh model from w₀ on the final θ and report
+    /// its test accuracy (`retrain_test_accuracy`).
+    pub retrain: bool,
 
     pub device: DeviceSpec,
 }
@@ -248,6 +254,8 @@ impl Default for Settings {
             l2: 0.01,
             model: ModelSpec::Linear,
             activation: ActivationName::Tanh,
+            images_per_class: 1,
+            distill_init: DistillInitName::Train,
             method: None,
             inner_solver: InnerSolverName::Newton,
             inner_tol: None,
@@ -277,6 +285,7 @@ impl Default for Settings {
             corrupt: None,
             trace: None,
             checkpoint: None,
+            retrain: false,
             device: DeviceSpec::default(),
         }
     }
@@ -291,6 +300,8 @@ pub const OPTION_NAMES: &[(&str, &str)] = &[
     ("l2", "--l2"),
     ("model", "--model"),
     ("activation", "--activation"),
+    ("images_per_class", "--images-per-class"),
+    ("distill_init", "--distill-init"),
     ("method", "--method"),
     ("inner_solver", "--inner-solver"),
     ("inner_tol", "--inner-tol"),
@@ -321,6 +332,7 @@ pub const OPTION_NAMES: &[(&str, &str)] = &[
     ("corrupt", "--corrupt"),
     ("trace", "--trace"),
     ("checkpoint", "--checkpoint"),
+    ("retrain", "--retrain"),
     ("device", "--device"),
     ("precision", "--precision"),
     ("storage", "--storage"),
@@ -350,6 +362,8 @@ impl Settings {
             "l2" => self.l2 = v.float()?,
             "model" => self.model = ModelSpec::parse(&v.string()?)?,
             "activation" => self.activation = v.name()?,
+            "images_per_class" => self.images_per_class = v.count()?,
+            "distill_init" => self.distill_init = v.name()?,
             "method" => self.method = v.opt_name()?,
             "inner_solver" => self.inner_solver = v.name()?,
             "inner_tol" => self.inner_tol = v.opt_float()?,
@@ -380,6 +394,7 @@ impl Settings {
             "corrupt" => self.corrupt = v.opt_float()?,
             "trace" => self.trace = v.opt_string()?.map(PathBuf::from),
             "checkpoint" => self.checkpoint = v.opt_string()?.map(PathBuf::from),
+            "retrain" => self.retrain = v.flag()?,
             "device" => self.device.device = v.name()?,
             "precision" => self.device.precision = v.opt_name()?,
             "storage" => self.device.storage = v.name()?,

@@ -1,5 +1,6 @@
 //! `grad` and `run` for the smooth problems (`ridge`, `logreg`, `softmax`, `hyperclean`), on
-//! whichever backend the device opened; `quadratic` goes to [`super::quadratic`].
+//! whichever backend the device opened; `quadratic` goes to [`super::quadratic`], `distill`
+//! to [`super::distill`].
 
 use serde_json::json;
 
@@ -107,6 +108,8 @@ pub struct SmoothOutcome {
     pub features: usize,
     /// The network of `--model mlp:…` (`None`: the linear model).
     pub network: Option<NetworkInfo>,
+    /// `distill --retrain`: the test accuracy of a fresh model trained on the final θ.
+    pub retrain_test_accuracy: Option<f64>,
 }
 
 impl SmoothOutcome {
@@ -135,6 +138,7 @@ impl SmoothOutcome {
             },
             "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
             "activation": self.network.as_ref().map(|n| n.activation),
+            "retrain_test_accuracy": self.retrain_test_accuracy,
         })
     }
 }
@@ -145,6 +149,9 @@ pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<Smo
     }
     if plan.kind == ProblemKind::Quadratic {
         return super::quadratic::grad(plan, settings, input);
+    }
+    if plan.kind == ProblemKind::Distill {
+        return super::distill::grad(plan, settings, input);
     }
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
@@ -168,6 +175,9 @@ pub fn run(
     }
     if plan.kind == ProblemKind::Quadratic {
         return super::quadratic::run(plan, settings, input, on_step);
+    }
+    if plan.kind == ProblemKind::Distill {
+        return super::distill::run(plan, settings, input, on_step);
     }
     let device = Device::open(&settings.device)?;
     let mut splits = input.dense(settings)?;
@@ -398,6 +408,7 @@ fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<Smo
         outputs,
         features,
         network: None,
+        retrain_test_accuracy: None,
     })
 }
 

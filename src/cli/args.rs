@@ -9,8 +9,8 @@ use clap::Args;
 use super::data_args::DataArgs;
 use super::stochastic_args::StochasticArgs;
 use crate::api::names::{
-    ActivationName, DeviceName, HyperName, InnerSolverName, L1SolverName, MethodName,
-    PrecisionName, ProblemName, StorageName,
+    ActivationName, DeviceName, DistillInitName, HyperName, InnerSolverName, L1SolverName,
+    MethodName, PrecisionName, ProblemName, StorageName,
 };
 use crate::api::{ModelSpec, Settings, Theta};
 
@@ -73,6 +73,15 @@ pub struct ProblemArgs {
     #[arg(long, value_enum, default_value = "tanh")]
     pub activation: ActivationName,
 
+    /// distill: K, the synthetic rows per class (p = K·c·d).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub images_per_class: usize,
+
+    /// distill: where θ starts without --theta/--theta-file: K random training rows of each
+    /// class, or N(0, 1) noise (both seeded by --seed).
+    #[arg(long, value_enum, default_value = "train")]
+    pub distill_init: DistillInitName,
+
     /// Set every entry of θ to X (λ = exp(X); hyperclean weights σ(X)). Default 0.
     #[arg(
         long,
@@ -86,7 +95,7 @@ pub struct ProblemArgs {
     #[arg(long, value_name = "FILE")]
     pub theta_file: Option<PathBuf>,
 
-    /// The fixed ridge penalty C of hyperclean's inner problem.
+    /// The fixed ridge penalty C of hyperclean's and distill's inner problems.
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -107,6 +116,8 @@ impl ProblemArgs {
         s.l2 = self.l2;
         s.model = self.model.clone();
         s.activation = self.activation;
+        s.images_per_class = self.images_per_class;
+        s.distill_init = self.distill_init;
     }
 }
 

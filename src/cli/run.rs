@@ -108,6 +108,11 @@ pub struct OuterArgs {
     /// Save the state after every step to FILE and resume from it when it exists.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
+
+    /// distill: after the outer loop, train a fresh model from w₀ to convergence on the final
+    /// θ and report its test accuracy (retrain_test_accuracy).
+    #[arg(long)]
+    pub retrain: bool,
 }
 
 impl RunArgs {
@@ -121,6 +126,7 @@ impl RunArgs {
         s.corrupt = o.corrupt;
         s.trace = o.trace.clone();
         s.checkpoint = o.checkpoint.clone();
+        s.retrain = o.retrain;
         s
     }
 }

@@ -174,6 +174,12 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
             println!("test          loss {loss:.6e}{acc} (the last inner iterate)");
         }
     }
+    if let Some(acc) = o.retrain_test_accuracy {
+        println!(
+            "retrain       test accuracy {:.2}% (a fresh model from w₀ trained to convergence on the final θ)",
+            100.0 * acc
+        );
+    }
     if let Some(c) = &o.cleaning {
         println!(
             "test accuracy without cleaning {:.2}%, with cleaning {:.2}%, clean rows only {:.2}% ({} of {} training labels corrupted)",

@@ -35,6 +35,10 @@ use crate::error::{Error, Result};
 use crate::problem::{Bilevel, GlmBilevel, InnerProblem};
 use crate::solver::linear;
 
+/// `(w, q) ↦ B(w)ᵀq` of the bilevel problem an estimate is for.
+pub type CrossTranspose<'a, B> =
+    dyn Fn(&<B as Backend>::Buf, &<B as Backend>::Buf) -> Result<Vec<f64>> + 'a;
+
 /// Options of the stochastic estimators (defaults by [`StochasticOptions::new`]).
 #[derive(Clone, Copy, Debug)]
 pub struct StochasticOptions {
@@ -243,6 +247,13 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         ))
     }
 
+    /// Re-estimates the data term's largest curvature (the default SGD step) after the
+    /// problem's training rows changed (dataset distillation).
+    pub fn refresh_curvature(&mut self, problem: &GlmBilevel<B>) -> Result<()> {
+        self.data_curvature = data_curvature(problem)?;
+        Ok(())
+    }
+
     /// The SGD step at the problem's current θ.
     pub fn inner_lr(&self, problem: &GlmBilevel<B>) -> f64 {
         self.opts.inner_lr.unwrap_or_else(|| {
@@ -262,6 +273,24 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         &mut self,
         problem: &GlmBilevel<B>,
         step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        self.estimate_with(
+            problem,
+            step,
+            &|w, q| problem.cross_t(w, q),
+            problem.theta(),
+        )
+    }
+
+    /// [`Self::estimate`] for a bilevel problem whose inner problem is `problem` but whose θ
+    /// and cross derivative are its own (dataset distillation, where θ is the training rows):
+    /// `h = −cross_t(w, q)`, reported at `theta`.
+    pub fn estimate_with(
+        &mut self,
+        problem: &GlmBilevel<B>,
+        step: u64,
+        cross_t: &CrossTranspose<'_, B>,
+        theta: &[f64],
     ) -> Result<(Hypergradient, LoopStats)> {
         let started = Instant::now();
         let b = problem.backend();
@@ -338,7 +367,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
             }
             _ => unreachable!("checked in new()"),
         };
-        let hypergradient: Vec<f64> = problem.cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        let hypergradient: Vec<f64> = cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
         let inner_grad_norm = if self.opts.diagnostics {
             let mut g = b.zeros(p)?;
             problem.inner_value_grad(&self.w, Some(&mut g))?;
@@ -351,7 +380,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
         }
         let result = Hypergradient {
             method: self.opts.method,
-            theta: problem.theta().to_vec(),
+            theta: theta.to_vec(),
             outer_loss,
             hypergradient,
             inner_grad_norm,

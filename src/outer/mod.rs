@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
-use crate::problem::{Bilevel, Buf, GlmBilevel, MlpBilevel, QuadraticBilevel};
+use crate::problem::{Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, QuadraticBilevel};
 use crate::solver;
 
 pub use checkpoint::Checkpoint;
@@ -78,6 +78,12 @@ pub trait OuterProblem: Bilevel {
 impl<B: Backend> OuterProblem for GlmBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         GlmBilevel::evaluate(self, w, data)
+    }
+}
+
+impl<B: Backend> OuterProblem for DistillBilevel<B> {
+    fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
+        DistillBilevel::evaluate(self, w, data)
     }
 }
 

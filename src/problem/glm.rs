@@ -49,6 +49,9 @@ pub enum ProblemKind {
     /// Ehrhardt & Roberts' quadratic test problem (SPEC §9): not a GLM, see
     /// [`crate::problem::quadratic`].
     Quadratic,
+    /// Dataset distillation (SPEC §9): θ is the synthetic training rows, see
+    /// [`crate::problem::distill`].
+    Distill,
 }
 
 impl ProblemKind {
@@ -60,6 +63,7 @@ impl ProblemKind {
             ProblemKind::Softmax => "softmax",
             ProblemKind::Hyperclean => "hyperclean",
             ProblemKind::Quadratic => "quadratic",
+            ProblemKind::Distill => "distill",
         }
     }
 
@@ -68,6 +72,7 @@ impl ProblemKind {
         match self {
             ProblemKind::Hyperclean => HyperLayout::PerSample,
             ProblemKind::Quadratic => HyperLayout::PerColumn,
+            ProblemKind::Distill => HyperLayout::SyntheticRows,
             _ => HyperLayout::Shared,
         }
     }
@@ -93,6 +98,8 @@ pub enum HyperLayout {
     PerLayer,
     /// `quadratic`'s θ = w: one entry per column of C (p = nw), the only layout it has.
     PerColumn,
+    /// `distill`'s θ: the K·c synthetic rows of d features, row-major (p = K·c·d).
+    SyntheticRows,
 }
 
 impl HyperLayout {
@@ -105,6 +112,7 @@ impl HyperLayout {
             HyperLayout::PerSample => "per-sample",
             HyperLayout::PerLayer => "per-layer",
             HyperLayout::PerColumn => "per-column",
+            HyperLayout::SyntheticRows => "synthetic-rows",
         }
     }
 }
@@ -240,7 +248,7 @@ impl<B: Backend> GlmBilevel<B> {
                 }
                 (Loss::Softmax { classes }, 1.0)
             }
-            ProblemKind::Quadratic => return Err(not_a_glm()),
+            ProblemKind::Quadratic | ProblemKind::Distill => return Err(not_a_glm(kind)),
         };
         let c = loss.outputs();
         let allowed: &[HyperLayout] = match kind {
@@ -249,7 +257,7 @@ impl<B: Backend> GlmBilevel<B> {
             }
             ProblemKind::Softmax => &[HyperLayout::Shared, HyperLayout::PerClass],
             ProblemKind::Hyperclean => &[HyperLayout::PerSample],
-            ProblemKind::Quadratic => &[],
+            ProblemKind::Quadratic | ProblemKind::Distill => &[],
         };
         if layout == HyperLayout::PerLayer {
             return Err(Error::option(
@@ -280,7 +288,8 @@ impl<B: Backend> GlmBilevel<B> {
             HyperLayout::Shared
             | HyperLayout::PerSample
             | HyperLayout::PerLayer
-            | HyperLayout::PerColumn => Groups::Shared,
+            | HyperLayout::PerColumn
+            | HyperLayout::SyntheticRows => Groups::Shared,
             HyperLayout::PerFeature => Groups::Each,
             HyperLayout::PerClass => Groups::Blocks { block: d },
         };
@@ -312,6 +321,22 @@ impl<B: Backend> GlmBilevel<B> {
         };
         problem.set_theta(&vec![0.0; p])?;
         Ok(problem)
+    }
+
+    /// Replaces the training rows by `train`, which must have the same number of rows and
+    /// features (dataset distillation: the rows are θ, and change with it).
+    pub fn replace_train(&mut self, train: &Dataset) -> Result<()> {
+        if train.n() != self.train.n || train.d() != self.d {
+            return Err(Error::Dimension(format!(
+                "replacement training rows are {}×{}, the problem's {}×{}",
+                train.n(),
+                train.d(),
+                self.train.n,
+                self.d
+            )));
+        }
+        self.train = GlmData::new(&self.backend, train)?;
+        Ok(())
     }
 
     pub fn kind(&self) -> ProblemKind {
@@ -384,11 +409,19 @@ impl<B: Backend> GlmBilevel<B> {
     }
 }
 
-/// `quadratic` is a [`crate::problem::QuadraticBilevel`], not a GLM.
-fn not_a_glm() -> Error {
+/// `quadratic` is a [`crate::problem::QuadraticBilevel`], `distill` a
+/// [`crate::problem::DistillBilevel`] (around a softmax GLM); neither is built here.
+fn not_a_glm(kind: ProblemKind) -> Error {
+    let with = match kind {
+        ProblemKind::Distill => "DistillBilevel",
+        _ => "QuadraticBilevel",
+    };
     Error::option(
         "--problem",
-        "quadratic is not a generalised linear model; build it with QuadraticBilevel",
+        format!(
+            "{} is not built as a plain GlmBilevel; build it with {with}",
+            kind.name()
+        ),
     )
 }
 

@@ -4,10 +4,12 @@
 //! see the traits below. SPEC §1 fixes the notation: `H = ∇²_ww g`, `B = ∇²_wθ g` (P×p),
 //! `∇F(θ) = −Bᵀq*` with `H q* = ∇_w f`.
 
+pub mod distill;
 pub mod glm;
 pub mod mlp;
 pub mod quadratic;
 
+pub use distill::DistillBilevel;
 pub use glm::{GlmBilevel, HyperLayout, ProblemKind, TrainView};
 pub use mlp::MlpBilevel;
 pub use quadratic::QuadraticBilevel;

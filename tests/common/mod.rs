@@ -79,6 +79,7 @@ pub fn datasets_rho(
                 synthetic::softmax(n, d, CLASSES, rho, 2.0, s).0
             }
             ProblemKind::Quadratic => panic!("quadratic is generated from its spec, not from rows"),
+            ProblemKind::Distill => panic!("distill's training rows are θ (see tests/distill.rs)"),
         };
         let train = all.select(&(0..n_train).collect::<Vec<_>>());
         let val = all.select(&(n_train..n).collect::<Vec<_>>());
@@ -87,7 +88,7 @@ pub fn datasets_rho(
                 (0..CLASSES).all(|k| train.y.contains(&(k as f64)))
             }
             ProblemKind::Logreg => train.y.contains(&1.0) && train.y.contains(&-1.0),
-            ProblemKind::Ridge | ProblemKind::Quadratic => true,
+            ProblemKind::Ridge | ProblemKind::Quadratic | ProblemKind::Distill => true,
         };
         if ok {
             return (train, val);
@@ -350,6 +351,7 @@ impl DenseRef {
             HyperLayout::PerClass => e / self.d,
             HyperLayout::PerLayer => unreachable!("the linear models have no layers"),
             HyperLayout::PerColumn => unreachable!("per-column is quadratic's, not a GLM's"),
+            HyperLayout::SyntheticRows => unreachable!("synthetic-rows is distill's, not a GLM's"),
         }
     }
 
