@@ -32,7 +32,7 @@ fn data(seed: u64) -> (Dataset, Dataset) {
 /// (so that the synthetic rows are not data points).
 fn problem(seed: u64) -> DistillBilevel<CpuBackend<f64>> {
     let (train, val) = data(seed);
-    let mut theta = initial_theta(&train, C, K, DistillInit::Train, seed).unwrap();
+    let mut theta = initial_theta(&train, C, K, DistillInit::Real, seed).unwrap();
     let mut rng = Rng::new(seed + 7);
     for t in theta.iter_mut() {
         *t += 0.3 * rng.normal();
@@ -333,7 +333,7 @@ const DIGITS: &[&str] = &[
     "cpu",
 ];
 
-/// `--images-per-class K` gives p = K·c·d; `--distill-init train` starts at training rows of
+/// `--images-per-class K` gives p = K·c·d; `--distill-init real` starts at training rows of
 /// the right classes, `noise` at N(0, 1) draws.
 #[test]
 fn cli_images_per_class_and_distill_init() {

@@ -43,7 +43,7 @@ fn build<B: Backend>(
     let theta = match settings.theta {
         super::settings::Theta::Default => {
             let init = match settings.distill_init {
-                DistillInitName::Train => DistillInit::Train,
+                DistillInitName::Real => DistillInit::Real,
                 DistillInitName::Noise => DistillInit::Noise,
             };
             initial_theta(train, classes, k, init, settings.seed)?

@@ -64,8 +64,9 @@ pub enum ActivationName {
 /// `--distill-init`: where `distill`'s θ starts without `--theta`/`--theta-file`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DistillInitName {
-    /// K random training rows of each class (seeded).
-    Train,
+    /// K random real training rows of each class (seeded); `train` is accepted too.
+    #[value(alias = "train")]
+    Real,
     /// Every entry N(0, 1) (seeded).
     Noise,
 }

@@ -60,7 +60,7 @@ impl Plan {
                 ("--images-per-class", settings.images_per_class != 1),
                 (
                     "--distill-init",
-                    settings.distill_init != DistillInitName::Train,
+                    settings.distill_init != DistillInitName::Real,
                 ),
             ];
             if let Some(&(option, _)) = distill_only.iter().find(|(_, given)| *given) {

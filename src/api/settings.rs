@@ -255,7 +255,7 @@ impl Default for Settings {
             model: ModelSpec::Linear,
             activation: ActivationName::Tanh,
             images_per_class: 1,
-            distill_init: DistillInitName::Train,
+            distill_init: DistillInitName::Real,
             method: None,
             inner_solver: InnerSolverName::Newton,
             inner_tol: None,

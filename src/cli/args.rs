@@ -79,7 +79,7 @@ pub struct ProblemArgs {
 
     /// distill: where θ starts without --theta/--theta-file: K random training rows of each
     /// class, or N(0, 1) noise (both seeded by --seed).
-    #[arg(long, value_enum, default_value = "train")]
+    #[arg(long, value_enum, default_value = "real")]
     pub distill_init: DistillInitName,
 
     /// Set every entry of θ to X (λ = exp(X); hyperclean weights σ(X)). Default 0.

@@ -52,8 +52,8 @@ use crate::problem::{Bilevel, BoundConstants, GlmBilevel, HyperLayout, InnerProb
 /// Where θ starts when no `--theta`/`--theta-file` is given (`--distill-init`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DistillInit {
-    /// K training rows of each class, drawn without replacement (seeded).
-    Train,
+    /// K real training rows of each class, drawn without replacement (seeded).
+    Real,
     /// Every entry N(0, 1) (seeded).
     Noise,
 }
@@ -77,7 +77,7 @@ pub fn initial_theta(
     let mut rng = Rng::new(seed ^ 0xD157_111D);
     match init {
         DistillInit::Noise => Ok((0..k * classes * d).map(|_| rng.normal()).collect()),
-        DistillInit::Train => {
+        DistillInit::Real => {
             let mut theta = Vec::with_capacity(k * classes * d);
             for class in 0..classes {
                 let mut rows: Vec<usize> = (0..train.n())
