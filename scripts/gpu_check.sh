@@ -13,6 +13,8 @@
 #   5 nhgd       hypergrad bench nhgd --dense on MNIST's shape, and the PyTorch peer
 #   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
 #                that use shared memory)
+#   8 distill    dataset distillation on the GPU against the CPU: CG and unroll hypergradients,
+#                a short warm-start run with --retrain (runs before 7, the slowest stage)
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
 #                row kernel for HVP k = 1, 8 and the SGD step, and the SGD apply): speed of
 #                light, occupancy, launch statistics
@@ -20,7 +22,7 @@
 # summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
-# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 7") picks
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 7") picks
 # stages; HG_LIB_SEARCH (default /) is where the CUDA libraries are looked for.
 # tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
 set -uo pipefail
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
-stages="${HG_STAGES:-1 2 3 4 5 6 7}"
+stages="${HG_STAGES:-1 2 3 4 5 6 8 7}"
 python="${HG_PYTHON:-python3}"
 mkdir -p "$out"
 detail="$(mktemp -d)"
@@ -309,6 +311,62 @@ fi
 # ---- 7 profile -----------------------------------------------------------------------------
 # Why a kernel misses its target, from the hardware counters rather than a guess: one profiled
 # launch of each kernel of the kernel benchmark at its GPU sizes (the others run unprofiled).
+# ---- 8 distill --------------------------------------------------------------------------
+# Dataset distillation (SPEC §9) on the GPU against this machine's CPU in f64: the CG and
+# unroll hypergradients of digits with K = 1 (relative difference), and a 50-step warm-start
+# run with --retrain (final F, test and retrain accuracy). Its log goes into details.tar.gz.
+if want 8; then
+    dlog="$detail/distill.log"
+    : > "$dlog"
+    rc=0
+    common=(--problem distill --train digits --standardize)
+    for dev in cuda cpu; do
+        for method in cg unroll; do
+            run_logged "$(stage_limit 30)" "$detail/distill_grad_${method}_$dev.json" \
+                "$bin/hypergrad" grad "${common[@]}" --method "$method" --device "$dev" --json
+            r=$?
+            ((r != 0 && rc == 0)) && rc=$r
+        done
+        run_logged "$(stage_limit 60)" "$detail/distill_run_$dev.json" "$bin/hypergrad" run \
+            "${common[@]}" --images-per-class 10 --method unroll --unroll-steps 10 \
+            --outer-steps 50 --warm-start --retrain --device "$dev" --json
+        r=$?
+        ((r != 0 && rc == 0)) && rc=$r
+    done
+    line=$("$python" - "$detail" <<'EOF' 2>> "$dlog"
+import json, math, sys
+d = sys.argv[1]
+def load(name):
+    try:
+        lines = [l for l in open(f"{d}/{name}.json") if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+parts = []
+for method in ("cg", "unroll"):
+    g, c = load(f"distill_grad_{method}_cuda"), load(f"distill_grad_{method}_cpu")
+    if g is None or c is None:
+        parts.append(f"{method}: no result")
+        continue
+    a, b = g["hypergradient"], c["hypergradient"]
+    diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+    norm = math.sqrt(sum(y * y for y in b)) or 1.0
+    parts.append(f"{method} grad rel diff {diff / norm:.1e}")
+for dev in ("cuda", "cpu"):
+    r = load(f"distill_run_{dev}")
+    if r is None:
+        parts.append(f"run {dev}: no result")
+        continue
+    f = r["final"]
+    parts.append(f"run {dev} F {f['outer_loss']:.4f} acc {100 * f['test_accuracy']:.1f}% "
+                 f"retrain {100 * r.get('retrain_test_accuracy', float('nan')):.1f}% {f['seconds']:.2f}s")
+print("; ".join(parts))
+EOF
+    )
+    cat "$detail"/distill_*.json >> "$dlog" 2>/dev/null
+    report distill "$(status_of $rc)" "${line:-could not summarise (see details.tar.gz distill.log)}"
+fi
+
 if want 7; then
     plog="$detail/profile.log"
     : > "$plog"

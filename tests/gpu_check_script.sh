@@ -26,7 +26,8 @@ $misbehave
 case "\$1 \${2:-}" in
     "info ") printf 'hypergrad 0.1.0\nkernels    PTX for compute_90 compiled by nvcc at build time (fake)\ncuda       ready (kernels loaded)\n' ;;
     "info --json") echo '{"kernels":{"compiler":"nvcc"}}' ;;
-    "run "*) echo '{"device":"fake-'"\${3:-}"'","final":{"seconds":1.5,"test_accuracy":0.8},"cleaning":{"with_cleaning":0.827}}' ;;
+    "run "*) echo '{"device":"fake-'"\${3:-}"'","final":{"seconds":1.5,"test_accuracy":0.8,"outer_loss":0.6},"retrain_test_accuracy":0.7,"cleaning":{"with_cleaning":0.827}}' ;;
+    "grad "*) echo '{"device":"fake","hypergradient":[1.0,2.0],"outer_loss":0.5}' ;;
     "bench kernels") echo '{"device":"fake","kernels":[{"kernel":"copy","shape":"n","seconds":1,"gb_per_s":100.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":1.0},{"kernel":"hvp","shape":"n","seconds":1,"gb_per_s":70.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":0.7}]}' ;;
     "bench nhgd") echo '{"device":"fake","cases":[{"case":"sgd loop only","outer_step_seconds":0.01,"ratio_to_sgd_loop":1.0},{"case":"nhgd kfac","outer_step_seconds":0.012,"ratio_to_sgd_loop":1.2}]}' ;;
     *) echo "fake hypergrad: unexpected arguments \$*" >&2; exit 2 ;;
@@ -113,7 +114,7 @@ check() {
     echo "ok   $name: $(wc -l < "$out/summary.txt") stages; $line"
 }
 
-check all-pass info,parity,main,kernels,nhgd,sanitizer,profile ok
+check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,profile ok
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
 check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity HG_STAGES=2
 check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device HG_STAGES=2
@@ -122,6 +123,7 @@ check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=4
 check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch HG_STAGES=5
 check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=6
 check profile-fails profile FAIL env HG_FAKE_FAIL=ncu HG_STAGES=7
+check distill-fails distill FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=8
 # A hanging stage is cut by the overall budget, and the later stages still report.
 check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
 check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
