@@ -13,8 +13,9 @@ rounds of each round's median outer step.
         --shape digits --rounds 5 --out benches/peers/nhgd_cpu-DATE.json
 
 Shapes: digits (n = 800, m = 400, d = 64, T = 10, b = 128; P = 640) and mnist
-(n = 20,000, m = 4,000, d = 785, T = 10, b = 128; P = 7,850: kfac only, since the dense P×P
-curvature needs 0.5 GB and about 10² GFLOP per outer step, minutes on two cores).
+(n = 20,000, m = 4,000, d = 785, T = 10, b = 128; P = 7,850: kfac only unless --dense, since
+the dense P×P curvature needs 0.25 GB (f32) to 0.5 GB (f64) and 10²–10³ GFLOP per outer step:
+seconds per step on two cores).
 """
 
 import argparse
@@ -84,9 +85,16 @@ def main():
     p.add_argument("--threads", type=int, default=0,
                    help="threads of both sides (default: each library's own default)")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "hypergrad"))
+    p.add_argument("--dense", action="store_true",
+                   help="also the dense cases (Woodbury, accumulate) at the mnist shape")
+    p.add_argument("--only-dense", action="store_true", help="the dense cases only (no kfac)")
     p.add_argument("--out", help="write the raw rounds and the medians as JSON")
     args = p.parse_args()
-    shape = SHAPES[args.shape]
+    shape = dict(SHAPES[args.shape])
+    if args.dense or args.only_dense:
+        shape["dense"] = True
+    if args.only_dense:
+        CASES.pop("nhgd kfac")
     precisions = args.precision.split(",")
     rounds = {prec: {"hypergrad": [], "pytorch": []} for prec in precisions}
     loads = []
