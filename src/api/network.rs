@@ -15,7 +15,7 @@ use crate::backend::mlp::MlpOps;
 use crate::hypergrad;
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::outer::Estimator;
-use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
+use crate::problem::{Bilevel, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver;
 use crate::{Error, Result};
 
@@ -88,6 +88,8 @@ struct Run<'a> {
     settings: &'a Settings,
     splits: &'a DenseSplits,
     note: Option<String>,
+    /// The training rows whose labels `--corrupt` replaced.
+    corrupted: Option<&'a [usize]>,
     on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
 }
 
@@ -100,9 +102,12 @@ impl OnCpu for Run<'_> {
             settings,
             splits,
             note,
+            corrupted,
             on_step,
         } = self;
-        run_on(backend, plan, network, settings, splits, note, on_step)
+        run_on(
+            backend, plan, network, settings, splits, note, corrupted, on_step,
+        )
     }
 }
 
@@ -201,6 +206,7 @@ fn grad_on<B: MlpOps + Clone>(
             model: settings.model.name(),
             activation: network.activation.name(),
             parameters: problem.inner_dim(),
+            sizes: net.sizes().to_vec(),
         }),
         result,
     })
@@ -215,9 +221,15 @@ pub(super) fn run(
 ) -> Result<SmoothOutcome> {
     let (device, note) = open_cpu(&settings.device)?;
     let mut splits = input.dense(settings)?;
-    if let Some(fraction) = settings.corrupt {
-        cleaning::corrupt(plan.kind, &mut splits.train, fraction, settings.seed)?;
-    }
+    let corrupted = match settings.corrupt {
+        None => None,
+        Some(fraction) => Some(cleaning::corrupt(
+            plan.kind,
+            &mut splits.train,
+            fraction,
+            settings.seed,
+        )?),
+    };
     dispatch_cpu(
         device,
         Run {
@@ -226,6 +238,7 @@ pub(super) fn run(
             settings,
             splits: &splits,
             note,
+            corrupted: corrupted.as_deref(),
             on_step,
         },
     )
@@ -233,7 +246,9 @@ pub(super) fn run(
 
 /// The outer loop on a network problem: the linear model's `run` with an [`MlpBilevel`] and
 /// NHGD's network estimator. MAID is refused (it steers by error bounds, which a network does
-/// not have), and the three-model cleaning report of `--corrupt` is the linear model's only.
+/// not have). With `--corrupt` on hyperclean, the three-model cleaning report trains the same
+/// network (w₀ from `--seed`) without cleaning, with the learnt weights and on the clean rows.
+#[allow(clippy::too_many_arguments)]
 fn run_on<B: MlpOps + Clone + 'static>(
     backend: B,
     plan: &SmoothPlan,
@@ -241,6 +256,7 @@ fn run_on<B: MlpOps + Clone + 'static>(
     settings: &Settings,
     splits: &DenseSplits,
     device_note: Option<String>,
+    corrupted: Option<&[usize]>,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
     let device = backend.name();
@@ -290,10 +306,27 @@ fn run_on<B: MlpOps + Clone + 'static>(
         fingerprint,
         on_step,
     )?;
-    // The model the final θ trains: the inner solution warm-started from the estimator's last
+    let cleaning = match corrupted {
+        Some(corrupted) if plan.kind == ProblemKind::Hyperclean => Some(cleaning::report_network(
+            &problem,
+            &opts.inner,
+            settings.l2,
+            settings.seed,
+            splits,
+            corrupted,
+        )?),
+        _ => None,
+    };
+    // The model the final θ trains: with a cleaning report, its model (trained from w₀ like
+    // the other two); otherwise the inner solution warm-started from the estimator's last
     // inner point (a network's minimiser depends on where its solve starts), from w₀ if none.
-    let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
-    let coef = problem.backend().download(&w)?;
+    let coef = match &cleaning {
+        Some(report) => report.coef.clone(),
+        None => {
+            let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
+            problem.backend().download(&w)?
+        }
+    };
     let net = problem.network();
     Ok(SmoothOutcome {
         kind: plan.kind,
@@ -308,7 +341,7 @@ fn run_on<B: MlpOps + Clone + 'static>(
         theta: outcome.theta,
         trace,
         fisher_update_auto: None,
-        cleaning: None,
+        cleaning,
         coef,
         outputs: net.outputs(),
         features: net.inputs(),
@@ -316,6 +349,7 @@ fn run_on<B: MlpOps + Clone + 'static>(
             model: settings.model.name(),
             activation: network.activation.name(),
             parameters: problem.inner_dim(),
+            sizes: net.sizes().to_vec(),
         }),
     })
 }
