@@ -353,3 +353,67 @@ fn run_on<B: MlpOps + Clone + 'static>(
         }),
     })
 }
+
+/// The class probabilities (n×c, row-major) of a trained network on the rows of `x` (n×d,
+/// row-major): the forward pass of [`crate::backend::mlp`] on the CPU in f64. `sizes` are the
+/// layer widths d, H1, …, c (`layer_sizes` of `run --json`), `params` its P parameters in the
+/// layout there (`coef` of `run --json`), `activation` `tanh` or `relu`. Used by the Python
+/// package's `HyperCleaner.predict` for networks.
+pub fn network_probabilities(
+    sizes: &[usize],
+    activation: &str,
+    params: &[f64],
+    x: &[f64],
+    n: usize,
+) -> Result<Vec<f64>> {
+    use super::names::{self, ActivationName};
+    use crate::backend::mlp::{Activation, MlpData, Network};
+    use crate::backend::Backend as _;
+    if sizes.len() < 2 {
+        return Err(Error::option(
+            "--model",
+            format!("a network has at least an input and an output width, got {sizes:?}"),
+        ));
+    }
+    let activation = match names::parse::<ActivationName>("activation", activation)? {
+        ActivationName::Tanh => Activation::Tanh,
+        ActivationName::Relu => Activation::Relu,
+    };
+    let (d, c) = (sizes[0], sizes[sizes.len() - 1]);
+    let net = Network::new(d, &sizes[1..sizes.len() - 1], c, activation)?;
+    if params.len() != net.dim() {
+        return Err(Error::Dimension(format!(
+            "the network {sizes:?} has {} parameters, got {}",
+            net.dim(),
+            params.len()
+        )));
+    }
+    if x.len() != n * d {
+        return Err(Error::Dimension(format!(
+            "dimension mismatch: X has {} values, not {n} rows of the network's {d} inputs",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Dimension(format!(
+            "X: non-finite value {} at row {}, column {}",
+            x[i],
+            i / d + 1,
+            i % d + 1
+        )));
+    }
+    let rows = ndarray::Array2::from_shape_vec((n, d), x.to_vec())
+        .map_err(|e| Error::Dimension(format!("X: {e}")))?;
+    let b = CpuBackend::<f64>::new();
+    let design = b.upload_design(&crate::problem::mlp::with_ones(&rows))?;
+    let labels = b.zeros(n)?;
+    let data = MlpData {
+        x: &design,
+        y: &labels,
+        weights: None,
+        rows: None,
+    };
+    let w = b.upload(params)?;
+    let tape = b.mlp_forward(&net, data, &w)?;
+    b.download(&tape.probs)
+}
