@@ -29,7 +29,8 @@
 //! # The SGD step
 //!
 //! A network has no global curvature bound, so the default η is `1/L̂` with `L̂` 1.05 times
-//! the largest eigenvalue of `H(w₀)` (power iteration, once, when the estimator is made):
+//! the largest eigenvalue magnitude of `H(w₀)` (power iteration, once, when the estimator is
+//! made; `H(w₀)` may be indefinite):
 //! a heuristic, where the linear models' default is a bound; `--inner-lr` chooses it.
 //!
 //! `stocbio`, `amigo` and `soba` are not implemented for networks (refused by
@@ -252,8 +253,12 @@ impl<B: MlpOps> MlpNhgd<B> {
             Some(_) => f64::NAN,
             None => {
                 let h0 = problem.hessian(&w)?;
+                // Power iteration finds the eigenvalue of largest magnitude, which at w₀ can
+                // be a negative one (H is indefinite away from a minimiser): its magnitude
+                // bounds the curvature either way.
                 let top =
-                    linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?;
+                    linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?
+                        .abs();
                 if !(top > 0.0 && top.is_finite()) {
                     return Err(Error::Numerical(format!(
                         "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
