@@ -459,3 +459,59 @@ fn the_cleaning_report_needs_test_rows_with_a_network() {
     ]);
     assert_one_line_error(&out, &["--test"]);
 }
+
+#[test]
+fn bench_nhgd_times_a_network_against_the_plain_loop() {
+    let out = hypergrad(&[
+        "bench",
+        "nhgd",
+        "--model",
+        "mlp:8",
+        "--device",
+        "cpu",
+        "--n",
+        "300",
+        "--m",
+        "100",
+        "--d",
+        "12",
+        "--classes",
+        "3",
+        "--inner-steps",
+        "5",
+        "--batch-size",
+        "16",
+        "--rank",
+        "4",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["model"], "mlp:8");
+    // P = (12 + 1)·8 + (8 + 1)·3
+    assert_eq!(v["P"], 131);
+    let cases: Vec<&str> = v["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["case"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(cases, ["sgd loop only", "nhgd kfac", "nhgd lowrank"]);
+    for c in v["cases"].as_array().expect("cases") {
+        let t = c["outer_step_seconds"].as_f64().expect("a time");
+        assert!(t > 0.0 && t.is_finite(), "{c}");
+    }
+    assert_eq!(v["cases"][0]["ratio_to_plain_outer_step"], 1.0);
+
+    // The networks have no CUDA path yet: refused in one line, as `run` refuses it.
+    let out = hypergrad(&["bench", "nhgd", "--model", "mlp:8", "--device", "cuda"]);
+    assert_one_line_error(&out, &["--device", "CPU only"]);
+    let out = hypergrad(&["bench", "nhgd", "--model", "mlp:x"]);
+    assert_one_line_error(&out, &["--model", "'x'"]);
+}
