@@ -351,3 +351,167 @@ fn maid_is_refused_for_networks() {
     ]);
     assert_one_line_error(&out, &["--outer-opt", "maid"]);
 }
+
+fn run_ok(args: &[&str]) -> serde_json::Value {
+    let out = hypergrad(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn number(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing: {v}"))
+}
+
+/// Label cleaning with a network: half the digits labels corrupted, NHGD learns the row
+/// weights, and the report's three models are the same network trained from the same w₀.
+#[test]
+fn the_cleaning_report_trains_the_same_network_three_ways() {
+    let common = [
+        "--train",
+        "digits",
+        "--standardize",
+        "--corrupt",
+        "0.5",
+        "--model",
+        "mlp:16",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let mut args = vec!["run", "--problem", "hyperclean", "--method", "nhgd"];
+    args.extend_from_slice(&["--outer-steps", "8"]);
+    args.extend_from_slice(&common);
+    let run = run_ok(&args);
+    assert_eq!(run["model"], "mlp:16");
+    assert_eq!(run["layer_sizes"], serde_json::json!([64, 16, 10]));
+    let c = &run["cleaning"];
+    assert!(c.is_object(), "no cleaning report: {run}");
+    let (without, with, clean) = (
+        number(c, "without_cleaning"),
+        number(c, "with_cleaning"),
+        number(c, "clean_rows_only"),
+    );
+    assert_eq!(c["n_train"], 1078);
+    assert_eq!(c["corrupted"], 539);
+    // Cleaning helps, and training on the clean rows alone is the ceiling it approaches.
+    assert!(with > without + 0.05, "with {with} vs without {without}");
+    assert!(
+        clean > without + 0.05,
+        "clean rows {clean} vs without {without}"
+    );
+    assert!(
+        number(c, "mean_weight_clean") > number(c, "mean_weight_corrupted") + 0.1,
+        "weights do not separate the rows: {c}"
+    );
+
+    // "Without cleaning" is softmax on the corrupted rows with λ = C = 0.01, the same network
+    // from the same w₀: a separate softmax run at θ = ln C reports the same test accuracy.
+    let theta = format!("--theta={}", 0.01f64.ln());
+    let mut args = vec!["run", "--problem", "softmax", "--method", "cg", &theta];
+    args.extend_from_slice(&["--outer-steps", "0"]);
+    args.extend_from_slice(&common);
+    let softmax = run_ok(&args);
+    let plain = number(&softmax["final"], "test_accuracy");
+    assert!(
+        (plain - without).abs() < 1e-12,
+        "softmax run {plain} vs report {without}"
+    );
+
+    // The learnt-weights model is what the outcome's coef holds (the network's P parameters),
+    // and a different seed draws another w₀ and other corrupted rows: another report.
+    let mut args = vec!["run", "--problem", "hyperclean", "--method", "nhgd"];
+    args.extend_from_slice(&["--outer-steps", "2", "--seed", "3"]);
+    args.extend_from_slice(&common);
+    let other = run_ok(&args);
+    assert_ne!(
+        number(&other["cleaning"], "without_cleaning"),
+        without,
+        "the seed did not change the report"
+    );
+}
+
+#[test]
+fn the_cleaning_report_needs_test_rows_with_a_network() {
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "hyperclean",
+        "--train",
+        DATA,
+        "--val",
+        "synthetic:softmax:n=100,d=5,c=3,seed=5",
+        "--corrupt",
+        "0.3",
+        "--model",
+        "mlp:4",
+        "--method",
+        "nhgd",
+        "--outer-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert_one_line_error(&out, &["--test"]);
+}
+
+#[test]
+fn bench_nhgd_times_a_network_against_the_plain_loop() {
+    let out = hypergrad(&[
+        "bench",
+        "nhgd",
+        "--model",
+        "mlp:8",
+        "--device",
+        "cpu",
+        "--n",
+        "300",
+        "--m",
+        "100",
+        "--d",
+        "12",
+        "--classes",
+        "3",
+        "--inner-steps",
+        "5",
+        "--batch-size",
+        "16",
+        "--rank",
+        "4",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["model"], "mlp:8");
+    // P = (12 + 1)·8 + (8 + 1)·3
+    assert_eq!(v["P"], 131);
+    let cases: Vec<&str> = v["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["case"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(cases, ["sgd loop only", "nhgd kfac", "nhgd lowrank"]);
+    for c in v["cases"].as_array().expect("cases") {
+        let t = c["outer_step_seconds"].as_f64().expect("a time");
+        assert!(t > 0.0 && t.is_finite(), "{c}");
+    }
+    assert_eq!(v["cases"][0]["ratio_to_plain_outer_step"], 1.0);
+
+    // The networks have no CUDA path yet: refused in one line, as `run` refuses it.
+    let out = hypergrad(&["bench", "nhgd", "--model", "mlp:8", "--device", "cuda"]);
+    assert_one_line_error(&out, &["--device", "CPU only"]);
+    let out = hypergrad(&["bench", "nhgd", "--model", "mlp:x"]);
+    assert_one_line_error(&out, &["--model", "'x'"]);
+}

@@ -163,7 +163,7 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     ``problem`` and ``method`` take the command line's values (``ridge``, ``logreg``,
     ``softmax``, ``hyperclean``, ``lasso``, ``enet``, ``wlasso``; ``exact``, ``cg``, …);
     ``**options`` the command line's long options with ``_`` for ``-`` (``inner_tol=1e-8``,
-    ``l2=1e-3``, …). ``theta`` is a number (every entry of θ) or a 1-D array of all p entries;
+    ``l2=1e-3``, ``model="mlp:300"``, ``activation="relu"``, …). ``theta`` is a number (every entry of θ) or a 1-D array of all p entries;
     ``None`` is the command line's default without ``--theta`` (0 for the smooth problems,
     log(λ_max/10) for the ℓ1 problems). ``X`` is a float32/float64 NumPy array or, for the ℓ1
     problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and

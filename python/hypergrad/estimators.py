@@ -6,8 +6,9 @@
   cross-validation (``criterion="cv"``). No intercept, as in SPEC §2: centre ``X`` and ``y``
   to get one. ``alpha_`` is λ of the objective (1/2n)‖y − Xw‖² + λ‖w‖₁, i.e. scikit-learn's
   ``alpha`` for the same data.
-* :class:`HyperCleaner`: a linear softmax classifier trained with one weight σ(θ_i) per
-  training row, the weights learnt on clean validation rows (``hyperclean``).
+* :class:`HyperCleaner`: a softmax classifier (linear, or a multilayer perceptron with
+  ``model="mlp:H1,…"``) trained with one weight σ(θ_i) per training row, the weights learnt
+  on clean validation rows (``hyperclean``).
 
 The parameters follow scikit-learn's conventions (``get_params``/``set_params``, ``clone``,
 ``Pipeline``, ``GridSearchCV``); fitted attributes end in ``_``.
@@ -18,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _api
+from . import _api, _native
 
 __all__ = ["LassoHO", "ElasticNetHO", "WeightedLassoHO", "HyperCleaner", "holdout_indices",
            "cv_folds"]
@@ -293,31 +294,40 @@ def _standardize_stats(x):
 class HyperCleaner(ClassifierMixin, BaseEstimator):
     """Label cleaning by hypergradient descent (SPEC §2 ``hyperclean``).
 
-    A linear softmax classifier (no intercept; ``standardize=True`` z-scores the features with
-    the training rows' statistics) is trained with weight σ(θ_i) on training row i and ridge
-    penalty ``l2``; θ is learnt so that the model does well on clean validation rows. Rows
-    whose labels are wrong end up with small weights.
+    A softmax classifier (``standardize=True`` z-scores the features with the training rows'
+    statistics) is trained with weight σ(θ_i) on training row i and ridge penalty ``l2``; θ is
+    learnt so that the model does well on clean validation rows. Rows whose labels are wrong
+    end up with small weights.
 
     Parameters: ``method`` (``nhgd`` and the other SPEC §3 methods), ``curvature`` (NHGD's
     ``dense``, ``kfac``, ``lowrank``; ``None`` is the library's default), ``outer_steps``,
-    ``l2`` (C), ``standardize``, ``device``, ``random_state``.
+    ``l2`` (C), ``standardize``, ``model`` (``"linear"``: no intercept; ``"mlp:H1[,H2,…]"``: a
+    multilayer perceptron with biases, SPEC §8, w₀ drawn from ``random_state``, ``l2`` on its
+    weight matrices), ``activation`` (``"tanh"`` or ``"relu"``; networks only), ``device``,
+    ``random_state``.
 
     ``fit(X, y, X_val, y_val)``: any labels (``classes_ = numpy.unique(y)``); the validation
     labels must be among them. Without ``X_val``, a quarter of the training rows (drawn with
     ``random_state``) is held out for validation.
 
-    Fitted: ``sample_weight_`` (σ(θ), one per training row), ``coef_`` (c × d, class-major:
-    logits ``z = coef_ @ x`` of the standardised x), ``classes_``, ``trace_``, ``theta_``,
-    ``mean_`` and ``scale_`` (the standardisation; 0 and 1 when it is off).
+    Fitted: ``sample_weight_`` (σ(θ), one per training row), ``coef_`` (linear: c × d,
+    class-major, logits ``z = coef_ @ x`` of the standardised x; network: its P parameters in
+    the layout of SPEC §8, layer by layer, each an ``n_l × (n_{l−1} + 1)`` row-major block
+    whose last column is the bias), ``layer_sizes_`` (network: d, H1, …, c; ``None`` for the
+    linear model), ``classes_``, ``trace_``, ``theta_``, ``mean_`` and ``scale_`` (the
+    standardisation; 0 and 1 when it is off). ``predict``/``predict_proba``/``score`` run the
+    fitted network's forward pass in Rust (``hypergrad._native.network_probabilities``).
     """
 
     def __init__(self, method="nhgd", curvature=None, outer_steps=20, l2=0.01, standardize=True,
-                 device="auto", random_state=0):
+                 model="linear", activation="tanh", device="auto", random_state=0):
         self.method = method
         self.curvature = curvature
         self.outer_steps = outer_steps
         self.l2 = l2
         self.standardize = standardize
+        self.model = model
+        self.activation = activation
         self.device = device
         self.random_state = random_state
 
@@ -374,19 +384,23 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         Xvs = self._transform(X_val) if self.standardize else X_val
         result = _api.run("hyperclean", Xs, y_idx, Xvs, pos, method=self.method,
                           curvature=self.curvature, outer_steps=int(self.outer_steps),
-                          l2=float(self.l2), device=self.device, seed=seed)
+                          l2=float(self.l2), model=self.model, activation=self.activation,
+                          device=self.device, seed=seed)
         theta = np.asarray(result["theta"], dtype=np.float64)
         self.classes_ = classes
         self.theta_ = theta
         self.sample_weight_ = 1.0 / (1.0 + np.exp(-theta))
-        self.coef_ = np.asarray(result["coef"], dtype=np.float64).reshape(len(classes), d)
+        sizes = result.get("layer_sizes")
+        self.layer_sizes_ = None if sizes is None else [int(v) for v in sizes]
+        self.activation_ = result.get("activation")
+        coef = np.asarray(result["coef"], dtype=np.float64)
+        self.coef_ = coef if sizes is not None else coef.reshape(len(classes), d)
         self.trace_ = result["trace"]
         self.n_features_in_ = d
         self.result_ = result
         return self
 
-    def decision_function(self, X):
-        """The logits ``coef_ @ x`` of the (standardised) rows, n × c."""
+    def _rows(self, X):
         check_is_fitted(self, "coef_")
         X = self._dense(X, "X")
         if X.shape[1] != self.n_features_in_:
@@ -394,13 +408,31 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
                 f"dimension mismatch: X has {X.shape[1]} features but the model was fitted "
                 f"with {self.n_features_in_}"
             )
-        return self._transform(X) @ self.coef_.T
+        return self._transform(X)
+
+    def _network_proba(self, X):
+        """The fitted network's class probabilities, by its forward pass in Rust."""
+        xs = np.ascontiguousarray(self._rows(X), dtype=np.float64)
+        return _native.network_probabilities(self.layer_sizes_, self.activation_,
+                                             np.ascontiguousarray(self.coef_), xs)
+
+    def decision_function(self, X):
+        """The logits of the (standardised) rows, n × c: ``coef_ @ x`` for the linear model,
+        the log-probabilities (the logits up to a per-row constant) for a network."""
+        if getattr(self, "layer_sizes_", None) is not None:
+            with np.errstate(divide="ignore"):
+                return np.log(self._network_proba(X))
+        return self._rows(X) @ self.coef_.T
 
     def predict(self, X):
         """The class with the largest logit (the first on ties)."""
+        if getattr(self, "layer_sizes_", None) is not None:
+            return self.classes_[np.argmax(self._network_proba(X), axis=1)]
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
     def predict_proba(self, X):
+        if getattr(self, "layer_sizes_", None) is not None:
+            return self._network_proba(X)
         z = self.decision_function(X)
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)

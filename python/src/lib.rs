@@ -327,6 +327,35 @@ fn run(
     })
 }
 
+/// The class probabilities (n×c) of a trained network (`layer_sizes`, `activation` and `coef`
+/// of `run --json` with `--model mlp:…`) on the rows of `x` (float64, n×d): what
+/// `HyperCleaner.predict_proba` returns for a network.
+#[pyfunction]
+#[pyo3(signature = (sizes, activation, params, x))]
+fn network_probabilities<'py>(
+    py: Python<'py>,
+    sizes: Vec<usize>,
+    activation: &str,
+    params: PyReadonlyArray1<'py, f64>,
+    x: PyReadonlyArray2<'py, f64>,
+) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    let params: Vec<f64> = params.as_array().iter().copied().collect();
+    let x = x.as_array();
+    let (n, d) = x.dim();
+    let rows: Vec<f64> = x.iter().copied().collect();
+    let c = sizes.last().copied().unwrap_or(0);
+    let activation = activation.to_string();
+    if d == 0 {
+        return Err(PyValueError::new_err("X: there are no columns (features)"));
+    }
+    let probs = compute(py, move |_| {
+        api::network_probabilities(&sizes, &activation, &params, &rows, n)
+    })?;
+    let array = ndarray::Array2::from_shape_vec((n, c), probs)
+        .map_err(|e| PyRuntimeError::new_err(format!("internal: {e}")))?;
+    Ok(numpy::PyArray2::from_owned_array(py, array))
+}
+
 /// `hypergrad info --json` as JSON text.
 #[pyfunction]
 fn info(py: Python<'_>) -> PyResult<String> {
@@ -375,6 +404,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hypergradient, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(network_probabilities, m)?)?;
     m.add_function(wrap_pyfunction!(_spin, m)?)?;
     Ok(())
 }

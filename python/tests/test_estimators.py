@@ -185,3 +185,88 @@ def test_hypercleaner_protocol(corrupted_digits):
         hg.HyperCleaner().fit(x, y_bad, xv, yv + 10)
     with pytest.raises(ValueError, match="at least 2 classes"):
         hg.HyperCleaner().fit(x, np.zeros(len(x)), xv, np.zeros(len(xv)))
+
+
+def test_hypercleaner_with_a_network_beats_training_on_corrupted_labels(corrupted_digits):
+    x, y_bad, flip, xv, yv, xt, yt = corrupted_digits
+    est = hg.HyperCleaner(model="mlp:32", outer_steps=20).fit(x, y_bad, xv, yv)
+    assert est.layer_sizes_ == [64, 32, 10]
+    assert est.coef_.shape == (32 * 65 + 10 * 33,)
+    assert est.sample_weight_[flip].mean() < est.sample_weight_[~flip].mean() - 0.05
+    proba = est.predict_proba(xt)
+    assert proba.shape == (len(xt), 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(est.predict(xt), est.classes_[np.argmax(proba, axis=1)])
+    cleaned = est.score(xt, yt)
+    # the same network from the same w₀ with every weight equal (no cleaning)
+    uniform = hg.HyperCleaner(model="mlp:32", outer_steps=0).fit(x, y_bad, xv, yv).score(xt, yt)
+    assert cleaned > uniform + 0.02, (cleaned, uniform)
+    # a linear model's fitted attributes have no layer sizes
+    assert hg.HyperCleaner(outer_steps=0).fit(x, y_bad, xv, yv).layer_sizes_ is None
+
+
+def test_network_predictions_are_the_rust_model(corrupted_digits):
+    """The forward pass predict() uses gives the test accuracy that Rust's cleaning report
+    gives for the network trained with the learnt weights (coef of the same run)."""
+    from hypergrad import _native
+
+    x, y_bad, _, xv, yv, xt, yt = corrupted_digits
+    res = hg.run("hyperclean", x, y_bad, xv, yv, X_test=xt, y_test=yt, method="nhgd",
+                 outer_steps=3, corrupt=0.0, model="mlp:16", activation="relu",
+                 standardize=True, seed=1)
+    assert res["model"] == "mlp:16" and res["activation"] == "relu"
+    assert res["layer_sizes"] == [64, 16, 10]
+    # the run standardised with the training rows' statistics: do the same here
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    proba = _native.network_probabilities(res["layer_sizes"], res["activation"], res["coef"],
+                                          np.ascontiguousarray((xt - mean) / std))
+    accuracy = float(np.mean(np.argmax(proba, axis=1) == yt))
+    assert res["cleaning"]["with_cleaning"] == pytest.approx(accuracy, abs=1e-12)
+    with pytest.raises(ValueError, match="parameters"):
+        _native.network_probabilities([64, 16, 10], "relu", res["coef"][:-1], xt)
+    with pytest.raises(ValueError, match="activation"):
+        _native.network_probabilities([64, 16, 10], "sigmoid", res["coef"], xt)
+
+
+def test_hypercleaner_network_protocol(corrupted_digits):
+    x, y_bad, _, xv, yv, xt, yt = corrupted_digits
+    est = hg.HyperCleaner(model="mlp:8", activation="relu", outer_steps=1)
+    params = est.get_params()
+    assert params["model"] == "mlp:8" and params["activation"] == "relu"
+    twin = clone(est)
+    assert twin.get_params() == params and twin.model == "mlp:8"
+    twin.set_params(model="mlp:4,4", activation="tanh")
+    assert twin.get_params()["model"] == "mlp:4,4" and est.model == "mlp:8"
+    twin.fit(x, y_bad, xv, yv)
+    assert twin.layer_sizes_ == [64, 4, 4, 10] and twin.activation_ == "tanh"
+    assert twin.score(xt, yt) > 0.5
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        twin.predict(xt[:, :10])
+    grid = GridSearchCV(hg.HyperCleaner(outer_steps=1),
+                        {"model": ["linear", "mlp:8"]}, cv=2).fit(x[:300], y_bad[:300])
+    assert grid.best_params_["model"] in ("linear", "mlp:8")
+
+
+@pytest.mark.parametrize("model", ["mlp:", "mlp:0", "mlp:3,x", "conv:3", "MLP:3"])
+def test_bad_model_strings_are_the_clis_message(model, corrupted_digits, cli, tmp_path):
+    from conftest import write_csv
+
+    x, y_bad, _, xv, yv, _, _ = corrupted_digits
+    x, y_bad, xv, yv = x[:50], y_bad[:50], xv[:30], yv[:30]
+    with pytest.raises(ValueError) as info:
+        hg.HyperCleaner(model=model, outer_steps=1).fit(x, y_bad, xv, yv)
+    message = str(info.value)
+    assert "\n" not in message and model in message
+    code, _, stderr = cli("run", "--problem", "hyperclean", "--outer-steps", "1",
+                          "--train", write_csv(tmp_path / "tr.csv", x, y_bad),
+                          "--val", write_csv(tmp_path / "va.csv", xv, yv), "--model", model)
+    assert code != 0
+    cli_message = stderr.strip().splitlines()[-1].removeprefix("error: ")
+    # the command line's parser wraps the library's message ("invalid value 'mlp:' for
+    # '--model <…>': <message> (see --help)"); the message itself is the same, the option
+    # named by its keyword
+    assert message.startswith("invalid value for model: ")
+    assert message in cli_message.replace("invalid value for --model:", "invalid value for model:")
+    with pytest.raises(ValueError, match="activation"):
+        hg.HyperCleaner(model="mlp:3", activation="sigmoid", outer_steps=1).fit(x, y_bad, xv, yv)

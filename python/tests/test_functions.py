@@ -48,6 +48,19 @@ SMOOTH_CASES = [
      ["--hyper", "per-class", "--method", "cg", "--standardize"]),
     ("hyperclean", "digits", dict(method="cg", l2=0.05, standardize=True),
      ["--method", "cg", "--l2", "0.05", "--standardize"]),
+    # networks (SPEC §8): the model options as **options
+    ("softmax", "digits", dict(theta=-4.0, hyper="per-layer", method="cg", model="mlp:12",
+                               activation="tanh", standardize=True),
+     ["--theta", "-4", "--hyper", "per-layer", "--method", "cg", "--model", "mlp:12",
+      "--activation", "tanh", "--standardize"]),
+    ("softmax", "digits", dict(theta=-3.0, method="exact", model="mlp:6,5", activation="tanh",
+                               seed=2, standardize=True),
+     ["--theta", "-3", "--method", "exact", "--model", "mlp:6,5", "--activation", "tanh",
+      "--seed", "2", "--standardize"]),
+    ("hyperclean", "digits", dict(method="nhgd", model="mlp:300", activation="relu",
+                                  curvature="kfac", standardize=True),
+     ["--method", "nhgd", "--model", "mlp:300", "--activation", "relu", "--curvature", "kfac",
+      "--standardize"]),
 ]
 
 
@@ -114,6 +127,24 @@ def test_run_softmax_matches_cli(cli, tmp_path, digits):
     np.testing.assert_allclose(py["test_loss"], final["test_loss"], rtol=1e-9)
     assert py["test_accuracy"] == final["test_accuracy"]
     assert py["coef"].shape == (10 * 64,)
+
+
+def test_run_network_matches_cli(cli, tmp_path, digits):
+    x, y, xv, yv, xt, yt = digits
+    x, y = x[:300], y[:300]
+    kwargs = dict(model="mlp:10", activation="relu", method="nhgd", outer_steps=3,
+                  standardize=True, device="cpu")
+    py = hg.run("hyperclean", x, y, xv, yv, X_test=xt, y_test=yt, **kwargs)
+    out = cli.json("run", "--problem", "hyperclean", "--train", write_csv(tmp_path / "tr.csv", x, y),
+                   "--val", write_csv(tmp_path / "va.csv", xv, yv),
+                   "--test", write_csv(tmp_path / "te.csv", xt, yt), "--model", "mlp:10",
+                   "--activation", "relu", "--method", "nhgd", "--outer-steps", "3",
+                   "--standardize", "--device", "cpu", "--json")
+    np.testing.assert_allclose(py["theta"], out["theta"], rtol=1e-9)
+    assert py["model"] == out["model"] == "mlp:10" and py["activation"] == "relu"
+    assert py["layer_sizes"] == out["layer_sizes"] == [64, 10, 10]
+    assert py["coef"].shape == (10 * 65 + 10 * 11,)
+    assert py["test_accuracy"] == out["final"]["test_accuracy"]
 
 
 def test_run_lasso_matches_cli(cli, tmp_path, sparse_regression):

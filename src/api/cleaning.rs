@@ -1,9 +1,10 @@
 //! Label cleaning (`hyperclean` with corrupted labels): corrupting a seeded fraction of the
 //! training labels, and the report that compares three models on the test rows.
 
+use crate::backend::mlp::MlpOps;
 use crate::backend::Backend;
 use crate::data::{self, Dataset};
-use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, ProblemKind};
+use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver::{self, InnerOptions};
 use crate::{Error, Result};
 
@@ -26,9 +27,12 @@ pub fn corrupt(
     data::corrupt_labels(train, classes, fraction, seed)
 }
 
-/// Test accuracies of the three models the main job compares, each the exact inner solution
-/// of the same regularised softmax problem (ridge C): uniform weights on all (corrupted) rows,
-/// the learnt weights σ(θ), and uniform weights on the clean rows only.
+/// Test accuracies of the three models the main job compares, each the inner solution of the
+/// same regularised softmax problem (ridge C): uniform weights on all (corrupted) rows, the
+/// learnt weights σ(θ), and uniform weights on the clean rows only. For the linear model each
+/// is the exact (unique) minimiser; for a network (`--model mlp:…`) each is the local
+/// minimiser the inner solver reaches from the same seeded w₀, so the three models differ only
+/// in their row weights.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CleaningReport {
     pub without_cleaning: f64,
@@ -38,7 +42,7 @@ pub struct CleaningReport {
     pub n_train: usize,
     pub mean_weight_corrupted: f64,
     pub mean_weight_clean: f64,
-    /// The model trained with the learnt weights (c×d, class-major).
+    /// The model trained with the learnt weights (c×d, class-major; a network's P parameters).
     #[serde(skip)]
     pub coef: Vec<f64>,
 }
@@ -52,12 +56,7 @@ pub fn report<B: Backend + Clone>(
     splits: &super::data::DenseSplits,
     corrupted: &[usize],
 ) -> Result<CleaningReport> {
-    let test = splits.test.as_ref().ok_or_else(|| {
-        Error::option(
-            "--test",
-            "label cleaning needs test data to report on (--test, or a third --split part)",
-        )
-    })?;
+    let test = test_rows(splits)?;
     let b = problem.backend();
     let softmax_accuracy = |train: &Dataset| -> Result<f64> {
         let mut p = GlmBilevel::new(
@@ -72,16 +71,95 @@ pub fn report<B: Backend + Clone>(
         let w = solver::solve(&p, None, inner)?.w;
         Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
     };
+    let (clean, theta) = (clean_rows(splits.train.n(), corrupted), problem.theta());
     let without_cleaning = softmax_accuracy(&splits.train)?;
-    let n = splits.train.n();
-    let mut is_corrupted = vec![false; n];
-    corrupted.iter().for_each(|&i| is_corrupted[i] = true);
-    let clean: Vec<usize> = (0..n).filter(|&i| !is_corrupted[i]).collect();
     let clean_rows_only = softmax_accuracy(&splits.train.select(&clean))?;
     let w = solver::solve(problem, None, inner)?.w;
     let with_cleaning = problem.evaluate(&w, test)?.1.unwrap_or(f64::NAN);
-    let weights: Vec<f64> = problem
-        .theta()
+    let accuracies = [without_cleaning, with_cleaning, clean_rows_only];
+    Ok(assemble(
+        accuracies,
+        theta,
+        corrupted,
+        &clean,
+        b.download(&w)?,
+    ))
+}
+
+/// The report for a network problem (`--model mlp:…`) at its current θ: the same three models,
+/// each the same network (`hidden`, `activation`, w₀ from `seed`) trained by the inner solver
+/// from w₀, with ridge C on its weight matrices (biases unpenalised, as in the run).
+#[allow(clippy::too_many_arguments)]
+pub fn report_network<B: MlpOps + Clone>(
+    problem: &MlpBilevel<B>,
+    inner: &InnerOptions,
+    l2: f64,
+    seed: u64,
+    splits: &super::data::DenseSplits,
+    corrupted: &[usize],
+) -> Result<CleaningReport> {
+    let test = test_rows(splits)?;
+    let b = problem.backend();
+    let net = problem.network();
+    let hidden = &net.sizes()[1..net.layers()];
+    let softmax_accuracy = |train: &Dataset| -> Result<f64> {
+        let mut p = MlpBilevel::new(
+            b.clone(),
+            ProblemKind::Softmax,
+            HyperLayout::Shared,
+            hidden,
+            net.activation(),
+            train,
+            &splits.val,
+            l2,
+            seed,
+        )?;
+        // softmax's λ = exp(θ) on the weight matrices: C, as hyperclean's ridge.
+        p.set_theta(&[l2.ln()])?;
+        let w = solver::solve(&p, None, inner)?.w;
+        Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
+    };
+    let (clean, theta) = (clean_rows(splits.train.n(), corrupted), problem.theta());
+    let without_cleaning = softmax_accuracy(&splits.train)?;
+    let clean_rows_only = softmax_accuracy(&splits.train.select(&clean))?;
+    let w = solver::solve(problem, None, inner)?.w;
+    let with_cleaning = problem.evaluate(&w, test)?.1.unwrap_or(f64::NAN);
+    let accuracies = [without_cleaning, with_cleaning, clean_rows_only];
+    Ok(assemble(
+        accuracies,
+        theta,
+        corrupted,
+        &clean,
+        b.download(&w)?,
+    ))
+}
+
+fn test_rows(splits: &super::data::DenseSplits) -> Result<&Dataset> {
+    splits.test.as_ref().ok_or_else(|| {
+        Error::option(
+            "--test",
+            "label cleaning needs test data to report on (--test, or a third --split part)",
+        )
+    })
+}
+
+/// The training rows whose labels were not replaced.
+fn clean_rows(n: usize, corrupted: &[usize]) -> Vec<usize> {
+    let mut is_corrupted = vec![false; n];
+    corrupted.iter().for_each(|&i| is_corrupted[i] = true);
+    (0..n).filter(|&i| !is_corrupted[i]).collect()
+}
+
+/// The report from the three accuracies (without cleaning, with cleaning, clean rows only),
+/// θ (the row weights are σ(θ)) and the model trained with the learnt weights.
+fn assemble(
+    [without_cleaning, with_cleaning, clean_rows_only]: [f64; 3],
+    theta: &[f64],
+    corrupted: &[usize],
+    clean: &[usize],
+    coef: Vec<f64>,
+) -> CleaningReport {
+    let weights: Vec<f64> = theta
         .iter()
         .map(|&t| crate::backend::cpu::sigmoid(t))
         .collect();
@@ -89,14 +167,14 @@ pub fn report<B: Backend + Clone>(
         let (sum, count) = rows.fold((0.0, 0usize), |(s, c), i| (s + weights[i], c + 1));
         sum / count.max(1) as f64
     };
-    Ok(CleaningReport {
+    CleaningReport {
         without_cleaning,
         with_cleaning,
         clean_rows_only,
         corrupted: corrupted.len(),
-        n_train: n,
+        n_train: theta.len(),
         mean_weight_corrupted: mean(&mut corrupted.iter().copied()),
         mean_weight_clean: mean(&mut clean.iter().copied()),
-        coef: b.download(&w)?,
-    })
+        coef,
+    }
 }

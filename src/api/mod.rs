@@ -39,6 +39,7 @@ pub use data::{Data, DataSource, Input, Splits};
 pub use device::Device;
 pub use l1::{L1Outcome, L1Report};
 pub use names::ProblemName;
+pub use network::network_probabilities;
 pub use plan::{L1Plan, NetworkPlan, Plan, SmoothPlan};
 pub use settings::{DeviceSpec, ModelSpec, OptionValue, Settings, Theta, OPTION_NAMES};
 pub use smooth::{NetworkInfo, SmoothOutcome, SmoothReport};

@@ -15,7 +15,7 @@ use crate::backend::mlp::MlpOps;
 use crate::hypergrad;
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::outer::Estimator;
-use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
+use crate::problem::{Bilevel, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver;
 use crate::{Error, Result};
 
@@ -88,6 +88,8 @@ struct Run<'a> {
     settings: &'a Settings,
     splits: &'a DenseSplits,
     note: Option<String>,
+    /// The training rows whose labels `--corrupt` replaced.
+    corrupted: Option<&'a [usize]>,
     on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
 }
 
@@ -100,9 +102,12 @@ impl OnCpu for Run<'_> {
             settings,
             splits,
             note,
+            corrupted,
             on_step,
         } = self;
-        run_on(backend, plan, network, settings, splits, note, on_step)
+        run_on(
+            backend, plan, network, settings, splits, note, corrupted, on_step,
+        )
     }
 }
 
@@ -201,6 +206,7 @@ fn grad_on<B: MlpOps + Clone>(
             model: settings.model.name(),
             activation: network.activation.name(),
             parameters: problem.inner_dim(),
+            sizes: net.sizes().to_vec(),
         }),
         result,
     })
@@ -215,9 +221,15 @@ pub(super) fn run(
 ) -> Result<SmoothOutcome> {
     let (device, note) = open_cpu(&settings.device)?;
     let mut splits = input.dense(settings)?;
-    if let Some(fraction) = settings.corrupt {
-        cleaning::corrupt(plan.kind, &mut splits.train, fraction, settings.seed)?;
-    }
+    let corrupted = match settings.corrupt {
+        None => None,
+        Some(fraction) => Some(cleaning::corrupt(
+            plan.kind,
+            &mut splits.train,
+            fraction,
+            settings.seed,
+        )?),
+    };
     dispatch_cpu(
         device,
         Run {
@@ -226,6 +238,7 @@ pub(super) fn run(
             settings,
             splits: &splits,
             note,
+            corrupted: corrupted.as_deref(),
             on_step,
         },
     )
@@ -233,7 +246,9 @@ pub(super) fn run(
 
 /// The outer loop on a network problem: the linear model's `run` with an [`MlpBilevel`] and
 /// NHGD's network estimator. MAID is refused (it steers by error bounds, which a network does
-/// not have), and the three-model cleaning report of `--corrupt` is the linear model's only.
+/// not have). With `--corrupt` on hyperclean, the three-model cleaning report trains the same
+/// network (w₀ from `--seed`) without cleaning, with the learnt weights and on the clean rows.
+#[allow(clippy::too_many_arguments)]
 fn run_on<B: MlpOps + Clone + 'static>(
     backend: B,
     plan: &SmoothPlan,
@@ -241,6 +256,7 @@ fn run_on<B: MlpOps + Clone + 'static>(
     settings: &Settings,
     splits: &DenseSplits,
     device_note: Option<String>,
+    corrupted: Option<&[usize]>,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
     let device = backend.name();
@@ -290,10 +306,27 @@ fn run_on<B: MlpOps + Clone + 'static>(
         fingerprint,
         on_step,
     )?;
-    // The model the final θ trains: the inner solution warm-started from the estimator's last
+    let cleaning = match corrupted {
+        Some(corrupted) if plan.kind == ProblemKind::Hyperclean => Some(cleaning::report_network(
+            &problem,
+            &opts.inner,
+            settings.l2,
+            settings.seed,
+            splits,
+            corrupted,
+        )?),
+        _ => None,
+    };
+    // The model the final θ trains: with a cleaning report, its model (trained from w₀ like
+    // the other two); otherwise the inner solution warm-started from the estimator's last
     // inner point (a network's minimiser depends on where its solve starts), from w₀ if none.
-    let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
-    let coef = problem.backend().download(&w)?;
+    let coef = match &cleaning {
+        Some(report) => report.coef.clone(),
+        None => {
+            let w = solver::solve(&problem, estimator.w(), &opts.inner)?.w;
+            problem.backend().download(&w)?
+        }
+    };
     let net = problem.network();
     Ok(SmoothOutcome {
         kind: plan.kind,
@@ -308,7 +341,7 @@ fn run_on<B: MlpOps + Clone + 'static>(
         theta: outcome.theta,
         trace,
         fisher_update_auto: None,
-        cleaning: None,
+        cleaning,
         coef,
         outputs: net.outputs(),
         features: net.inputs(),
@@ -316,7 +349,72 @@ fn run_on<B: MlpOps + Clone + 'static>(
             model: settings.model.name(),
             activation: network.activation.name(),
             parameters: problem.inner_dim(),
+            sizes: net.sizes().to_vec(),
         }),
         retrain_test_accuracy: None,
     })
+}
+
+/// The class probabilities (n×c, row-major) of a trained network on the rows of `x` (n×d,
+/// row-major): the forward pass of [`crate::backend::mlp`] on the CPU in f64. `sizes` are the
+/// layer widths d, H1, …, c (`layer_sizes` of `run --json`), `params` its P parameters in the
+/// layout there (`coef` of `run --json`), `activation` `tanh` or `relu`. Used by the Python
+/// package's `HyperCleaner.predict` for networks.
+pub fn network_probabilities(
+    sizes: &[usize],
+    activation: &str,
+    params: &[f64],
+    x: &[f64],
+    n: usize,
+) -> Result<Vec<f64>> {
+    use super::names::{self, ActivationName};
+    use crate::backend::mlp::{Activation, MlpData, Network};
+    use crate::backend::Backend as _;
+    if sizes.len() < 2 {
+        return Err(Error::option(
+            "--model",
+            format!("a network has at least an input and an output width, got {sizes:?}"),
+        ));
+    }
+    let activation = match names::parse::<ActivationName>("activation", activation)? {
+        ActivationName::Tanh => Activation::Tanh,
+        ActivationName::Relu => Activation::Relu,
+    };
+    let (d, c) = (sizes[0], sizes[sizes.len() - 1]);
+    let net = Network::new(d, &sizes[1..sizes.len() - 1], c, activation)?;
+    if params.len() != net.dim() {
+        return Err(Error::Dimension(format!(
+            "the network {sizes:?} has {} parameters, got {}",
+            net.dim(),
+            params.len()
+        )));
+    }
+    if x.len() != n * d {
+        return Err(Error::Dimension(format!(
+            "dimension mismatch: X has {} values, not {n} rows of the network's {d} inputs",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Dimension(format!(
+            "X: non-finite value {} at row {}, column {}",
+            x[i],
+            i / d + 1,
+            i % d + 1
+        )));
+    }
+    let rows = ndarray::Array2::from_shape_vec((n, d), x.to_vec())
+        .map_err(|e| Error::Dimension(format!("X: {e}")))?;
+    let b = CpuBackend::<f64>::new();
+    let design = b.upload_design(&crate::problem::mlp::with_ones(&rows))?;
+    let labels = b.zeros(n)?;
+    let data = MlpData {
+        x: &design,
+        y: &labels,
+        weights: None,
+        rows: None,
+    };
+    let w = b.upload(params)?;
+    let tape = b.mlp_forward(&net, data, &w)?;
+    b.download(&tape.probs)
 }

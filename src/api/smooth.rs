@@ -51,6 +51,8 @@ pub struct NetworkInfo {
     pub activation: &'static str,
     /// P, the number of inner variables (weights and biases).
     pub parameters: usize,
+    /// The layer widths d, H1, …, c (the layout of `coef`, [`crate::backend::mlp`]).
+    pub sizes: Vec<usize>,
 }
 
 impl SmoothReport {
@@ -139,6 +141,7 @@ impl SmoothOutcome {
             "model": self.network.as_ref().map_or("linear".to_string(), |n| n.model.clone()),
             "activation": self.network.as_ref().map(|n| n.activation),
             "retrain_test_accuracy": self.retrain_test_accuracy,
+            "layer_sizes": self.network.as_ref().map(|n| n.sizes.clone()),
         })
     }
 }

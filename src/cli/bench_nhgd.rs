@@ -3,6 +3,12 @@
 //! loop without curvature tracking, and the dense update's FLOP rate against a GEMM of the
 //! same shape. Hyper-cleaning of a linear softmax model on synthetic data of MNIST's shape
 //! by default (n = 50 000, d = 785, c = 10), the shape of `benches/peers/nhgd_torch.py`.
+//!
+//! `--model mlp:H1[,H2,…]` times the same outer step with a network as the inner model
+//! (SPEC §8, CPU only): `nhgd kfac` (per-layer K-FAC) and `nhgd lowrank` against the same
+//! loop with no curvature (`sgd loop only`: T SGD steps, ∇f and −Bᵀq with q = 0), the shape
+//! of `benches/peers/nhgd_mlp_torch.py`. The SGD step is `--inner-lr` (0.05 by default), so
+//! that no power iteration over the n rows runs before the clock starts.
 
 use anyhow::Result;
 use clap::Args;
@@ -10,14 +16,18 @@ use serde_json::json;
 
 use super::bench::open_device;
 use crate::api::device::OnBackend;
-use crate::api::names::{DeviceName, PrecisionName};
+use crate::api::names::{ActivationName, DeviceName, PrecisionName};
+use crate::api::ModelSpec;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::mlp::{Activation, MlpOps};
 use crate::backend::Backend;
 use crate::bench::time_calls;
 use crate::data::synthetic;
 use crate::hypergrad::fisher::{DenseUpdate, Representation};
+use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
 use crate::hypergrad::Method;
-use crate::problem::{GlmBilevel, HyperLayout, ProblemKind};
+use crate::problem::{GlmBilevel, HyperLayout, MlpBilevel, ProblemKind};
 
 #[derive(Debug, Args)]
 pub struct NhgdBenchArgs {
@@ -56,6 +66,15 @@ pub struct NhgdBenchArgs {
     /// Also draw the outer-step times as a bar chart (FIG.svg or FIG.png).
     #[arg(long, value_name = "FIG.svg|FIG.png")]
     pub plot: Option<std::path::PathBuf>,
+    /// The inner model: linear, or mlp:H1[,H2,...] (a network, CPU only).
+    #[arg(long, default_value = "linear")]
+    pub model: String,
+    /// The hidden layers' activation of a network.
+    #[arg(long, value_enum, default_value = "tanh")]
+    pub activation: ActivationName,
+    /// The SGD step of a network's inner loop.
+    #[arg(long, default_value_t = 0.05)]
+    pub inner_lr: f64,
 }
 
 pub fn run(args: NhgdBenchArgs) -> Result<()> {
@@ -69,7 +88,130 @@ pub fn run(args: NhgdBenchArgs) -> Result<()> {
             anyhow::bail!("invalid value for {name}: must be at least 1");
         }
     }
-    Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?)
+    match ModelSpec::parse(&args.model)? {
+        ModelSpec::Linear => Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?),
+        ModelSpec::Mlp { hidden } => {
+            if args.device == DeviceName::Cuda {
+                anyhow::bail!(
+                    "invalid value for --device: the networks (--model mlp:…) run on the CPU only for now; use --device cpu"
+                );
+            }
+            match args.precision {
+                PrecisionName::F32 => bench_mlp(CpuBackend::<f32>::new(), &args, &hidden),
+                PrecisionName::F64 => bench_mlp(CpuBackend::<f64>::new(), &args, &hidden),
+            }
+        }
+    }
+}
+
+/// The cases of the network benchmark: (name, whether the curvature is tracked, representation).
+fn mlp_cases(rank: usize) -> Vec<(&'static str, bool, Representation)> {
+    vec![
+        ("sgd loop only", false, Representation::Kfac),
+        ("nhgd kfac", true, Representation::Kfac),
+        ("nhgd lowrank", true, Representation::Lowrank { rank }),
+    ]
+}
+
+/// `--model mlp:…`: hyper-cleaning of a network on the same synthetic data.
+fn bench_mlp<B: MlpOps + Clone>(backend: B, args: &NhgdBenchArgs, hidden: &[usize]) -> Result<()> {
+    let (c, d) = (args.classes, args.d);
+    let full = synthetic::softmax(args.n + args.m, d, c, 0.0, 3.0, 7).0;
+    let train = full.select(&(0..args.n).collect::<Vec<_>>());
+    let val = full.select(&(args.n..args.n + args.m).collect::<Vec<_>>());
+    let activation = match args.activation {
+        ActivationName::Tanh => Activation::Tanh,
+        ActivationName::Relu => Activation::Relu,
+    };
+    let problem = MlpBilevel::new(
+        backend.clone(),
+        ProblemKind::Hyperclean,
+        HyperLayout::PerSample,
+        hidden,
+        activation,
+        &train,
+        &val,
+        0.01,
+        0,
+    )?;
+    let p = problem.network().dim();
+    let mut rows = Vec::new();
+    let (mut sgd_seconds, mut plain_outer) = (f64::NAN, f64::NAN);
+    for (name, curvature, representation) in mlp_cases(args.rank) {
+        let mut opts = StochasticOptions::new(Method::Nhgd);
+        opts.inner_steps = args.inner_steps;
+        opts.batch = args.batch_size;
+        opts.inner_lr = Some(args.inner_lr);
+        opts.representation = representation;
+        opts.diagnostics = false;
+        let mut est = MlpNhgd::new(&problem, opts)?;
+        if !curvature {
+            est = est.without_curvature();
+        }
+        // One warm-up outer step, then `reps` timed ones; medians.
+        est.estimate(&problem, 0)?;
+        let (mut outer_times, mut inner) = (Vec::new(), Vec::new());
+        for step in 1..=args.reps as u64 {
+            let (h, stats) = est.estimate(&problem, step)?;
+            if h.hypergradient.iter().any(|v| !v.is_finite()) {
+                anyhow::bail!("{name}: the hypergradient is not finite (lower --inner-lr)");
+            }
+            outer_times.push(h.seconds);
+            inner.push(stats.inner_seconds);
+        }
+        let outer = median(&mut outer_times);
+        let inner_median = median(&mut inner);
+        if !curvature {
+            sgd_seconds = inner_median;
+            plain_outer = outer;
+        }
+        rows.push(json!({
+            "case": name,
+            "outer_step_seconds": outer,
+            "inner_loop_seconds": inner_median,
+            "ratio_to_sgd_loop": outer / sgd_seconds,
+            "ratio_to_plain_outer_step": outer / plain_outer,
+            "outer_step_seconds_all": outer_times,
+        }));
+    }
+    let summary = json!({
+        "device": backend.name(),
+        "model": args.model, "activation": activation.name(),
+        "n": args.n, "m": args.m, "d": d, "classes": c, "P": p,
+        "inner_steps": args.inner_steps, "batch": args.batch_size, "rank": args.rank,
+        "inner_lr": args.inner_lr, "reps": args.reps,
+        "threads": rayon::current_num_threads(),
+        "cases": rows,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "device: {} — hyperclean, --model {} ({}), P = {p}, n = {}, m = {}, d = {d}, c = {c}, T = {}, b = {}",
+            summary["device"],
+            args.model,
+            activation.name(),
+            args.n,
+            args.m,
+            args.inner_steps,
+            args.batch_size
+        );
+        println!(
+            "{:<24} {:>14} {:>14} {:>10} {:>12}",
+            "case", "outer step s", "inner loop s", "vs SGD", "vs plain"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:>14.4} {:>14.4} {:>9.2}× {:>11.2}×",
+                r["case"].as_str().unwrap_or(""),
+                r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["inner_loop_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["ratio_to_sgd_loop"].as_f64().unwrap_or(f64::NAN),
+                r["ratio_to_plain_outer_step"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The benchmark on the opened backend.

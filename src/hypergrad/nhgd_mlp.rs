@@ -29,7 +29,8 @@
 //! # The SGD step
 //!
 //! A network has no global curvature bound, so the default η is `1/L̂` with `L̂` 1.05 times
-//! the largest eigenvalue of `H(w₀)` (power iteration, once, when the estimator is made):
+//! the largest eigenvalue magnitude of `H(w₀)` (power iteration, once, when the estimator is
+//! made; `H(w₀)` may be indefinite):
 //! a heuristic, where the linear models' default is a bound; `--inner-lr` chooses it.
 //!
 //! `stocbio`, `amigo` and `soba` are not implemented for networks (refused by
@@ -186,8 +187,11 @@ pub struct MlpNhgd<B: MlpOps> {
     opts: StochasticOptions,
     w: B::Buf,
     n_train: usize,
-    /// `1/L̂` at `w₀` (module docs).
+    /// `1/L̂` at `w₀` (module docs); not computed when `--inner-lr` is given.
     default_lr: f64,
+    /// Whether the loop tracks the curvature; `false` only for the benchmark's baseline
+    /// ([`MlpNhgd::without_curvature`]).
+    curvature: bool,
 }
 
 impl<B: MlpOps> MlpNhgd<B> {
@@ -243,19 +247,41 @@ impl<B: MlpOps> MlpNhgd<B> {
             opts.dense_update = choose_dense_update(b, &spec, &reg)?.0;
         }
         let w = problem.initial_point()?;
-        let h0 = problem.hessian(&w)?;
-        let top = linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?;
-        if !(top > 0.0 && top.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
-            )));
-        }
+        let default_lr = match opts.inner_lr {
+            // The power iteration costs 50 Hessian-vector products over all training rows:
+            // only when the step is not given.
+            Some(_) => f64::NAN,
+            None => {
+                let h0 = problem.hessian(&w)?;
+                // Power iteration finds the eigenvalue of largest magnitude, which at w₀ can
+                // be a negative one (H is indefinite away from a minimiser): its magnitude
+                // bounds the curvature either way.
+                let top =
+                    linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?
+                        .abs();
+                if !(top > 0.0 && top.is_finite()) {
+                    return Err(Error::Numerical(format!(
+                        "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
+                    )));
+                }
+                1.0 / (1.05 * top)
+            }
+        };
         Ok(MlpNhgd {
             opts,
             w,
             n_train: n,
-            default_lr: 1.0 / (1.05 * top),
+            default_lr,
+            curvature: true,
         })
+    }
+
+    /// The same outer step with no curvature tracked (`q = 0`: the SGD loop, `∇_w f` and
+    /// `−Bᵀq`): the baseline that `hypergrad bench nhgd --model mlp:…` times NHGD against,
+    /// as the linear bench's `sgd loop only` case. Its hypergradient is 0.
+    pub fn without_curvature(mut self) -> Self {
+        self.curvature = false;
+        self
     }
 
     /// The current inner iterate.
@@ -334,7 +360,9 @@ impl<B: MlpOps> MlpNhgd<B> {
                 sqrt_weights: prepared.sqrt_weights[t].as_ref(),
                 sketch: prepared.sketches[t].as_ref(),
             };
-            curvature.update(b, net, &spec, &inputs, &mut grads)?;
+            if self.curvature {
+                curvature.update(b, net, &spec, &inputs, &mut grads)?;
+            }
             b.axpy(-eta, &g, &mut self.w)?;
         }
         let after = b.host_traffic();
@@ -348,14 +376,18 @@ impl<B: MlpOps> MlpNhgd<B> {
         };
         let mut a = b.zeros(dim)?;
         let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
-        let (q, linear_iters) = curvature.apply_inverse(
-            b,
-            net,
-            problem.lambda(),
-            (&damping_buf, &damping_host),
-            &a,
-            self.opts.linear_tol,
-        )?;
+        let (q, linear_iters) = if self.curvature {
+            curvature.apply_inverse(
+                b,
+                net,
+                problem.lambda(),
+                (&damping_buf, &damping_host),
+                &a,
+                self.opts.linear_tol,
+            )?
+        } else {
+            (b.zeros(dim)?, 0)
+        };
         let hypergradient: Vec<f64> = problem.cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
         let inner_grad_norm = if self.opts.diagnostics {
             problem.inner_value_grad(&self.w, Some(&mut g))?;
