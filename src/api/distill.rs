@@ -91,12 +91,7 @@ impl OnBackend for Grad<'_> {
         } else {
             hypergrad::compute(&problem, &opts, None)?
         };
-        if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "hypergradient entry {i} is {} (check the data scale, θ and the step)",
-                result.hypergradient[i]
-            )));
-        }
+        super::smooth::finite_hypergradient(&result)?;
         let (outputs, features) = problem.shape();
         Ok(SmoothReport {
             kind: plan.kind,

@@ -180,12 +180,7 @@ fn grad_on<B: MlpOps + Clone>(
     } else {
         hypergrad::compute(&problem, &opts, None)?
     };
-    if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
-        return Err(Error::Numerical(format!(
-            "hypergradient entry {i} is {} (check the data scale, θ and the step)",
-            result.hypergradient[i]
-        )));
-    }
+    super::smooth::finite_hypergradient(&result)?;
     let net = problem.network();
     Ok(SmoothReport {
         kind: plan.kind,

@@ -205,6 +205,18 @@ pub fn run(
 }
 
 /// Builds the problem on `backend` and sets θ from the settings.
+/// The error for a hypergradient with a NaN or infinite entry (one line, naming the entry),
+/// shared by every smooth family's `grad`.
+pub(crate) fn finite_hypergradient(result: &Hypergradient) -> Result<()> {
+    match result.hypergradient.iter().position(|h| !h.is_finite()) {
+        Some(i) => Err(Error::Numerical(format!(
+            "hypergradient entry {i} is {} (check the data scale, θ and the step)",
+            result.hypergradient[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn build<B: Backend>(
     backend: B,
     plan: &SmoothPlan,
@@ -265,12 +277,7 @@ fn grad_on<B: Backend + Clone>(
     } else {
         hypergrad::compute(&problem, &opts, None)?
     };
-    if let Some(i) = result.hypergradient.iter().position(|h| !h.is_finite()) {
-        return Err(Error::Numerical(format!(
-            "hypergradient entry {i} is {} (check the data scale, θ and the step)",
-            result.hypergradient[i]
-        )));
-    }
+    finite_hypergradient(&result)?;
     let (outputs, features) = problem.shape();
     Ok(SmoothReport {
         kind: plan.kind,
