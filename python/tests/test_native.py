@@ -13,6 +13,17 @@ import hypergrad as hg
 from hypergrad import _native
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """Python's own Ctrl-C handler for each test, restored afterwards. A suite started as a
+    background job of a non-interactive shell (as CI scripts often run it) inherits SIGINT
+    ignored, and Python then installs no handler: the SIGINTs below would be dropped and the
+    "long run" would never end."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_after(seconds):
     timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
