@@ -98,50 +98,17 @@ fn pre_scale<T: Scalar>(c: &mut [T], beta: T) -> Accum {
 
 /// `C ← α AᵀA + β C` for `A` (m×p) and `C` (p×p), row-major: every entry of C is written.
 /// p is read off C, so that m = 0 (C ← β C) needs no special case.
+///
+/// One full GEMM, although C is symmetric whenever β C is (NHGD's Fisher): the lower
+/// triangle alone is half the flops, but mirroring it into the upper one (and checking that
+/// β C is symmetric first) reads C column by column, and those passes cost more than the
+/// flops they save at every P measured, one thread, f32, rank 128 (issue 10): P = 640 level
+/// (1.2 ms), P = 1,570 7.6 against 12–14 ms, P = 3,140 32 against 47 ms, P = 7,850 186
+/// against 312–322 ms. The products `a_kᵢ a_kⱼ` and `a_kⱼ a_kᵢ` are the same numbers summed
+/// over the same k, so the result is symmetric to rounding (bitwise, with faer's kernels).
 pub fn syrk<T: Scalar>(alpha: T, a: &[T], m: usize, beta: T, c: &mut [T]) {
     let p = c.len().isqrt();
-    // When β C is symmetric (always in NHGD's Fisher), so is the result: compute its lower
-    // triangle (half the flops) and mirror it. A general C must come out entry by entry, so
-    // it gets the full GEMM; telling them apart reads C once, p² against the p²m of the
-    // product.
-    if beta == T::from(0.0) || is_symmetric(c, p) {
-        let at = MatRef::from_row_major_slice(a, m, p).transpose();
-        sym_rank_k(alpha, at, beta, c);
-    } else {
-        gemm(true, false, (p, p, m), alpha, a, a, beta, c);
-    }
-}
-
-/// `C ← α XXᵀ + β C` for X (p×k) and a symmetric row-major C (p×p): faer computes the lower
-/// triangle only, which is then mirrored, so that C stays exactly symmetric.
-pub fn sym_rank_k<T: Scalar>(alpha: T, x: MatRef<'_, T>, beta: T, c: &mut [T]) {
-    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-    let p = x.nrows();
-    let accum = pre_scale(c, beta);
-    {
-        let dst = MatMut::from_row_major_slice_mut(c, p, p);
-        matmul(
-            dst,
-            BlockStructure::TriangularLower,
-            accum,
-            x,
-            BlockStructure::Rectangular,
-            x.transpose(),
-            BlockStructure::Rectangular,
-            alpha,
-            par(),
-        );
-    }
-    for i in 0..p {
-        for j in (i + 1)..p {
-            c[i * p + j] = c[j * p + i];
-        }
-    }
-}
-
-/// Whether the row-major p×p matrix equals its transpose exactly.
-fn is_symmetric<T: Scalar>(c: &[T], p: usize) -> bool {
-    (0..p).all(|i| (i + 1..p).all(|j| c[i * p + j] == c[j * p + i]))
+    gemm(true, false, (p, p, m), alpha, a, a, beta, c);
 }
 
 /// faer's LLᵀ factor of the SPD matrix whose lower triangle is that of the row-major `a`

@@ -165,12 +165,20 @@ fn syrk_matches_the_definition_for_any_c() {
     }
 }
 
-/// A symmetric C (NHGD's Fisher) takes the triangle-and-mirror path: the same numbers as the
-/// definition, and a result that is exactly symmetric.
+/// A symmetric C (NHGD's Fisher): the same numbers as the definition, and a result that is
+/// exactly symmetric (faer sums `a_kᵢ a_kⱼ` and `a_kⱼ a_kᵢ` over k in the same order).
 #[test]
 fn syrk_of_a_symmetric_c_matches_the_definition_and_stays_symmetric() {
     let mut rng = Rng::new(13);
-    for (m, p) in [(1, 1), (5, 3), (3, 5), (128, 65), (200, 64)] {
+    for (m, p) in [
+        (1, 1),
+        (5, 3),
+        (3, 5),
+        (128, 65),
+        (200, 64),
+        (7, 130),
+        (33, 200),
+    ] {
         for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-1.5, 0.25)] {
             let a = normals(&mut rng, m * p);
             let g = normals(&mut rng, p * p);

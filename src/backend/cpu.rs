@@ -937,9 +937,9 @@ impl<T: Real> Backend for CpuBackend<T> {
         let mut z = to_f64(&au);
         linalg::cholesky_half_solve_rows(&s, m, &mut z, p);
         let z: Vec<T> = z.into_iter().map(T::from_f64).collect();
-        // A ← A − ZZᵀ, a symmetric rank-m update (lower triangle, mirrored).
-        let z = faer::MatRef::from_row_major_slice(&z, p, m);
-        linalg::sym_rank_k(-T::one(), z, T::one(), a);
+        // A ← A − ZZᵀ, a symmetric rank-m update as one GEMM (see `linalg::syrk` for why not
+        // the triangle).
+        linalg::gemm(false, true, (p, p, m), -T::one(), &z, &z, T::one(), a);
         Ok(())
     }
 
