@@ -420,6 +420,48 @@ where
     })
 }
 
+/// Rows per block of [`per_row_products`].
+const ROW_BLOCK: usize = 64;
+
+/// `visit(i, z_i, out_i)` for every row `i` of `x`, with `z_i = M x_i` in f64 (one entry per
+/// row of `m`) and `out_i` the row's `width` entries of `out`. The products of a block of
+/// [`ROW_BLOCK`] rows come from one [`skinny::rows_times`] call (M stays in cache across the
+/// block, and nothing is allocated per row); blocks run in parallel, each with its own clone
+/// of `visit` (whose captured scratch it may reuse).
+fn per_row_products<T, O, F>(x: &CpuMatrix<T>, m: &[T], out: &mut [O], width: usize, visit: F)
+where
+    T: Real,
+    O: Send,
+    F: FnMut(usize, &[f64], &mut [O]) + Clone + Send + Sync,
+{
+    let d = x.d;
+    let k = m.len().checked_div(d).unwrap_or(0);
+    if width == 0 {
+        return;
+    }
+    out.par_chunks_mut(ROW_BLOCK * width)
+        .enumerate()
+        .for_each_with(visit, |visit, (b, out_block)| {
+            let first = b * ROW_BLOCK;
+            let rows = out_block.len() / width;
+            let mut z = vec![0.0; rows * k];
+            if k <= SKINNY_MAX_WIDTH {
+                let mut zt = vec![T::zero(); rows * k];
+                skinny::rows_times(&x.data[first * d..(first + rows) * d], d, m, &mut zt);
+                z.iter_mut()
+                    .zip(&zt)
+                    .for_each(|(dst, src)| *dst = src.to_f64());
+            } else {
+                for (r, zr) in z.chunks_exact_mut(k.max(1)).enumerate().take(rows) {
+                    row_times(x.row(first + r), m, zr);
+                }
+            }
+            for (r, out_row) in out_block.chunks_exact_mut(width).enumerate() {
+                visit(first + r, &z[r * k..(r + 1) * k], out_row);
+            }
+        });
+}
+
 /// `z_k = m_kᵀ x_i` in f64 for the rows `m_k` of `m` (`z.len()` rows of `x_i.len()`), the
 /// products of one row computed together ([`skinny::rows_times`]).
 fn row_times<T: Real>(xi: &[T], m: &[T], z: &mut [f64]) {
@@ -731,12 +773,11 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.record_pass(x);
         let (c, _) = check_glm_operands(x, loss, y, None, w)?;
         let mut out = vec![T::zero(); x.n * c];
-        out.par_chunks_mut(c).enumerate().for_each(|(i, gi)| {
-            let mut z = vec![0.0; c];
-            let mut g = vec![0.0; c];
-            let mut p = vec![0.0; c];
-            row_times(x.row(i), w, &mut z);
-            row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
+        let (mut g, mut p) = (vec![0.0; c], vec![0.0; c]);
+        per_row_products(x, w, &mut out, c, move |i, z, gi| {
+            g.resize(c, 0.0);
+            p.resize(c, 0.0);
+            row_loss_grad(loss, z, y[i].to_f64(), &mut g, &mut p);
             for (dst, &src) in gi.iter_mut().zip(&g) {
                 *dst = T::from_f64(src);
             }
@@ -749,19 +790,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         let d = x.d;
         let c = per_part("glm_row_pairing", g.len(), x.n)?;
         check_len("glm_row_pairing vector", q.len(), c * d)?;
-        Ok((0..x.n)
-            .into_par_iter()
-            .map_init(
-                || vec![0.0; c],
-                |z, i| {
-                    row_times(x.row(i), q, z);
-                    z.iter()
-                        .zip(&g[i * c..(i + 1) * c])
-                        .map(|(zk, gk)| zk * gk.to_f64())
-                        .sum()
-                },
-            )
-            .collect())
+        let mut out = vec![0.0; x.n];
+        per_row_products(x, q, &mut out, 1, |i, z, ri| {
+            ri[0] = z
+                .iter()
+                .zip(&g[i * c..(i + 1) * c])
+                .map(|(zk, gk)| zk * gk.to_f64())
+                .sum();
+        });
+        Ok(out)
     }
 
     fn glm_add_row_outer(
