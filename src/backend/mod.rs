@@ -368,8 +368,9 @@ pub trait Backend: Send + Sync {
 
     /// The largest dimension at which this backend solves a dense SPD system faster by
     /// [`Backend::spd_solve`] than by matrix-free CG (used by NHGD's accumulated Fisher).
-    /// 0 on the CPU by default: measured on digits (P = 640), CG took half the time of faer's
-    /// Cholesky with the same result (BENCHMARKS.md); `HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM` or
+    /// 0 on the CPU by default: CG took half the time of faer's Cholesky on digits (P = 640)
+    /// and under half at the MNIST shape (P = 7,850), with the same result (BENCHMARKS.md);
+    /// `HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM` or
     /// `CpuBackend::with_direct_solve_max_dim` opts in. On CUDA, cuSOLVER's `potrf` avoids
     /// CG's host round trip per iteration.
     fn direct_solve_max_dim(&self) -> usize {
