@@ -6,6 +6,10 @@
 //! never ship silently. `HYPERGRAD_CUDA_ARCH` (default `compute_90`, the H100/H200) sets the
 //! virtual architecture; the PTX is JIT-compiled by the driver for the actual device.
 //!
+//! The `.cu` files share one header of helpers, `cuda/common.cuh`: nvcc finds it with
+//! `-I cuda`; NVRTC gets one source text per file, so for it the header's text is pasted in
+//! place of the `#include` line here (`$OUT_DIR/<name>.cu`), and that text is what is embedded.
+//!
 //! Writes `$OUT_DIR/kernels.rs`, included by `src/backend/cuda/kernels.rs`.
 
 use std::env;
@@ -28,17 +32,23 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let arch = env::var("HYPERGRAD_CUDA_ARCH").unwrap_or_else(|_| "compute_90".to_string());
 
-    let mut sources: Vec<PathBuf> = fs::read_dir(manifest.join("cuda"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-                .collect()
-        })
+    let cuda_dir = manifest.join("cuda");
+    let files: Vec<PathBuf> = fs::read_dir(&cuda_dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
-    sources.sort();
-    for source in &sources {
-        println!("cargo:rerun-if-changed={}", source.display());
+    let with_ext = |ext: &str| {
+        let mut v: Vec<PathBuf> = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    let sources = with_ext("cu");
+    // A change to a header changes every kernel that includes it.
+    for file in sources.iter().chain(&with_ext("cuh")) {
+        println!("cargo:rerun-if-changed={}", file.display());
     }
 
     let nvcc = find_nvcc();
@@ -48,7 +58,7 @@ fn main() {
             for source in &sources {
                 let name = stem(source);
                 let ptx = out_dir.join(format!("{name}.ptx"));
-                compile(nvcc, source, &ptx, &arch);
+                compile(nvcc, source, &cuda_dir, &ptx, &arch);
                 entries.push_str(&format!(
                     "    KernelFile {{ name: {name:?}, form: KernelForm::Ptx, text: include_str!({:?}) }},\n",
                     ptx.display().to_string()
@@ -58,10 +68,13 @@ fn main() {
         }
         None => {
             for source in &sources {
+                let name = stem(source);
+                let expanded = out_dir.join(format!("{name}.cu"));
+                fs::write(&expanded, with_headers(source, &cuda_dir))
+                    .expect("write the expanded kernel source");
                 entries.push_str(&format!(
-                    "    KernelFile {{ name: {:?}, form: KernelForm::CudaSource, text: include_str!({:?}) }},\n",
-                    stem(source),
-                    source.display().to_string()
+                    "    KernelFile {{ name: {name:?}, form: KernelForm::CudaSource, text: include_str!({:?}) }},\n",
+                    expanded.display().to_string()
                 ));
             }
             ("nvrtc", String::new())
@@ -117,10 +130,45 @@ fn nvcc_version(nvcc: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn compile(nvcc: &Path, source: &Path, ptx: &Path, arch: &str) {
+/// The text of `source` with every `#include "NAME"` line replaced by the text of
+/// `include_dir/NAME` (one level: the headers include nothing), for NVRTC, which has no file
+/// system to search. A missing header fails the build, as nvcc would.
+fn with_headers(source: &Path, include_dir: &Path) -> String {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let header = line
+            .trim()
+            .strip_prefix("#include")
+            .map(str::trim)
+            .and_then(|rest| rest.strip_prefix('"'))
+            .and_then(|rest| rest.strip_suffix('"'));
+        match header {
+            Some(name) => {
+                let path = include_dir.join(name);
+                let body = fs::read_to_string(&path).unwrap_or_else(|e| {
+                    panic!("{} includes {}: {e}", source.display(), path.display())
+                });
+                out.push_str(&format!("// ---- {name} (pasted by build.rs) ----\n"));
+                out.push_str(&body);
+                out.push_str(&format!("// ---- end of {name} ----\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn compile(nvcc: &Path, source: &Path, include_dir: &Path, ptx: &Path, arch: &str) {
     let output = Command::new(nvcc)
         .args(["-ptx", "-O3", "-lineinfo"])
         .arg(format!("-arch={arch}"))
+        .arg("-I")
+        .arg(include_dir)
         .arg("-o")
         .arg(ptx)
         .arg(source)

@@ -1,11 +1,11 @@
 // hypergrad CUDA kernels: BLAS-1, reductions, hyper-parameter groups, row outer products.
 //
-// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
-// file includes no header. Buffers are f32 row-major; reductions accumulate in double.
-// CPU twins: src/backend/cpu.rs (`CpuBackend<f32>`). Element-wise updates use the
-// round-to-nearest intrinsics (__fmul_rn, __fadd_rn), which the compiler never contracts
-// into FMAs, so they round exactly like the CPU's (non-contracted) f32 expressions: given
-// equal inputs the results are bit-identical.
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
+// helpers come from common.cuh (pasted in for NVRTC by build.rs). Buffers are f32 row-major;
+// reductions accumulate in double. CPU twins: src/backend/cpu.rs (`CpuBackend<f32>`).
+// Element-wise updates use the round-to-nearest intrinsics (__fmul_rn, __fadd_rn), which the
+// compiler never contracts into FMAs, so they round exactly like the CPU's (non-contracted)
+// f32 expressions: given equal inputs the results are bit-identical.
 //
 // Launch configuration (all kernels): block = 256 threads (any multiple of 32 up to 1024
 // is correct), grid = min(ceil(n/256), 4096), except hg_batched_dot (grid (gx, m)). All
@@ -34,64 +34,9 @@
 // hg_sgd_apply(w, grad, reg, len, eta, gs)  w[e] -= eta (gs grad[e] + reg[e] w[e])
 //                                                                             3 reads 1 write
 
-#define HG_FULL_MASK 0xffffffffu
+#include "common.cuh"
 
 // ---- helpers --------------------------------------------------------------------------------
-
-__device__ __forceinline__ long long hg_gtid() {
-    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ long long hg_gstride() {
-    return (long long)gridDim.x * blockDim.x;
-}
-
-__device__ __forceinline__ float hg_bf16_to_f32(unsigned short h) {
-    return __uint_as_float(((unsigned int)h) << 16);
-}
-
-__device__ __forceinline__ float hg_load(const float* p, long long e) { return p[e]; }
-
-__device__ __forceinline__ float hg_load(const unsigned short* p, long long e) {
-    return hg_bf16_to_f32(p[e]);
-}
-
-// a / b for a ≥ 0, b > 0, with a 32-bit division when a fits (the common case).
-__device__ __forceinline__ long long hg_div(long long a, int b) {
-    if (a <= 0xffffffffLL) {
-        return (long long)((unsigned int)a / (unsigned int)b);
-    }
-    return a / (long long)b;
-}
-
-__device__ __forceinline__ double hg_warp_sum_d(double v) {
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) {
-        v += __shfl_xor_sync(HG_FULL_MASK, v, o);
-    }
-    return v;
-}
-
-// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in
-// thread 0. Every thread of the block must call it (it contains a __syncthreads), once per
-// kernel.
-__device__ __forceinline__ double hg_block_sum_d(double v) {
-    __shared__ double hg_warp_sums[32];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int nwarps = blockDim.x >> 5;
-    v = hg_warp_sum_d(v);
-    if (lane == 0) {
-        hg_warp_sums[warp] = v;
-    }
-    __syncthreads();
-    double r = 0.0;
-    if (warp == 0) {  // warp-uniform: all 32 lanes of warp 0 shuffle
-        r = (lane < nwarps) ? hg_warp_sums[lane] : 0.0;
-        r = hg_warp_sum_d(r);
-    }
-    return r;
-}
 
 __device__ __forceinline__ int hg_group_of(int e, int mode, int block) {
     if (mode == 0) return 0;

@@ -2,8 +2,8 @@
 // helpers of the Woodbury update (Fisher-type curvature estimates over mini-batches; the
 // Woodbury update's Cholesky solve is cuSOLVER's).
 //
-// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
-// file includes no header. Buffers are f32 row-major; bf16 designs are their bit patterns
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
+// helpers come from common.cuh. Buffers are f32 row-major; bf16 designs are their bit patterns
 // (unsigned short), widened exactly (f32 = bits << 16). Grid-stride loops everywhere.
 // CPU twins: src/backend/cpu.rs (glm_per_sample_gradients, glm_kfac_factors,
 // woodbury_update).
@@ -31,37 +31,7 @@
 //     as the CPU GEMM). One thread per (k, l), f32 sum over p in order; block 256,
 //     grid min(ceil(c²/256), 4096). Traffic: g is c·b words, read c times per row (L1/L2).
 
-#define HG_FULL_MASK 0xffffffffu
-
-__device__ __forceinline__ long long hg_gtid() {
-    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ long long hg_gstride() {
-    return (long long)gridDim.x * blockDim.x;
-}
-
-__device__ __forceinline__ float hg_load(const float* p, long long e) { return p[e]; }
-
-__device__ __forceinline__ float hg_load(const unsigned short* p, long long e) {
-    return __uint_as_float(((unsigned int)p[e]) << 16);
-}
-
-// a / b for a ≥ 0, b > 0, with a 32-bit division when a fits (the common case).
-__device__ __forceinline__ long long hg_div(long long a, int b) {
-    if (a <= 0xffffffffLL) {
-        return (long long)((unsigned int)a / (unsigned int)b);
-    }
-    return a / (long long)b;
-}
-
-__device__ __forceinline__ double hg_warp_sum_d(double v) {
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) {
-        v += __shfl_xor_sync(HG_FULL_MASK, v, o);
-    }
-    return v;
-}
+#include "common.cuh"
 
 // ---- per-sample gradients and gathers -------------------------------------------------------
 

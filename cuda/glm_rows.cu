@@ -1,7 +1,7 @@
 // hypergrad CUDA kernels: the fused GLM row kernel.
 //
-// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
-// file includes no header. bf16 designs are passed as their bit patterns (unsigned short)
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
+// helpers come from common.cuh. bf16 designs are passed as their bit patterns (unsigned short)
 // and widened exactly: f32 = bits << 16.
 //
 // Kernels: glm_rows_{f32,bf16}_k{1,2,4,8,16,32}, one template body, KMAX = the suffix (the
@@ -48,7 +48,8 @@
 // CPU twin: src/backend/cpu.rs, glm_value_grad / glm_hvp / glm_curvature / glm_row_factors /
 // glm_row_pairing / glm_sgd_step (row_loss_grad, softmax_into, sigmoid, softplus).
 
-#define HG_FULL_MASK 0xffffffffu
+#include "common.cuh"
+
 #define HG_THREADS 256
 #define HG_TILE 8
 
@@ -57,7 +58,7 @@
 __device__ __forceinline__ float hg_x(const float* x, long long e) { return __ldg(x + e); }
 
 __device__ __forceinline__ float hg_x(const unsigned short* x, long long e) {
-    return __uint_as_float(((unsigned int)__ldg(x + e)) << 16);
+    return hg_bf16_to_f32(__ldg(x + e));
 }
 
 // Features 4·e4 .. 4·e4+3 of x in one load (16 bytes of f32, 8 of bf16); the caller checks

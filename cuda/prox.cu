@@ -1,8 +1,8 @@
 // hypergrad CUDA kernels: the proximal-gradient step of the ℓ1 problems and its forward-mode
 // Jacobian (SPEC §3, `forward` through ISTA/FISTA; src/l1/device.rs drives them).
 //
-// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time, so this
-// file includes no header. Buffers are f32. CPU twins: src/backend/cpu_sparse.rs
+// Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
+// helpers come from common.cuh. Buffers are f32. CPU twins: src/backend/cpu_sparse.rs
 // (`SparseOps for CpuBackend<T>`), which computes the same expressions in the same order.
 //
 // Launch configuration: block = 256 threads, grid = min(ceil(len/256), 4096), grid-stride
@@ -17,17 +17,11 @@
 //     s_j = sign(w_j); coef = [deta_0..deta_{m−1}, dl2_0..dl2_{m−1}] (∂η/∂θ_k, ∂λ₂/∂θ_k),
 //     a device array of 2m floats.                                      7 reads 1 write
 
-__device__ __forceinline__ long long hg_prox_gtid() {
-    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ long long hg_prox_gstride() {
-    return (long long)gridDim.x * blockDim.x;
-}
+#include "common.cuh"
 
 extern "C" __global__ void hg_prox_step(const float* v, const float* grad, const float* l1,
                                         int len, float eta, float* w) {
-    for (long long j = hg_prox_gtid(); j < len; j += hg_prox_gstride()) {
+    for (long long j = hg_gtid(); j < len; j += hg_gstride()) {
         float z = __fsub_rn(v[j], __fmul_rn(eta, grad[j]));
         float t = __fmul_rn(eta, l1[j]);
         float out = 0.0f;
@@ -45,7 +39,7 @@ extern "C" __global__ void hg_prox_jacobian(const float* w, const float* v, cons
                                             const float* l1, const float* dl1, int len, int m,
                                             float eta, const float* coef, float* jw) {
     long long total = (long long)len * m;
-    for (long long e = hg_prox_gtid(); e < total; e += hg_prox_gstride()) {
+    for (long long e = hg_gtid(); e < total; e += hg_gstride()) {
         long long j = e % len;
         int k = (int)(e / len);
         float wj = w[j];

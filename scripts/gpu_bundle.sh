@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what the GPU machine needs (it has CUDA but no Rust toolchain) into .bin/ (git-ignored):
-# the release binary and the CUDA test binaries (cuda_parity, l1_device), kernels compiled to
-# PTX by the pinned nvcc, stripped; and the main job's CPU f64 result on this machine, which
+# the release binary and the CUDA test binaries (cuda_parity, l1_device, mlp_cuda_parity),
+# kernels compiled to PTX by the pinned nvcc, stripped; and the main job's CPU f64 result on
+# this machine, which
 # scripts/gpu_check.sh shows next to the GPU's. Then, with the device tool:
 #   run(command="bash scripts/gpu_check.sh", carry=[".bin"])
 # Fails if .bin/ exceeds 48 MiB: the device tool carries at most 64 MiB with the tree.
@@ -13,11 +14,11 @@ limit_mib=48
 
 cargo build --release
 # The test binaries' paths, from cargo's JSON messages.
-test_bins=$(cargo test --release --test cuda_parity --test l1_device --no-run --message-format=json 2>/dev/null |
+test_bins=$(cargo test --release --test cuda_parity --test l1_device --test mlp_cuda_parity --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_parity", "l1_device"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_parity", "l1_device", "mlp_cuda_parity"):
         print(m["target"]["name"], m["executable"])')
 grep -q '^hypergrad nvcc' <(target/release/hypergrad info --json | python3 -c 'import json, sys
 print("hypergrad", json.load(sys.stdin)["kernels"]["compiler"])') ||
@@ -29,7 +30,7 @@ strip -o .bin/hypergrad target/release/hypergrad
 while read -r name path; do
     strip -o ".bin/$name" "$path"
 done <<< "$test_bins"
-for name in cuda_parity l1_device; do
+for name in cuda_parity l1_device mlp_cuda_parity; do
     [[ -x .bin/$name ]] || { echo "gpu_bundle: test binary $name was not built" >&2; exit 1; }
 done
 

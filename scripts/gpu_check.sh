@@ -15,14 +15,18 @@
 #                that use shared memory)
 #   8 distill    dataset distillation on the GPU against the CPU: CG and unroll hypergradients,
 #                a short warm-start run with --retrain (runs before 7, the slowest stage)
+#   9 mlp        networks (issue 12): the MLP parity suite (tests/mlp_cuda_parity.rs), then
+#                hypergrad bench nhgd --model mlp:300 on MNIST's shape and the PyTorch peer
+#                (benches/peers/nhgd_mlp_torch.py) on the same card; targets: the kfac outer
+#                step ≤ 1.5× the plain SGD loop, ≥ 2× faster than the peer's
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
 #                row kernel for HVP k = 1, 8 and the SGD step, and the SGD apply): speed of
 #                light, occupancy, launch statistics
-# Only 8 files come back from $OUT: one log per stage (the profile's goes into details.tar.gz),
-# summary.txt, and details.tar.gz.
+# Only 8 files come back from $OUT: one log per stage 1-6 (those of 7, 8 and 9 go into
+# details.tar.gz), summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
-# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 7") picks
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 9 7") picks
 # stages; HG_LIB_SEARCH (default /) is where the CUDA libraries are looked for.
 # tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
 set -uo pipefail
@@ -31,7 +35,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
-stages="${HG_STAGES:-1 2 3 4 5 6 8 7}"
+stages="${HG_STAGES:-1 2 3 4 5 6 8 9 7}"
 python="${HG_PYTHON:-python3}"
 mkdir -p "$out"
 detail="$(mktemp -d)"
@@ -365,6 +369,82 @@ EOF
     )
     cat "$detail"/distill_*.json >> "$dlog" 2>/dev/null
     report distill "$(status_of $rc)" "${line:-could not summarise (see details.tar.gz distill.log)}"
+fi
+
+# ---- 9 mlp ------------------------------------------------------------------------------
+# Networks on the GPU: every test of tests/mlp_cuda_parity.rs in its own process (as stage 2;
+# SKIPPED means no device: a failure), then one NHGD outer step of hyper-cleaning with an
+# mlp:300 inner model on MNIST's shape (kfac and lowrank against the plain SGD loop) and the
+# PyTorch peer's (torch.func per-sample gradients, K-FAC from hooks) on the same card. The
+# summary gives each case's time, its ratio to the SGD loop (kfac's target: ≤ 1.5) and the
+# peer's time over ours (target ≥ 2). Its log goes into details.tar.gz.
+if want 9; then
+    mlog="$detail/mlp.log"
+    : > "$mlog"
+    suite=mlp_cuda_parity
+    parity="missing"
+    rc_parity=1
+    if [[ -x "$bin/$suite" ]]; then
+        dir="$detail/$suite"
+        mkdir -p "$dir"
+        : > "$dir/rc"
+        "$bin/$suite" --list 2>/dev/null | sed -n 's/: test$//p' | grep -v '^cpu_f32_stand_in::' > "$dir/tests"
+        timeout -k 5 "$(stage_limit 150)" xargs -P 4 -I{} bash -c \
+            'timeout -k 5 120 "$0" --exact "$1" --test-threads=1 > "$2/$1.log" 2>&1; echo "$1 $?" >> "$2/rc"' \
+            "$bin/$suite" {} "$dir" < "$dir/tests"
+        rc_parity=$?
+        total=$(wc -l < "$dir/tests")
+        passed=$(awk '$2 == 0' "$dir/rc" | wc -l)
+        bad=$(awk '$2 != 0 {print $1 "(" $2 ")"}' "$dir/rc" | paste -sd, -)
+        skipped=$(cat "$dir"/*.log 2>/dev/null | grep -ac 'SKIPPED')
+        {
+            echo "== $suite: $passed of $total passed"
+            sort "$dir/rc"
+            for name in $(awk '$2 != 0 {print $1}' "$dir/rc"); do
+                echo "---- $name ----"
+                tail -n 60 "$dir/$name.log"
+            done
+        } >> "$mlog"
+        parity="$passed/$total passed${bad:+ (failed: $bad)}"
+        ((skipped > 0)) && parity+=" (SKIPPED, no device: $skipped)"
+        if ((rc_parity == 0)) && [[ -n $bad || $total == 0 || $passed != "$total" || $skipped != 0 ]]; then
+            rc_parity=1
+        fi
+    fi
+    run_logged "$(stage_limit 150)" "$detail/nhgd_mlp.json" "$bin/hypergrad" bench nhgd \
+        --model mlp:300 --device cuda --json
+    rc=$?
+    run_logged "$(stage_limit 150)" "$detail/nhgd_mlp_torch.json" env PYTHONUNBUFFERED=1 "$python" \
+        benches/peers/nhgd_mlp_torch.py --device cuda --hidden 300 --n 50000 --m 10000 --d 785 \
+        --T 100 --b 64 --repeats 5 --cases none,kfac
+    rc_torch=$?
+    cat "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" >> "$mlog"
+    line=$("$python" - "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" <<'EOF' 2>> "$mlog"
+import json, sys
+def last_json(path):
+    try:
+        lines = [l for l in open(path) if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+ours, peer = last_json(sys.argv[1]), last_json(sys.argv[2])
+peer_cases = (peer or {}).get("cases", {})
+names = {"sgd loop only": "none", "nhgd kfac": "kfac", "nhgd lowrank": "lowrank"}
+parts = []
+for case in (ours or {}).get("cases", []):
+    key = names.get(case["case"], case["case"])
+    s = case["outer_step_seconds"]
+    torch_s = (peer_cases.get(key) or {}).get("outer_step_seconds")
+    vs = f" torch {1e3 * torch_s:.1f}ms ({torch_s / s:.1f}x)" if torch_s else ""
+    parts.append(f"{key} {1e3 * s:.1f}ms sgd×{case['ratio_to_sgd_loop']:.2f}{vs}")
+print("; ".join(parts) if parts else "no hypergrad result; torch: " +
+      ", ".join(f"{k} {1e3 * v['outer_step_seconds']:.1f}ms" for k, v in peer_cases.items()))
+EOF
+    )
+    worst=$rc_parity
+    ((worst == 0)) && worst=$rc
+    ((worst == 0)) && worst=$rc_torch
+    report mlp "$(status_of $worst)" "parity $parity | ${line:-no result (see details.tar.gz mlp.log)}"
 fi
 
 if want 7; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks scripts/gpu_check.sh's shell logic on a machine without a GPU, so that no GPU minute is
-# spent on a typo: fake binaries (hypergrad, cuda_parity, l1_device, nvidia-smi,
+# spent on a typo: fake binaries (hypergrad, cuda_parity, l1_device, mlp_cuda_parity, nvidia-smi,
 # compute-sanitizer, ncu, and a python that stands in for PyTorch's) answer like the real ones,
 # and each run makes one of them fail or hang. Every run must end with the summary table, name
 # the failing stage, and keep the earlier stages' logs.
@@ -34,7 +34,7 @@ case "\$1 \${2:-}" in
 esac
 EOF
 
-for suite in cuda_parity l1_device; do
+for suite in cuda_parity l1_device mlp_cuda_parity; do
     cat > "$fake/bin/$suite" <<EOF
 #!/usr/bin/env bash
 if [ "\$1" = --list ]; then printf 'a: test\\nb::c: test\\ncpu_f32_stand_in::d: test\\n'; exit 0; fi
@@ -73,14 +73,17 @@ echo "    Compute (SM) Throughput           %        45.22"
 echo "    Achieved Occupancy                %        22.49"
 EOF
 
-# The PyTorch peer: a fake benches/peers/nhgd_torch.py is not needed, python is faked instead
-# for that call only (the summaries run the real python3).
+# The PyTorch peers: fake benches/peers/nhgd_torch.py and nhgd_mlp_torch.py are not needed,
+# python is faked instead for those calls only (the summaries run the real python3).
 cat > "$fake/path/python-peer" <<EOF
 #!/usr/bin/env bash
 if [ "\${1:-}" = - ]; then exec python3 "\$@"; fi
 me=torch
 $misbehave
-for c in none kfac; do echo '{"curvature":"'\$c'","outer_step_seconds_median":0.05}'; done
+case "\${1:-}" in
+    *nhgd_mlp_torch.py) echo '{"device":"cuda","cases":{"none":{"outer_step_seconds":0.04},"kfac":{"outer_step_seconds":0.05}}}' ;;
+    *) for c in none kfac; do echo '{"curvature":"'\$c'","outer_step_seconds_median":0.05}'; done ;;
+esac
 EOF
 chmod +x "$fake/bin/"* "$fake/path/"*
 
@@ -114,7 +117,7 @@ check() {
     echo "ok   $name: $(wc -l < "$out/summary.txt") stages; $line"
 }
 
-check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,profile ok
+check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,profile ok
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
 check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity HG_STAGES=2
 check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device HG_STAGES=2
@@ -124,9 +127,22 @@ check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch HG_STAGES=5
 check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=6
 check profile-fails profile FAIL env HG_FAKE_FAIL=ncu HG_STAGES=7
 check distill-fails distill FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=8
+check mlp-parity-fails mlp FAIL env HG_FAKE_FAIL=mlp_cuda_parity HG_STAGES=9
+check mlp-bench-fails mlp FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=9
+check mlp-torch-fails mlp FAIL env HG_FAKE_FAIL=torch HG_STAGES=9
 # A hanging stage is cut by the overall budget, and the later stages still report.
 check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
 check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
+
+# The mlp stage's summary line carries the parity count, kfac's ratio to the SGD loop and the
+# peer's time over ours (the fake binaries' numbers).
+line=$(grep -E '^mlp ' "$work/out-all-pass/summary.txt" || true)
+for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms"; do
+    if [[ $line != *"$needle"* ]]; then
+        echo "FAIL mlp summary: '$needle' missing from: ${line:-no mlp line}"
+        failures=$((failures + 1))
+    fi
+done
 
 if ((failures)); then
     echo "$failures check(s) of gpu_check.sh failed"

@@ -7,14 +7,25 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The kernels with their `extern __shared__` (dynamic) arrays turned into static ones large
-/// enough for the emulated launches.
+/// The kernels with the shared header `cuda/common.cuh` pasted in place of its `#include` (as
+/// build.rs does for NVRTC: the driver includes each file inside its own C++ namespace, and the
+/// header has no include guard, so each namespace gets its own copy), and their
+/// `extern __shared__` (dynamic) arrays turned into static ones large enough for the emulated
+/// launches.
 fn emulation_copy(source: &Path, out_dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(source).expect("read kernel source");
+    let header_dir = source.parent().expect("cuda/");
     let converted: String = text
         .lines()
         .map(|line| {
             let trimmed = line.trim();
+            if let Some(name) = trimmed
+                .strip_prefix("#include \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+            {
+                return std::fs::read_to_string(header_dir.join(name))
+                    .unwrap_or_else(|e| panic!("{} includes {name}: {e}", source.display()));
+            }
             match trimmed
                 .strip_prefix("extern __shared__ float4 ")
                 .and_then(|rest| rest.strip_suffix("[];"))
@@ -41,7 +52,7 @@ fn cuda_kernels_match_their_cpu_twins_under_emulation() {
     }
     let work = std::env::temp_dir().join(format!("hypergrad-kernel-emu-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("temp dir");
-    for kernel in ["blas1", "glm_rows", "fisher"] {
+    for kernel in ["blas1", "glm_rows", "fisher", "mlp"] {
         emulation_copy(&root.join("cuda").join(format!("{kernel}.cu")), &work);
     }
     std::fs::copy(root.join("tests/kernel_emu/shim.h"), work.join("shim.h")).expect("copy shim");

@@ -28,7 +28,7 @@ mod distill;
 pub mod info;
 mod l1;
 pub mod names;
-mod network;
+pub(crate) mod network;
 mod plan;
 mod quadratic;
 pub mod settings;

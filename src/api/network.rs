@@ -1,12 +1,13 @@
 //! `grad` and `run` for the smooth problems with a network as the inner model
 //! (`--model mlp:…`, SPEC §8): the same reports as the linear model's, from an
-//! [`MlpBilevel`]. The network primitives have a CPU implementation only, so `auto` runs
-//! networks on the CPU and `--device cuda` is refused.
+//! [`MlpBilevel`]. The network primitives ([`MlpOps`]) exist on every backend, so a network
+//! runs wherever the linear models do: `--device cuda` on the GPU (f32, designs optionally
+//! stored as bf16), `auto` on the GPU when one is usable and on the CPU otherwise (saying
+//! why), `--device cpu` in f64 or f32.
 
 use super::cleaning;
 use super::data::{DenseSplits, Input};
 use super::device::{Backend as DeviceBackend, Device};
-use super::names::DeviceName;
 use super::plan::{NetworkPlan, SmoothPlan};
 use super::settings::{DeviceSpec, Settings};
 use super::smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
@@ -19,46 +20,31 @@ use crate::problem::{Bilevel, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver;
 use crate::{Error, Result};
 
-/// The CPU at the precision asked for; `auto` says why it is not a GPU.
-fn open_cpu(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
-    match spec.device {
-        DeviceName::Cuda => Err(Error::option(
-            "--device",
-            "the networks (--model mlp:…) run on the CPU only for now; use --device cpu",
-        )),
-        DeviceName::Cpu => Ok((Device::open(spec)?, None)),
-        DeviceName::Auto => {
-            let cpu = DeviceSpec {
-                device: DeviceName::Cpu,
-                ..spec.clone()
-            };
-            Ok((
-                Device::open(&cpu)?,
-                Some("auto chose the CPU: the networks (--model mlp:…) run on the CPU".into()),
-            ))
-        }
-    }
+/// The device `spec` asks for, opened as for the linear models, and the note `auto` gets
+/// when it falls back to the CPU.
+fn open(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
+    let device = Device::open(spec)?;
+    let note = device.note();
+    Ok((device, note))
 }
 
-/// Code generic over the CPU backends that have the network primitives: the networks' twin
-/// of [`super::device::OnBackend`] (CUDA has no [`MlpOps`] yet).
-trait OnCpu {
+/// Code generic over the backends that have the network primitives: the networks' twin of
+/// [`super::device::OnBackend`], whose bound is [`MlpOps`] rather than the core backend.
+pub(crate) trait OnMlpBackend {
     type Output;
     fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<Self::Output>;
 }
 
-/// The one match from the opened CPU device to its backend type.
-fn dispatch_cpu<T: OnCpu>(device: Device, task: T) -> Result<T::Output> {
+/// The one match from an opened device to its backend type, for networks.
+pub(crate) fn dispatch<T: OnMlpBackend>(device: Device, task: T) -> Result<T::Output> {
     match device.backend {
         DeviceBackend::CpuF64 => task.on(CpuBackend::<f64>::new()),
         DeviceBackend::CpuF32 => task.on(CpuBackend::<f32>::new()),
-        DeviceBackend::Cuda(_) => Err(Error::Backend(
-            "internal: a network was given a CUDA backend".into(),
-        )),
+        DeviceBackend::Cuda(backend) => task.on(backend),
     }
 }
 
-/// `grad` on one CPU backend.
+/// `grad` on one backend.
 struct Grad<'a> {
     plan: &'a SmoothPlan,
     network: &'a NetworkPlan,
@@ -67,7 +53,7 @@ struct Grad<'a> {
     note: Option<String>,
 }
 
-impl OnCpu for Grad<'_> {
+impl OnMlpBackend for Grad<'_> {
     type Output = SmoothReport;
     fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
         grad_on(
@@ -81,7 +67,7 @@ impl OnCpu for Grad<'_> {
     }
 }
 
-/// `run` on one CPU backend.
+/// `run` on one backend.
 struct Run<'a> {
     plan: &'a SmoothPlan,
     network: &'a NetworkPlan,
@@ -93,7 +79,7 @@ struct Run<'a> {
     on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
 }
 
-impl OnCpu for Run<'_> {
+impl OnMlpBackend for Run<'_> {
     type Output = SmoothOutcome;
     fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
         let Run {
@@ -117,9 +103,9 @@ pub(super) fn grad(
     settings: &Settings,
     input: &Input,
 ) -> Result<SmoothReport> {
-    let (device, note) = open_cpu(&settings.device)?;
+    let (device, note) = open(&settings.device)?;
     let splits = input.dense(settings)?;
-    dispatch_cpu(
+    dispatch(
         device,
         Grad {
             plan,
@@ -214,7 +200,7 @@ pub(super) fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
-    let (device, note) = open_cpu(&settings.device)?;
+    let (device, note) = open(&settings.device)?;
     let mut splits = input.dense(settings)?;
     let corrupted = match settings.corrupt {
         None => None,
@@ -225,7 +211,7 @@ pub(super) fn run(
             settings.seed,
         )?),
     };
-    dispatch_cpu(
+    dispatch(
         device,
         Run {
             plan,

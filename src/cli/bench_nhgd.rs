@@ -5,7 +5,7 @@
 //! by default (n = 50 000, d = 785, c = 10), the shape of `benches/peers/nhgd_torch.py`.
 //!
 //! `--model mlp:H1[,H2,…]` times the same outer step with a network as the inner model
-//! (SPEC §8, CPU only): `nhgd kfac` (per-layer K-FAC) and `nhgd lowrank` against the same
+//! (SPEC §8; on the device `--device` opens, the GPU included): `nhgd kfac` (per-layer K-FAC) and `nhgd lowrank` against the same
 //! loop with no curvature (`sgd loop only`: T SGD steps, ∇f and −Bᵀq with q = 0), the shape
 //! of `benches/peers/nhgd_mlp_torch.py`. The SGD step is `--inner-lr` (0.05 by default), so
 //! that no power iteration over the n rows runs before the clock starts.
@@ -17,8 +17,8 @@ use serde_json::json;
 use super::bench::open_device;
 use crate::api::device::OnBackend;
 use crate::api::names::{ActivationName, DeviceName, PrecisionName};
+use crate::api::network::{self, OnMlpBackend};
 use crate::api::ModelSpec;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::{Activation, MlpOps};
 use crate::backend::Backend;
 use crate::bench::time_calls;
@@ -66,7 +66,7 @@ pub struct NhgdBenchArgs {
     /// Also draw the outer-step times as a bar chart (FIG.svg or FIG.png).
     #[arg(long, value_name = "FIG.svg|FIG.png")]
     pub plot: Option<std::path::PathBuf>,
-    /// The inner model: linear, or mlp:H1[,H2,...] (a network, CPU only).
+    /// The inner model: linear, or mlp:H1[,H2,...] (a network).
     #[arg(long, default_value = "linear")]
     pub model: String,
     /// The hidden layers' activation of a network.
@@ -90,17 +90,20 @@ pub fn run(args: NhgdBenchArgs) -> Result<()> {
     }
     match ModelSpec::parse(&args.model)? {
         ModelSpec::Linear => Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?),
-        ModelSpec::Mlp { hidden } => {
-            if args.device == DeviceName::Cuda {
-                anyhow::bail!(
-                    "invalid value for --device: the networks (--model mlp:…) run on the CPU only for now; use --device cpu"
-                );
-            }
-            match args.precision {
-                PrecisionName::F32 => bench_mlp(CpuBackend::<f32>::new(), &args, &hidden),
-                PrecisionName::F64 => bench_mlp(CpuBackend::<f64>::new(), &args, &hidden),
-            }
-        }
+        ModelSpec::Mlp { hidden } => Ok(network::dispatch(
+            open_device(args.device, args.precision)?,
+            BenchMlp(&args, &hidden),
+        )?),
+    }
+}
+
+/// The network benchmark on the opened backend.
+struct BenchMlp<'a>(&'a NhgdBenchArgs, &'a [usize]);
+
+impl OnMlpBackend for BenchMlp<'_> {
+    type Output = ();
+    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> crate::Result<()> {
+        bench_mlp(backend, self.0, self.1).map_err(|e| crate::Error::Backend(format!("{e:#}")))
     }
 }
 

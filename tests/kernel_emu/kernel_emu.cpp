@@ -18,6 +18,9 @@ namespace kg {
 namespace kf {
 #include "emu_fisher.cu"
 }
+namespace km {
+#include "emu_mlp.cu"
+}
 static std::mt19937_64 rng(12345);
 static double unif(double a = -1, double b = 1) { return std::uniform_real_distribution<double>(a, b)(rng); }
 static int fails = 0, checks = 0;
@@ -287,10 +290,142 @@ static void test_fisher() {
     }
 }
 
+// ---- mlp.cu: the network's row steps against double references written from
+// src/backend/mlp/cpu.rs (the CPU twin evaluates the same expressions in f64) ----
+static double phi_d1(int act, double a) { return act == 0 ? 1 - a * a : (a > 0 ? 1.0 : 0.0); }
+static double phi_d2(int act, double a) { return act == 0 ? -2 * a * (1 - a * a) : 0.0; }
+
+static void test_mlp() {
+    for (int act : {0, 1}) for (int w : {1, 5, 33}) for (unsigned grid : {1u, 3u}) {
+        const int n = 13;
+        char what[160];
+        snprintf(what, sizeof what, "mlp act=%d w=%d grid=%u", act, w, grid);
+        // hg_mlp_activate: [φ(Z) | 1] in place, φ evaluated in double and rounded once.
+        auto a = randv((size_t)n * (w + 1), -3, 3), z = a;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_activate(a.data(), n, w, act); });
+        for (int p = 0; p < n; ++p) for (int k = 0; k <= w; ++k) {
+            const double zz = z[p * (w + 1) + k];
+            const float want = k == w ? 1.0f : (float)(act == 0 ? std::tanh(zz) : std::max(zz, 0.0));
+            expect(a[p * (w + 1) + k] == want, what, a[p * (w + 1) + k], want);
+        }
+        // hg_mlp_derivative_times, out of place and in place: (float)φ'(a) · x in f32.
+        auto x = randv((size_t)n * w), out = randv((size_t)n * w);
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_derivative_times(x.data(), a.data(), n, w, act, out.data()); });
+        auto in_place = x;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_derivative_times(in_place.data(), a.data(), n, w, act, in_place.data()); });
+        for (int p = 0; p < n; ++p) for (int k = 0; k < w; ++k) {
+            const float want = (float)phi_d1(act, a[p * (w + 1) + k]) * x[p * w + k];
+            expect(out[p * w + k] == want, "mlp derivative_times", out[p * w + k], want);
+            expect(in_place[p * w + k] == want, "mlp derivative_times in place", in_place[p * w + k], want);
+        }
+        // hg_mlp_backprop_r: R T ⊙ φ'(a) + T ⊙ φ''(a) ⊙ R z in double.
+        auto rt = randv((size_t)n * w), t = randv((size_t)n * w), rz = randv((size_t)n * w), rt0 = rt;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_backprop_r(rt.data(), t.data(), a.data(), rz.data(), n, w, act, rt.data()); });
+        for (int p = 0; p < n; ++p) for (int k = 0; k < w; ++k) {
+            const double ak = a[p * (w + 1) + k], e = (size_t)p * w + k;
+            const double want = rt0[e] * phi_d1(act, ak) + (double)t[e] * phi_d2(act, ak) * rz[e];
+            close(rt[e], want, 1e-7, "mlp backprop_r");
+        }
+    }
+    for (int c : {2, 3, 10, 37}) for (int use_rows : {0, 1}) for (unsigned grid : {1u, 2u}) {
+        const int n = 11, n_total = 15;
+        std::vector<int> rows(n);
+        for (int p = 0; p < n; ++p) rows[p] = use_rows ? (int)(rng() % n_total) : p;
+        const int* rp = use_rows ? rows.data() : nullptr;
+        std::vector<float> y(n_total), s = randv(n_total, 0.1, 2);
+        for (auto& v : y) v = (float)(rng() % c);
+        auto row = [&](int p) { return use_rows ? rows[p] : p; };
+        // hg_mlp_softmax_ce: probabilities in place and CE = logsumexp − z_y, in double.
+        auto zp = randv((size_t)n * c, -4, 4), z = zp;
+        std::vector<float> losses(n, -7.f);
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_softmax_ce(zp.data(), y.data(), rp, n, c, losses.data()); });
+        for (int p = 0; p < n; ++p) {
+            double mx = -1e300, sum = 0;
+            for (int k = 0; k < c; ++k) mx = std::max(mx, (double)z[p * c + k]);
+            for (int k = 0; k < c; ++k) sum += exp(z[p * c + k] - mx);
+            for (int k = 0; k < c; ++k) close(zp[p * c + k], exp(z[p * c + k] - mx) / sum, 1e-7, "mlp softmax");
+            close(losses[p], mx + log(sum) - z[p * c + (int)y[row(p)]], 1e-7, "mlp cross-entropy");
+        }
+        // hg_mlp_weighted_sum: Σ s_i ℓ_p in double, with and without weights.
+        for (int weighted : {0, 1}) {
+            double got = 0.5, want = 0.5;
+            launch(g1(grid), g1(256), [&] { km::hg_mlp_weighted_sum(losses.data(), weighted ? s.data() : nullptr, rp, n, &got); });
+            for (int p = 0; p < n; ++p) want += (weighted ? (double)s[row(p)] : 1.0) * losses[p];
+            close(got, want, 1e-12, "mlp weighted_sum");
+        }
+        // hg_mlp_output_delta: p − e_y exactly.
+        std::vector<float> delta((size_t)n * c, -7.f);
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_output_delta(zp.data(), y.data(), rp, n, c, delta.data()); });
+        for (int p = 0; p < n; ++p) for (int k = 0; k < c; ++k) {
+            const float want = k == (int)y[row(p)] ? zp[p * c + k] - 1.0f : zp[p * c + k];
+            expect(delta[p * c + k] == want, "mlp output_delta", delta[p * c + k], want);
+        }
+        // hg_mlp_directional: Σ_k (p_k − 1[k = y]) R z_k in double.
+        auto rz = randv((size_t)n * c);
+        std::vector<double> dir(n, -7.0);
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_directional(zp.data(), y.data(), rp, rz.data(), n, c, dir.data()); });
+        for (int p = 0; p < n; ++p) {
+            double want = 0;
+            for (int k = 0; k < c; ++k) want += ((double)zp[p * c + k] - (k == (int)y[row(p)])) * rz[p * c + k];
+            close(dir[p], want, 1e-12, "mlp directional");
+        }
+        // hg_mlp_softmax_r: p ⊙ (R z − pᵀ R z) in place, in double.
+        auto r = rz;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_softmax_r(zp.data(), r.data(), n, c); });
+        for (int p = 0; p < n; ++p) {
+            double mean = 0;
+            for (int k = 0; k < c; ++k) mean += (double)zp[p * c + k] * rz[p * c + k];
+            for (int k = 0; k < c; ++k) close(r[p * c + k], zp[p * c + k] * (rz[p * c + k] - mean), 1e-7, "mlp softmax_r");
+        }
+        // hg_mlp_scale_rows: s_i · x exactly.
+        auto xs = randv((size_t)n * c), scaled = xs;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_scale_rows(xs.data(), s.data(), rp, n, c, scaled.data()); });
+        for (int p = 0; p < n; ++p) for (int k = 0; k < c; ++k) expect(scaled[p * c + k] == xs[p * c + k] * s[row(p)], "mlp scale_rows");
+        // A label that is not a class index makes its row's loss, δ and directional NaN.
+        auto bad = y;
+        bad[row(0)] = (float)c;
+        auto zb = z;
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_softmax_ce(zb.data(), bad.data(), rp, n, c, losses.data()); });
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_output_delta(zb.data(), bad.data(), rp, n, c, delta.data()); });
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_directional(zb.data(), bad.data(), rp, rz.data(), n, c, dir.data()); });
+        expect(std::isnan(losses[0]) && std::isnan(delta[0]) && std::isnan(dir[0]), "mlp invalid label gives NaN");
+    }
+    // hg_mlp_outer_rows: one layer's block of every per-sample gradient, other entries untouched.
+    for (int use_coef : {0, 1}) for (unsigned grid : {1u, 4u}) {
+        const int n = 6, fo = 4, in_w = 7, offset = 5, dim = offset + fo * in_w + 3;
+        auto delta = randv(n * fo), input = randv(n * in_w), coef = randv(n);
+        std::vector<float> out((size_t)n * dim, -7.f);
+        launch(g1(grid), g1(256), [&] { km::hg_mlp_outer_rows(delta.data(), fo, input.data(), in_w, use_coef ? coef.data() : nullptr, n, dim, offset, out.data()); });
+        for (int p = 0; p < n; ++p) for (int e = 0; e < dim; ++e) {
+            float want = -7.f;
+            if (e >= offset && e < offset + fo * in_w) {
+                const int k = (e - offset) / in_w, j = (e - offset) % in_w;
+                const float dk = use_coef ? coef[p] * delta[p * fo + k] : delta[p * fo + k];
+                want = dk * input[p * in_w + j];
+            }
+            expect(out[(size_t)p * dim + e] == want, "mlp outer_rows", out[(size_t)p * dim + e], want);
+        }
+    }
+    // hg_mlp_bias_shift: out_b += shift · (Σ_k v_b) / c on the strided bias entries only.
+    for (int c : {3, 37}) {
+        const int start = 4, stride = 5, len = start + c * stride + 2;
+        auto v = randv(len), out = randv(len), out0 = out;
+        launch(g1(1), g1(32), [&] { km::hg_mlp_bias_shift(v.data(), out.data(), start, stride, c, 0.75f); });
+        double sum = 0;
+        for (int k = 0; k < c; ++k) sum += v[start + k * stride];
+        const float add = (float)(0.75 * sum / c);
+        for (int e = 0; e < len; ++e) {
+            const bool bias = e >= start && (e - start) % stride == 0 && (e - start) / stride < c;
+            close(out[e], bias ? (double)(out0[e] + add) : (double)out0[e], 1e-7, "mlp bias_shift");
+        }
+    }
+}
+
 int main(int argc, char** argv) {
     bool quick = argc > 1 && std::string(argv[1]) == "quick";
     test_blas1(); printf("blas1: %d checks, %d fails\n", checks, fails);
     test_fisher(); printf("fisher: %d checks, %d fails\n", checks, fails);
+    test_mlp(); printf("mlp: %d checks, %d fails\n", checks, fails);
     glm_suite<1, float>(); glm_suite<8, float>(); glm_suite<32, float>();
     glm_suite<4, unsigned short>();
     if (!quick) {

@@ -13,7 +13,7 @@
 #include <memory>
 #include <functional>
 #include <algorithm>
-using std::exp; using std::log; using std::log1p; using std::sqrt;
+using std::exp; using std::log; using std::log1p; using std::sqrt; using std::tanh; using std::fmax;
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct float4 { float x, y, z, w; };
 struct uint2 { unsigned x, y; };

@@ -134,14 +134,14 @@ type ResidentBlocks = std::collections::HashMap<String, Vec<(usize, u32)>>;
 
 /// A design matrix on the device.
 pub struct CudaDesign {
-    n: usize,
-    d: usize,
-    data: DesignData,
+    pub(in crate::backend) n: usize,
+    pub(in crate::backend) d: usize,
+    pub(in crate::backend) data: DesignData,
     /// `0, 1, …, n−1`: the row indices of the whole design, for kernels that take a list.
-    iota: CudaSlice<i32>,
+    pub(in crate::backend) iota: CudaSlice<i32>,
 }
 
-enum DesignData {
+pub(in crate::backend) enum DesignData {
     F32(CudaSlice<f32>),
     /// bf16 bit patterns.
     Bf16(CudaSlice<u16>),
@@ -151,9 +151,13 @@ enum DesignData {
 /// buffer, so the T batches of an inner loop can come in one host copy
 /// ([`crate::backend::Backend::upload_batches`]).
 pub struct CudaRows {
-    len: usize,
+    pub(in crate::backend) len: usize,
     offset: usize,
     idx: Arc<CudaSlice<i32>>,
+    /// The number of design rows the indices were checked against when uploaded (each is
+    /// below it), so that a primitive can refuse them for a smaller design without reading
+    /// them back.
+    pub(in crate::backend) bound: usize,
 }
 
 /// The CUDA backend on one device. Clones share the context, stream and counters;
@@ -161,7 +165,7 @@ pub struct CudaRows {
 /// buffers, kernels and counters) with its own cuBLAS handle and markers.
 #[derive(Clone)]
 pub struct CudaBackend {
-    stream: Arc<CudaStream>,
+    pub(in crate::backend) stream: Arc<CudaStream>,
     /// Markers of this handle's stream (`Backend::signal` / `wait_for`), timing disabled.
     events: Arc<Vec<CudaEvent>>,
     blas: Arc<CudaBlas>,
@@ -323,13 +327,13 @@ impl CudaBackend {
 
     /// The raw device address of a buffer. One stream orders every use, so the cross-stream
     /// events cudarc would record are not needed (the context runs without them).
-    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
+    pub(in crate::backend) fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
         let (ptr, _record) = buf.device_ptr(&self.stream);
         ptr
     }
 
     /// The address of entry `offset` of a buffer of `T`.
-    fn ptr_at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> u64 {
+    pub(in crate::backend) fn ptr_at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> u64 {
         self.ptr(buf) + (offset * std::mem::size_of::<T>()) as u64
     }
 
@@ -349,7 +353,7 @@ impl CudaBackend {
     }
 
     /// The address of a mini-batch's first index.
-    fn rows_ptr(&self, rows: &CudaRows) -> u64 {
+    pub(in crate::backend) fn rows_ptr(&self, rows: &CudaRows) -> u64 {
         self.ptr_at(&*rows.idx, rows.offset)
     }
 
@@ -364,18 +368,18 @@ impl CudaBackend {
 
 /// A kernel argument: a device address or a scalar.
 #[derive(Clone, Copy, Debug)]
-enum Arg {
+pub(in crate::backend) enum Arg {
     Ptr(u64),
     I32(i32),
     F32(f32),
 }
 
 /// The null device pointer, for an absent optional buffer.
-const NULL: Arg = Arg::Ptr(0);
+pub(in crate::backend) const NULL: Arg = Arg::Ptr(0);
 
 /// One-dimensional launch over `n` elements with grid-stride loops: 256 threads a block, at
 /// most 4096 blocks.
-fn grid_1d(n: usize) -> LaunchConfig {
+pub(in crate::backend) fn grid_1d(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -385,7 +389,7 @@ fn grid_1d(n: usize) -> LaunchConfig {
 }
 
 /// A size as the kernels' `int`, checked.
-fn int(what: &str, v: usize) -> Result<i32> {
+pub(in crate::backend) fn int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| Error::Dimension(format!("{what} = {v} exceeds the kernels' 32-bit sizes")))
 }

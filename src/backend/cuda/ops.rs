@@ -119,7 +119,12 @@ impl<'a> RowsCall<'a> {
 }
 
 impl CudaBackend {
-    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    pub(in crate::backend) fn launch(
+        &self,
+        name: &str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
         let function = self.kernels.get(name)?;
         let mut builder = self.stream.launch_builder(function);
         for arg in args {
@@ -161,14 +166,15 @@ impl CudaBackend {
         Ok(blocks)
     }
 
-    fn design_ptr(&self, x: &CudaDesign) -> (u64, &'static str) {
+    /// The design's device address and its storage's kernel suffix (`f32` or `bf16`).
+    pub(in crate::backend) fn design_ptr(&self, x: &CudaDesign) -> (u64, &'static str) {
         match &x.data {
             DesignData::F32(buf) => (self.ptr(buf), "f32"),
             DesignData::Bf16(buf) => (self.ptr(buf), "bf16"),
         }
     }
 
-    fn opt(&self, buf: Option<&CudaSlice<f32>>) -> Arg {
+    pub(in crate::backend) fn opt(&self, buf: Option<&CudaSlice<f32>>) -> Arg {
         buf.map_or(NULL, |b| Arg::Ptr(self.ptr(b)))
     }
 
@@ -414,14 +420,33 @@ impl CudaBackend {
         .map_err(driver_error)
     }
 
-    fn alloc_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
+    pub(in crate::backend) fn alloc_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
         if len == 0 {
             return self.stream.null().map_err(driver_error);
         }
         self.stream.alloc_zeros::<f32>(len).map_err(driver_error)
     }
 
-    fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+    /// A buffer whose entries the caller writes, every one, before any is read (a kernel or a
+    /// GEMM with β = 0, which does not read C): no memset, one launch fewer per buffer in the
+    /// networks' inner loop.
+    pub(in crate::backend) fn alloc_written_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
+        if len == 0 {
+            return self.stream.null().map_err(driver_error);
+        }
+        // SAFETY: f32 has no invalid bit patterns, and the callers write every entry before
+        // reading it (see above), so no stale value is ever observed.
+        unsafe { self.stream.alloc::<f32>(len) }.map_err(driver_error)
+    }
+
+    /// `len` doubles set to 0 (at least one, so that a reduction always has a target).
+    pub(in crate::backend) fn alloc_f64_zeros(&self, len: usize) -> Result<CudaSlice<f64>> {
+        self.stream
+            .alloc_zeros::<f64>(len.max(1))
+            .map_err(driver_error)
+    }
+
+    pub(in crate::backend) fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -429,7 +454,7 @@ impl CudaBackend {
     }
 
     /// Reads device doubles back (a synchronising transfer).
-    fn read_f64(&self, buf: &CudaSlice<f64>) -> Result<Vec<f64>> {
+    pub(in crate::backend) fn read_f64(&self, buf: &CudaSlice<f64>) -> Result<Vec<f64>> {
         let host = self.stream.clone_dtoh(buf).map_err(driver_error)?;
         self.count_sync();
         self.count_transfer();
@@ -486,6 +511,36 @@ impl CudaBackend {
         beta: f64,
         c: u64,
     ) -> Result<()> {
+        let lda = if transpose_a { m } else { k };
+        let ldb = if transpose_b { k } else { n };
+        self.gemm_strided(
+            transpose_a,
+            transpose_b,
+            (m, n, k),
+            alpha,
+            (a, lda),
+            (b, ldb),
+            beta,
+            (c, n),
+        )
+    }
+
+    /// [`Self::gemm_raw`] with each operand's row stride given (`(address, stride)`, the
+    /// stride in entries of the row-major matrix as stored, so `op(A) = Aᵀ` is read from a
+    /// k×m matrix whose rows are `lda` apart): a GEMM on column blocks of wider matrices, such
+    /// as a layer's weights without its bias column, or the first columns of `[Z | 1]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend) fn gemm_strided(
+        &self,
+        transpose_a: bool,
+        transpose_b: bool,
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        (a, lda): (u64, usize),
+        (b, ldb): (u64, usize),
+        beta: f64,
+        (c, ldc): (u64, usize),
+    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -496,8 +551,6 @@ impl CudaBackend {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let lda = if transpose_a { m } else { k };
-        let ldb = if transpose_b { k } else { n };
         let (alpha, beta) = (alpha as f32, beta as f32);
         // SAFETY: the callers checked every buffer's length against (m, n, k); the handle
         // belongs to this backend's stream.
@@ -516,7 +569,7 @@ impl CudaBackend {
                 int("lda", lda.max(1))?,
                 &beta,
                 c as *mut f32,
-                int("ldc", n)?,
+                int("ldc", ldc)?,
             )
         }
         .map_err(driver_error)
@@ -622,6 +675,7 @@ impl Backend for CudaBackend {
                 len: 0,
                 offset: 0,
                 idx: Arc::new(self.stream.null().map_err(driver_error)?),
+                bound: n,
             }),
         }
     }
@@ -647,6 +701,7 @@ impl Backend for CudaBackend {
                 len: batch.min(rows.len() - offset),
                 offset,
                 idx: idx.clone(),
+                bound: n,
             })
             .collect())
     }

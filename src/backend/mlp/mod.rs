@@ -1,5 +1,7 @@
 //! The multilayer perceptron's primitives (SPEC §8), an op family beside the core
-//! [`Backend`]: a trait here, its CPU twin in [`cpu`].
+//! [`Backend`]: a trait here, its CPU twin in [`cpu`], its CUDA implementation in [`cuda`]
+//! (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`; parity with the CPU in
+//! `tests/mlp_cuda_parity.rs`).
 //!
 //! # The network
 //!
@@ -45,6 +47,7 @@
 //! alone: `⟨∇_w ℓ_i, q⟩ = (p_i − e_{y_i})ᵀ R z_{L,i}` with `R` along `q`.
 
 pub mod cpu;
+pub mod cuda;
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -232,7 +235,8 @@ pub struct Tape<B: Backend + ?Sized> {
     /// Rows in the pass.
     pub n: usize,
     /// The mini-batch's input rows `X̃_B` (`n × (d+1)`), gathered once; `None` when the pass
-    /// ran over the whole design (which is then the input).
+    /// ran over the whole design (which is then the input), unless the backend had to convert
+    /// it (CUDA widens a bf16 design into f32 here).
     pub input: Option<B::Buf>,
     /// `Ã_l = [φ(Z_l) | 1]` (`n × (n_l + 1)`) for the hidden layers `l = 1, …, L−1`.
     pub hidden: Vec<B::Buf>,
