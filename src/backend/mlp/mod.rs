@@ -1,5 +1,6 @@
 //! The multilayer perceptron's primitives (SPEC §8), an op family beside the core
-//! [`Backend`]: a trait here, its CPU twin in [`cpu`].
+//! [`Backend`]: a trait here, its CPU twin in [`cpu`]; the derivatives with respect to the
+//! input rows (dataset distillation) are a second family, [`input::MlpInputOps`].
 //!
 //! # The network
 //!
@@ -45,6 +46,10 @@
 //! alone: `⟨∇_w ℓ_i, q⟩ = (p_i − e_{y_i})ᵀ R z_{L,i}` with `R` along `q`.
 
 pub mod cpu;
+pub mod input;
+mod input_cpu;
+
+pub use input::MlpInputOps;
 
 use super::Backend;
 use crate::error::{Error, Result};
