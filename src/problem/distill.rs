@@ -41,8 +41,8 @@
 //! No constants of SPEC §4's a posteriori bound are derived for B here (its Lipschitz constant
 //! in W grows with ‖W‖), so `error_bound` is null.
 //!
-//! The synthetic set itself — θ's layout, its labels, its starting point — is [`Synthetic`],
-//! which the network's twin ([`super::distill_mlp`]) shares.
+//! θ's layout and labels ([`Synthetic`]) and its starting point ([`initial_theta`]) are
+//! shared with the network's twin ([`super::distill_mlp`]).
 
 use ndarray::Array2;
 
@@ -114,18 +114,17 @@ fn check_k(k: usize) -> Result<()> {
 }
 
 /// θ as the synthetic training set of both distillation problems: K rows of d features for
-/// each of c classes (`N = K c` rows, row j of class `⌊j / K⌋`), and the inner ridge C.
+/// each of c classes (`N = K c` rows, row j of class `⌊j / K⌋`).
 #[derive(Clone, Debug)]
 pub struct Synthetic {
     k: usize,
     c: usize,
     d: usize,
-    l2: f64,
     theta: Vec<f64>,
 }
 
 impl Synthetic {
-    /// Checks K ≥ 1, c ≥ 2, C > 0 finite, and θ (K·c·d finite entries).
+    /// Checks K ≥ 1, c ≥ 2, the inner ridge C > 0 finite, and θ (K·c·d finite entries).
     pub fn new(classes: usize, k: usize, d: usize, l2: f64, theta: &[f64]) -> Result<Self> {
         check_k(k)?;
         if classes < 2 {
@@ -144,7 +143,6 @@ impl Synthetic {
             k,
             c: classes,
             d,
-            l2,
             theta: theta.to_vec(),
         })
     }
@@ -167,11 +165,6 @@ impl Synthetic {
     /// N = K c, the synthetic rows.
     pub fn rows(&self) -> usize {
         self.k * self.c
-    }
-
-    /// C, the inner ridge.
-    pub fn l2(&self) -> f64 {
-        self.l2
     }
 
     /// θ (N·d entries).
