@@ -435,7 +435,6 @@ fn cli_bad_input_is_a_one_line_error() {
         (vec!["--theta-file", &short], "p = 640"),
         (vec!["--method", "stocbio"], "--method"),
         (vec!["--method", "soba"], "--method"),
-        (vec!["--model", "mlp:8"], "--model"),
         (vec!["--hyper", "shared"], "--hyper"),
         (vec!["--images-per-class", "1000"], "fewer than K = 1000"),
         (vec!["--l2", "0"], "--l2"),

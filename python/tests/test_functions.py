@@ -61,6 +61,12 @@ SMOOTH_CASES = [
                                   curvature="kfac", standardize=True),
      ["--method", "nhgd", "--model", "mlp:300", "--activation", "relu", "--curvature", "kfac",
       "--standardize"]),
+    # dataset distillation (SPEC §9): θ the synthetic rows, the linear model or a network
+    ("distill", "digits", dict(method="cg", images_per_class=2, l2=0.05, standardize=True),
+     ["--method", "cg", "--images-per-class", "2", "--l2", "0.05", "--standardize"]),
+    ("distill", "digits", dict(method="exact", model="mlp:8", activation="tanh",
+                               standardize=True),
+     ["--method", "exact", "--model", "mlp:8", "--activation", "tanh", "--standardize"]),
 ]
 
 

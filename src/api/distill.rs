@@ -1,122 +1,335 @@
-//! `grad` and `run` for `distill` (SPEC §9): θ is K synthetic rows per class, the inner model
-//! the linear softmax model trained on them, the outer loss the validation rows' CE. Runs on
-//! whichever backend the device opened (the cross derivative is computed on the host).
+//! `grad` and `run` for `distill` (SPEC §9): θ is K synthetic rows per class, the outer loss
+//! the validation rows' CE, the inner model trained on θ either
+//!
+//! * the linear softmax model ([`DistillBilevel`]), on whichever backend the device opened
+//!   (the cross derivative is computed on the host), or
+//! * a network (`--model mlp:…`, [`MlpDistillBilevel`]), on the CPU: the derivatives with
+//!   respect to the input rows ([`MlpInputOps`]) have a CPU implementation only, so `auto`
+//!   runs it on the CPU and says so, and `--device cuda` is refused.
+//!
+//! Both go through the same [`grad_on`] and [`run_on`] once the problem is built.
 
 use super::data::{DenseSplits, Input};
-use super::device::{Device, OnBackend};
-use super::names::DistillInitName;
-use super::plan::SmoothPlan;
-use super::settings::Settings;
-use super::smooth::{drive, SmoothOutcome, SmoothReport};
+use super::device::{Backend as DeviceBackend, Device, OnBackend};
+use super::names::{DeviceName, DistillInitName};
+use super::plan::{NetworkPlan, SmoothPlan};
+use super::settings::{DeviceSpec, Settings};
+use super::smooth::{drive, NetworkInfo, SmoothOutcome, SmoothReport};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::mlp::MlpInputOps;
 use crate::backend::Backend;
-use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
+use crate::hypergrad::nhgd_mlp::MlpNhgd;
+use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator, StochasticOptions};
 use crate::hypergrad::{self, Hypergradient};
-use crate::outer::{Estimator, StochasticEstimate, MAID_START_TOL};
-use crate::problem::distill::{initial_theta, DistillInit};
-use crate::problem::{Bilevel, DistillBilevel, InnerProblem};
+use crate::outer::{Estimator, OuterProblem, StochasticEstimate, MAID_START_TOL};
+use crate::problem::distill::{initial_theta, DistillInit, Synthetic};
+use crate::problem::{Bilevel, DistillBilevel, InnerProblem, MlpDistillBilevel};
 use crate::solver::{self, InnerOptions};
 use crate::{Error, Result};
 
-/// Refuses what distill does not use, then builds the problem at the settings' θ (default: K
-/// random training rows per class, or N(0, 1) noise with `--distill-init noise`).
-fn build<B: Backend>(
-    backend: B,
+/// Where the problem starts: c, K and θ (default: K random training rows per class, or
+/// N(0, 1) noise with `--distill-init noise`), after refusing what distill does not use.
+struct Start {
+    classes: usize,
+    k: usize,
+    theta: Vec<f64>,
+}
+
+impl Start {
+    fn new(settings: &Settings, splits: &DenseSplits) -> Result<Start> {
+        if settings.corrupt.is_some() {
+            return Err(Error::option(
+                "--corrupt",
+                "distill learns its training rows; there are no training labels to corrupt",
+            ));
+        }
+        let k = settings.images_per_class;
+        if k == 0 {
+            return Err(Error::option("--images-per-class", "must be at least 1"));
+        }
+        let train = &splits.train;
+        let classes = train.num_classes()?;
+        let d = train.d();
+        let p = k * classes * d;
+        let what = format!(
+            "distill (K = {k} images per class × c = {classes} classes × d = {d} features)"
+        );
+        let theta = match settings.theta {
+            super::settings::Theta::Default => {
+                let init = match settings.distill_init {
+                    DistillInitName::Real => DistillInit::Real,
+                    DistillInitName::Noise => DistillInit::Noise,
+                };
+                initial_theta(train, classes, k, init, settings.seed)?
+            }
+            ref given => given.values(p, 0.0, &what)?,
+        };
+        Ok(Start { classes, k, theta })
+    }
+}
+
+/// What `grad` and `run` need of either distillation problem beyond [`Bilevel`].
+trait Distilled: OuterProblem + Sized + 'static {
+    fn set(&self) -> &Synthetic;
+    /// The network of `--model mlp:…` for the reports (`None`: the linear model).
+    fn network_info(&self, settings: &Settings) -> Option<NetworkInfo>;
+    /// NHGD on this problem with the given options.
+    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>>;
+}
+
+impl<B: Backend + Clone + 'static> Distilled for DistillBilevel<B> {
+    fn set(&self) -> &Synthetic {
+        self.synthetic_set()
+    }
+    fn network_info(&self, _settings: &Settings) -> Option<NetworkInfo> {
+        None
+    }
+    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>> {
+        Ok(Box::new(DistillNhgd::new(self, opts)?))
+    }
+}
+
+impl<B: MlpInputOps + Clone + 'static> Distilled for MlpDistillBilevel<B> {
+    fn set(&self) -> &Synthetic {
+        self.synthetic_set()
+    }
+    fn network_info(&self, settings: &Settings) -> Option<NetworkInfo> {
+        let net = self.network();
+        Some(NetworkInfo {
+            model: settings.model.name(),
+            activation: net.activation().name(),
+            parameters: self.inner_dim(),
+            sizes: net.sizes().to_vec(),
+        })
+    }
+    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>> {
+        Ok(Box::new(MlpNhgd::new(self.network_problem(), opts)?))
+    }
+}
+
+/// NHGD's options on distill; `warm` is `run`'s start (then without the extra diagnostic
+/// pass), `None` for `grad`'s one estimate.
+fn nhgd_options(
+    plan: &SmoothPlan,
+    settings: &Settings,
+    linear_tol: f64,
+    set: &Synthetic,
+    warm: Option<bool>,
+) -> StochasticOptions {
+    let mut opts = plan.stochastic(settings, linear_tol);
+    if let Some(warm) = warm {
+        opts.warm_start = warm;
+        opts.diagnostics = false;
+    }
+    // The synthetic set has only K·c rows: a larger batch means all of them.
+    opts.batch = opts.batch.min(set.rows());
+    opts
+}
+
+/// `grad` or `run` once the problem is built.
+trait Task {
+    type Output;
+    fn on<P: Distilled>(self, problem: P, device_note: Option<String>) -> Result<Self::Output>
+    where
+        P::B: Clone;
+}
+
+/// The linear model on the backend the device opened.
+struct Linear<'a, T> {
+    task: T,
+    start: Start,
+    settings: &'a Settings,
+    splits: &'a DenseSplits,
+    device_note: Option<String>,
+}
+
+impl<T: Task> OnBackend for Linear<'_, T> {
+    type Output = T::Output;
+    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<T::Output> {
+        let Start { classes, k, theta } = &self.start;
+        let problem = DistillBilevel::new(
+            backend,
+            *classes,
+            *k,
+            &self.splits.val,
+            self.settings.l2,
+            theta,
+        )?;
+        self.task.on(problem, self.device_note)
+    }
+}
+
+/// The device for a network: the CPU at the precision asked for; `auto` says why it is not a
+/// GPU, and `cuda` is refused.
+fn open_cpu_for_network(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
+    match spec.device {
+        DeviceName::Cuda => Err(Error::option(
+            "--device",
+            "distill with a network (--model mlp:…) runs on the CPU only for now; use --device cpu",
+        )),
+        DeviceName::Cpu => Ok((Device::open(spec)?, None)),
+        DeviceName::Auto => {
+            let cpu = DeviceSpec {
+                device: DeviceName::Cpu,
+                ..spec.clone()
+            };
+            Ok((
+                Device::open(&cpu)?,
+                Some(
+                    "auto chose the CPU: distill with a network (--model mlp:…) runs on the CPU"
+                        .into(),
+                ),
+            ))
+        }
+    }
+}
+
+/// The network of `--model mlp:…` on the CPU backend of `device`.
+fn on_network<T: Task>(
+    task: T,
+    device: Device,
+    network: &NetworkPlan,
+    start: Start,
     settings: &Settings,
     splits: &DenseSplits,
-) -> Result<DistillBilevel<B>> {
-    if settings.corrupt.is_some() {
-        return Err(Error::option(
-            "--corrupt",
-            "distill learns its training rows; there are no training labels to corrupt",
-        ));
+    device_note: Option<String>,
+) -> Result<T::Output> {
+    fn build<B: MlpInputOps>(
+        backend: B,
+        network: &NetworkPlan,
+        start: Start,
+        settings: &Settings,
+        splits: &DenseSplits,
+    ) -> Result<MlpDistillBilevel<B>> {
+        MlpDistillBilevel::new(
+            backend,
+            start.classes,
+            start.k,
+            &network.hidden,
+            network.activation,
+            &splits.val,
+            settings.l2,
+            &start.theta,
+            settings.seed,
+        )
     }
-    let k = settings.images_per_class;
-    if k == 0 {
-        return Err(Error::option("--images-per-class", "must be at least 1"));
+    match device.backend {
+        DeviceBackend::CpuF64 => task.on(
+            build(CpuBackend::<f64>::new(), network, start, settings, splits)?,
+            device_note,
+        ),
+        DeviceBackend::CpuF32 => task.on(
+            build(CpuBackend::<f32>::new(), network, start, settings, splits)?,
+            device_note,
+        ),
+        DeviceBackend::Cuda(_) => Err(Error::Backend(
+            "internal: distill with a network was given a CUDA backend".into(),
+        )),
     }
-    let train = &splits.train;
-    let classes = train.num_classes()?;
-    let d = train.d();
-    let p = k * classes * d;
-    let what =
-        format!("distill (K = {k} images per class × c = {classes} classes × d = {d} features)");
-    let theta = match settings.theta {
-        super::settings::Theta::Default => {
-            let init = match settings.distill_init {
-                DistillInitName::Real => DistillInit::Real,
-                DistillInitName::Noise => DistillInit::Noise,
-            };
-            initial_theta(train, classes, k, init, settings.seed)?
+}
+
+/// Opens the device, builds the problem of the plan's model and runs `task` on it.
+fn dispatch<T: Task>(
+    task: T,
+    plan: &SmoothPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+) -> Result<T::Output> {
+    let start = Start::new(settings, splits)?;
+    match &plan.network {
+        None => {
+            let device = Device::open(&settings.device)?;
+            let device_note = device.note();
+            device.dispatch(Linear {
+                task,
+                start,
+                settings,
+                splits,
+                device_note,
+            })
         }
-        ref given => given.values(p, 0.0, &what)?,
-    };
-    DistillBilevel::new(backend, classes, k, &splits.val, settings.l2, &theta)
+        Some(network) => {
+            let (device, device_note) = open_cpu_for_network(&settings.device)?;
+            on_network(task, device, network, start, settings, splits, device_note)
+        }
+    }
 }
 
 pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
-    let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
-    let device_note = device.note();
-    device.dispatch(Grad {
+    dispatch(
+        Grad {
+            plan,
+            settings,
+            splits: &splits,
+        },
         plan,
         settings,
-        splits: &splits,
-        device_note,
-    })
+        &splits,
+    )
 }
 
 struct Grad<'a> {
     plan: &'a SmoothPlan,
     settings: &'a Settings,
     splits: &'a DenseSplits,
-    device_note: Option<String>,
 }
 
-impl OnBackend for Grad<'_> {
+impl Task for Grad<'_> {
     type Output = SmoothReport;
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
-        let Grad {
-            plan,
-            settings,
-            splits,
-            device_note,
-        } = self;
-        let device = backend.name();
-        let problem = build(backend, settings, splits)?;
-        let opts = plan.options(settings, problem.backend().precision());
-        let result = if opts.method.is_stochastic() {
-            // One estimate from a cold start: T SGD steps from w = 0.
-            let mut nhgd = DistillNhgd::new(&problem, plan, settings, opts.linear_tol, None)?;
-            nhgd.estimate(&problem, 0)?.0
-        } else {
-            hypergrad::compute(&problem, &opts, None)?
-        };
-        super::smooth::finite_hypergradient(&result)?;
-        let (outputs, features) = problem.shape();
-        Ok(SmoothReport {
-            kind: plan.kind,
-            layout: plan.layout,
-            p: problem.hyper_dim(),
-            outputs,
-            features,
-            train: format!(
-                "{} synthetic rows (K = {} per class, from {})",
-                problem.images_per_class() * outputs,
-                problem.images_per_class(),
-                splits.train.name
-            ),
-            val: splits.val.name.clone(),
-            n_train: problem.images_per_class() * outputs,
-            n_val: splits.val.n(),
-            device,
-            device_note,
-            inner_solver: opts.inner.solver,
-            inner_tol: opts.inner.tol,
-            linear_tol: opts.linear_tol,
-            network: None,
-            result,
-        })
+    fn on<P: Distilled>(self, problem: P, device_note: Option<String>) -> Result<SmoothReport>
+    where
+        P::B: Clone,
+    {
+        grad_on(self.plan, self.settings, self.splits, problem, device_note)
     }
+}
+
+/// One hypergradient at the problem's θ.
+fn grad_on<P: Distilled>(
+    plan: &SmoothPlan,
+    settings: &Settings,
+    splits: &DenseSplits,
+    problem: P,
+    device_note: Option<String>,
+) -> Result<SmoothReport>
+where
+    P::B: Clone,
+{
+    let device = problem.backend().name();
+    let opts = plan.options(settings, problem.backend().precision());
+    let result = if opts.method.is_stochastic() {
+        // One estimate from a cold start: T SGD steps from the problem's initial point.
+        let stochastic = nhgd_options(plan, settings, opts.linear_tol, problem.set(), None);
+        problem.nhgd(stochastic)?.estimate(&problem, 0)?.0
+    } else {
+        hypergrad::compute(&problem, &opts, None)?
+    };
+    super::smooth::finite_hypergradient(&result)?;
+    let set = problem.set();
+    Ok(SmoothReport {
+        kind: plan.kind,
+        layout: plan.layout,
+        p: problem.hyper_dim(),
+        outputs: set.classes(),
+        features: set.features(),
+        train: format!(
+            "{} synthetic rows (K = {} per class, from {})",
+            set.rows(),
+            set.images_per_class(),
+            splits.train.name
+        ),
+        val: splits.val.name.clone(),
+        n_train: set.rows(),
+        n_val: splits.val.n(),
+        device,
+        device_note,
+        inner_solver: opts.inner.solver,
+        inner_tol: opts.inner.tol,
+        linear_tol: opts.linear_tol,
+        network: problem.network_info(settings),
+        result,
+    })
 }
 
 /// NHGD on distill: the GLM's stochastic estimator runs SGD and tracks the Fisher on the
@@ -126,22 +339,7 @@ struct DistillNhgd<B: Backend> {
 }
 
 impl<B: Backend + Clone> DistillNhgd<B> {
-    fn new(
-        problem: &DistillBilevel<B>,
-        plan: &SmoothPlan,
-        settings: &Settings,
-        linear_tol: f64,
-        warm: Option<bool>,
-    ) -> Result<Self> {
-        let mut opts = plan.stochastic(settings, linear_tol);
-        if let Some(warm) = warm {
-            // In `run`: warm or cold start as asked, and no extra diagnostic pass.
-            opts.warm_start = warm;
-            opts.diagnostics = false;
-        }
-        // The synthetic set has only K·c rows: a larger batch means all of them.
-        let rows = problem.images_per_class() * problem.shape().0;
-        opts.batch = opts.batch.min(rows);
+    fn new(problem: &DistillBilevel<B>, opts: StochasticOptions) -> Result<Self> {
         let synthetic = problem.synthetic()?;
         Ok(DistillNhgd {
             inner: StochasticEstimator::new(problem.glm(), &synthetic, opts)?,
@@ -181,119 +379,148 @@ pub fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
-    let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
-    let device_note = device.note();
-    device.dispatch(Run {
+    dispatch(
+        Run {
+            plan,
+            settings,
+            splits: &splits,
+            on_step,
+        },
         plan,
         settings,
-        splits: &splits,
-        device_note,
-        on_step,
-    })
+        &splits,
+    )
 }
 
 struct Run<'a> {
     plan: &'a SmoothPlan,
     settings: &'a Settings,
     splits: &'a DenseSplits,
-    device_note: Option<String>,
     on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
 }
 
-impl OnBackend for Run<'_> {
+impl Task for Run<'_> {
     type Output = SmoothOutcome;
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
-        let Run {
-            plan,
-            settings,
-            splits,
-            device_note,
-            on_step,
-        } = self;
-        let device = backend.name();
-        let mut problem = build(backend.clone(), settings, splits)?;
-        let opts = plan.options(settings, backend.precision());
-        let opt = plan.outer_opt(settings)?;
-        let warm = !settings.cold_start;
-        let mut estimator: Estimator<DistillBilevel<B>> = if opts.method.is_stochastic() {
-            let nhgd = DistillNhgd::new(&problem, plan, settings, opts.linear_tol, Some(warm))?;
-            Estimator::Stochastic(Box::new(nhgd))
-        } else {
-            let mut estimated = opts;
-            if opt.name() == "maid" {
-                estimated.inner.tol = settings.inner_tol.unwrap_or(MAID_START_TOL);
-                estimated.linear_tol = settings.linear_tol.unwrap_or(MAID_START_TOL);
-            }
-            Estimator::Deterministic {
-                opts: estimated,
-                warm,
-                w: None,
-            }
-        };
-        let fingerprint = format!(
-            "distill K={} init={:?} method={} opt={} train={} n={} seed={} T={} b={} warm={warm}",
-            settings.images_per_class,
-            settings.distill_init,
-            opts.method.name(),
-            opt.name(),
-            splits.train.name,
-            splits.train.n(),
-            settings.seed,
-            settings.inner_steps,
-            settings.batch_size,
-        );
-        let (outcome, trace) = drive(
-            &mut problem,
-            &mut estimator,
-            settings,
-            opt,
-            splits.test.as_ref(),
-            fingerprint,
-            on_step,
-        )?;
-        problem.set_theta(&outcome.theta)?;
-        let b = problem.backend();
-        // The model of the run: its last inner iterate (what the trace's test numbers score).
-        let coef = match estimator.w() {
-            Some(w) => b.download(w)?,
-            None => b.download(&solver::solve(&problem, None, &opts.inner)?.w)?,
-        };
-        // `--retrain`: a fresh model from w₀ on the final θ, trained to convergence (Newton to
-        // the precision's default tolerance), whatever the run's truncated inner budget.
-        let retrain_test_accuracy = if settings.retrain {
-            let Some(test) = splits.test.as_ref() else {
-                return Err(Error::option(
-                    "--retrain",
-                    "needs test rows (--test, or a third part of --split)",
-                ));
-            };
-            let full = InnerOptions::default_for(b.precision());
-            let fresh = solver::solve(&problem, None, &full)?;
-            problem.evaluate(&fresh.w, test)?.1
-        } else {
-            None
-        };
-        let (outputs, features) = problem.shape();
-        Ok(SmoothOutcome {
-            kind: plan.kind,
-            method: opts.method,
-            outer_opt: opt.name(),
-            device,
-            device_note,
-            warm_start: warm,
-            outer_steps: settings.outer_steps,
-            p: problem.hyper_dim(),
-            resumed_from: outcome.resumed_from,
-            theta: outcome.theta,
-            trace,
-            fisher_update_auto: None,
-            cleaning: None,
-            coef,
-            outputs,
-            features,
-            network: None,
-            retrain_test_accuracy,
-        })
+    fn on<P: Distilled>(self, problem: P, device_note: Option<String>) -> Result<SmoothOutcome>
+    where
+        P::B: Clone,
+    {
+        run_on(self, problem, device_note)
     }
+}
+
+/// The outer loop, then the model of the run and, with `--retrain`, a fresh model's test
+/// accuracy.
+fn run_on<P: Distilled>(
+    task: Run<'_>,
+    mut problem: P,
+    device_note: Option<String>,
+) -> Result<SmoothOutcome>
+where
+    P::B: Clone,
+{
+    let Run {
+        plan,
+        settings,
+        splits,
+        on_step,
+    } = task;
+    let network = problem.network_info(settings);
+    let device = problem.backend().name();
+    let opts = plan.options(settings, problem.backend().precision());
+    let opt = plan.outer_opt(settings)?;
+    if network.is_some() && opt.name() == "maid" {
+        return Err(Error::option(
+            "--outer-opt",
+            "maid steers by error bounds, which the networks (--model mlp:…) do not have; use sgd or adam",
+        ));
+    }
+    let warm = !settings.cold_start;
+    let mut estimator: Estimator<P> = if opts.method.is_stochastic() {
+        let stochastic = nhgd_options(plan, settings, opts.linear_tol, problem.set(), Some(warm));
+        Estimator::Stochastic(problem.nhgd(stochastic)?)
+    } else {
+        let mut estimated = opts;
+        if opt.name() == "maid" {
+            estimated.inner.tol = settings.inner_tol.unwrap_or(MAID_START_TOL);
+            estimated.linear_tol = settings.linear_tol.unwrap_or(MAID_START_TOL);
+        }
+        Estimator::Deterministic {
+            opts: estimated,
+            warm,
+            w: None,
+        }
+    };
+    let mut fingerprint = format!(
+        "distill K={} init={:?} method={} opt={} train={} n={} seed={} T={} b={} warm={warm}",
+        settings.images_per_class,
+        settings.distill_init,
+        opts.method.name(),
+        opt.name(),
+        splits.train.name,
+        splits.train.n(),
+        settings.seed,
+        settings.inner_steps,
+        settings.batch_size,
+    );
+    if let Some(net) = &network {
+        fingerprint.push_str(&format!(
+            " model={} activation={}",
+            net.model, net.activation
+        ));
+    }
+    let (outcome, trace) = drive(
+        &mut problem,
+        &mut estimator,
+        settings,
+        opt,
+        splits.test.as_ref(),
+        fingerprint,
+        on_step,
+    )?;
+    problem.set_theta(&outcome.theta)?;
+    let b = problem.backend();
+    // The model of the run: its last inner iterate (what the trace's test numbers score).
+    let coef = match estimator.w() {
+        Some(w) => b.download(w)?,
+        None => b.download(&solver::solve(&problem, None, &opts.inner)?.w)?,
+    };
+    // `--retrain`: a fresh model from the problem's initial point (0, or a network's seeded
+    // w₀) on the final θ, trained to convergence (Newton to the precision's default
+    // tolerance), whatever the run's truncated inner budget.
+    let retrain_test_accuracy = if settings.retrain {
+        let Some(test) = splits.test.as_ref() else {
+            return Err(Error::option(
+                "--retrain",
+                "needs test rows (--test, or a third part of --split)",
+            ));
+        };
+        let full = InnerOptions::default_for(b.precision());
+        let fresh = solver::solve(&problem, None, &full)?;
+        problem.evaluate(&fresh.w, test)?.1
+    } else {
+        None
+    };
+    let set = problem.set();
+    Ok(SmoothOutcome {
+        kind: plan.kind,
+        method: opts.method,
+        outer_opt: opt.name(),
+        device,
+        device_note,
+        warm_start: warm,
+        outer_steps: settings.outer_steps,
+        p: problem.hyper_dim(),
+        resumed_from: outcome.resumed_from,
+        theta: outcome.theta,
+        trace,
+        fisher_update_auto: None,
+        cleaning: None,
+        coef,
+        outputs: set.classes(),
+        features: set.features(),
+        network,
+        retrain_test_accuracy,
+    })
 }

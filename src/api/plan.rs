@@ -33,7 +33,8 @@ pub struct SmoothPlan {
     pub kind: ProblemKind,
     pub layout: HyperLayout,
     pub method: Method,
-    /// The network of `--model mlp:…` (softmax, hyperclean); `None` for the linear model.
+    /// The network of `--model mlp:…` (softmax, hyperclean, distill); `None` for the linear
+    /// model.
     pub network: Option<NetworkPlan>,
 }
 
@@ -133,11 +134,11 @@ impl SmoothPlan {
         };
         let network = match &settings.model {
             ModelSpec::Linear => None,
-            ModelSpec::Mlp { .. } if !kind.is_multiclass() => {
+            ModelSpec::Mlp { .. } if !(kind.is_multiclass() || kind == ProblemKind::Distill) => {
                 return Err(Error::option(
                     "--model",
                     format!(
-                        "networks are for softmax and hyperclean, not {}",
+                        "networks are for softmax, hyperclean and distill, not {}",
                         kind.name()
                     ),
                 ))
@@ -261,20 +262,14 @@ fn check_quadratic(method: Method, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// What `distill` refuses: a layout of θ (it is the synthetic rows), a network (the cross
-/// derivative is derived for the linear model only), and the stochastic baselines, which cut
-/// the training rows into mini-batches once, while distill's rows change with θ.
+/// What `distill` refuses: a layout of θ (it is the synthetic rows), and the stochastic
+/// baselines, which cut the training rows into mini-batches once, while distill's rows change
+/// with θ. Its inner model is linear or a network (`--model mlp:…`).
 fn check_distill(method: Method, settings: &Settings) -> Result<()> {
     if settings.hyper.is_some() {
         return Err(Error::option(
             "--hyper",
             "distill fixes θ's layout: the K·c synthetic rows of d features (p = K·c·d)",
-        ));
-    }
-    if settings.model != ModelSpec::Linear {
-        return Err(Error::option(
-            "--model",
-            "distill has the linear softmax model only (its cross derivative is not derived for networks)",
         ));
     }
     if matches!(method, Method::Stocbio | Method::Amigo | Method::Soba) {

@@ -1,6 +1,6 @@
 //! `grad` and `run` for the smooth problems (`ridge`, `logreg`, `softmax`, `hyperclean`), on
 //! whichever backend the device opened; `quadratic` goes to [`super::quadratic`], `distill`
-//! to [`super::distill`].
+//! (with either inner model) to [`super::distill`], the other networks to [`super::network`].
 
 use serde_json::json;
 
@@ -147,14 +147,15 @@ impl SmoothOutcome {
 }
 
 pub fn grad(plan: &SmoothPlan, settings: &Settings, input: &Input) -> Result<SmoothReport> {
+    // distill takes either inner model (linear or a network).
+    if plan.kind == ProblemKind::Distill {
+        return super::distill::grad(plan, settings, input);
+    }
     if let Some(network) = &plan.network {
         return super::network::grad(plan, network, settings, input);
     }
     if plan.kind == ProblemKind::Quadratic {
         return super::quadratic::grad(plan, settings, input);
-    }
-    if plan.kind == ProblemKind::Distill {
-        return super::distill::grad(plan, settings, input);
     }
     let device = Device::open(&settings.device)?;
     let splits = input.dense(settings)?;
@@ -173,14 +174,15 @@ pub fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<SmoothOutcome> {
+    // distill takes either inner model (linear or a network).
+    if plan.kind == ProblemKind::Distill {
+        return super::distill::run(plan, settings, input, on_step);
+    }
     if let Some(network) = &plan.network {
         return super::network::run(plan, network, settings, input, on_step);
     }
     if plan.kind == ProblemKind::Quadratic {
         return super::quadratic::run(plan, settings, input, on_step);
-    }
-    if plan.kind == ProblemKind::Distill {
-        return super::distill::run(plan, settings, input, on_step);
     }
     let device = Device::open(&settings.device)?;
     let mut splits = input.dense(settings)?;

@@ -30,7 +30,8 @@
 //!
 //! A network has no global curvature bound, so the default η is `1/L̂` with `L̂` 1.05 times
 //! the largest eigenvalue magnitude of `H(w₀)` (power iteration, once, when the estimator is
-//! made; `H(w₀)` may be indefinite):
+//! made, and again at every estimate of dataset distillation, whose rows move with θ;
+//! `H(w₀)` may be indefinite):
 //! a heuristic, where the linear models' default is a bound; `--inner-lr` chooses it.
 //!
 //! `stocbio`, `amigo` and `soba` are not implemented for networks (refused by
@@ -42,7 +43,7 @@ use super::fisher::{
     choose_dense_update, kfac_solve, DenseUpdate, FisherSpec, FisherTracker, Regulariser,
     Representation,
 };
-use super::stochastic::{LoopStats, StochasticOptions};
+use super::stochastic::{CrossTranspose, LoopStats, StochasticOptions};
 use super::{Hypergradient, Method};
 use crate::backend::mlp::{Deltas, MlpData, MlpOps, Network, Tape};
 use crate::backend::{Backend, Groups};
@@ -251,21 +252,7 @@ impl<B: MlpOps> MlpNhgd<B> {
             // The power iteration costs 50 Hessian-vector products over all training rows:
             // only when the step is not given.
             Some(_) => f64::NAN,
-            None => {
-                let h0 = problem.hessian(&w)?;
-                // Power iteration finds the eigenvalue of largest magnitude, which at w₀ can
-                // be a negative one (H is indefinite away from a minimiser): its magnitude
-                // bounds the curvature either way.
-                let top =
-                    linear::largest_eigenvalue(b, |v, out| problem.hvp(&h0, v, out), dim, 50)?
-                        .abs();
-                if !(top > 0.0 && top.is_finite()) {
-                    return Err(Error::Numerical(format!(
-                        "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
-                    )));
-                }
-                1.0 / (1.05 * top)
-            }
+            None => curvature_step(problem, &w)?,
         };
         Ok(MlpNhgd {
             opts,
@@ -312,6 +299,16 @@ impl<B: MlpOps> MlpNhgd<B> {
         Ok(())
     }
 
+    /// Recomputes the default SGD step at `w₀` (when `--inner-lr` is not given): for a problem
+    /// whose training rows moved (dataset distillation), since the step follows their
+    /// curvature.
+    pub fn refresh_inner_lr(&mut self, problem: &MlpBilevel<B>) -> Result<()> {
+        if self.opts.inner_lr.is_none() {
+            self.default_lr = curvature_step(problem, &problem.initial_point()?)?;
+        }
+        Ok(())
+    }
+
     /// One hypergradient estimate at the problem's current θ; `step` (the outer step) seeds
     /// the mini-batches. Warm start keeps `w` from the last estimate; cold start restarts from
     /// `w₀`.
@@ -319,6 +316,24 @@ impl<B: MlpOps> MlpNhgd<B> {
         &mut self,
         problem: &MlpBilevel<B>,
         step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        self.estimate_with(
+            problem,
+            step,
+            &|w, q| problem.cross_t(w, q),
+            problem.theta(),
+        )
+    }
+
+    /// [`MlpNhgd::estimate`] for a problem whose θ is not `problem`'s own: `cross(w, q)` is its
+    /// `Bᵀq` and `theta` its θ, while `problem` supplies the inner loss, its rows and `∇_w f`
+    /// (dataset distillation: the network problem on the synthetic rows θ).
+    pub fn estimate_with(
+        &mut self,
+        problem: &MlpBilevel<B>,
+        step: u64,
+        cross: &CrossTranspose<'_, B>,
+        theta: &[f64],
     ) -> Result<(Hypergradient, LoopStats)> {
         let started = Instant::now();
         let b = problem.backend();
@@ -388,7 +403,7 @@ impl<B: MlpOps> MlpNhgd<B> {
         } else {
             (b.zeros(dim)?, 0)
         };
-        let hypergradient: Vec<f64> = problem.cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        let hypergradient: Vec<f64> = cross(&self.w, &q)?.iter().map(|v| -v).collect();
         let inner_grad_norm = if self.opts.diagnostics {
             problem.inner_value_grad(&self.w, Some(&mut g))?;
             b.nrm2(&g)?
@@ -397,7 +412,7 @@ impl<B: MlpOps> MlpNhgd<B> {
         };
         let result = Hypergradient {
             method: Method::Nhgd,
-            theta: problem.theta().to_vec(),
+            theta: theta.to_vec(),
             outer_loss,
             hypergradient,
             inner_grad_norm,
@@ -471,6 +486,27 @@ impl<B: MlpOps> MlpNhgd<B> {
             sketches,
         })
     }
+}
+
+/// `1/L̂`, `L̂` 1.05 times the largest eigenvalue magnitude of `H(w)` (module docs).
+fn curvature_step<B: MlpOps>(problem: &MlpBilevel<B>, w: &B::Buf) -> Result<f64> {
+    let h = problem.hessian(w)?;
+    // Power iteration finds the eigenvalue of largest magnitude, which at w₀ can be a negative
+    // one (H is indefinite away from a minimiser): its magnitude bounds the curvature either
+    // way.
+    let top = linear::largest_eigenvalue(
+        problem.backend(),
+        |v, out| problem.hvp(&h, v, out),
+        problem.inner_dim(),
+        50,
+    )?
+    .abs();
+    if !(top > 0.0 && top.is_finite()) {
+        return Err(Error::Numerical(format!(
+            "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
+        )));
+    }
+    Ok(1.0 / (1.05 * top))
 }
 
 /// The per-step inputs of one inner loop, uploaded before it starts.

@@ -22,14 +22,16 @@ pub use adam::Adam;
 
 use std::time::Instant;
 
-use crate::backend::mlp::MlpOps;
+use crate::backend::mlp::{MlpInputOps, MlpOps};
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
-use crate::problem::{Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, QuadraticBilevel};
+use crate::problem::{
+    Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, MlpDistillBilevel, QuadraticBilevel,
+};
 use crate::solver;
 
 pub use checkpoint::Checkpoint;
@@ -104,6 +106,12 @@ impl<B: MlpOps> OuterProblem for MlpBilevel<B> {
     }
 }
 
+impl<B: MlpInputOps> OuterProblem for MlpDistillBilevel<B> {
+    fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
+        MlpDistillBilevel::evaluate(self, w, data)
+    }
+}
+
 /// A stochastic estimator that carries its inner iterate `w` (and a linear-system iterate
 /// `q`) from one outer step to the next.
 pub trait StochasticEstimate<P: Bilevel> {
@@ -143,6 +151,35 @@ impl<B: MlpOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
         step: u64,
     ) -> Result<(Hypergradient, LoopStats)> {
         MlpNhgd::estimate(self, problem, step)
+    }
+    fn w(&self) -> &B::Buf {
+        MlpNhgd::w(self)
+    }
+    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+        Ok((backend.download(MlpNhgd::w(self))?, None))
+    }
+    fn restore(&mut self, backend: &B, w: &[f64], _q: Option<&[f64]>) -> Result<()> {
+        MlpNhgd::restore(self, backend, w)
+    }
+}
+
+/// NHGD on dataset distillation with a network: the network estimator on the network problem
+/// of the current synthetic rows, with distillation's θ and cross derivative; the default SGD
+/// step follows the rows' curvature, so it is recomputed as θ moves them.
+impl<B: MlpInputOps> StochasticEstimate<MlpDistillBilevel<B>> for MlpNhgd<B> {
+    fn estimate(
+        &mut self,
+        problem: &MlpDistillBilevel<B>,
+        step: u64,
+    ) -> Result<(Hypergradient, LoopStats)> {
+        let network = problem.network_problem();
+        self.refresh_inner_lr(network)?;
+        self.estimate_with(
+            network,
+            step,
+            &|w, q| problem.cross_t(w, q),
+            problem.theta(),
+        )
     }
     fn w(&self) -> &B::Buf {
         MlpNhgd::w(self)

@@ -40,6 +40,9 @@
 //!
 //! No constants of SPEC §4's a posteriori bound are derived for B here (its Lipschitz constant
 //! in W grows with ‖W‖), so `error_bound` is null.
+//!
+//! θ's layout and labels ([`Synthetic`]) and its starting point ([`initial_theta`]) are
+//! shared with the network's twin ([`super::distill_mlp`]).
 
 use ndarray::Array2;
 
@@ -110,14 +113,94 @@ fn check_k(k: usize) -> Result<()> {
     Ok(())
 }
 
-/// The dataset-distillation bilevel problem (see the module docs).
-pub struct DistillBilevel<B: Backend> {
-    /// `softmax` with a shared λ = C on the synthetic rows (the current θ).
-    glm: GlmBilevel<B>,
+/// θ as the synthetic training set of both distillation problems: K rows of d features for
+/// each of c classes (`N = K c` rows, row j of class `⌊j / K⌋`).
+#[derive(Clone, Debug)]
+pub struct Synthetic {
     k: usize,
     c: usize,
     d: usize,
     theta: Vec<f64>,
+}
+
+impl Synthetic {
+    /// Checks K ≥ 1, c ≥ 2, the inner ridge C > 0 finite, and θ (K·c·d finite entries).
+    pub fn new(classes: usize, k: usize, d: usize, l2: f64, theta: &[f64]) -> Result<Self> {
+        check_k(k)?;
+        if classes < 2 {
+            return Err(Error::Labels(format!(
+                "distill needs at least 2 classes, got {classes}"
+            )));
+        }
+        if !(l2 > 0.0 && l2.is_finite()) {
+            return Err(Error::option(
+                "--l2",
+                format!("distill needs a positive finite C, got {l2}"),
+            ));
+        }
+        rows_of(theta, k, classes, d)?;
+        Ok(Synthetic {
+            k,
+            c: classes,
+            d,
+            theta: theta.to_vec(),
+        })
+    }
+
+    /// K, the rows per class.
+    pub fn images_per_class(&self) -> usize {
+        self.k
+    }
+
+    /// c, the classes.
+    pub fn classes(&self) -> usize {
+        self.c
+    }
+
+    /// d, the features of a row.
+    pub fn features(&self) -> usize {
+        self.d
+    }
+
+    /// N = K c, the synthetic rows.
+    pub fn rows(&self) -> usize {
+        self.k * self.c
+    }
+
+    /// θ (N·d entries).
+    pub fn theta(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// Row j, `x_j = θ[j d .. (j+1) d]`.
+    pub fn row(&self, j: usize) -> &[f64] {
+        &self.theta[j * self.d..(j + 1) * self.d]
+    }
+
+    /// ỹ_j = ⌊j / K⌋.
+    pub fn label(&self, j: usize) -> usize {
+        j / self.k
+    }
+
+    /// The rows as a dataset (labels `⌊j / K⌋`).
+    pub fn dataset(&self) -> Result<Dataset> {
+        rows_of(&self.theta, self.k, self.c, self.d)
+    }
+
+    /// Moves the rows to `theta`: `apply` hands the new rows to the inner model, and θ is
+    /// kept only when both the check of `theta` and `apply` succeed.
+    pub fn set(&mut self, theta: &[f64], apply: impl FnOnce(&Dataset) -> Result<()>) -> Result<()> {
+        apply(&rows_of(theta, self.k, self.c, self.d)?)?;
+        self.theta = theta.to_vec();
+        Ok(())
+    }
+}
+
+/// The dataset-distillation bilevel problem (see the module docs).
+pub struct DistillBilevel<B: Backend> {
+    /// `softmax` with a shared λ = C on the synthetic rows (the current θ).
+    glm: GlmBilevel<B>,
+    set: Synthetic,
 }
 
 impl<B: Backend> DistillBilevel<B> {
@@ -131,37 +214,18 @@ impl<B: Backend> DistillBilevel<B> {
         l2: f64,
         theta: &[f64],
     ) -> Result<Self> {
-        check_k(k)?;
-        if classes < 2 {
-            return Err(Error::Labels(format!(
-                "distill needs at least 2 classes, got {classes}"
-            )));
-        }
-        if !(l2 > 0.0 && l2.is_finite()) {
-            return Err(Error::option(
-                "--l2",
-                format!("distill needs a positive finite C, got {l2}"),
-            ));
-        }
-        let d = val.d();
-        let synthetic = rows_of(theta, k, classes, d)?;
+        let set = Synthetic::new(classes, k, val.d(), l2, theta)?;
         let mut glm = GlmBilevel::new(
             backend,
             ProblemKind::Softmax,
             HyperLayout::Shared,
-            &synthetic,
+            &set.dataset()?,
             val,
             l2,
         )?;
         // λ = exp(θ_glm) = C, fixed.
         glm.set_theta(&[l2.ln()])?;
-        Ok(DistillBilevel {
-            glm,
-            k,
-            c: classes,
-            d,
-            theta: theta.to_vec(),
-        })
+        Ok(DistillBilevel { glm, set })
     }
 
     /// The softmax GLM on the current synthetic rows.
@@ -169,19 +233,24 @@ impl<B: Backend> DistillBilevel<B> {
         &self.glm
     }
 
+    /// The synthetic set (θ).
+    pub fn synthetic_set(&self) -> &Synthetic {
+        &self.set
+    }
+
     /// K, the synthetic rows per class.
     pub fn images_per_class(&self) -> usize {
-        self.k
+        self.set.k
     }
 
     /// `(c, d)`: the inner variable is `c×d`.
     pub fn shape(&self) -> (usize, usize) {
-        (self.c, self.d)
+        (self.set.c, self.set.d)
     }
 
     /// The current synthetic rows as a dataset (labels `⌊j / K⌋`).
     pub fn synthetic(&self) -> Result<Dataset> {
-        rows_of(&self.theta, self.k, self.c, self.d)
+        self.set.dataset()
     }
 
     /// The mean loss and accuracy of the model `w` on `data`.
@@ -191,26 +260,26 @@ impl<B: Backend> DistillBilevel<B> {
 
     /// `p_j`, `r_j = p_j − e_{ỹ_j}` of row j at the host model `w` (c×d).
     fn probs(&self, w: &[f64], j: usize) -> (Vec<f64>, Vec<f64>) {
-        let (c, d) = (self.c, self.d);
-        let x = &self.theta[j * d..(j + 1) * d];
+        let (c, d) = (self.set.c, self.set.d);
+        let x = self.set.row(j);
         let z: Vec<f64> = (0..c).map(|k| dot(&w[k * d..(k + 1) * d], x)).collect();
         let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = z.iter().map(|zk| (zk - zmax).exp()).collect();
         let sum: f64 = e.iter().sum();
         let p: Vec<f64> = e.iter().map(|ek| ek / sum).collect();
         let mut r = p.clone();
-        r[j / self.k] -= 1.0;
+        r[self.set.label(j)] -= 1.0;
         (p, r)
     }
 
     /// `B v` (P = c·d entries) at the host model `w`, for `v` of p entries (module docs).
     pub fn cross_apply(&self, w: &[f64], v: &[f64]) -> Result<Vec<f64>> {
-        let (c, d) = (self.c, self.d);
+        let (c, d) = (self.set.c, self.set.d);
         self.check(w, v, "v")?;
-        let n = (self.k * c) as f64;
+        let n = self.set.rows() as f64;
         let mut out = vec![0.0; c * d];
-        for j in 0..self.k * c {
-            let x = &self.theta[j * d..(j + 1) * d];
+        for j in 0..self.set.rows() {
+            let x = self.set.row(j);
             let u = &v[j * d..(j + 1) * d];
             let (p, r) = self.probs(w, j);
             // s = S_j (W u_j)
@@ -228,7 +297,7 @@ impl<B: Backend> DistillBilevel<B> {
 
     /// `Bᵀ q` (p entries) at the host model `w`, for `q` of P = c·d entries (module docs).
     pub fn cross_transpose(&self, w: &[f64], q: &[f64]) -> Result<Vec<f64>> {
-        let (c, d) = (self.c, self.d);
+        let (c, d) = (self.set.c, self.set.d);
         if w.len() != c * d || q.len() != c * d {
             return Err(Error::Dimension(format!(
                 "distill: w has {} and q {} entries, P = c·d = {}",
@@ -237,10 +306,10 @@ impl<B: Backend> DistillBilevel<B> {
                 c * d
             )));
         }
-        let n = (self.k * c) as f64;
-        let mut out = vec![0.0; self.theta.len()];
-        for j in 0..self.k * c {
-            let x = &self.theta[j * d..(j + 1) * d];
+        let n = self.set.rows() as f64;
+        let mut out = vec![0.0; self.set.theta.len()];
+        for j in 0..self.set.rows() {
+            let x = self.set.row(j);
             let (p, r) = self.probs(w, j);
             // t = Q x_j, s = S_j t; row j = (Wᵀ s + Qᵀ r_j) / N.
             let t: Vec<f64> = (0..c).map(|k| dot(&q[k * d..(k + 1) * d], x)).collect();
@@ -257,13 +326,13 @@ impl<B: Backend> DistillBilevel<B> {
     }
 
     fn check(&self, w: &[f64], v: &[f64], what: &str) -> Result<()> {
-        let big_p = self.c * self.d;
-        if w.len() != big_p || v.len() != self.theta.len() {
+        let big_p = self.set.c * self.set.d;
+        if w.len() != big_p || v.len() != self.set.theta.len() {
             return Err(Error::Dimension(format!(
                 "distill: w has {} entries (P = {big_p}) and {what} {} (p = {})",
                 w.len(),
                 v.len(),
-                self.theta.len()
+                self.set.theta.len()
             )));
         }
         Ok(())
@@ -309,7 +378,7 @@ impl<B: Backend> InnerProblem for DistillBilevel<B> {
         self.glm.backend()
     }
     fn inner_dim(&self) -> usize {
-        self.c * self.d
+        self.set.c * self.set.d
     }
     fn inner_value_grad(&self, w: &B::Buf, grad: Option<&mut B::Buf>) -> Result<f64> {
         self.glm.inner_value_grad(w, grad)
@@ -333,18 +402,16 @@ impl<B: Backend> InnerProblem for DistillBilevel<B> {
 
 impl<B: Backend> Bilevel for DistillBilevel<B> {
     fn hyper_dim(&self) -> usize {
-        self.theta.len()
+        self.set.theta.len()
     }
 
     fn theta(&self) -> &[f64] {
-        &self.theta
+        &self.set.theta
     }
 
     fn set_theta(&mut self, theta: &[f64]) -> Result<()> {
-        let synthetic = rows_of(theta, self.k, self.c, self.d)?;
-        self.glm.replace_train(&synthetic)?;
-        self.theta = theta.to_vec();
-        Ok(())
+        let glm = &mut self.glm;
+        self.set.set(theta, |rows| glm.replace_train(rows))
     }
 
     fn outer_value_grad(&self, w: &B::Buf, grad: Option<&mut B::Buf>) -> Result<f64> {
@@ -359,9 +426,9 @@ impl<B: Backend> Bilevel for DistillBilevel<B> {
     /// `batch ← batch + α B`: column (j, l) of B is `(1/N) ( (S_j W e_l) x_jᵀ + r_j e_lᵀ )`.
     fn cross_add(&self, w: &B::Buf, alpha: f64, batch: &mut B::Buf) -> Result<()> {
         let b = self.backend();
-        let (c, d) = (self.c, self.d);
+        let (c, d) = (self.set.c, self.set.d);
         let big_p = c * d;
-        let p = self.theta.len();
+        let p = self.set.theta.len();
         let mut host = b.download(batch)?;
         if host.len() != big_p * p {
             return Err(Error::Dimension(format!(
@@ -371,9 +438,9 @@ impl<B: Backend> Bilevel for DistillBilevel<B> {
             )));
         }
         let w = b.download(w)?;
-        let n = (self.k * c) as f64;
-        for j in 0..self.k * c {
-            let x = &self.theta[j * d..(j + 1) * d];
+        let n = self.set.rows() as f64;
+        for j in 0..self.set.rows() {
+            let x = self.set.row(j);
             let (prob, r) = self.probs(&w, j);
             for l in 0..d {
                 let col = &mut host[(j * d + l) * big_p..(j * d + l + 1) * big_p];

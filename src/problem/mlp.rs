@@ -230,6 +230,31 @@ impl<B: MlpOps> MlpBilevel<B> {
         Ok(problem)
     }
 
+    /// Replaces the training rows by as many rows of the same width, labels among the
+    /// network's classes (dataset distillation moves them with its θ).
+    pub fn replace_train(&mut self, train: &Dataset) -> Result<()> {
+        if train.n() != self.train.n || train.d() != self.net.inputs() {
+            return Err(Error::Dimension(format!(
+                "replacement training rows are {}×{}, the problem's {}×{}",
+                train.n(),
+                train.d(),
+                self.train.n,
+                self.net.inputs()
+            )));
+        }
+        let classes = train.num_classes()?;
+        if classes > self.net.outputs() {
+            return Err(Error::Labels(format!(
+                "{}: label {} is not one of the network's {} classes",
+                train.name,
+                classes - 1,
+                self.net.outputs()
+            )));
+        }
+        self.train = Side::new(&self.backend, train)?;
+        Ok(())
+    }
+
     pub fn kind(&self) -> ProblemKind {
         self.kind
     }

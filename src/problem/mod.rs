@@ -5,11 +5,13 @@
 //! `∇F(θ) = −Bᵀq*` with `H q* = ∇_w f`.
 
 pub mod distill;
+pub mod distill_mlp;
 pub mod glm;
 pub mod mlp;
 pub mod quadratic;
 
 pub use distill::DistillBilevel;
+pub use distill_mlp::MlpDistillBilevel;
 pub use glm::{GlmBilevel, HyperLayout, ProblemKind, TrainView};
 pub use mlp::MlpBilevel;
 pub use quadratic::QuadraticBilevel;

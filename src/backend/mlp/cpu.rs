@@ -16,7 +16,7 @@ const PARALLEL_MIN: usize = 1 << 15;
 
 /// `f(row_index, out_row, in_row)` over matching rows of two row-major matrices, in parallel
 /// when they are large.
-fn zip_rows<T, F>(out: &mut [T], out_width: usize, inp: &[T], in_width: usize, f: F)
+pub(super) fn zip_rows<T, F>(out: &mut [T], out_width: usize, inp: &[T], in_width: usize, f: F)
 where
     T: Real,
     F: Fn(usize, &mut [T], &[T]) + Sync + Send,
@@ -39,7 +39,11 @@ where
 
 /// The shapes every primitive checks: `x` has `d + 1` columns, `w` has P entries, the labels
 /// and weights one per design row; returns the number of rows of the pass.
-fn check_data<T: Real>(net: &Network, data: MlpData<'_, CpuBackend<T>>, w: &[T]) -> Result<usize> {
+pub(super) fn check_data<T: Real>(
+    net: &Network,
+    data: MlpData<'_, CpuBackend<T>>,
+    w: &[T],
+) -> Result<usize> {
     let x = data.x;
     if x.d != net.inputs() + 1 {
         return Err(Error::Dimension(format!(
@@ -71,7 +75,7 @@ fn row_of(rows: Option<&Vec<usize>>, p: usize) -> usize {
 }
 
 /// `s_i` at every position of the pass (1 without weights).
-fn row_weights<T: Real>(data: MlpData<'_, CpuBackend<T>>, n: usize) -> Option<Vec<T>> {
+pub(super) fn row_weights<T: Real>(data: MlpData<'_, CpuBackend<T>>, n: usize) -> Option<Vec<T>> {
     data.weights
         .map(|s| (0..n).map(|p| s[row_of(data.rows, p)]).collect())
 }
@@ -123,6 +127,21 @@ fn forward_r<T: Real>(
     w: &[T],
     v: &[T],
 ) -> (Vec<Vec<T>>, Vec<Vec<T>>) {
+    forward_r_joint(net, x, tape, w, Some(v), None)
+}
+
+/// The forward R-pass along a joint direction of the weights (`v`, `None` for 0) and of the
+/// input rows (`ra0 = R Ã₀ = [U | 0]`, n×(d+1), `None` for 0):
+/// `R z_l = Ã_{l−1} V_lᵀ + R Ã_{l−1} Θ_lᵀ`, `R a_l = φ'(z_l) ⊙ R z_l`. Returns `R z_l` for
+/// every layer and `R Ã_l` for the hidden layers.
+fn forward_r_joint<T: Real>(
+    net: &Network,
+    x: &CpuMatrix<T>,
+    tape: &Tape<CpuBackend<T>>,
+    w: &[T],
+    v: Option<&[T]>,
+    ra0: Option<&[T]>,
+) -> (Vec<Vec<T>>, Vec<Vec<T>>) {
     let n = tape.n;
     let act = net.activation();
     let layers = net.layers();
@@ -131,22 +150,18 @@ fn forward_r<T: Real>(
     for l in 0..layers {
         let (fi, fo) = net.fans(l);
         let mut z = vec![T::zero(); n * fo];
-        // R z_l = Ã_{l−1} V_lᵀ + [R a_{l−1} | 0] Θ_lᵀ.
-        times_transpose(
-            layer_input(x, tape, l),
-            block(net, v, l),
-            (n, fo, fi + 1),
-            &mut z,
-            T::zero(),
-        );
-        if l > 0 {
+        if let Some(v) = v {
             times_transpose(
-                &ra[l - 1],
-                block(net, w, l),
+                layer_input(x, tape, l),
+                block(net, v, l),
                 (n, fo, fi + 1),
                 &mut z,
                 T::one(),
             );
+        }
+        let r_input = if l == 0 { ra0 } else { Some(&ra[l - 1][..]) };
+        if let Some(r_input) = r_input {
+            times_transpose(r_input, block(net, w, l), (n, fo, fi + 1), &mut z, T::one());
         }
         if l + 1 < layers {
             let mut r = vec![T::zero(); n * (fo + 1)];
@@ -203,6 +218,181 @@ fn through_activation<T: Real>(
         }
     });
     d
+}
+
+/// What the backward R-pass reuses for every direction: the row weights `s`, `s ⊙ δ_l` and
+/// `T_l = δ_l Θ_l`.
+pub(super) struct RPassFixed<T> {
+    s: Option<Vec<T>>,
+    weighted: Vec<Vec<T>>,
+    sent: Vec<Vec<T>>,
+}
+
+impl<T: Real> RPassFixed<T> {
+    pub(super) fn new(
+        net: &Network,
+        data: MlpData<'_, CpuBackend<T>>,
+        deltas: &Deltas<CpuBackend<T>>,
+        w: &[T],
+        n: usize,
+    ) -> Self {
+        let s = row_weights(data, n);
+        let weighted = (0..net.layers())
+            .map(|l| match &s {
+                Some(s) => scale_rows(&deltas.layers[l], net.fans(l).1, s),
+                None => deltas.layers[l].clone(),
+            })
+            .collect();
+        let sent = (0..net.layers())
+            .map(|l| {
+                if l == 0 {
+                    Vec::new()
+                } else {
+                    sent_down(net, deltas, w, n, l)
+                }
+            })
+            .collect();
+        RPassFixed { s, weighted, sent }
+    }
+}
+
+/// A direction of the R-operator: the weights by `V` and the input rows by `R Ã₀ = [U | 0]`
+/// (n×(d+1)); `None` is 0.
+#[derive(Clone, Copy)]
+pub(super) struct RDirection<'a, T> {
+    pub weights: Option<&'a [T]>,
+    pub input: Option<&'a [T]>,
+}
+
+/// `R T_l = R δ_l Θ_l + δ_l V_l` (n×(n_{l−1}+1)), the R-derivative of what the backward pass
+/// sends down through layer `l` (`V_l` omitted when the weights do not move).
+pub(super) fn r_sent_down<T: Real>(
+    net: &Network,
+    deltas: &Deltas<CpuBackend<T>>,
+    w: &[T],
+    v: Option<&[T]>,
+    rd: &[T],
+    n: usize,
+    l: usize,
+) -> Vec<T> {
+    let (fi, fo) = net.fans(l);
+    let mut rt = vec![T::zero(); n * (fi + 1)];
+    gemm(
+        false,
+        false,
+        (n, fi + 1, fo),
+        T::one(),
+        rd,
+        block(net, w, l),
+        T::zero(),
+        &mut rt,
+    );
+    if let Some(v) = v {
+        gemm(
+            false,
+            false,
+            (n, fi + 1, fo),
+            T::one(),
+            &deltas.layers[l],
+            block(net, v, l),
+            T::one(),
+            &mut rt,
+        );
+    }
+    rt
+}
+
+/// The R-pass of the per-row gradients along `dir`, the core of the Hessian-vector product
+/// (module docs of [`super`]) and of the input cross derivatives ([`super::input`]): the
+/// forward R-pass, `R δ_L = (diag p − p pᵀ) R z_L`, then down the layers
+/// `R δ_{l−1} = R T_l ⊙ φ'(z_{l−1}) + T_l ⊙ φ''(z_{l−1}) ⊙ R z_{l−1}`. With `out = (α, o)` it
+/// writes `o_{Θ_l} ← α Σ_i s_i (R δ_l ⊗ ã_{l−1} + δ_l ⊗ R ã_{l−1})` (P entries, `R ã₀` the
+/// input's perturbation). Returns `R δ_1` (n×n₁), where the input's derivatives start.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn r_pass<T: Real>(
+    net: &Network,
+    data: MlpData<'_, CpuBackend<T>>,
+    tape: &Tape<CpuBackend<T>>,
+    deltas: &Deltas<CpuBackend<T>>,
+    w: &[T],
+    fixed: &RPassFixed<T>,
+    dir: RDirection<'_, T>,
+    mut out: Option<(T, &mut [T])>,
+) -> Vec<T> {
+    let n = tape.n;
+    let layers = net.layers();
+    let c = net.outputs();
+    let act = net.activation();
+    let (rz, ra) = forward_r_joint(net, data.x, tape, w, dir.weights, dir.input);
+    // R δ_L = (diag p − p pᵀ) R z_L, row by row.
+    let mut rd = vec![T::zero(); n * c];
+    zip_rows(&mut rd, c, &rz[layers - 1], c, |i, out, r| {
+        let pr = &tape.probs[i * c..(i + 1) * c];
+        let mean: f64 = pr.iter().zip(r).map(|(p, r)| p.to_f64() * r.to_f64()).sum();
+        for k in 0..c {
+            out[k] = T::from_f64(pr[k].to_f64() * (r[k].to_f64() - mean));
+        }
+    });
+    for l in (0..layers).rev() {
+        let (fi, fo) = net.fans(l);
+        if let Some((alpha, o)) = out.as_mut() {
+            let rd_w = match &fixed.s {
+                Some(s) => scale_rows(&rd, fo, s),
+                None => rd.clone(),
+            };
+            let o_l = &mut o[net.offset(l)..net.offset(l) + net.block_len(l)];
+            // (R ∇ℓ)_{Θ_l} = Rδ_l ⊗ ã_{l−1} + δ_l ⊗ R ã_{l−1}, rows weighted by s.
+            gemm(
+                true,
+                false,
+                (fo, fi + 1, n),
+                *alpha,
+                &rd_w,
+                layer_input(data.x, tape, l),
+                T::zero(),
+                o_l,
+            );
+            let r_input = if l == 0 {
+                dir.input
+            } else {
+                Some(&ra[l - 1][..])
+            };
+            if let Some(r_input) = r_input {
+                gemm(
+                    true,
+                    false,
+                    (fo, fi + 1, n),
+                    *alpha,
+                    &fixed.weighted[l],
+                    r_input,
+                    T::one(),
+                    o_l,
+                );
+            }
+        }
+        if l == 0 {
+            break;
+        }
+        let rt = r_sent_down(net, deltas, w, dir.weights, &rd, n, l);
+        let a = &tape.hidden[l - 1];
+        let t = &fixed.sent[l];
+        let rz_prev = &rz[l - 1];
+        let mut next = vec![T::zero(); n * fi];
+        zip_rows(&mut next, fi, &rt, fi + 1, |i, out, rtr| {
+            let ar = &a[i * (fi + 1)..(i + 1) * (fi + 1)];
+            let tr = &t[i * (fi + 1)..(i + 1) * (fi + 1)];
+            let zr = &rz_prev[i * fi..(i + 1) * fi];
+            for k in 0..fi {
+                let ak = ar[k].to_f64();
+                out[k] = T::from_f64(
+                    rtr[k].to_f64() * act.derivative(ak)
+                        + tr[k].to_f64() * act.second_derivative(ak) * zr[k].to_f64(),
+                );
+            }
+        });
+        rd = next;
+    }
+    rd
 }
 
 impl<T: Real> MlpOps for CpuBackend<T> {
@@ -453,111 +643,24 @@ impl<T: Real> MlpOps for CpuBackend<T> {
                 v.len()
             )));
         }
-        let layers = net.layers();
         let c = net.outputs();
-        let act = net.activation();
-        let s = row_weights(data, n);
-        // Independent of the direction: s ⊙ δ_l and T_l = δ_l Θ_l.
-        let weighted: Vec<Vec<T>> = (0..layers)
-            .map(|l| match &s {
-                Some(s) => scale_rows(&deltas.layers[l], net.fans(l).1, s),
-                None => deltas.layers[l].clone(),
-            })
-            .collect();
-        let sent: Vec<Vec<T>> = (0..layers)
-            .map(|l| {
-                if l == 0 {
-                    Vec::new()
-                } else {
-                    sent_down(net, deltas, w, n, l)
-                }
-            })
-            .collect();
+        let fixed = RPassFixed::new(net, data, deltas, w, n);
         let scale_t = T::from_f64(scale);
         let (bias_start, bias_stride) = net.output_bias();
         for (vb, ob) in v.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-            let (rz, ra) = forward_r(net, data.x, tape, w, vb);
-            // R δ_L = (diag p − p pᵀ) R z_L, row by row.
-            let mut rd = vec![T::zero(); n * c];
-            zip_rows(&mut rd, c, &rz[layers - 1], c, |i, out, r| {
-                let pr = &tape.probs[i * c..(i + 1) * c];
-                let mean: f64 = pr.iter().zip(r).map(|(p, r)| p.to_f64() * r.to_f64()).sum();
-                for k in 0..c {
-                    out[k] = T::from_f64(pr[k].to_f64() * (r[k].to_f64() - mean));
-                }
-            });
-            for l in (0..layers).rev() {
-                let (fi, fo) = net.fans(l);
-                let rd_w = match &s {
-                    Some(s) => scale_rows(&rd, fo, s),
-                    None => rd.clone(),
-                };
-                let ob_l = &mut ob[net.offset(l)..net.offset(l) + net.block_len(l)];
-                // (∇²ℓ v)_{Θ_l} = Rδ_l ⊗ ã_{l−1} + δ_l ⊗ [R a_{l−1}; 0], rows weighted by s.
-                gemm(
-                    true,
-                    false,
-                    (fo, fi + 1, n),
-                    scale_t,
-                    &rd_w,
-                    layer_input(data.x, tape, l),
-                    T::zero(),
-                    ob_l,
-                );
-                if l == 0 {
-                    break;
-                }
-                gemm(
-                    true,
-                    false,
-                    (fo, fi + 1, n),
-                    scale_t,
-                    &weighted[l],
-                    &ra[l - 1],
-                    T::one(),
-                    ob_l,
-                );
-                // R T_l = Rδ_l Θ_l + δ_l V_l, then
-                // R δ_{l−1} = R T ⊙ φ'(a) + T ⊙ φ''(a) ⊙ R z_{l−1}.
-                let mut rt = vec![T::zero(); n * (fi + 1)];
-                gemm(
-                    false,
-                    false,
-                    (n, fi + 1, fo),
-                    T::one(),
-                    &rd,
-                    block(net, w, l),
-                    T::zero(),
-                    &mut rt,
-                );
-                gemm(
-                    false,
-                    false,
-                    (n, fi + 1, fo),
-                    T::one(),
-                    &deltas.layers[l],
-                    block(net, vb, l),
-                    T::one(),
-                    &mut rt,
-                );
-                let a = &tape.hidden[l - 1];
-                let t = &sent[l];
-                let rz_prev = &rz[l - 1];
-                let mut next = vec![T::zero(); n * fi];
-                zip_rows(&mut next, fi, &rt, fi + 1, |i, out, rtr| {
-                    let ar = &a[i * (fi + 1)..(i + 1) * (fi + 1)];
-                    let tr = &t[i * (fi + 1)..(i + 1) * (fi + 1)];
-                    let zr = &rz_prev[i * fi..(i + 1) * fi];
-                    for k in 0..fi {
-                        let ak = ar[k].to_f64();
-                        out[k] = T::from_f64(
-                            rtr[k].to_f64() * act.derivative(ak)
-                                + tr[k].to_f64() * act.second_derivative(ak) * zr[k].to_f64(),
-                        );
-                    }
-                });
-                rd = next;
-            }
+            r_pass(
+                net,
+                data,
+                tape,
+                deltas,
+                w,
+                &fixed,
+                RDirection {
+                    weights: Some(vb),
+                    input: None,
+                },
+                Some((scale_t, ob)),
+            );
             if shift != 0.0 {
                 // shift (uᵀv) u with u = 1/√c on the output bias: each bias entry gains
                 // shift · (Σ_k v_{b_k}) / c.

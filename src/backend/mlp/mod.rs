@@ -1,7 +1,8 @@
 //! The multilayer perceptron's primitives (SPEC §8), an op family beside the core
 //! [`Backend`]: a trait here, its CPU twin in [`cpu`], its CUDA implementation in [`cuda`]
 //! (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`; parity with the CPU in
-//! `tests/mlp_cuda_parity.rs`).
+//! `tests/mlp_cuda_parity.rs`). The derivatives with respect to the input rows (dataset
+//! distillation) are a second family, [`input::MlpInputOps`], on the CPU only so far.
 //!
 //! # The network
 //!
@@ -48,6 +49,10 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod input;
+mod input_cpu;
+
+pub use input::MlpInputOps;
 
 use super::Backend;
 use crate::error::{Error, Result};
