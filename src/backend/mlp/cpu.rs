@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Deltas, MlpData, MlpOps, Network, Tape};
+use super::{check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape};
 use crate::backend::cpu::{class_of, softmax_into, CpuBackend, CpuMatrix, Real};
 use crate::backend::shape::check_len;
 use crate::error::{Error, Result};
@@ -45,18 +45,13 @@ pub(super) fn check_data<T: Real>(
     w: &[T],
 ) -> Result<usize> {
     let x = data.x;
-    if x.d != net.inputs() + 1 {
-        return Err(Error::Dimension(format!(
-            "the network's design has {} columns, expected {} features plus the constant 1",
-            x.d,
-            net.inputs()
-        )));
-    }
-    check_len("network parameters", w.len(), net.dim())?;
-    check_len("labels", data.y.len(), x.n)?;
-    if let Some(s) = data.weights {
-        check_len("row weights", s.len(), x.n)?;
-    }
+    check_pass_shapes(
+        net,
+        (x.n, x.d),
+        w.len(),
+        data.y.len(),
+        data.weights.map(|s| s.len()),
+    )?;
     if let Some(rows) = data.rows {
         if let Some(r) = rows.iter().find(|&&r| r >= x.n) {
             return Err(Error::Dimension(format!(

@@ -22,7 +22,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::{Activation, Deltas, MlpData, MlpOps, Network, Tape};
+use super::{check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape};
 use crate::backend::cuda::{grid_1d, int, Arg, CudaBackend, CudaDesign, DesignData, NULL};
 use crate::backend::shape::check_len;
 use crate::error::{Error, Result};
@@ -49,18 +49,13 @@ impl CudaBackend {
     /// The shapes every primitive checks (as the CPU twin), and the rows of the pass.
     fn mlp_check(&self, net: &Network, data: Data<'_>, w: &Buf) -> Result<usize> {
         let x = data.x;
-        if x.d != net.inputs() + 1 {
-            return Err(Error::Dimension(format!(
-                "the network's design has {} columns, expected {} features plus the constant 1",
-                x.d,
-                net.inputs()
-            )));
-        }
-        check_len("network parameters", w.len(), net.dim())?;
-        check_len("labels", data.y.len(), x.n)?;
-        if let Some(s) = data.weights {
-            check_len("row weights", s.len(), x.n)?;
-        }
+        check_pass_shapes(
+            net,
+            (x.n, x.d),
+            w.len(),
+            data.y.len(),
+            data.weights.map(|s| s.len()),
+        )?;
         if let Some(rows) = data.rows {
             // The indices were checked against `bound` rows when uploaded; reading them back
             // to check them again would cost a sync every step.

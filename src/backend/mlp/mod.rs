@@ -54,6 +54,7 @@ mod input_cpu;
 
 pub use input::MlpInputOps;
 
+use super::shape::check_len;
 use super::Backend;
 use crate::error::{Error, Result};
 
@@ -214,6 +215,31 @@ impl Network {
         }
         self.layers() - 1
     }
+}
+
+/// The shapes every backend's primitives check before a pass over a design of `n` rows and
+/// `d` columns: `d` is the features plus the constant 1, `w` has P entries, the labels and the
+/// row weights one per design row. (Mini-batch indices are checked by each backend, which
+/// knows where they live.)
+pub(crate) fn check_pass_shapes(
+    net: &Network,
+    (n, d): (usize, usize),
+    w_len: usize,
+    y_len: usize,
+    weights_len: Option<usize>,
+) -> Result<()> {
+    if d != net.inputs() + 1 {
+        return Err(Error::Dimension(format!(
+            "the network's design has {d} columns, expected {} features plus the constant 1",
+            net.inputs()
+        )));
+    }
+    check_len("network parameters", w_len, net.dim())?;
+    check_len("labels", y_len, n)?;
+    if let Some(len) = weights_len {
+        check_len("row weights", len, n)?;
+    }
+    Ok(())
 }
 
 /// The rows a primitive works on: the design (with the constant 1 appended), the labels, the
