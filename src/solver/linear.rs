@@ -23,6 +23,13 @@ pub struct CgReport {
 
 /// Solves `A x = rhs` for symmetric positive definite `A` given as `apply(v, out): out ← A v`,
 /// starting from the `x` passed in, until `‖rhs − A x‖ ≤ tol ‖rhs‖` or `max_iters`.
+///
+/// An operator that is not positive definite is an error, not a number: a direction with
+/// `pᵀAp ≤ 0`, and also one whose curvature `pᵀAp/‖p‖²` is below u (the backend's unit
+/// round-off) times the largest curvature met so far. Both quotients lie in `[λ_min, λ_max]`,
+/// so the second means a condition number above 1/u: A is singular in this precision (a
+/// network with dead units, a flat direction) and the step along p would be noise scaled by
+/// 1/(pᵀAp), which is how a silent 1e237 came out of a relu network's CG.
 pub fn conjugate_gradient<B, F>(
     b: &B,
     mut apply: F,
@@ -46,25 +53,40 @@ where
     let target = (tol * rhs_norm).max(floor);
     let mut rs = b.dot(&r, &r)?;
     let mut p = duplicate(b, &r)?;
+    // ‖p‖² by its recurrence (p = r + βp_prev with r ⟂ p_prev): no extra reduction.
+    let mut pp = rs;
+    let mut largest_curvature = 0.0_f64;
+    let unit_roundoff = b.precision().epsilon();
     let mut ap = b.zeros(n)?;
     let mut iters = 0;
     while rs.sqrt() > target && iters < max_iters {
         apply(&p, &mut ap)?;
         let curvature = b.dot(&p, &ap)?;
-        if !(curvature > 0.0) {
-            // A breakdown next to the solution is convergence; elsewhere A is indefinite.
+        let rayleigh = curvature / pp;
+        largest_curvature = largest_curvature.max(rayleigh);
+        if !(curvature > 0.0) || rayleigh <= unit_roundoff * largest_curvature {
+            // A breakdown next to the solution is convergence; elsewhere A is indefinite, or
+            // singular in this precision.
             if rs.sqrt() <= floor.sqrt() * rhs_norm.sqrt() {
                 break;
             }
-            return Err(Error::Numerical(format!(
-                "conjugate gradient met pᵀAp = {curvature:e} ≤ 0: the operator is not positive definite"
-            )));
+            return Err(Error::Numerical(if curvature > 0.0 {
+                format!(
+                    "conjugate gradient met pᵀAp/‖p‖² = {rayleigh:e}, below the unit round-off times the largest curvature met ({largest_curvature:e}): the operator is singular in this precision"
+                )
+            } else {
+                format!(
+                    "conjugate gradient met pᵀAp = {curvature:e} ≤ 0: the operator is not positive definite"
+                )
+            }));
         }
         let alpha = rs / curvature;
         b.axpy(alpha, &p, x)?;
         b.axpy(-alpha, &ap, &mut r)?;
         let rs_next = b.dot(&r, &r)?;
-        b.axpby(1.0, &r, rs_next / rs, &mut p)?; // p = r + β p
+        let beta = rs_next / rs;
+        b.axpby(1.0, &r, beta, &mut p)?; // p = r + β p
+        pp = rs_next + beta * beta * pp;
         rs = rs_next;
         iters += 1;
     }
