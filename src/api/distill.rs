@@ -504,23 +504,19 @@ where
     };
     let set = problem.set();
     Ok(SmoothOutcome {
-        kind: plan.kind,
-        method: opts.method,
-        outer_opt: opt.name(),
-        device,
-        device_note,
-        warm_start: warm,
-        outer_steps: settings.outer_steps,
-        p: problem.hyper_dim(),
-        resumed_from: outcome.resumed_from,
-        theta: outcome.theta,
-        trace,
-        fisher_update_auto: None,
-        cleaning: None,
         coef,
         outputs: set.classes(),
         features: set.features(),
         network,
         retrain_test_accuracy,
+        ..SmoothOutcome::of_run(
+            plan.kind,
+            opts.method,
+            opt,
+            settings,
+            (device, device_note),
+            problem.hyper_dim(),
+            (outcome, trace),
+        )
     })
 }

@@ -310,18 +310,6 @@ fn run_on<B: MlpOps + Clone + 'static>(
     };
     let net = problem.network();
     Ok(SmoothOutcome {
-        kind: plan.kind,
-        method: opts.method,
-        outer_opt: opt.name(),
-        device,
-        device_note,
-        warm_start: warm,
-        outer_steps: settings.outer_steps,
-        p: problem.hyper_dim(),
-        resumed_from: outcome.resumed_from,
-        theta: outcome.theta,
-        trace,
-        fisher_update_auto: None,
         cleaning,
         coef,
         outputs: net.outputs(),
@@ -332,7 +320,15 @@ fn run_on<B: MlpOps + Clone + 'static>(
             parameters: problem.inner_dim(),
             sizes: net.sizes().to_vec(),
         }),
-        retrain_test_accuracy: None,
+        ..SmoothOutcome::of_run(
+            plan.kind,
+            opts.method,
+            opt,
+            settings,
+            (device, device_note),
+            problem.hyper_dim(),
+            (outcome, trace),
+        )
     })
 }
 

@@ -169,23 +169,17 @@ pub fn run(
     };
     let coef = solver::solve(&problem, start, &opts.inner)?.w;
     Ok(SmoothOutcome {
-        kind: plan.kind,
-        method: opts.method,
-        outer_opt: opt.name(),
-        device: backend.name(),
-        device_note,
-        warm_start: warm,
-        outer_steps: settings.outer_steps,
-        p: problem.hyper_dim(),
-        resumed_from: outcome.resumed_from,
-        theta: outcome.theta,
-        trace,
-        fisher_update_auto: None,
-        cleaning: None,
         coef,
         outputs: 1,
         features: spec.nx,
-        network: None,
-        retrain_test_accuracy: None,
+        ..SmoothOutcome::of_run(
+            plan.kind,
+            opts.method,
+            opt,
+            settings,
+            (backend.name(), device_note),
+            problem.hyper_dim(),
+            (outcome, trace),
+        )
     })
 }

@@ -115,6 +115,42 @@ pub struct SmoothOutcome {
 }
 
 impl SmoothOutcome {
+    /// The fields every smooth `run` fills the same way, whatever its model: the header (the
+    /// problem, the method and outer optimiser, the device, warm or cold start, the steps, θ's
+    /// length) and what [`drive`] returned (θ, the trace, the step resumed from). The model's
+    /// own fields start empty (no coefficients, cleaning report, network or retrain) for the
+    /// caller to fill with struct-update syntax.
+    pub(super) fn of_run(
+        kind: ProblemKind,
+        method: hypergrad::Method,
+        opt: OuterOpt,
+        settings: &Settings,
+        (device, device_note): (String, Option<String>),
+        p: usize,
+        (outcome, trace): (RunOutcome, Vec<serde_json::Value>),
+    ) -> Self {
+        SmoothOutcome {
+            kind,
+            method,
+            outer_opt: opt.name(),
+            device,
+            device_note,
+            warm_start: !settings.cold_start,
+            outer_steps: settings.outer_steps,
+            p,
+            resumed_from: outcome.resumed_from,
+            theta: outcome.theta,
+            trace,
+            fisher_update_auto: None,
+            cleaning: None,
+            coef: Vec::new(),
+            outputs: 0,
+            features: 0,
+            network: None,
+            retrain_test_accuracy: None,
+        }
+    }
+
     /// The object of `run --json`, plus `coef`.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
@@ -403,24 +439,20 @@ fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<Smo
     };
     let (outputs, features) = problem.shape();
     Ok(SmoothOutcome {
-        kind: plan.kind,
-        method: opts.method,
-        outer_opt: opt.name(),
-        device,
-        device_note,
-        warm_start: warm,
-        outer_steps: settings.outer_steps,
-        p: problem.hyper_dim(),
-        resumed_from: outcome.resumed_from,
-        theta: outcome.theta,
-        trace,
         fisher_update_auto,
         cleaning,
         coef,
         outputs,
         features,
-        network: None,
-        retrain_test_accuracy: None,
+        ..SmoothOutcome::of_run(
+            plan.kind,
+            opts.method,
+            opt,
+            settings,
+            (device, device_note),
+            problem.hyper_dim(),
+            (outcome, trace),
+        )
     })
 }
 
