@@ -71,19 +71,15 @@ pub fn report<B: Backend + Clone>(
         let w = solver::solve(&p, None, inner)?.w;
         Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
     };
-    let (clean, theta) = (clean_rows(splits.train.n(), corrupted), problem.theta());
-    let without_cleaning = softmax_accuracy(&splits.train)?;
-    let clean_rows_only = softmax_accuracy(&splits.train.select(&clean))?;
-    let w = solver::solve(problem, None, inner)?.w;
-    let with_cleaning = problem.evaluate(&w, test)?.1.unwrap_or(f64::NAN);
-    let accuracies = [without_cleaning, with_cleaning, clean_rows_only];
-    Ok(assemble(
-        accuracies,
-        theta,
+    let weighted_accuracy = |w: &B::Buf| Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN));
+    three_models(
+        problem,
+        inner,
+        splits,
         corrupted,
-        &clean,
-        b.download(&w)?,
-    ))
+        softmax_accuracy,
+        weighted_accuracy,
+    )
 }
 
 /// The report for a network problem (`--model mlp:…`) at its current θ: the same three models,
@@ -119,18 +115,40 @@ pub fn report_network<B: MlpOps + Clone>(
         let w = solver::solve(&p, None, inner)?.w;
         Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
     };
-    let (clean, theta) = (clean_rows(splits.train.n(), corrupted), problem.theta());
-    let without_cleaning = softmax_accuracy(&splits.train)?;
-    let clean_rows_only = softmax_accuracy(&splits.train.select(&clean))?;
+    let weighted_accuracy = |w: &B::Buf| Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN));
+    three_models(
+        problem,
+        inner,
+        splits,
+        corrupted,
+        softmax_accuracy,
+        weighted_accuracy,
+    )
+}
+
+/// What the linear and the network reports share: the model trained on all training rows and
+/// the one on the clean rows only (`baseline_accuracy(rows)`: a fresh model, its test
+/// accuracy), and `problem`'s own inner solution at its current θ (the learnt weights), scored
+/// by `weighted_accuracy`.
+fn three_models<P: Bilevel>(
+    problem: &P,
+    inner: &InnerOptions,
+    splits: &super::data::DenseSplits,
+    corrupted: &[usize],
+    baseline_accuracy: impl Fn(&Dataset) -> Result<f64>,
+    weighted_accuracy: impl Fn(&crate::problem::Buf<P>) -> Result<f64>,
+) -> Result<CleaningReport> {
+    let clean = clean_rows(splits.train.n(), corrupted);
+    let without_cleaning = baseline_accuracy(&splits.train)?;
+    let clean_rows_only = baseline_accuracy(&splits.train.select(&clean))?;
     let w = solver::solve(problem, None, inner)?.w;
-    let with_cleaning = problem.evaluate(&w, test)?.1.unwrap_or(f64::NAN);
-    let accuracies = [without_cleaning, with_cleaning, clean_rows_only];
+    let with_cleaning = weighted_accuracy(&w)?;
     Ok(assemble(
-        accuracies,
-        theta,
+        [without_cleaning, with_cleaning, clean_rows_only],
+        problem.theta(),
         corrupted,
         &clean,
-        b.download(&w)?,
+        problem.backend().download(&w)?,
     ))
 }
 
