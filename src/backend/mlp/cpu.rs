@@ -174,7 +174,8 @@ fn forward_r_joint<T: Real>(
     (rz, ra)
 }
 
-/// `T_l = δ_l Θ_l` (n×(n_{l−1}+1)) for layers `l ≥ 1`: what the backward pass sends down.
+/// `T_l = δ_l Θ_l` (n×(n_{l−1}+1)) for layers `l ≥ 1`: what the backward pass sends down
+/// (the R-derivative's first term, [`r_sent_down`], with `R δ_l = δ_l` and no weight move).
 fn sent_down<T: Real>(
     net: &Network,
     deltas: &Deltas<CpuBackend<T>>,
@@ -182,19 +183,7 @@ fn sent_down<T: Real>(
     n: usize,
     l: usize,
 ) -> Vec<T> {
-    let (fi, fo) = net.fans(l);
-    let mut t = vec![T::zero(); n * (fi + 1)];
-    gemm(
-        false,
-        false,
-        (n, fi + 1, fo),
-        T::one(),
-        &deltas.layers[l],
-        block(net, w, l),
-        T::zero(),
-        &mut t,
-    );
-    t
+    r_sent_down(net, deltas, w, None, &deltas.layers[l], n, l)
 }
 
 /// `δ_{l−1} = T[:, :n_{l−1}] ⊙ φ'(a_{l−1})`, with `a` the tape's `Ã_{l−1}`.
