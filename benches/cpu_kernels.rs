@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hypergrad::backend::cpu::{dot, CpuBackend, CpuMatrix};
-use hypergrad::backend::{Backend, Loss};
+use hypergrad::backend::{Backend, GlmOps, Loss};
 use hypergrad::data::synthetic;
 use rayon::prelude::*;
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, Curvature, Loss};
+use crate::backend::{Backend, Curvature, FisherOps, GlmOps, Loss};
 use crate::data::rng::Rng;
 use crate::error::Result;
 
@@ -114,7 +114,7 @@ fn flops_row(
 /// Batched Hessian-vector products of a logistic GLM for each batch size in `batches`, as
 /// bandwidth rows (X read once is the ideal). `label` tags the rows (e.g. the code path).
 #[allow(clippy::too_many_arguments)]
-pub fn hvp_rows<B: Backend>(
+pub fn hvp_rows<B: GlmOps>(
     backend: &B,
     x: &B::Design,
     curvature: &Curvature<B>,
@@ -147,7 +147,7 @@ pub fn hvp_rows<B: Backend>(
 
 /// The whole kernel benchmark on `backend`. Returns the rows and the design (so a caller can
 /// time further variants on the same data).
-pub fn kernel_bench<B: Backend>(
+pub fn kernel_bench<B: GlmOps + FisherOps>(
     backend: &B,
     cfg: &KernelBenchConfig,
 ) -> Result<(Vec<BenchRow>, BenchData<B>)> {

@@ -22,7 +22,7 @@
 mod common;
 
 use common::{glm_data, logits, normals, r32, ref_gemm, rel_err, row_loss, GlmData};
-use hypergrad::backend::{Backend, Loss, Precision};
+use hypergrad::backend::{Backend, FisherOps, GlmOps, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use ndarray::Array2;
 
@@ -311,7 +311,7 @@ fn woodbury_tol<B: Backend>(b: &B) -> f64 {
     }
 }
 
-fn check_woodbury<B: Backend>(b: &B) {
+fn check_woodbury<B: FisherOps>(b: &B) {
     let tol = woodbury_tol(b);
     let mut rng = Rng::new(1200);
     for p in [1, 2, 9, 40] {
@@ -390,7 +390,7 @@ fn check_woodbury<B: Backend>(b: &B) {
     );
 }
 
-fn check_sgd_step<B: Backend>(b: &B) {
+fn check_sgd_step<B: GlmOps>(b: &B) {
     let tol = tol_of(b);
     for loss in losses() {
         let c = loss.outputs();
@@ -504,7 +504,7 @@ fn check_sgd_step<B: Backend>(b: &B) {
     );
 }
 
-fn check_per_sample_gradients<B: Backend>(b: &B) {
+fn check_per_sample_gradients<B: GlmOps>(b: &B) {
     let tol = tol_of(b);
     for c in [1, 3] {
         for (t, &(n, d)) in SIZES.iter().enumerate() {
@@ -560,7 +560,7 @@ fn check_per_sample_gradients<B: Backend>(b: &B) {
     );
 }
 
-fn check_kfac_factors<B: Backend>(b: &B) {
+fn check_kfac_factors<B: GlmOps>(b: &B) {
     let tol = tol_of(b);
     for c in [1, 3] {
         for (t, &(n, d)) in SIZES.iter().enumerate() {
@@ -636,7 +636,7 @@ fn check_kfac_factors<B: Backend>(b: &B) {
 /// layout `F[k·d + j, k'·d + j'] = gg[k, k'] · xx[j, j']`. This ties `glm_per_sample_gradients`,
 /// `syrk` and `glm_kfac_factors` together (for more than one sample the identity holds only in
 /// expectation, so the definition is what `check_kfac_factors` tests).
-fn check_kfac_single_sample_identity<B: Backend>(b: &B) {
+fn check_kfac_single_sample_identity<B: GlmOps>(b: &B) {
     let tol = tol_of(b);
     let mut rng = Rng::new(1800);
     for (c, n, d) in [(1, 5, 4), (3, 9, 7), (4, 20, 16)] {

@@ -46,7 +46,7 @@ use std::sync::Once;
 use common::{normals, r32, rel_err};
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{self, CudaBackend, RowPath, Storage};
-use hypergrad::backend::{Backend, Groups, Loss, Precision};
+use hypergrad::backend::{Backend, FisherOps, GlmOps, Groups, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::{synthetic, Dataset};
 use hypergrad::hypergrad::{compute, Method, Options};
@@ -268,7 +268,7 @@ struct OnBackend<B: Backend> {
     w: B::Buf,
 }
 
-fn put<B: Backend>(b: &B, dt: &Glm, x: &Array2<f64>) -> OnBackend<B> {
+fn put<B: GlmOps>(b: &B, dt: &Glm, x: &Array2<f64>) -> OnBackend<B> {
     OnBackend {
         x: b.upload_design(x).unwrap(),
         y: b.upload(&dt.y).unwrap(),
@@ -392,7 +392,7 @@ fn check_memory_blas1<G: Backend>(g: &G, ctx: &Ctx) {
     );
 }
 
-fn check_value_grad<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
+fn check_value_grad<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     let cpu = Cpu::new();
     for loss in LOSSES {
         let c = loss.outputs();
@@ -449,7 +449,7 @@ fn check_value_grad<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     }
 }
 
-fn check_curvature_hvp<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
+fn check_curvature_hvp<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     let cpu = Cpu::new();
     for loss in LOSSES {
         let c = loss.outputs();
@@ -520,7 +520,7 @@ fn check_curvature_hvp<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     }
 }
 
-fn check_row_kernels<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
+fn check_row_kernels<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     let cpu = Cpu::new();
     for loss in LOSSES {
         let c = loss.outputs();
@@ -721,7 +721,7 @@ fn spd(rng: &mut Rng, p: usize) -> Vec<f64> {
 /// in f32 is backward stable with an error of order κ·dim·u ≲ 2e-4 in the worst case (√dim
 /// for random rounding): the tolerance is 10× the f32 one. A matrix that is not positive
 /// definite is an error.
-fn check_spd_solve<G: Backend>(g: &G, ctx: &Ctx) {
+fn check_spd_solve<G: FisherOps>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(900);
     for dim in [1, 45, 130, 785] {
@@ -779,7 +779,7 @@ fn check_spd_solve<G: Backend>(g: &G, ctx: &Ctx) {
 
 /// `kfac_damp` against the CPU f64 twin: the damped diagonals (π from the traces), the rest
 /// untouched, for d up to K-FAC's MNIST size and c = 1, 3, 10.
-fn check_kfac_damp<G: Backend>(g: &G, ctx: &Ctx) {
+fn check_kfac_damp<G: FisherOps>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(950);
     for (d, c) in [(1, 1), (45, 3), (785, 10)] {
@@ -804,7 +804,7 @@ fn check_kfac_damp<G: Backend>(g: &G, ctx: &Ctx) {
     }
 }
 
-fn check_woodbury<G: Backend>(g: &G, ctx: &Ctx) {
+fn check_woodbury<G: FisherOps>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(800);
     for p in [45, 130] {
@@ -872,7 +872,7 @@ fn check_woodbury<G: Backend>(g: &G, ctx: &Ctx) {
     );
 }
 
-fn check_sgd_step<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
+fn check_sgd_step<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     let cpu = Cpu::new();
     for loss in LOSSES {
         let c = loss.outputs();
@@ -954,7 +954,7 @@ fn check_sgd_step<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     );
 }
 
-fn check_per_sample_kfac<G: Backend>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
+fn check_per_sample_kfac<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
     let cpu = Cpu::new();
     for c in [1, 3, 10] {
         for (t, &(n, d)) in sizes.iter().enumerate() {
@@ -1069,7 +1069,7 @@ fn check_upload_rows<G: Backend>(g: &G, ctx: &Ctx) {
 
 /// `upload_batches` and `upload_parts` give what one `upload_rows` / `upload` per part gives:
 /// the same lengths, the same values, and batches that a kernel reads at their own offset.
-fn check_upload_batches_and_parts<G: Backend>(g: &G, ctx: &Ctx) {
+fn check_upload_batches_and_parts<G: GlmOps>(g: &G, ctx: &Ctx) {
     let (n, d, c, batch) = (40, 9, 3, 5);
     let mut rng = Rng::new(3100);
     let x = Array2::from_shape_vec((n, d), normals(&mut rng, n * d, 1.0)).unwrap();
@@ -1118,7 +1118,7 @@ fn check_upload_batches_and_parts<G: Backend>(g: &G, ctx: &Ctx) {
 /// batch (k·d·4 bytes > the 227 KiB an H100 block may use, for k = 30 rows of M and d = 20 000):
 /// the HVP and gradient must still be right (the CUDA backend falls back to cuBLAS or splits
 /// the batch), and so must a mini-batch SGD step on a 3-class model of that width.
-fn check_wide_features<G: Backend>(g: &G, ctx: &Ctx) {
+fn check_wide_features<G: GlmOps>(g: &G, ctx: &Ctx) {
     let sizes = [(64, 20_000)];
     let wide_losses = [Loss::Logistic, Loss::Softmax { classes: 3 }];
     let cpu = Cpu::new();
@@ -1261,7 +1261,7 @@ const METHODS: [Method; 6] = [
 
 /// Every estimator on `g` with f32 options against CPU f64 `exact` solved to the f64 floor,
 /// within `tol`; with `check_bounds`, every reported error bound covers the measured error.
-fn check_estimators<G: Backend + Clone>(g: &G, tag: &str, tol: f64, check_bounds: bool) {
+fn check_estimators<G: GlmOps + FisherOps + Clone>(g: &G, tag: &str, tol: f64, check_bounds: bool) {
     const L2: f64 = 0.3;
     for (t, &(kind, layout, centre)) in PROBLEMS.iter().enumerate() {
         let (train, val) = problem_data(kind, 2000 + t as u64);
@@ -1592,7 +1592,7 @@ fn device_only_loop_makes_no_host_traffic() {
 
 /// One NHGD estimate per curvature representation on a hyper-cleaning problem, with the
 /// host syncs and copies counted inside the inner loop.
-fn nhgd_estimates<B: Backend + Clone>(backend: B) -> Vec<(String, Vec<f64>, u64)> {
+fn nhgd_estimates<B: GlmOps + FisherOps + Clone>(backend: B) -> Vec<(String, Vec<f64>, u64)> {
     use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
     use hypergrad::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
     let (train, val) = common::datasets(ProblemKind::Hyperclean, 300, 80, 12, 4100);
@@ -1666,7 +1666,7 @@ fn nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside() {
 /// inner steps, for the estimators whose inner loop makes none (SOBA's makes one loss
 /// download per step by design). Preparing the T batches, weights and sketches must take a
 /// fixed number of copies: on CUDA each is an allocation and a blocking copy.
-fn copies_per_estimate<B: Backend + Clone>(
+fn copies_per_estimate<B: GlmOps + FisherOps + Clone>(
     make: impl Fn() -> B,
     count: impl Fn(&B) -> u64,
 ) -> Vec<(String, [u64; 2])> {

@@ -1,4 +1,4 @@
-//! The ℓ1 device path (src/l1/device.rs, backend/sparse.rs, cuda/prox.cu): the prox kernels'
+//! The ℓ1 device path (src/l1/device.rs, backend/prox/, cuda/prox.cu): the prox kernels'
 //! CPU twins against the formulas; `implicit` and `forward` (ISTA/FISTA) on the CPU backend
 //! in f64 against the host implementation and the closed form, in f32 within f32 accuracy;
 //! and, on a machine with a CUDA device, the CUDA backend against the CPU twins. Without a
@@ -10,7 +10,7 @@ use std::io::Write;
 
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{self, CudaBackend, Storage};
-use hypergrad::backend::sparse::SparseOps;
+use hypergrad::backend::prox::ProxOps;
 use hypergrad::backend::Backend;
 use hypergrad::data::rng::Rng;
 use hypergrad::l1::device::{forward_pgd_on, implicit_on};
@@ -62,7 +62,7 @@ fn prox_inputs(d: usize, m: usize, seed: u64) -> Vec<Vec<f64>> {
     ]
 }
 
-fn run_prox<B: SparseOps>(
+fn run_prox<B: ProxOps>(
     b: &B,
     ins: &[Vec<f64>],
     m: usize,

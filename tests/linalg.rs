@@ -4,7 +4,7 @@
 //! solves are checked by residuals and by the known solution.
 
 use hypergrad::backend::cpu::CpuBackend;
-use hypergrad::backend::Backend;
+use hypergrad::backend::{Backend, FisherOps};
 use hypergrad::data::rng::Rng;
 use hypergrad::error::Error;
 use hypergrad::hypergrad::fisher;

@@ -52,7 +52,7 @@ use std::sync::Once;
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{self, CudaBackend, Storage};
 use hypergrad::backend::mlp::{Activation, Deltas, MlpData, MlpOps, Network, Tape};
-use hypergrad::backend::{Backend, Precision};
+use hypergrad::backend::{Backend, FisherOps, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::Dataset;
 use hypergrad::hypergrad::nhgd_mlp::MlpNhgd;
@@ -487,7 +487,7 @@ mod checks {
     }
 
     /// One NHGD outer step with per-layer K-FAC, identical seeded batches on both backends.
-    pub fn nhgd_kfac_estimator<B: MlpOps + Clone + 'static>(b: &B, tag: &str) {
+    pub fn nhgd_kfac_estimator<B: MlpOps + FisherOps + Clone + 'static>(b: &B, tag: &str) {
         for kind in [ProblemKind::Softmax, ProblemKind::Hyperclean] {
             let under = problem(b.clone(), kind, Activation::Tanh);
             let reference = problem(Cpu::new(), kind, Activation::Tanh);

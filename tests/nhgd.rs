@@ -10,8 +10,8 @@
 mod common;
 
 use common::{rel_err, B64};
-use hypergrad::backend::Backend;
 use hypergrad::backend::Precision;
+use hypergrad::backend::{Backend, GlmOps};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::{synthetic, Dataset};
 use hypergrad::hypergrad::fisher::{

@@ -2,7 +2,7 @@
 //! training labels, and the report that compares three models on the test rows.
 
 use crate::backend::mlp::MlpOps;
-use crate::backend::Backend;
+use crate::backend::{Backend, FisherOps, GlmOps};
 use crate::data::{self, Dataset};
 use crate::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver::{self, InnerOptions};
@@ -49,7 +49,7 @@ pub struct CleaningReport {
 
 /// The report for `problem` at its current θ; `train`, `val` and `test` are the run's data
 /// (test required), `corrupted` the rows whose labels were replaced, `l2` the ridge C.
-pub fn report<B: Backend + Clone>(
+pub fn report<B: GlmOps + FisherOps + Clone>(
     problem: &GlmBilevel<B>,
     inner: &InnerOptions,
     l2: f64,
@@ -86,7 +86,7 @@ pub fn report<B: Backend + Clone>(
 /// each the same network (`hidden`, `activation`, w₀ from `seed`) trained by the inner solver
 /// from w₀, with ridge C on its weight matrices (biases unpenalised, as in the run).
 #[allow(clippy::too_many_arguments)]
-pub fn report_network<B: MlpOps + Clone>(
+pub fn report_network<B: MlpOps + FisherOps + Clone>(
     problem: &MlpBilevel<B>,
     inner: &InnerOptions,
     l2: f64,

@@ -12,7 +12,10 @@ use crate::{Error, Result};
 /// this; see [`Device::dispatch`]).
 pub trait OnBackend {
     type Output;
-    fn on<B: crate::backend::Backend + Clone + 'static>(self, backend: B) -> Result<Self::Output>;
+    fn on<B: crate::backend::GlmOps + crate::backend::FisherOps + Clone + 'static>(
+        self,
+        backend: B,
+    ) -> Result<Self::Output>;
 }
 
 /// An opened backend.

@@ -17,7 +17,7 @@ use super::settings::{DeviceSpec, Settings};
 use super::smooth::{drive, NetworkInfo, SmoothOutcome, SmoothReport};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpInputOps;
-use crate::backend::Backend;
+use crate::backend::{Backend, FisherOps, GlmOps};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator, StochasticOptions};
 use crate::hypergrad::{self, Hypergradient};
@@ -77,7 +77,7 @@ trait Distilled: OuterProblem + Sized + 'static {
     fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>>;
 }
 
-impl<B: Backend + Clone + 'static> Distilled for DistillBilevel<B> {
+impl<B: GlmOps + FisherOps + Clone + 'static> Distilled for DistillBilevel<B> {
     fn set(&self) -> &Synthetic {
         self.synthetic_set()
     }
@@ -89,7 +89,7 @@ impl<B: Backend + Clone + 'static> Distilled for DistillBilevel<B> {
     }
 }
 
-impl<B: MlpInputOps + Clone + 'static> Distilled for MlpDistillBilevel<B> {
+impl<B: MlpInputOps + FisherOps + Clone + 'static> Distilled for MlpDistillBilevel<B> {
     fn set(&self) -> &Synthetic {
         self.synthetic_set()
     }
@@ -145,7 +145,7 @@ struct Linear<'a, T> {
 
 impl<T: Task> OnBackend for Linear<'_, T> {
     type Output = T::Output;
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<T::Output> {
+    fn on<B: GlmOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<T::Output> {
         let Start { classes, k, theta } = &self.start;
         let problem = DistillBilevel::new(
             backend,
@@ -334,11 +334,11 @@ where
 
 /// NHGD on distill: the GLM's stochastic estimator runs SGD and tracks the Fisher on the
 /// current synthetic rows; the hypergradient is `−Bᵀq` with distill's B.
-struct DistillNhgd<B: Backend> {
+struct DistillNhgd<B: GlmOps + FisherOps> {
     inner: StochasticEstimator<B>,
 }
 
-impl<B: Backend + Clone> DistillNhgd<B> {
+impl<B: GlmOps + FisherOps + Clone> DistillNhgd<B> {
     fn new(problem: &DistillBilevel<B>, opts: StochasticOptions) -> Result<Self> {
         let synthetic = problem.synthetic()?;
         Ok(DistillNhgd {
@@ -347,7 +347,7 @@ impl<B: Backend + Clone> DistillNhgd<B> {
     }
 }
 
-impl<B: Backend + Clone> StochasticEstimate<DistillBilevel<B>> for DistillNhgd<B> {
+impl<B: GlmOps + FisherOps + Clone> StochasticEstimate<DistillBilevel<B>> for DistillNhgd<B> {
     fn estimate(
         &mut self,
         problem: &DistillBilevel<B>,

@@ -13,6 +13,7 @@ use super::settings::{DeviceSpec, Settings};
 use super::smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpOps;
+use crate::backend::FisherOps;
 use crate::hypergrad;
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::outer::Estimator;
@@ -32,7 +33,7 @@ fn open(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
 /// [`super::device::OnBackend`], whose bound is [`MlpOps`] rather than the core backend.
 pub(crate) trait OnMlpBackend {
     type Output;
-    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<Self::Output>;
+    fn on<B: MlpOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<Self::Output>;
 }
 
 /// The one match from an opened device to its backend type, for networks.
@@ -55,7 +56,7 @@ struct Grad<'a> {
 
 impl OnMlpBackend for Grad<'_> {
     type Output = SmoothReport;
-    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
+    fn on<B: MlpOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
         grad_on(
             backend,
             self.plan,
@@ -81,7 +82,7 @@ struct Run<'a> {
 
 impl OnMlpBackend for Run<'_> {
     type Output = SmoothOutcome;
-    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
+    fn on<B: MlpOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
         let Run {
             plan,
             network,
@@ -148,7 +149,7 @@ pub(super) fn build<B: MlpOps>(
     Ok(problem)
 }
 
-fn grad_on<B: MlpOps + Clone>(
+fn grad_on<B: MlpOps + FisherOps + Clone>(
     backend: B,
     plan: &SmoothPlan,
     network: &NetworkPlan,
@@ -230,7 +231,7 @@ pub(super) fn run(
 /// not have). With `--corrupt` on hyperclean, the three-model cleaning report trains the same
 /// network (w₀ from `--seed`) without cleaning, with the learnt weights and on the clean rows.
 #[allow(clippy::too_many_arguments)]
-fn run_on<B: MlpOps + Clone + 'static>(
+fn run_on<B: MlpOps + FisherOps + Clone + 'static>(
     backend: B,
     plan: &SmoothPlan,
     network: &NetworkPlan,

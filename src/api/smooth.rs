@@ -10,7 +10,7 @@ use super::device::{Device, OnBackend};
 use super::plan::SmoothPlan;
 use super::settings::Settings;
 use super::trace::TraceWriter;
-use crate::backend::Backend;
+use crate::backend::{FisherOps, GlmOps};
 use crate::data::Dataset;
 use crate::hypergrad::fisher::{DenseUpdate, DenseUpdateTiming};
 use crate::hypergrad::stochastic::StochasticEstimator;
@@ -255,7 +255,7 @@ pub(crate) fn finite_hypergradient(result: &Hypergradient) -> Result<()> {
     }
 }
 
-fn build<B: Backend>(
+fn build<B: GlmOps>(
     backend: B,
     plan: &SmoothPlan,
     settings: &Settings,
@@ -286,7 +286,7 @@ struct Grad<'a> {
 
 impl OnBackend for Grad<'_> {
     type Output = SmoothReport;
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
+    fn on<B: GlmOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<SmoothReport> {
         let Grad {
             plan,
             settings,
@@ -297,7 +297,7 @@ impl OnBackend for Grad<'_> {
     }
 }
 
-fn grad_on<B: Backend + Clone>(
+fn grad_on<B: GlmOps + FisherOps + Clone>(
     backend: B,
     plan: &SmoothPlan,
     settings: &Settings,
@@ -349,12 +349,15 @@ struct Run<'a> {
 
 impl OnBackend for Run<'_> {
     type Output = SmoothOutcome;
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
+    fn on<B: GlmOps + FisherOps + Clone + 'static>(self, backend: B) -> Result<SmoothOutcome> {
         run_on(backend, self)
     }
 }
 
-fn run_on<B: Backend + Clone + 'static>(backend: B, task: Run<'_>) -> Result<SmoothOutcome> {
+fn run_on<B: GlmOps + FisherOps + Clone + 'static>(
+    backend: B,
+    task: Run<'_>,
+) -> Result<SmoothOutcome> {
     let Run {
         plan,
         settings,

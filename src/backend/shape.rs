@@ -47,7 +47,7 @@ pub(crate) fn check_gemm(
     check_len("gemm C", c, m * n)
 }
 
-/// The shapes of the ℓ1 prox kernels ([`super::sparse::SparseOps`]): every vector of
+/// The shapes of the ℓ1 prox kernels ([`super::sparse::ProxOps`]): every vector of
 /// `vectors` has `d` entries, every matrix of `jacobians` has `d·m` (m hyper-parameters).
 pub(crate) fn check_prox(
     kernel: &str,

@@ -9,7 +9,7 @@ use crate::api::names::{DeviceName, PrecisionName};
 use crate::api::DeviceSpec;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, RowPath, Storage};
-use crate::backend::{Backend, Loss};
+use crate::backend::{Backend, GlmOps, Loss};
 use crate::bench::{hvp_rows, kernel_bench, BenchRow, KernelBenchConfig};
 use crate::data::rng::Rng;
 

@@ -20,7 +20,7 @@ use crate::api::names::{ActivationName, DeviceName, PrecisionName};
 use crate::api::network::{self, OnMlpBackend};
 use crate::api::ModelSpec;
 use crate::backend::mlp::{Activation, MlpOps};
-use crate::backend::Backend;
+use crate::backend::{FisherOps, GlmOps};
 use crate::bench::time_calls;
 use crate::data::synthetic;
 use crate::hypergrad::fisher::{DenseUpdate, Representation};
@@ -102,7 +102,7 @@ struct BenchMlp<'a>(&'a NhgdBenchArgs, &'a [usize]);
 
 impl OnMlpBackend for BenchMlp<'_> {
     type Output = ();
-    fn on<B: MlpOps + Clone + 'static>(self, backend: B) -> crate::Result<()> {
+    fn on<B: MlpOps + FisherOps + Clone + 'static>(self, backend: B) -> crate::Result<()> {
         bench_mlp(backend, self.0, self.1).map_err(|e| crate::Error::Backend(format!("{e:#}")))
     }
 }
@@ -117,7 +117,11 @@ fn mlp_cases(rank: usize) -> Vec<(&'static str, bool, Representation)> {
 }
 
 /// `--model mlp:…`: hyper-cleaning of a network on the same synthetic data.
-fn bench_mlp<B: MlpOps + Clone>(backend: B, args: &NhgdBenchArgs, hidden: &[usize]) -> Result<()> {
+fn bench_mlp<B: MlpOps + FisherOps + Clone>(
+    backend: B,
+    args: &NhgdBenchArgs,
+    hidden: &[usize],
+) -> Result<()> {
     let (c, d) = (args.classes, args.d);
     let full = synthetic::softmax(args.n + args.m, d, c, 0.0, 3.0, 7).0;
     let train = full.select(&(0..args.n).collect::<Vec<_>>());
@@ -222,13 +226,13 @@ struct Bench<'a>(&'a NhgdBenchArgs);
 
 impl OnBackend for Bench<'_> {
     type Output = ();
-    fn on<B: Backend + Clone + 'static>(self, backend: B) -> crate::Result<()> {
+    fn on<B: GlmOps + FisherOps + Clone + 'static>(self, backend: B) -> crate::Result<()> {
         // The library's error type carries the report's failures as backend errors.
         bench_on(backend, self.0).map_err(|e| crate::Error::Backend(format!("{e:#}")))
     }
 }
 
-fn bench_on<B: Backend + Clone>(backend: B, args: &NhgdBenchArgs) -> Result<()> {
+fn bench_on<B: GlmOps + FisherOps + Clone>(backend: B, args: &NhgdBenchArgs) -> Result<()> {
     let (c, d) = (args.classes, args.d);
     let full = synthetic::softmax(args.n + args.m, d, c, 0.0, 3.0, 7).0;
     let train = full.select(&(0..args.n).collect::<Vec<_>>());

@@ -26,7 +26,7 @@
 //! `lowrank` keeps a random sketch: `S_t` (r×b) has independent entries `±1/√r`, so
 //! `E[UᵀU] = F` and `R + UᵀU` is applied by Woodbury with an r×r system.
 
-use crate::backend::{Backend, Groups};
+use crate::backend::{Backend, FisherOps, GlmOps, Groups};
 use crate::error::{Error, Result};
 use crate::solver::linear;
 
@@ -49,7 +49,7 @@ pub enum DenseUpdate {
     /// `A = Ĥ⁻¹` updated in place by Sherman–Morrison (b = 1) or Woodbury (rank b).
     Woodbury,
     /// `F` accumulated by SYRK, the system solved once per outer step (Cholesky where the
-    /// backend factorises faster than CG, see `Backend::direct_solve_max_dim`; else CG).
+    /// backend factorises faster than CG, see `FisherOps::direct_solve_max_dim`; else CG).
     Accumulate,
     /// Whichever of the two is faster at this shape on this backend, timed once when the
     /// estimator is made ([`choose_dense_update`]); the trace says which ran.
@@ -76,7 +76,7 @@ pub struct DenseUpdateTiming {
 /// its capacitance limit) means accumulate. The solve is timed on the F of this one batch:
 /// CG on the full Fisher may need more iterations, so the choice favours accumulate slightly
 /// when the backend solves by CG. Costs two P×P buffers and a few updates, once per run.
-pub fn choose_dense_update<B: Backend>(
+pub fn choose_dense_update<B: FisherOps>(
     backend: &B,
     spec: &FisherSpec,
     reg: &Regulariser<'_, B>,
@@ -219,7 +219,7 @@ pub struct StepInputs<'a, B: Backend> {
 }
 
 /// The tracked state (see the module docs).
-pub enum FisherTracker<B: Backend> {
+pub enum FisherTracker<B: FisherOps> {
     DenseInverse {
         a: B::Buf,
         p: usize,
@@ -241,7 +241,7 @@ pub enum FisherTracker<B: Backend> {
     },
 }
 
-impl<B: Backend> FisherTracker<B> {
+impl<B: FisherOps> FisherTracker<B> {
     /// The state at the start of an inner loop: `A₀ = R⁻¹`, or zero Fisher terms.
     pub fn start(backend: &B, spec: &FisherSpec, reg_diag: &B::Buf) -> Result<Self> {
         let (c, d) = spec.shape;
@@ -273,44 +273,6 @@ impl<B: Backend> FisherTracker<B> {
                 p,
             },
         })
-    }
-
-    /// Adds one step's per-sample gradients. `grads` is b×P scratch (unused by `kfac`).
-    /// Makes no host synchronisation and no host copy.
-    pub fn update(
-        &mut self,
-        backend: &B,
-        spec: &FisherSpec,
-        step: &StepInputs<'_, B>,
-        grads: &mut B::Buf,
-    ) -> Result<()> {
-        if let FisherTracker::Kfac { xx, gg, .. } = self {
-            let (alpha, beta) = spec.step_weights();
-            return backend.glm_kfac_factors(
-                step.x,
-                step.rows,
-                step.factors,
-                step.weights,
-                alpha,
-                beta,
-                xx,
-                gg,
-            );
-        }
-        backend.glm_per_sample_gradients(
-            step.x,
-            step.rows,
-            step.factors,
-            step.sqrt_weights,
-            grads,
-        )?;
-        self.update_rows(
-            backend,
-            spec,
-            grads,
-            backend.rows_len(step.rows),
-            step.sketch,
-        )
     }
 
     /// Adds one step's per-sample gradient rows `U` (b×P, row `p` = `√s_p g_p`) to a dense or
@@ -423,11 +385,52 @@ impl<B: Backend> FisherTracker<B> {
     }
 }
 
+/// The linear model's update, from the factors its fused SGD step left on the backend.
+impl<B: GlmOps + FisherOps> FisherTracker<B> {
+    /// Adds one step's per-sample gradients. `grads` is b×P scratch (unused by `kfac`).
+    /// Makes no host synchronisation and no host copy.
+    pub fn update(
+        &mut self,
+        backend: &B,
+        spec: &FisherSpec,
+        step: &StepInputs<'_, B>,
+        grads: &mut B::Buf,
+    ) -> Result<()> {
+        if let FisherTracker::Kfac { xx, gg, .. } = self {
+            let (alpha, beta) = spec.step_weights();
+            return backend.glm_kfac_factors(
+                step.x,
+                step.rows,
+                step.factors,
+                step.weights,
+                alpha,
+                beta,
+                xx,
+                gg,
+            );
+        }
+        backend.glm_per_sample_gradients(
+            step.x,
+            step.rows,
+            step.factors,
+            step.sqrt_weights,
+            grads,
+        )?;
+        self.update_rows(
+            backend,
+            spec,
+            grads,
+            backend.rows_len(step.rows),
+            step.sketch,
+        )
+    }
+}
+
 /// K-FAC's damped inverse of one Kronecker block applied to `a` (the `c×d` matrix `V`,
 /// class-major): `Q = (GG + Λ/π)⁻¹ V (XX + πI)⁻¹` with `Λ = diag(lambda)` (c entries) and π
-/// from [`Backend::kfac_damp`], so that the block's damping cross term is `Λ ⊗ I`. `c` and `d`
+/// from [`crate::backend::FisherOps::kfac_damp`], so that the block's damping cross term is `Λ ⊗ I`. `c` and `d`
 /// are read off the factors. On the backend: two Cholesky solves and one GEMM.
-pub fn kfac_solve<B: Backend>(
+pub fn kfac_solve<B: FisherOps>(
     backend: &B,
     xx: &B::Buf,
     gg: &B::Buf,
@@ -472,14 +475,14 @@ pub fn kfac_solve<B: Backend>(
 }
 
 /// The regulariser `R = diag(r)` with `r_e = λ_{g(e)}`.
-pub struct Regulariser<'a, B: Backend> {
+pub struct Regulariser<'a, B: FisherOps> {
     pub backend: &'a B,
     pub diag: &'a B::Buf,
     pub groups: Groups,
     pub lambda: &'a [f64],
 }
 
-impl<B: Backend> Regulariser<'_, B> {
+impl<B: FisherOps> Regulariser<'_, B> {
     /// `1/r` as a buffer of P entries.
     fn inverse_diag(&self, p: usize) -> Result<B::Buf> {
         let inv: Vec<f64> = self.lambda.iter().map(|l| 1.0 / l).collect();

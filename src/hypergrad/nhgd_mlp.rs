@@ -46,7 +46,7 @@ use super::fisher::{
 use super::stochastic::{CrossTranspose, LoopStats, StochasticOptions};
 use super::{Hypergradient, Method};
 use crate::backend::mlp::{Deltas, MlpData, MlpOps, Network, Tape};
-use crate::backend::{Backend, Groups};
+use crate::backend::{Backend, FisherOps, Groups};
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
@@ -61,7 +61,7 @@ pub fn damping(net: &Network, lambda: &[f64]) -> Vec<f64> {
 }
 
 /// The curvature `Ĥ = F + D` of a network as NHGD tracks it.
-pub enum MlpCurvature<B: Backend> {
+pub enum MlpCurvature<B: FisherOps> {
     /// `dense` or `lowrank` over all P parameters, fed per-sample gradient rows.
     Rows(FisherTracker<B>),
     /// Per-layer K-FAC factors `AA_l`, `GG_l`.
@@ -80,7 +80,7 @@ pub struct CurvatureStep<'a, B: MlpOps> {
     pub sketch: Option<&'a B::Buf>,
 }
 
-impl<B: MlpOps> MlpCurvature<B> {
+impl<B: MlpOps + FisherOps> MlpCurvature<B> {
     /// The state before the first step: `(D)⁻¹` or zero Fisher terms. `spec.shape` is `(1, P)`.
     pub fn start(backend: &B, net: &Network, spec: &FisherSpec, damping: &B::Buf) -> Result<Self> {
         Ok(match spec.representation {
@@ -184,7 +184,7 @@ impl<B: MlpOps> MlpCurvature<B> {
 
 /// The NHGD estimator of a network problem, with the inner iterate it carries between outer
 /// steps.
-pub struct MlpNhgd<B: MlpOps> {
+pub struct MlpNhgd<B: MlpOps + FisherOps> {
     opts: StochasticOptions,
     w: B::Buf,
     n_train: usize,
@@ -195,7 +195,7 @@ pub struct MlpNhgd<B: MlpOps> {
     curvature: bool,
 }
 
-impl<B: MlpOps> MlpNhgd<B> {
+impl<B: MlpOps + FisherOps> MlpNhgd<B> {
     /// Checks the options against the problem and resolves `--fisher-update auto`.
     pub fn new(problem: &MlpBilevel<B>, opts: StochasticOptions) -> Result<Self> {
         if opts.method != Method::Nhgd {

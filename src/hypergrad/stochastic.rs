@@ -28,7 +28,7 @@ use super::fisher::{
     Averaging, DenseUpdate, FisherSpec, FisherTracker, Regulariser, Representation, StepInputs,
 };
 use super::{Hypergradient, Method};
-use crate::backend::{Backend, Curvature};
+use crate::backend::{Backend, Curvature, FisherOps, GlmOps};
 use crate::data::rng::Rng;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ pub struct LoopStats {
 }
 
 /// A batch of the fixed partition, as its own design matrix.
-struct Chunk<B: Backend> {
+struct Chunk<B: GlmOps> {
     x: B::Design,
     y: B::Buf,
     rows: Vec<usize>,
@@ -118,7 +118,7 @@ struct Chunk<B: Backend> {
 }
 
 /// The per-step inputs of one inner loop, uploaded before it starts.
-struct Prepared<B: Backend> {
+struct Prepared<B: GlmOps> {
     rows: Vec<B::Rows>,
     sqrt_weights: Vec<Option<B::Buf>>,
     weights: Vec<Option<B::Buf>>,
@@ -126,7 +126,7 @@ struct Prepared<B: Backend> {
 }
 
 /// A stochastic estimator with the state it carries between outer steps.
-pub struct StochasticEstimator<B: Backend> {
+pub struct StochasticEstimator<B: GlmOps + FisherOps> {
     opts: StochasticOptions,
     /// The second queue the curvature update runs on.
     curvature_queue: B,
@@ -139,7 +139,7 @@ pub struct StochasticEstimator<B: Backend> {
     dense_update_timing: Option<super::fisher::DenseUpdateTiming>,
 }
 
-impl<B: Backend + Clone> StochasticEstimator<B> {
+impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
     /// Sets the estimator up for `problem`, whose training rows are `train`.
     pub fn new(problem: &GlmBilevel<B>, train: &Dataset, opts: StochasticOptions) -> Result<Self> {
         if !matches!(
@@ -613,7 +613,7 @@ impl<B: Backend + Clone> StochasticEstimator<B> {
 /// The host traffic of a loop since `before`, then (after waiting for the device, which is
 /// not counted) its time.
 /// One fused SGD step on the problem's training rows `rows`, leaving the batch's factors.
-fn sgd_step<B: Backend>(
+fn sgd_step<B: GlmOps>(
     problem: &GlmBilevel<B>,
     rows: &B::Rows,
     eta: f64,
@@ -635,7 +635,7 @@ fn sgd_step<B: Backend>(
 }
 
 /// The regulariser `R` of the problem's training loss, as NHGD's curvature applies it.
-fn regulariser<B: Backend>(problem: &GlmBilevel<B>) -> Regulariser<'_, B> {
+fn regulariser<B: GlmOps + FisherOps>(problem: &GlmBilevel<B>) -> Regulariser<'_, B> {
     let view = problem.train_view();
     Regulariser {
         backend: problem.backend(),
@@ -658,7 +658,7 @@ fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result
 
 /// The training rows in a seeded order, cut into batches of `batch` (the last may be
 /// shorter), each uploaded as a design matrix.
-fn partition<B: Backend>(b: &B, train: &Dataset, batch: usize, seed: u64) -> Result<Vec<Chunk<B>>> {
+fn partition<B: GlmOps>(b: &B, train: &Dataset, batch: usize, seed: u64) -> Result<Vec<Chunk<B>>> {
     let order = Rng::new(seed ^ 0x5EED_BA7C).permutation(train.n());
     order
         .chunks(batch)
@@ -676,7 +676,7 @@ fn partition<B: Backend>(b: &B, train: &Dataset, batch: usize, seed: u64) -> Res
 
 /// `L̂`: the largest eigenvalue of the data term's curvature majorant `ℓ''_max (1/n) Σ x xᵀ`
 /// (row weights at their bound 1) by power iteration, inflated by 5%.
-fn data_curvature<B: Backend>(problem: &GlmBilevel<B>) -> Result<f64> {
+fn data_curvature<B: GlmOps>(problem: &GlmBilevel<B>) -> Result<f64> {
     let b = problem.backend();
     let view = problem.train_view();
     let (c, d) = problem.shape();

@@ -1,6 +1,6 @@
 //! The ℓ1 hypergradients on a [`Backend`] (the CPU backend in f32/f64, or CUDA in f32):
 //! the support-restricted implicit solve by CG, and `forward` through ISTA/FISTA, whose
-//! proximal step and Jacobian are the [`SparseOps`] kernels (`cuda/prox.cu`). Everything else
+//! proximal step and Jacobian are the [`ProxOps`] kernels (`cuda/prox.cu`). Everything else
 //! is an existing backend primitive: `Xᵀ(Xv − y)/n` is `glm_value_grad` with the squared loss
 //! and `XᵀXV/n` for a batch of directions is `glm_hvp` with row curvature 1/n.
 //!
@@ -12,8 +12,8 @@ use super::hypergrad::L1Hypergradient;
 use super::problem::{L1Data, Penalty};
 use super::solver::{duality_gap, gap_threshold, residual, L1Solver, SolveOptions};
 use super::L1Method;
-use crate::backend::sparse::SparseOps;
-use crate::backend::{Backend, Curvature, Loss};
+use crate::backend::prox::ProxOps;
+use crate::backend::{Backend, Curvature, GlmOps, Loss};
 use crate::solver::linear::{conjugate_gradient, duplicate};
 use crate::{Error, Result};
 
@@ -30,7 +30,7 @@ fn squared_curvature<B: Backend>(b: &B, n: usize) -> Result<Curvature<B>> {
 /// (to `‖Aq − ∇_S f‖ ≤ tol ‖∇_S f‖`, at most `iters` steps) on the support of `w`, then
 /// `h_k = −b_kᵀ q`, `b_k = s ⊙ ∂λ_S/∂θ_k + w_S ∂λ₂/∂θ_k` (see [`super::hypergrad`]).
 /// `grad_f` is `∇f(w)` (length d). Returns `(h, ‖Aq − ∇_S f‖, CG iterations)`.
-pub fn implicit_on<B: Backend>(
+pub fn implicit_on<B: GlmOps>(
     b: &B,
     train: &L1Data,
     pen: &Penalty,
@@ -85,7 +85,7 @@ pub fn implicit_on<B: Backend>(
 /// device (p directions at once). The inner loop stops when the duality gap, checked on the
 /// host every `inner.gap_every` iterations, is ≤ `inner.tol·‖y‖²/n`. `residual_norm` is
 /// `None`, `error_bound` `None`.
-pub fn forward_pgd_on<B: SparseOps>(
+pub fn forward_pgd_on<B: ProxOps + GlmOps>(
     b: &B,
     train: &L1Data,
     val: &L1Data,

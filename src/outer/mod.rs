@@ -23,7 +23,7 @@ pub use adam::Adam;
 use std::time::Instant;
 
 use crate::backend::mlp::{MlpInputOps, MlpOps};
-use crate::backend::Backend;
+use crate::backend::{Backend, FisherOps, GlmOps};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
@@ -77,13 +77,13 @@ pub trait OuterProblem: Bilevel {
     fn evaluate(&self, w: &Buf<Self>, data: &Dataset) -> Result<(f64, Option<f64>)>;
 }
 
-impl<B: Backend> OuterProblem for GlmBilevel<B> {
+impl<B: GlmOps> OuterProblem for GlmBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         GlmBilevel::evaluate(self, w, data)
     }
 }
 
-impl<B: Backend> OuterProblem for DistillBilevel<B> {
+impl<B: GlmOps> OuterProblem for DistillBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         DistillBilevel::evaluate(self, w, data)
     }
@@ -125,7 +125,7 @@ pub trait StochasticEstimate<P: Bilevel> {
     fn restore(&mut self, backend: &P::B, w: &[f64], q: Option<&[f64]>) -> Result<()>;
 }
 
-impl<B: Backend + Clone> StochasticEstimate<GlmBilevel<B>> for StochasticEstimator<B> {
+impl<B: GlmOps + FisherOps + Clone> StochasticEstimate<GlmBilevel<B>> for StochasticEstimator<B> {
     fn estimate(
         &mut self,
         problem: &GlmBilevel<B>,
@@ -144,7 +144,7 @@ impl<B: Backend + Clone> StochasticEstimate<GlmBilevel<B>> for StochasticEstimat
     }
 }
 
-impl<B: MlpOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
+impl<B: MlpOps + FisherOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
     fn estimate(
         &mut self,
         problem: &MlpBilevel<B>,
@@ -166,7 +166,7 @@ impl<B: MlpOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
 /// NHGD on dataset distillation with a network: the network estimator on the network problem
 /// of the current synthetic rows, with distillation's θ and cross derivative; the default SGD
 /// step follows the rows' curvature, so it is recomputed as θ moves them.
-impl<B: MlpInputOps> StochasticEstimate<MlpDistillBilevel<B>> for MlpNhgd<B> {
+impl<B: MlpInputOps + FisherOps> StochasticEstimate<MlpDistillBilevel<B>> for MlpNhgd<B> {
     fn estimate(
         &mut self,
         problem: &MlpDistillBilevel<B>,

@@ -46,7 +46,7 @@
 
 use ndarray::Array2;
 
-use crate::backend::{Backend, Curvature};
+use crate::backend::{Curvature, GlmOps};
 use crate::data::rng::Rng;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -197,13 +197,13 @@ impl Synthetic {
 }
 
 /// The dataset-distillation bilevel problem (see the module docs).
-pub struct DistillBilevel<B: Backend> {
+pub struct DistillBilevel<B: GlmOps> {
     /// `softmax` with a shared λ = C on the synthetic rows (the current θ).
     glm: GlmBilevel<B>,
     set: Synthetic,
 }
 
-impl<B: Backend> DistillBilevel<B> {
+impl<B: GlmOps> DistillBilevel<B> {
     /// The problem with K synthetic rows per class of `classes` classes, outer loss on `val`,
     /// inner ridge penalty `l2` = C > 0, at `theta` (K·c·d entries).
     pub fn new(
@@ -370,7 +370,7 @@ fn rows_of(theta: &[f64], k: usize, classes: usize, d: usize) -> Result<Dataset>
     Dataset::new(x, synthetic_labels(k, classes), "distill:θ")
 }
 
-impl<B: Backend> InnerProblem for DistillBilevel<B> {
+impl<B: GlmOps> InnerProblem for DistillBilevel<B> {
     type B = B;
     type Hessian = Curvature<B>;
 
@@ -400,7 +400,7 @@ impl<B: Backend> InnerProblem for DistillBilevel<B> {
     }
 }
 
-impl<B: Backend> Bilevel for DistillBilevel<B> {
+impl<B: GlmOps> Bilevel for DistillBilevel<B> {
     fn hyper_dim(&self) -> usize {
         self.set.theta.len()
     }

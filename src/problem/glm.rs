@@ -34,7 +34,7 @@
 //!   `ℓ''_max`-Lipschitz in `z_i`, `L_B = ℓ''_max (1/n) (Σ s'_i² ρ_i⁴)^½`.
 
 use crate::backend::cpu::sigmoid;
-use crate::backend::{Backend, Curvature, Groups, Loss};
+use crate::backend::{Curvature, GlmOps, Groups, Loss};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::problem::{Bilevel, BoundConstants, InnerProblem};
@@ -118,7 +118,7 @@ impl HyperLayout {
 }
 
 /// One side of the bilevel problem (training or validation rows) on the backend.
-struct GlmData<B: Backend> {
+struct GlmData<B: GlmOps> {
     x: B::Design,
     y: B::Buf,
     n: usize,
@@ -126,7 +126,7 @@ struct GlmData<B: Backend> {
     row_norms: Vec<f64>,
 }
 
-impl<B: Backend> GlmData<B> {
+impl<B: GlmOps> GlmData<B> {
     fn new(backend: &B, data: &Dataset) -> Result<Self> {
         let row_norms = data
             .x
@@ -153,7 +153,7 @@ impl<B: Backend> GlmData<B> {
 }
 
 /// The θ-dependent parts of `g`, recomputed by `set_theta`.
-struct ThetaState<B: Backend> {
+struct ThetaState<B: GlmOps> {
     theta: Vec<f64>,
     /// λ per regulariser group (`C` for hyper-cleaning).
     lambda: Vec<f64>,
@@ -164,7 +164,7 @@ struct ThetaState<B: Backend> {
 }
 
 /// Borrowed view of the training side of a [`GlmBilevel`] at its current θ.
-pub struct TrainView<'a, B: Backend> {
+pub struct TrainView<'a, B: GlmOps> {
     pub x: &'a B::Design,
     pub y: &'a B::Buf,
     /// Hyper-cleaning's row weights `s_i = σ(θ_i)` (on the backend and on the host).
@@ -180,7 +180,7 @@ pub struct TrainView<'a, B: Backend> {
 }
 
 /// The GLM bilevel problem (see the module docs).
-pub struct GlmBilevel<B: Backend> {
+pub struct GlmBilevel<B: GlmOps> {
     backend: B,
     kind: ProblemKind,
     layout: HyperLayout,
@@ -195,7 +195,7 @@ pub struct GlmBilevel<B: Backend> {
     state: ThetaState<B>,
 }
 
-impl<B: Backend> GlmBilevel<B> {
+impl<B: GlmOps> GlmBilevel<B> {
     /// Builds the problem on `backend` from training and validation data, checking that the
     /// labels fit the problem and the shapes agree. `l2` is the fixed `C` of `hyperclean`
     /// (ignored otherwise). θ starts at 0.
@@ -444,7 +444,7 @@ fn accuracy_from_factors(loss: Loss, g: &[f64], labels: &[f64]) -> f64 {
     }
 }
 
-impl<B: Backend> InnerProblem for GlmBilevel<B> {
+impl<B: GlmOps> InnerProblem for GlmBilevel<B> {
     type B = B;
     type Hessian = Curvature<B>;
 
@@ -532,7 +532,7 @@ impl<B: Backend> InnerProblem for GlmBilevel<B> {
     }
 }
 
-impl<B: Backend> Bilevel for GlmBilevel<B> {
+impl<B: GlmOps> Bilevel for GlmBilevel<B> {
     fn hyper_dim(&self) -> usize {
         self.p()
     }

@@ -10,7 +10,6 @@
 
 mod kernels;
 mod ops;
-mod sparse;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -168,11 +167,11 @@ pub struct CudaBackend {
     pub(in crate::backend) stream: Arc<CudaStream>,
     /// Markers of this handle's stream (`Backend::signal` / `wait_for`), timing disabled.
     events: Arc<Vec<CudaEvent>>,
-    blas: Arc<CudaBlas>,
-    kernels: Arc<Kernels>,
-    info: DeviceInfo,
+    pub(in crate::backend) blas: Arc<CudaBlas>,
+    pub(in crate::backend) kernels: Arc<Kernels>,
+    pub(in crate::backend) info: DeviceInfo,
     /// Largest dynamic shared memory a block may opt into.
-    max_shared_bytes: usize,
+    pub(in crate::backend) max_shared_bytes: usize,
     storage: Storage,
     row_path: Arc<AtomicU8>,
     traffic: Arc<HostTraffic>,
@@ -181,13 +180,13 @@ pub struct CudaBackend {
     solver: Arc<std::sync::OnceLock<cudarc::cusolver::DnHandle>>,
     /// The SGD step's gradient buffer, kept between steps so that the inner loop allocates
     /// nothing (one per handle: each stream uses its own).
-    sgd_scratch: Arc<std::sync::Mutex<Option<CudaSlice<f32>>>>,
+    pub(in crate::backend) sgd_scratch: Arc<std::sync::Mutex<Option<CudaSlice<f32>>>>,
     /// Resident `glm_rows` blocks a multiprocessor, by kernel name and shared-memory bytes
     /// (shared by every handle: it depends on the kernel only).
-    resident: Arc<std::sync::Mutex<ResidentBlocks>>,
+    pub(in crate::backend) resident: Arc<std::sync::Mutex<ResidentBlocks>>,
     /// Set by device-side checks that cannot report at once (a Cholesky pivot ≤ 0 in the
     /// Woodbury update or `spd_solve`); read after every synchronising call.
-    health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
+    pub(in crate::backend) health: Arc<std::sync::Mutex<CudaSlice<i32>>>,
 }
 
 impl CudaBackend {
@@ -292,7 +291,7 @@ impl CudaBackend {
         self.row_path.store(path as u8, Ordering::Relaxed);
     }
 
-    fn row_path(&self) -> RowPath {
+    pub(in crate::backend) fn row_path(&self) -> RowPath {
         match self.row_path.load(Ordering::Relaxed) {
             0 => RowPath::Fused,
             _ => RowPath::Cublas,
@@ -306,7 +305,7 @@ impl CudaBackend {
         self.check_health()
     }
 
-    fn check_health(&self) -> Result<()> {
+    pub(in crate::backend) fn check_health(&self) -> Result<()> {
         let mut health = self
             .health
             .lock()
@@ -338,7 +337,7 @@ impl CudaBackend {
     }
 
     /// The cuSOLVER handle of this handle's stream, created on first use.
-    fn solver(&self) -> Result<&cudarc::cusolver::DnHandle> {
+    pub(in crate::backend) fn solver(&self) -> Result<&cudarc::cusolver::DnHandle> {
         if let Some(handle) = self.solver.get() {
             return Ok(handle);
         }
@@ -357,11 +356,11 @@ impl CudaBackend {
         self.ptr_at(&*rows.idx, rows.offset)
     }
 
-    fn count_transfer(&self) {
+    pub(in crate::backend) fn count_transfer(&self) {
         self.traffic.transfers.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_sync(&self) {
+    pub(in crate::backend) fn count_sync(&self) {
         self.traffic.syncs.fetch_add(1, Ordering::Relaxed);
     }
 }

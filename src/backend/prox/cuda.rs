@@ -1,10 +1,10 @@
-//! [`SparseOps`] on the CUDA backend: launches of `cuda/prox.cu`.
+//! [`ProxOps`] on the CUDA backend: launches of `cuda/prox.cu`.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{driver_error, grid_1d, int, Arg, CudaBackend};
+use super::ProxOps;
+use crate::backend::cuda::{driver_error, grid_1d, int, Arg, CudaBackend};
 use crate::backend::shape::{check_len, check_prox};
-use crate::backend::sparse::SparseOps;
 use crate::error::{Error, Result};
 
 impl CudaBackend {
@@ -28,7 +28,7 @@ impl CudaBackend {
     }
 }
 
-impl SparseOps for CudaBackend {
+impl ProxOps for CudaBackend {
     fn prox_step(
         &self,
         v: &CudaSlice<f32>,

@@ -1,12 +1,12 @@
-//! CPU twins of `cuda/prox.cu` ([`SparseOps`] for the CPU backend): the same expressions in
+//! CPU twins of `cuda/prox.cu` ([`ProxOps`] for the CPU backend): the same expressions in
 //! the same order, in the backend's precision `T`.
 
-use super::cpu::{CpuBackend, Real};
-use super::shape::{check_len, check_prox};
-use super::sparse::SparseOps;
+use super::ProxOps;
+use crate::backend::cpu::{CpuBackend, Real};
+use crate::backend::shape::{check_len, check_prox};
 use crate::error::Result;
 
-impl<T: Real> SparseOps for CpuBackend<T> {
+impl<T: Real> ProxOps for CpuBackend<T> {
     fn prox_step(
         &self,
         v: &Vec<T>,

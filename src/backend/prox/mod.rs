@@ -1,13 +1,17 @@
-//! Device primitives of the ℓ1 problems (kernels in `cuda/prox.cu`, CPU twins in
-//! `cpu_sparse.rs`): the proximal-gradient step and its forward-mode Jacobian. Everything
-//! else the ℓ1 solvers need on a device (`Xᵀ(Xw − y)`, batched `XᵀXv`, BLAS-1) is already a
-//! [`Backend`] primitive.
+//! The ℓ1 problems' proximal primitives (sparse models, SPEC §6), an op family beside the core
+//! [`Backend`]: the proximal-gradient step and its forward-mode Jacobian, the trait
+//! [`ProxOps`] here, its CPU twin in [`cpu`], its CUDA implementation in [`cuda`] (kernels
+//! in `cuda/prox.cu`). Everything else the ℓ1 solvers need on a device (`Xᵀ(Xw − y)` and
+//! batched `XᵀXv` from [`super::GlmOps`], BLAS-1 from the core) is another family's.
+
+pub mod cpu;
+pub mod cuda;
 
 use super::Backend;
 use crate::error::Result;
 
 /// The proximal-gradient primitives of the ℓ1 problems.
-pub trait SparseOps: Backend {
+pub trait ProxOps: Backend {
     /// `w_j ← ST(v_j − η grad_j, η λ_j)`, `ST(z, t) = sign(z) max(|z| − t, 0)`.
     fn prox_step(
         &self,
@@ -18,7 +22,7 @@ pub trait SparseOps: Backend {
         w: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// The Jacobian of [`SparseOps::prox_step`] for a batch of `m = deta.len()` directions,
+    /// The Jacobian of [`ProxOps::prox_step`] for a batch of `m = deta.len()` directions,
     /// each a block of `d = len(w)` entries of `jv`, `dgrad`, `dl1` and `jw`:
     ///
     /// ```text
