@@ -459,9 +459,9 @@ impl<B: MlpOps> MlpNhgd<B> {
         let looped = self.steps(problem, prepared, curvature, grads, &mut held);
         if looped.is_err() {
             if let (Some(side), true) = (&self.curvature_queue, self.curvature) {
-                // A step failed with updates possibly still reading the held tapes, past the
-                // side queue's last marker: let them finish before the tapes are freed (the
-                // sync's own error, if any, is the loop's error again).
+                // A step failed, maybe with updates still reading the held tapes that no marker
+                // covers yet (an update that failed halfway): let the side queue finish before
+                // they are freed. The loop's error is the one reported, not the sync's.
                 let _ = side.synchronize();
             }
         }
