@@ -4,7 +4,10 @@
 //! directional derivatives, HVPs with and without the softmax shift, K-FAC factors with α/β,
 //! `copy_range`), over the whole design and over a mini-batch of rows (with repeats), with and
 //! without row weights, tanh and relu, one and two hidden layers; then `cg` and `nhgd` (kfac)
-//! hypergradients of small softmax and hyper-cleaning networks end to end.
+//! hypergradients of small softmax and hyper-cleaning networks end to end; then NHGD's inner
+//! loop with every curvature representation, which runs the curvature update on a second
+//! queue (stream): it makes no host sync or copy, and its result is that of the same loop on
+//! one queue ([`MlpNhgd::on_one_queue`]).
 //!
 //! **Without a usable GPU every CUDA test returns at once**, after one line on stderr:
 //! `mlp_cuda_parity: SKIPPED — no usable CUDA device (<reason>)`, written to the process's
@@ -40,6 +43,12 @@
 //!   backends): f32 rounding in the iterate grows by at most (1 + η·L)^T ≈ 2 over the loop and
 //!   K-FAC's factored solve is well conditioned by its damping (measured: 1.5e-7). The `note`s
 //!   print every measured error (`HYPERGRAD_TEST_VERBOSE=1`, `--nocapture`).
+//! * **Second queue against one queue: 1e-5.** The same operations on the same inputs, only
+//!   issued on two streams ordered by markers, so the results should agree to the last bit
+//!   (they do on the CPU, whose fork is a clone); the tolerance leaves room for a kernel whose
+//!   sums are ordered by atomics. What it is there to catch is a race (an update reading a
+//!   tape whose memory the next step reused, or SGD reading a half-updated buffer), which
+//!   garbles values far beyond it.
 
 // The references index rows and layers the way the formulas do.
 #![allow(clippy::needless_range_loop)]
@@ -55,6 +64,7 @@ use hypergrad::backend::mlp::{Activation, Deltas, MlpData, MlpOps, Network, Tape
 use hypergrad::backend::{Backend, FisherOps, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::Dataset;
+use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
 use hypergrad::hypergrad::nhgd_mlp::MlpNhgd;
 use hypergrad::hypergrad::stochastic::StochasticOptions;
 use hypergrad::hypergrad::{compute, Method, Options};
@@ -68,6 +78,7 @@ type Cpu = CpuBackend<f64>;
 
 const TOL_PRIMITIVES: f64 = 2e-5;
 const TOL_ESTIMATOR: f64 = 5e-4;
+const TOL_QUEUES: f64 = 1e-5;
 
 // ---- the device -----------------------------------------------------------------------------
 
@@ -507,6 +518,95 @@ mod checks {
             );
         }
     }
+
+    /// NHGD's options with each curvature representation (20 seeded steps of 8 rows).
+    fn nhgd_cases() -> Vec<(&'static str, StochasticOptions)> {
+        [
+            ("kfac", Representation::Kfac, DenseUpdate::Woodbury),
+            (
+                "dense woodbury",
+                Representation::Dense,
+                DenseUpdate::Woodbury,
+            ),
+            (
+                "dense accumulate",
+                Representation::Dense,
+                DenseUpdate::Accumulate,
+            ),
+            (
+                "lowrank",
+                Representation::Lowrank { rank: 4 },
+                DenseUpdate::Woodbury,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, representation, dense_update)| {
+            let mut opts = StochasticOptions::new(Method::Nhgd);
+            opts.inner_steps = 20;
+            opts.batch = 8;
+            opts.inner_lr = Some(0.1);
+            opts.representation = representation;
+            opts.dense_update = dense_update;
+            opts.linear_tol = 1e-5;
+            opts.seed = 5;
+            (name, opts)
+        })
+        .collect()
+    }
+
+    /// NHGD's inner loop (forward, backward, gradient and SGD step on the main queue, the
+    /// curvature update on the second one) makes no host sync and no host copy, with every
+    /// representation, in a first and a warm-started second estimate. A backend and its forks
+    /// share their traffic counters, so both queues count.
+    pub fn nhgd_loop_stays_on_the_device<B: MlpOps + FisherOps + Clone + 'static>(
+        b: &B,
+        tag: &str,
+    ) {
+        let p = problem(b.clone(), ProblemKind::Hyperclean, Activation::Tanh);
+        for (name, opts) in nhgd_cases() {
+            let mut est = MlpNhgd::new(&p, opts).unwrap();
+            for step in 0..2 {
+                let (_, stats) = est.estimate(&p, step).unwrap();
+                assert_eq!(
+                    (stats.inner_host_syncs, stats.inner_host_transfers),
+                    (0, 0),
+                    "{tag} nhgd {name}, estimate {step}: the inner loop talked to the host"
+                );
+            }
+        }
+    }
+
+    /// The curvature update on the second queue gives what the same update on the main queue,
+    /// in step order, gives: the hypergradient and the iterate of a first and a warm-started
+    /// second estimate (which reuses the estimator's fork), with every representation, on the
+    /// weighted loss of hyper-cleaning (the update reads the row weights or their roots).
+    pub fn nhgd_second_queue_is_the_one_queue_loop<B: MlpOps + FisherOps + Clone + 'static>(
+        b: &B,
+        tag: &str,
+    ) {
+        let p = problem(b.clone(), ProblemKind::Hyperclean, Activation::Tanh);
+        for (name, opts) in nhgd_cases() {
+            let mut two = MlpNhgd::new(&p, opts).unwrap();
+            let mut one = MlpNhgd::new(&p, opts).unwrap().on_one_queue();
+            for step in 0..2 {
+                let (h_two, _) = two.estimate(&p, step).unwrap();
+                let (h_one, _) = one.estimate(&p, step).unwrap();
+                let what = format!("{tag} nhgd {name}, estimate {step}, two queues vs one");
+                assert_close(
+                    &h_two.hypergradient,
+                    &h_one.hypergradient,
+                    TOL_QUEUES,
+                    &format!("{what}: hypergradient"),
+                );
+                assert_close(
+                    &b.download(two.w()).unwrap(),
+                    &b.download(one.w()).unwrap(),
+                    TOL_QUEUES,
+                    &format!("{what}: w"),
+                );
+            }
+        }
+    }
 }
 
 // ---- the GPU --------------------------------------------------------------------------------
@@ -567,23 +667,19 @@ fn bf16_storage() {
     checks::hvp(&b, "cuda-bf16", true);
 }
 
-/// The inner loop of NHGD (forward, backward, gradient, K-FAC factors, SGD step) makes no host
-/// transfer: everything stays on the device.
+/// The inner loop of NHGD (forward, backward, gradient, SGD step; the curvature update on the
+/// second stream) makes no host sync or transfer: everything stays on the device.
 #[test]
 fn nhgd_loop_stays_on_the_device() {
     let Some(b) = gpu() else { return };
-    let p = checks::problem(b, ProblemKind::Hyperclean, Activation::Tanh);
-    let mut opts = StochasticOptions::new(Method::Nhgd);
-    opts.inner_steps = 20;
-    opts.batch = 8;
-    opts.inner_lr = Some(0.1);
-    let mut est = MlpNhgd::new(&p, opts).unwrap();
-    let (_, stats) = est.estimate(&p, 0).unwrap();
-    assert_eq!(
-        (stats.inner_host_syncs, stats.inner_host_transfers),
-        (0, 0),
-        "the inner loop talked to the host"
-    );
+    checks::nhgd_loop_stays_on_the_device(&b, "cuda");
+}
+
+/// The curvature update on a second stream gives the result of the one-stream loop.
+#[test]
+fn nhgd_second_queue_is_the_one_queue_loop() {
+    let Some(b) = gpu() else { return };
+    checks::nhgd_second_queue_is_the_one_queue_loop(&b, "cuda");
 }
 
 #[test]
@@ -645,5 +741,15 @@ mod cpu_f32_stand_in {
     #[test]
     fn nhgd_kfac_estimator() {
         checks::nhgd_kfac_estimator(&b(), "cpu-f32");
+    }
+
+    #[test]
+    fn nhgd_loop_stays_on_the_device() {
+        checks::nhgd_loop_stays_on_the_device(&b(), "cpu-f32");
+    }
+
+    #[test]
+    fn nhgd_second_queue_is_the_one_queue_loop() {
+        checks::nhgd_second_queue_is_the_one_queue_loop(&b(), "cpu-f32");
     }
 }

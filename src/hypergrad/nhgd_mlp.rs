@@ -36,6 +36,36 @@
 //!
 //! `stocbio`, `amigo` and `soba` are not implemented for networks (refused by
 //! [`MlpNhgd::new`]).
+//!
+//! # Two queues
+//!
+//! As for the linear models, the curvature update runs on a second queue (a second CUDA
+//! stream, [`Backend::fork`]) while SGD goes on: the update of step t reads only step t's
+//! tape and deltas (and the batch's rows, `√s_p` and sketch, uploaded before the loop), never
+//! `w`, so it overlaps the SGD step and the next step's forward and backward passes. On the
+//! CPU the fork is a clone and the markers are no-ops, so the loop is the sequential one.
+//!
+//! The ordering, with marker t mod 2 of each queue ([`Backend::signal`],
+//! [`Backend::wait_for`]):
+//!
+//! * the side queue waits for the main queue's marker recorded after step t's backward pass
+//!   before it reads the tape and deltas, and records its own marker after the update;
+//! * the tape and deltas are fresh buffers of the main queue every step, and a device buffer
+//!   is freed on the queue that allocated it, in that queue's order, without waiting for any
+//!   other queue (the CUDA backend runs its context without cudarc's per-buffer events, see
+//!   [`crate::backend::cuda`]): dropping step t's tape on the main queue as soon as step t
+//!   ends would let step t + 1's allocations reuse that memory while the side queue still
+//!   reads it. So they are kept in a ring of two slots, and step t frees step t − 2's only
+//!   after the main queue has waited for the side queue's marker of that step (the linear
+//!   loop's double-buffered factors, here the buffers the forward pass allocates);
+//! * the state the side queue writes (K-FAC's factors, the dense or lowrank tracker, the
+//!   gradient-rows scratch) is allocated on the main queue before the loop, is touched by the
+//!   side queue only between its wait for the main queue and its marker, and is read (the
+//!   solve) and freed on the main queue after it has waited for the side queue's last marker,
+//!   which ends the loop. The update's own temporaries live and die on the side queue.
+//!
+//! [`MlpNhgd::on_one_queue`] runs the update on the main queue instead, in step order: the
+//! reference the two-queue loop is compared with (`tests/mlp_cuda_parity.rs`).
 
 use std::time::Instant;
 
@@ -43,7 +73,7 @@ use super::fisher::{
     choose_dense_update, kfac_solve, DenseUpdate, FisherSpec, FisherTracker, Regulariser,
     Representation,
 };
-use super::stochastic::{CrossTranspose, LoopStats, StochasticOptions};
+use super::stochastic::{loop_stats, CrossTranspose, LoopStats, StochasticOptions};
 use super::{Hypergradient, Method};
 use crate::backend::mlp::{Deltas, MlpData, MlpOps, Network, Tape};
 use crate::backend::{Backend, FisherOps, Groups};
@@ -60,7 +90,8 @@ pub fn damping(net: &Network, lambda: &[f64]) -> Vec<f64> {
     (0..net.dim()).map(|e| lambda[net.layer_of(e)]).collect()
 }
 
-/// The curvature `Ĥ = F + D` of a network as NHGD tracks it.
+/// The curvature `Ĥ = F + D` of a network as NHGD tracks it. [`MlpNhgd`] makes it on its main
+/// queue and updates it on its curvature queue (module docs, "Two queues").
 pub enum MlpCurvature<B: FisherOps> {
     /// `dense` or `lowrank` over all P parameters, fed per-sample gradient rows.
     Rows(FisherTracker<B>),
@@ -193,6 +224,10 @@ pub struct MlpNhgd<B: MlpOps + FisherOps> {
     /// Whether the loop tracks the curvature; `false` only for the benchmark's baseline
     /// ([`MlpNhgd::without_curvature`]).
     curvature: bool,
+    /// The second queue the curvature update runs on, a fork of the backend of the problem
+    /// given to [`MlpNhgd::new`] (module docs, "Two queues"); `None`: the update runs on the
+    /// problem's own queue ([`MlpNhgd::on_one_queue`]).
+    curvature_queue: Option<B>,
 }
 
 impl<B: MlpOps + FisherOps> MlpNhgd<B> {
@@ -260,6 +295,7 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             n_train: n,
             default_lr,
             curvature: true,
+            curvature_queue: Some(b.fork()?),
         })
     }
 
@@ -268,6 +304,15 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
     /// as the linear bench's `sgd loop only` case. Its hypergradient is 0.
     pub fn without_curvature(mut self) -> Self {
         self.curvature = false;
+        self
+    }
+
+    /// The same estimator with the curvature update on the problem's own queue, after each
+    /// step's backward pass, instead of on a second queue: no overlap and no markers. The
+    /// result is the two-queue loop's (the same operations on the same inputs); tests compare
+    /// the two.
+    pub fn on_one_queue(mut self) -> Self {
+        self.curvature_queue = None;
         self
     }
 
@@ -344,51 +389,19 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             self.w = problem.initial_point()?;
         }
         let mut rng = Rng::new(self.opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let eta = self.inner_lr();
         let spec = fisher_spec(&self.opts, dim);
         let prepared = self.prepare(problem, &mut rng)?;
         let damping_host = damping(net, problem.lambda());
         let damping_buf = b.upload(&damping_host)?;
+        // On the main queue, though the side queue writes them (module docs, "Two queues").
         let mut curvature = MlpCurvature::start(b, net, &spec, &damping_buf)?;
         let mut grads = b.zeros(match spec.representation {
             Representation::Kfac => 0,
             _ => batch * dim,
         })?;
-        let mut g = b.zeros(dim)?;
-        let train = problem.train_data();
-        let loop_start = Instant::now();
-        let traffic = b.host_traffic();
-        for (t, rows) in prepared.rows.iter().enumerate() {
-            let data = MlpData {
-                rows: Some(rows),
-                ..train
-            };
-            let tape = b.mlp_forward(net, data, &self.w)?;
-            let deltas = b.mlp_backward(net, data, &tape, &self.w)?;
-            let this = b.rows_len(rows) as f64;
-            b.mlp_gradient(net, data, &tape, &deltas, 1.0 / this, &mut g)?;
-            b.mul_add(1.0, problem.reg_diag(), &self.w, &mut g)?;
-            let inputs = CurvatureStep {
-                data,
-                tape: &tape,
-                deltas: &deltas,
-                sqrt_weights: prepared.sqrt_weights[t].as_ref(),
-                sketch: prepared.sketches[t].as_ref(),
-            };
-            if self.curvature {
-                curvature.update(b, net, &spec, &inputs, &mut grads)?;
-            }
-            b.axpy(-eta, &g, &mut self.w)?;
-        }
-        let after = b.host_traffic();
-        b.synchronize()?;
-        let stats = LoopStats {
-            inner_seconds: loop_start.elapsed().as_secs_f64(),
-            inner_host_syncs: after.0 - traffic.0,
-            inner_host_transfers: after.1 - traffic.1,
-            fisher_update: (spec.representation == Representation::Dense)
-                .then_some(self.opts.dense_update),
-        };
+        let mut stats = self.inner_loop(problem, &prepared, &mut curvature, &mut grads)?;
+        stats.fisher_update =
+            (spec.representation == Representation::Dense).then_some(self.opts.dense_update);
         let mut a = b.zeros(dim)?;
         let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
         let (q, linear_iters) = if self.curvature {
@@ -405,6 +418,7 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
         };
         let hypergradient: Vec<f64> = cross(&self.w, &q)?.iter().map(|v| -v).collect();
         let inner_grad_norm = if self.opts.diagnostics {
+            let mut g = b.zeros(dim)?;
             problem.inner_value_grad(&self.w, Some(&mut g))?;
             b.nrm2(&g)?
         } else {
@@ -426,6 +440,106 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             w: Vec::new(),
         };
         Ok((result, stats))
+    }
+
+    /// The T SGD steps from `self.w`, each step's curvature update on the curvature queue
+    /// (module docs, "Two queues"); returns when the main queue has waited for the last update.
+    fn inner_loop(
+        &mut self,
+        problem: &MlpBilevel<B>,
+        prepared: &Prepared<B>,
+        curvature: &mut MlpCurvature<B>,
+        grads: &mut B::Buf,
+    ) -> Result<LoopStats> {
+        let main = problem.backend();
+        let loop_start = Instant::now();
+        let traffic = main.host_traffic();
+        // Step t's tape and deltas, in slot t mod 2 until step t + 2 (module docs).
+        let mut held = [None, None];
+        let looped = self.steps(problem, prepared, curvature, grads, &mut held);
+        if looped.is_err() {
+            if let (Some(side), true) = (&self.curvature_queue, self.curvature) {
+                // A step failed, maybe with updates still reading the held tapes that no marker
+                // covers yet (an update that failed halfway): let the side queue finish before
+                // they are freed. The loop's error is the one reported, not the sync's.
+                let _ = side.synchronize();
+            }
+        }
+        drop(held);
+        looped?;
+        loop_stats(main, loop_start, traffic)
+    }
+
+    /// The loop of [`MlpNhgd::inner_loop`], keeping each step's tape and deltas in `held`.
+    fn steps(
+        &mut self,
+        problem: &MlpBilevel<B>,
+        prepared: &Prepared<B>,
+        curvature: &mut MlpCurvature<B>,
+        grads: &mut B::Buf,
+        held: &mut [Option<(Tape<B>, Deltas<B>)>; 2],
+    ) -> Result<()> {
+        let main = problem.backend();
+        let side = if self.curvature {
+            self.curvature_queue.as_ref()
+        } else {
+            None
+        };
+        let net = problem.network();
+        let spec = fisher_spec(&self.opts, net.dim());
+        let eta = self.inner_lr();
+        let train = problem.train_data();
+        let mut g = main.zeros(net.dim())?;
+        for (t, rows) in prepared.rows.iter().enumerate() {
+            let slot = t % 2;
+            if let (Some(side), true) = (side, t >= 2) {
+                // Step t − 2's update has read the tape and deltas of this slot only once the
+                // side queue passes its marker t mod 2 (not yet recorded again for step t).
+                main.wait_for(side, slot)?;
+            }
+            // Frees step t − 2's tape and deltas, on the main queue, after that wait.
+            held[slot] = None;
+            let data = MlpData {
+                rows: Some(rows),
+                ..train
+            };
+            let tape = main.mlp_forward(net, data, &self.w)?;
+            let deltas = main.mlp_backward(net, data, &tape, &self.w)?;
+            let (tape, deltas) = {
+                let kept = held[slot].insert((tape, deltas));
+                (&kept.0, &kept.1)
+            };
+            if self.curvature {
+                let queue = match side {
+                    Some(side) => {
+                        main.signal(slot)?;
+                        side.wait_for(main, slot)?;
+                        side
+                    }
+                    None => main,
+                };
+                let inputs = CurvatureStep {
+                    data,
+                    tape,
+                    deltas,
+                    sqrt_weights: prepared.sqrt_weights[t].as_ref(),
+                    sketch: prepared.sketches[t].as_ref(),
+                };
+                curvature.update(queue, net, &spec, &inputs, grads)?;
+                if let Some(side) = side {
+                    side.signal(slot)?;
+                }
+            }
+            let this = main.rows_len(rows) as f64;
+            main.mlp_gradient(net, data, tape, deltas, 1.0 / this, &mut g)?;
+            main.mul_add(1.0, problem.reg_diag(), &self.w, &mut g)?;
+            main.axpy(-eta, &g, &mut self.w)?;
+        }
+        if let Some(side) = side {
+            // Every update is done before the solve reads the state or anything is freed.
+            main.wait_for(side, (prepared.rows.len() - 1) % 2)?;
+        }
+        Ok(())
     }
 
     /// Draws the T mini-batches (cycling through seeded permutations of the rows, as for the

@@ -610,8 +610,6 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
     }
 }
 
-/// The host traffic of a loop since `before`, then (after waiting for the device, which is
-/// not counted) its time.
 /// One fused SGD step on the problem's training rows `rows`, leaving the batch's factors.
 fn sgd_step<B: GlmOps>(
     problem: &GlmBilevel<B>,
@@ -645,7 +643,13 @@ fn regulariser<B: GlmOps + FisherOps>(problem: &GlmBilevel<B>) -> Regulariser<'_
     }
 }
 
-fn loop_stats<B: Backend>(b: &B, started: Instant, before: (u64, u64)) -> Result<LoopStats> {
+/// The host traffic of a loop since `before` (of `b` and its forks: the counters are shared),
+/// then (after waiting for the device, which is not counted) its time.
+pub(super) fn loop_stats<B: Backend>(
+    b: &B,
+    started: Instant,
+    before: (u64, u64),
+) -> Result<LoopStats> {
     let after = b.host_traffic();
     b.synchronize()?;
     Ok(LoopStats {

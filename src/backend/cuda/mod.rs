@@ -207,8 +207,13 @@ impl CudaBackend {
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
-        // SAFETY: called before any buffer exists. One stream orders every operation, so the
-        // per-buffer events cudarc would record for cross-stream use are pure overhead.
+        // SAFETY: called before any buffer exists. Without cudarc's per-buffer events (two
+        // per allocation, recorded at every use) nothing orders streams but what this backend
+        // does: a forked handle's work is ordered against the main one only by the markers
+        // (`signal`, `wait_for`), and a buffer is freed (`cuMemFreeAsync`) on the stream that
+        // allocated it, in that stream's order, without waiting for any other stream. So a
+        // caller that lets another stream read a buffer keeps it alive until its own stream
+        // has waited for that stream's marker (NHGD's loops do; see `ptr`).
         unsafe { ctx.disable_event_tracking() };
         let info = device_info(ordinal)?;
         let max_shared_bytes = ctx
@@ -324,8 +329,10 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The raw device address of a buffer. One stream orders every use, so the cross-stream
-    /// events cudarc would record are not needed (the context runs without them).
+    /// The raw device address of a buffer. The context runs without cudarc's cross-stream
+    /// events (see [`CudaBackend::new`]): uses on this handle's stream are ordered by the
+    /// stream, uses on a fork by the markers its caller places. (With the events on, the
+    /// read marker would be recorded here, before the launch that reads the address.)
     pub(in crate::backend) fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
         let (ptr, _record) = buf.device_ptr(&self.stream);
         ptr
