@@ -1,5 +1,7 @@
-//! The CUDA backend: every [`crate::backend::Backend`] primitive as a kernel of `cuda/*.cu`
-//! or a cuBLAS call, on one NVIDIA GPU, in f32 (designs optionally stored as bf16).
+//! The CUDA backend: the core [`crate::backend::Backend`] (buffers, streams, BLAS-1 as kernels
+//! of `cuda/blas1.cu`, GEMM and SYRK by cuBLAS) on one NVIDIA GPU, in f32 (designs optionally
+//! stored as bf16), and the launch, allocation and GEMM helpers that the op families' CUDA
+//! implementations (`src/backend/{glm,fisher,mlp,prox}/cuda.rs`) are written with.
 //!
 //! All data stays on the device. The only host transfers are the ones the trait's signature
 //! asks for (`upload`, `download`, and the scalar results of reductions such as `dot`); the
