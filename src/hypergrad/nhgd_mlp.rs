@@ -304,6 +304,8 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
     /// as the linear bench's `sgd loop only` case. Its hypergradient is 0.
     pub fn without_curvature(mut self) -> Self {
         self.curvature = false;
+        // No update, no second stream to keep (nor its cuBLAS handle).
+        self.curvature_queue = None;
         self
     }
 

@@ -493,26 +493,37 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
         })?;
         let loop_start = Instant::now();
         let traffic = main.host_traffic();
-        for (t, rows) in prepared.rows.iter().enumerate() {
-            let slot = t % 2;
-            if t >= 2 {
-                main.wait_for(side, slot)?;
+        let w = &mut self.w;
+        let looped = (|| -> Result<()> {
+            for (t, rows) in prepared.rows.iter().enumerate() {
+                let slot = t % 2;
+                if t >= 2 {
+                    main.wait_for(side, slot)?;
+                }
+                sgd_step(problem, rows, eta, w, &mut factors[slot])?;
+                main.signal(slot)?;
+                side.wait_for(main, slot)?;
+                let inputs = StepInputs {
+                    x: view.x,
+                    rows,
+                    factors: &factors[slot],
+                    sqrt_weights: prepared.sqrt_weights[t].as_ref(),
+                    weights: prepared.weights[t].as_ref(),
+                    sketch: prepared.sketches[t].as_ref(),
+                };
+                tracker.update(side, spec, &inputs, &mut grads)?;
+                side.signal(slot)?;
             }
-            sgd_step(problem, rows, eta, &mut self.w, &mut factors[slot])?;
-            main.signal(slot)?;
-            side.wait_for(main, slot)?;
-            let inputs = StepInputs {
-                x: view.x,
-                rows,
-                factors: &factors[slot],
-                sqrt_weights: prepared.sqrt_weights[t].as_ref(),
-                weights: prepared.weights[t].as_ref(),
-                sketch: prepared.sketches[t].as_ref(),
-            };
-            tracker.update(side, spec, &inputs, &mut grads)?;
-            side.signal(slot)?;
+            main.wait_for(side, (prepared.rows.len() - 1) % 2)
+        })();
+        if looped.is_err() {
+            // A step failed with updates that may still read the factors and fill `grads` (no
+            // marker covers them yet); they are freed on the main queue below, which does not
+            // wait for the side queue, so let it finish first. The loop's error is reported.
+            let _ = side.synchronize();
         }
-        main.wait_for(side, (prepared.rows.len() - 1) % 2)?;
+        drop((factors, grads));
+        looped?;
         loop_stats(main, loop_start, traffic)
     }
 
