@@ -18,7 +18,8 @@
 #   9 mlp        networks (issue 12): the MLP parity suite (tests/mlp_cuda_parity.rs), then
 #                hypergrad bench nhgd --model mlp:300 on MNIST's shape and the PyTorch peer
 #                (benches/peers/nhgd_mlp_torch.py) on the same card; targets: the kfac outer
-#                step ≤ 1.5× the plain SGD loop, ≥ 2× faster than the peer's
+#                step ≤ 1.5× the plain SGD loop, ≥ 2× faster than the peer's; last, the NHGD
+#                loops' two streams under memcheck --track-stream-ordered-races all
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
 #                row kernel for HVP k = 1, 8 and the SGD step, and the SGD apply): speed of
 #                light, occupancy, launch statistics
@@ -377,7 +378,8 @@ fi
 # mlp:300 inner model on MNIST's shape (kfac and lowrank against the plain SGD loop) and the
 # PyTorch peer's (torch.func per-sample gradients, K-FAC from hooks) on the same card. The
 # summary gives each case's time, its ratio to the SGD loop (kfac's target: ≤ 1.5) and the
-# peer's time over ours (target ≥ 2). Its log goes into details.tar.gz.
+# peer's time over ours (target ≥ 2), then the NHGD loops' two streams under memcheck. Its
+# log goes into details.tar.gz.
 if want 9; then
     mlog="$detail/mlp.log"
     : > "$mlog"
@@ -441,10 +443,33 @@ print("; ".join(parts) if parts else "no hypergrad result; torch: " +
       ", ".join(f"{k} {1e3 * v['outer_step_seconds']:.1f}ms" for k, v in peer_cases.items()))
 EOF
     )
+    # The two queues under memcheck with stream-ordered race tracking: a buffer freed on one
+    # stream while the other still reads it (what the network loop's held tapes and the
+    # linear loop's double-buffered factors prevent) is reported whatever the timing. One
+    # NHGD-loop test of each model, small shapes; last, so the timings above are not slowed.
+    streams="streams: no compute-sanitizer"
+    rc_streams=0
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    if [[ -n "$sanitizer" ]]; then
+        slog="$detail/sanitizer-streams.log"
+        : > "$slog"
+        for test in cuda_parity:nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside \
+            mlp_cuda_parity:nhgd_second_queue_is_the_one_queue_loop; do
+            run_logged "$(stage_limit 90)" "$slog" env HYPERGRAD_PARITY_SMALL=1 "$sanitizer" \
+                --tool memcheck --track-stream-ordered-races all --error-exitcode 9 \
+                "$bin/${test%%:*}" --exact "${test#*:}" --test-threads=1
+            r=$?
+            ((r != 0 && rc_streams == 0)) && rc_streams=$r
+        done
+        errors=$(grep -aoE 'ERROR SUMMARY: [0-9]+ error' "$slog" | awk '{s += $3} END {print s + 0}')
+        streams="streams: memcheck $(status_of $rc_streams), $errors errors"
+        tail -n 40 "$slog" >> "$mlog"
+    fi
     worst=$rc_parity
     ((worst == 0)) && worst=$rc
     ((worst == 0)) && worst=$rc_torch
-    report mlp "$(status_of $worst)" "parity $parity | ${line:-no result (see details.tar.gz mlp.log)}"
+    ((worst == 0)) && worst=$rc_streams
+    report mlp "$(status_of $worst)" "parity $parity | ${line:-no result (see details.tar.gz mlp.log)} | $streams"
 fi
 
 if want 7; then

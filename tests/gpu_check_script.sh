@@ -56,8 +56,14 @@ cat > "$fake/path/compute-sanitizer" <<EOF
 #!/usr/bin/env bash
 me=compute-sanitizer
 $misbehave
-tool=\$2
-shift 4
+tool=memcheck
+while [ \$# -gt 0 ]; do
+    case \$1 in
+        --tool) tool=\$2; shift 2 ;;
+        --*) shift 2 ;;
+        *) break ;;
+    esac
+done
 "\$@" > /dev/null
 if [ "\$tool" = racecheck ]; then echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
 else echo "========= ERROR SUMMARY: 0 errors"; fi
@@ -130,6 +136,7 @@ check distill-fails distill FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=8
 check mlp-parity-fails mlp FAIL env HG_FAKE_FAIL=mlp_cuda_parity HG_STAGES=9
 check mlp-bench-fails mlp FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=9
 check mlp-torch-fails mlp FAIL env HG_FAKE_FAIL=torch HG_STAGES=9
+check mlp-streams-fail mlp FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=9
 # A hanging stage is cut by the overall budget, and the later stages still report.
 check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
 check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
@@ -137,7 +144,7 @@ check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_
 # The mlp stage's summary line carries the parity count, kfac's ratio to the SGD loop and the
 # peer's time over ours (the fake binaries' numbers).
 line=$(grep -E '^mlp ' "$work/out-all-pass/summary.txt" || true)
-for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms"; do
+for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms" "streams: memcheck ok, 0 errors"; do
     if [[ $line != *"$needle"* ]]; then
         echo "FAIL mlp summary: '$needle' missing from: ${line:-no mlp line}"
         failures=$((failures + 1))
