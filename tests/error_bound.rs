@@ -146,7 +146,7 @@ fn case(kind: ProblemKind, layout: HyperLayout, seed: u64, population: Populatio
         (Precision::F64, 1e-10)
     };
     let mut opts = Options::new(method, precision);
-    opts.inner.solver = [Solver::Gd, Solver::Agd, Solver::Newton][rng.below(3)];
+    opts.inner.solver = [Solver::Gd, Solver::Agd, Solver::Newton, Solver::Lbfgs][rng.below(4)];
     opts.inner.tol = log_uniform(&mut rng, tightest, 1e-1);
     opts.inner.max_iters = int_in(&mut rng, 1, 30);
     opts.linear_tol = log_uniform(&mut rng, tightest, 1e-1);

@@ -77,6 +77,7 @@ pub enum InnerSolverName {
     Gd,
     Agd,
     Newton,
+    Lbfgs,
 }
 
 /// `--l1-solver` of the ℓ1 problems.

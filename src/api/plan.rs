@@ -166,6 +166,7 @@ impl SmoothPlan {
             InnerSolverName::Gd => Solver::Gd,
             InnerSolverName::Agd => Solver::Agd,
             InnerSolverName::Newton => Solver::Newton,
+            InnerSolverName::Lbfgs => Solver::Lbfgs,
         };
         if let Some(tol) = settings.inner_tol {
             opts.inner.tol = tol;

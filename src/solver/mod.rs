@@ -1,4 +1,5 @@
-//! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient and Newton-CG.
+//! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient, Newton-CG and
+//! L-BFGS.
 //!
 //! All stop when `‖∇g(w)‖ ≤ tol · ‖∇g(w₀)‖` (a scale-free criterion: the gradient at the
 //! problem's initial point — the origin for the linear models, the seeded `w₀` of a network —
@@ -6,6 +7,7 @@
 //! norm, which the error bound of SPEC §4 uses whatever the stopping reason.
 
 pub mod gd;
+pub mod lbfgs;
 pub mod linear;
 pub mod newton;
 
@@ -24,6 +26,9 @@ pub enum Solver {
     /// products only), and an Armijo line search. The default: it reaches tight tolerances in
     /// a handful of steps, which the reference hypergradients need.
     Newton,
+    /// L-BFGS with Armijo backtracking (memory [`lbfgs::MEMORY`]): one gradient a step, no
+    /// Hessian-vector product; for large networks trained to a tight tolerance.
+    Lbfgs,
 }
 
 impl Solver {
@@ -32,6 +37,7 @@ impl Solver {
             Solver::Gd => "gd",
             Solver::Agd => "agd",
             Solver::Newton => "newton",
+            Solver::Lbfgs => "lbfgs",
         }
     }
 }
@@ -94,6 +100,7 @@ pub fn solve<P: InnerProblem>(
         Solver::Gd => gd::gradient_descent(problem, w, threshold, opts.max_iters, false),
         Solver::Agd => gd::gradient_descent(problem, w, threshold, opts.max_iters, true),
         Solver::Newton => newton::newton_cg(problem, w, threshold, opts.max_iters),
+        Solver::Lbfgs => lbfgs::lbfgs(problem, w, threshold, opts.max_iters),
     }
 }
 
