@@ -16,15 +16,13 @@
 
 use std::collections::VecDeque;
 
-use super::{check_finite, step_test, InnerSolution, Solver, StepTest};
+use super::{backtrack, check_finite, InnerSolution, Solver};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
 
 /// Pairs kept: the usual 5–20 (Nocedal & Wright §7.2); 10 costs 20 vectors of P entries.
 pub const MEMORY: usize = 10;
-const ARMIJO: f64 = 1e-4;
-const MAX_HALVINGS: usize = 40;
 /// A pair is stored only if `sᵀy > CURVATURE_FLOOR · ‖s‖ ‖y‖`.
 const CURVATURE_FLOOR: f64 = 1e-10;
 
@@ -71,25 +69,16 @@ pub fn lbfgs<P: InnerProblem>(
                 memory.clear();
                 continue;
             }
-            let mut t = first_step;
-            for _ in 0..MAX_HALVINGS {
-                b.copy(&w, &mut trial)?;
-                b.axpy(-t, &direction, &mut trial)?;
-                let value_trial = problem.inner_value_grad(&trial, Some(&mut grad_trial))?;
-                let test = step_test(
-                    b.precision(),
-                    value,
-                    value_trial,
-                    ARMIJO * t * slope,
-                    grad_norm,
-                    b.nrm2(&grad_trial)?,
-                );
-                if test != StepTest::Reject {
-                    step = Some((t, value_trial));
-                    break;
-                }
-                t *= 0.5;
-            }
+            step = backtrack(
+                problem,
+                &w,
+                &direction,
+                slope,
+                (value, grad_norm),
+                first_step,
+                &mut trial,
+                &mut grad_trial,
+            )?;
             if step.is_some() || memory.is_empty() {
                 break;
             }

@@ -148,6 +148,49 @@ fn step_test(
     }
 }
 
+/// Sufficient-decrease constant of the line searches (Nocedal & Wright's usual 1e-4).
+const ARMIJO: f64 = 1e-4;
+/// Most step halvings of one line search.
+const MAX_HALVINGS: usize = 40;
+
+/// Armijo backtracking along `−direction` from `w` (where `g = value`, `‖∇g‖ = grad_norm` and
+/// `slope = ∇gᵀ direction > 0`): `t` starts at `first` and halves until `w − t·direction`
+/// passes [`step_test`] with the decrease `ARMIJO·t·slope`. On success `trial` and
+/// `grad_trial` hold that point and its gradient, and `(t, g(trial))` is returned; `None`
+/// when no step decreases `g` measurably.
+#[allow(clippy::too_many_arguments)]
+fn backtrack<P: InnerProblem>(
+    problem: &P,
+    w: &Buf<P>,
+    direction: &Buf<P>,
+    slope: f64,
+    (value, grad_norm): (f64, f64),
+    first: f64,
+    trial: &mut Buf<P>,
+    grad_trial: &mut Buf<P>,
+) -> Result<Option<(f64, f64)>> {
+    let b = problem.backend();
+    let mut t = first;
+    for _ in 0..MAX_HALVINGS {
+        b.copy(w, trial)?;
+        b.axpy(-t, direction, trial)?;
+        let value_trial = problem.inner_value_grad(trial, Some(grad_trial))?;
+        let test = step_test(
+            b.precision(),
+            value,
+            value_trial,
+            ARMIJO * t * slope,
+            grad_norm,
+            b.nrm2(grad_trial)?,
+        );
+        if test != StepTest::Reject {
+            return Ok(Some((t, value_trial)));
+        }
+        t *= 0.5;
+    }
+    Ok(None)
+}
+
 /// Fails on a non-finite objective (divergence or overflow) with a clear message.
 fn check_finite(value: f64, grad_norm: f64, solver: Solver) -> Result<()> {
     if value.is_finite() && grad_norm.is_finite() {

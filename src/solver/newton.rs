@@ -13,13 +13,10 @@
 //! would otherwise give a step of astronomical length. The convex problems, whose condition
 //! numbers stay below `1/u`, never meet it.
 
-use super::{check_finite, linear, step_test, InnerSolution, Solver, StepTest};
+use super::{backtrack, check_finite, linear, InnerSolution, Solver};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
-
-const ARMIJO: f64 = 1e-4;
-const MAX_HALVINGS: usize = 40;
 
 /// Newton-CG from `w` until `‖∇g‖ ≤ threshold`.
 pub fn newton_cg<P: InnerProblem>(
@@ -52,33 +49,25 @@ pub fn newton_cg<P: InnerProblem>(
             10 * dim + 100,
         )?;
         let slope = b.dot(&grad, &step)?; // > 0: −p is a descent direction
-        let mut t = 1.0;
-        let mut accepted = false;
-        for _ in 0..MAX_HALVINGS {
-            b.copy(&w, &mut trial)?;
-            b.axpy(-t, &step, &mut trial)?;
-            let value_trial = problem.inner_value_grad(&trial, Some(&mut grad_trial))?;
-            let test = step_test(
-                b.precision(),
-                value,
-                value_trial,
-                ARMIJO * t * slope,
-                grad_norm,
-                b.nrm2(&grad_trial)?,
-            );
-            if test != StepTest::Reject {
-                std::mem::swap(&mut w, &mut trial);
-                std::mem::swap(&mut grad, &mut grad_trial);
-                value = value_trial;
-                accepted = true;
-                break;
-            }
-            t *= 0.5;
+        let accepted = backtrack(
+            problem,
+            &w,
+            &step,
+            slope,
+            (value, grad_norm),
+            1.0,
+            &mut trial,
+            &mut grad_trial,
+        )?;
+        if let Some((_, value_trial)) = accepted {
+            std::mem::swap(&mut w, &mut trial);
+            std::mem::swap(&mut grad, &mut grad_trial);
+            value = value_trial;
         }
         iters += 1;
         grad_norm = b.nrm2(&grad)?;
         check_finite(value, grad_norm, Solver::Newton)?;
-        if !accepted {
+        if accepted.is_none() {
             // No decrease is measurable any more: the precision of g is exhausted.
             break;
         }

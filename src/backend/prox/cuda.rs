@@ -1,32 +1,11 @@
 //! [`ProxOps`] on the CUDA backend: launches of `cuda/prox.cu`.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 use super::ProxOps;
-use crate::backend::cuda::{driver_error, grid_1d, int, Arg, CudaBackend};
+use crate::backend::cuda::{grid_1d, int, Arg, CudaBackend};
 use crate::backend::shape::{check_len, check_prox};
-use crate::error::{Error, Result};
-
-impl CudaBackend {
-    /// Launches a kernel of `cuda/prox.cu` (the same as `ops.rs`'s launcher).
-    fn launch_prox(&self, name: &str, n: usize, args: &[Arg]) -> Result<()> {
-        let function = self.kernels.get(name)?;
-        let mut builder = self.stream.launch_builder(function);
-        for arg in args {
-            match arg {
-                Arg::Ptr(p) => builder.arg(p),
-                Arg::I32(v) => builder.arg(v),
-                Arg::F32(v) => builder.arg(v),
-            };
-        }
-        // SAFETY: the callers below pass the arguments in the order and with the types of
-        // the kernel signatures in cuda/prox.cu, after checking every buffer's length against
-        // the sizes passed.
-        unsafe { builder.launch(grid_1d(n)) }
-            .map(|_| ())
-            .map_err(|e| Error::Backend(format!("launching {name}: {e}")))
-    }
-}
+use crate::error::Result;
 
 impl ProxOps for CudaBackend {
     fn prox_step(
@@ -45,9 +24,9 @@ impl ProxOps for CudaBackend {
             &[("v", v.len()), ("grad", grad.len()), ("l1", l1.len())],
             &[],
         )?;
-        self.launch_prox(
+        self.launch(
             "hg_prox_step",
-            d,
+            grid_1d(d),
             &[
                 Arg::Ptr(self.ptr(v)),
                 Arg::Ptr(self.ptr(grad)),
@@ -89,11 +68,10 @@ impl ProxOps for CudaBackend {
             ],
         )?;
         let host: Vec<f32> = deta.iter().chain(dl2).map(|&x| x as f32).collect();
-        let coef_dev = self.stream.clone_htod(&host).map_err(driver_error)?;
-        self.count_transfer();
-        self.launch_prox(
+        let coef_dev = self.upload_f32(&host)?;
+        self.launch(
             "hg_prox_jacobian",
-            d * m,
+            grid_1d(d * m),
             &[
                 Arg::Ptr(self.ptr(w)),
                 Arg::Ptr(self.ptr(v)),
