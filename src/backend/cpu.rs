@@ -167,7 +167,7 @@ impl<T: Real> CpuBackend<T> {
 
 // ---- vector kernels shared by the row kernels ------------------------------------------------
 
-/// `aᵀb` in precision `T` ([`skinny::rows_times`] with one row: vectorised for the CPU at
+/// `aᵀb` in precision `T` (`skinny::rows_times` with one row: vectorised for the CPU at
 /// hand, 16 partial sums).
 #[inline]
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {

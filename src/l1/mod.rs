@@ -6,7 +6,7 @@
 //! * [`solver`]: proximal coordinate descent and ISTA/FISTA with duality-gap stopping;
 //! * [`hypergrad`]: `forward`, `implicit`, `implicit-forward` hypergradients;
 //! * [`cv`]: K-fold cross-validation and the warm-started criterion evaluator;
-//! * [`search`]: outer search (HOAG-style line search, Adam, grid, random);
+//! * [`mod@search`]: outer search (HOAG-style line search, Adam, grid, random);
 //! * [`device`]: `implicit` and `forward` (ISTA/FISTA) on a [`crate::backend::Backend`]
 //!   (CPU f32/f64 or CUDA), with the prox kernels of `cuda/prox.cu`.
 //!

@@ -5,7 +5,7 @@
 //! F(w)  = f(x*(w))         = ‖A x*(w) − b‖²        (upper level; θ = w ∈ R^nw)
 //! ```
 //!
-//! with A, b, C, D, e drawn from a seed ([`QuadraticSpec::generate`]). The losses are the sums
+//! with A, b, C, D, e drawn from a seed ([`crate::data::synthetic::QuadraticSpec::generate`]). The losses are the sums
 //! of squares their code states, not means over rows, so that every constant, hypergradient
 //! and error is on their scale and comparable with their numbers. In SPEC §1's notation the
 //! inner variable (there `w`) is `x`, and θ is this `w`.

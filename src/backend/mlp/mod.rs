@@ -84,7 +84,7 @@ impl Activation {
     }
 
     /// `φ'(z)` written in terms of `a = φ(z)` (the tape keeps `a`, not `z`):
-    /// tanh' = 1 − a², relu' = 1[a > 0] (0 at the kink).
+    /// tanh' = 1 − a², relu' = 1\[a > 0\] (0 at the kink).
     #[inline]
     pub fn derivative(self, a: f64) -> f64 {
         match self {
