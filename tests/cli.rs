@@ -501,6 +501,9 @@ fn the_main_job_cleans_half_corrupted_labels_by_at_least_ten_points() {
         "cleaning raised test accuracy from {without} to {with} only"
     );
     assert_eq!(c["corrupted"], 1500);
+    let solves = c["solves"].as_array().expect("solves");
+    assert_eq!(solves.len(), 3);
+    assert!(solves.iter().all(|m| m["converged"] == true), "{c}");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
         .unwrap()
         .lines()

@@ -417,6 +417,20 @@ fn the_cleaning_report_trains_the_same_network_three_ways() {
         number(c, "mean_weight_clean") > number(c, "mean_weight_corrupted") + 0.1,
         "weights do not separate the rows: {c}"
     );
+    // How each model's solve stopped, in the report's order, converged to the default tolerance.
+    let solves = c["solves"].as_array().expect("solves");
+    let models: Vec<&str> = solves
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        ["without cleaning", "with cleaning", "clean rows only"]
+    );
+    for m in solves {
+        assert_eq!(m["converged"], true, "{m}");
+        assert!(m["iters"].as_u64().unwrap() > 0 && number(m, "grad_norm") >= 0.0);
+    }
 
     // "Without cleaning" is softmax on the corrupted rows with λ = C = 0.01, the same network
     // from the same w₀: a separate softmax run at θ = ln C reports the same test accuracy.

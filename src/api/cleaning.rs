@@ -42,9 +42,44 @@ pub struct CleaningReport {
     pub n_train: usize,
     pub mean_weight_corrupted: f64,
     pub mean_weight_clean: f64,
+    /// How each model's inner solve stopped, in the order without cleaning, with cleaning,
+    /// clean rows only (a network's solves are local and may be capped by `--inner-iters`).
+    pub solves: Vec<ModelSolve>,
     /// The model trained with the learnt weights (c×d, class-major; a network's P parameters).
     #[serde(skip)]
     pub coef: Vec<f64>,
+}
+
+/// How the inner solver stopped on one of the report's models.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelSolve {
+    /// `without cleaning`, `with cleaning` or `clean rows only`.
+    pub model: &'static str,
+    pub iters: usize,
+    /// `‖∇g‖ ≤ --inner-tol · ‖∇g(w₀)‖` was reached (not stopped by `--inner-iters` or the
+    /// precision of g).
+    pub converged: bool,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// Solves `problem`'s inner problem from its w₀, timed, and scores the solution.
+fn solved<P: InnerProblem>(
+    problem: &P,
+    inner: &InnerOptions,
+    model: &'static str,
+    score: impl FnOnce(&crate::problem::Buf<P>) -> Result<f64>,
+) -> Result<(f64, ModelSolve, crate::problem::Buf<P>)> {
+    let started = std::time::Instant::now();
+    let solution = solver::solve(problem, None, inner)?;
+    let solve = ModelSolve {
+        model,
+        iters: solution.iters,
+        converged: solution.converged,
+        grad_norm: solution.grad_norm,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((score(&solution.w)?, solve, solution.w))
 }
 
 /// The report for `problem` at its current θ; `train`, `val` and `test` are the run's data
@@ -58,7 +93,7 @@ pub fn report<B: GlmOps + FisherOps + Clone>(
 ) -> Result<CleaningReport> {
     let test = test_rows(splits)?;
     let b = problem.backend();
-    let softmax_accuracy = |train: &Dataset| -> Result<f64> {
+    let softmax_accuracy = |train: &Dataset, model| -> Result<(f64, ModelSolve)> {
         let mut p = GlmBilevel::new(
             b.clone(),
             ProblemKind::Softmax,
@@ -68,18 +103,26 @@ pub fn report<B: GlmOps + FisherOps + Clone>(
             l2,
         )?;
         p.set_theta(&[l2.ln()])?;
-        let w = solver::solve(&p, None, inner)?.w;
-        Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
+        let (accuracy, solve, _) = solved(&p, inner, model, |w| accuracy_on(&p, w, test))?;
+        Ok((accuracy, solve))
     };
-    let weighted_accuracy = |w: &B::Buf| Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN));
-    three_models(
-        problem,
-        inner,
-        splits,
-        corrupted,
-        softmax_accuracy,
-        weighted_accuracy,
-    )
+    three_models(problem, inner, splits, corrupted, softmax_accuracy, |w| {
+        accuracy_on(problem, w, test)
+    })
+}
+
+/// Test accuracy of a linear model's inner variable `w`.
+fn accuracy_on<B: GlmOps>(problem: &GlmBilevel<B>, w: &B::Buf, test: &Dataset) -> Result<f64> {
+    Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN))
+}
+
+/// Test accuracy of a network's parameters `w`.
+fn network_accuracy_on<B: MlpOps>(
+    problem: &MlpBilevel<B>,
+    w: &B::Buf,
+    test: &Dataset,
+) -> Result<f64> {
+    Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN))
 }
 
 /// The report for a network problem (`--model mlp:…`) at its current θ: the same three models,
@@ -98,7 +141,7 @@ pub fn report_network<B: MlpOps + FisherOps + Clone>(
     let b = problem.backend();
     let net = problem.network();
     let hidden = &net.sizes()[1..net.layers()];
-    let softmax_accuracy = |train: &Dataset| -> Result<f64> {
+    let softmax_accuracy = |train: &Dataset, model| -> Result<(f64, ModelSolve)> {
         let mut p = MlpBilevel::new(
             b.clone(),
             ProblemKind::Softmax,
@@ -112,44 +155,40 @@ pub fn report_network<B: MlpOps + FisherOps + Clone>(
         )?;
         // softmax's λ = exp(θ) on the weight matrices: C, as hyperclean's ridge.
         p.set_theta(&[l2.ln()])?;
-        let w = solver::solve(&p, None, inner)?.w;
-        Ok(p.evaluate(&w, test)?.1.unwrap_or(f64::NAN))
+        let (accuracy, solve, _) = solved(&p, inner, model, |w| network_accuracy_on(&p, w, test))?;
+        Ok((accuracy, solve))
     };
-    let weighted_accuracy = |w: &B::Buf| Ok(problem.evaluate(w, test)?.1.unwrap_or(f64::NAN));
-    three_models(
-        problem,
-        inner,
-        splits,
-        corrupted,
-        softmax_accuracy,
-        weighted_accuracy,
-    )
+    three_models(problem, inner, splits, corrupted, softmax_accuracy, |w| {
+        network_accuracy_on(problem, w, test)
+    })
 }
 
 /// What the linear and the network reports share: the model trained on all training rows and
-/// the one on the clean rows only (`baseline_accuracy(rows)`: a fresh model, its test
-/// accuracy), and `problem`'s own inner solution at its current θ (the learnt weights), scored
-/// by `weighted_accuracy`.
+/// the one on the clean rows only (`baseline_accuracy(rows, model)`: a fresh model, its test
+/// accuracy and how its solve stopped), and `problem`'s own inner solution at its current θ
+/// (the learnt weights), scored by `weighted_accuracy`.
 fn three_models<P: Bilevel>(
     problem: &P,
     inner: &InnerOptions,
     splits: &super::data::DenseSplits,
     corrupted: &[usize],
-    baseline_accuracy: impl Fn(&Dataset) -> Result<f64>,
-    weighted_accuracy: impl Fn(&crate::problem::Buf<P>) -> Result<f64>,
+    baseline_accuracy: impl Fn(&Dataset, &'static str) -> Result<(f64, ModelSolve)>,
+    weighted_accuracy: impl FnOnce(&crate::problem::Buf<P>) -> Result<f64>,
 ) -> Result<CleaningReport> {
     let clean = clean_rows(splits.train.n(), corrupted);
-    let without_cleaning = baseline_accuracy(&splits.train)?;
-    let clean_rows_only = baseline_accuracy(&splits.train.select(&clean))?;
-    let w = solver::solve(problem, None, inner)?.w;
-    let with_cleaning = weighted_accuracy(&w)?;
-    Ok(assemble(
+    let (without_cleaning, first) = baseline_accuracy(&splits.train, "without cleaning")?;
+    let (clean_rows_only, last) =
+        baseline_accuracy(&splits.train.select(&clean), "clean rows only")?;
+    let (with_cleaning, learnt, w) = solved(problem, inner, "with cleaning", weighted_accuracy)?;
+    let mut report = assemble(
         [without_cleaning, with_cleaning, clean_rows_only],
         problem.theta(),
         corrupted,
         &clean,
         problem.backend().download(&w)?,
-    ))
+    );
+    report.solves = vec![first, learnt, last];
+    Ok(report)
 }
 
 fn test_rows(splits: &super::data::DenseSplits) -> Result<&Dataset> {
@@ -193,6 +232,7 @@ fn assemble(
         n_train: theta.len(),
         mean_weight_corrupted: mean(&mut corrupted.iter().copied()),
         mean_weight_clean: mean(&mut clean.iter().copied()),
+        solves: Vec::new(),
         coef,
     }
 }

@@ -193,6 +193,24 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
             "weights       mean σ(θ) {:.3} on corrupted rows, {:.3} on clean rows",
             c.mean_weight_corrupted, c.mean_weight_clean
         );
+        let solves: Vec<String> = c
+            .solves
+            .iter()
+            .map(|m| {
+                let stop = if m.converged {
+                    "converged"
+                } else {
+                    "NOT converged"
+                };
+                format!(
+                    "{} {} iterations, {stop}, ‖∇g‖ {:.2e}, {:.1} s",
+                    m.model, m.iters, m.grad_norm, m.seconds
+                )
+            })
+            .collect();
+        if !solves.is_empty() {
+            println!("report models {}", solves.join("; "));
+        }
     }
     if let Some(note) = &o.device_note {
         println!("device note   {note}");
