@@ -27,6 +27,7 @@ pub mod fisher;
 pub mod glm;
 pub mod mlp;
 pub mod prox;
+mod real;
 mod shape;
 mod skinny;
 

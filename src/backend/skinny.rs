@@ -14,7 +14,7 @@
 //! chosen at run time. The bodies are plain Rust over fixed-size lane arrays, which the
 //! compiler vectorises for each target; the FMA builds fuse multiply and add.
 
-use super::cpu::Real;
+use super::real::Real;
 
 /// Widest `M` (rows) the skinny products are used for; wider products go to the GEMM.
 pub const SKINNY_MAX_WIDTH: usize = 32;
