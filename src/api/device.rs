@@ -32,6 +32,16 @@ pub struct Device {
 }
 
 impl Device {
+    /// Opens `device` in `precision` with every other setting at its default (a benchmark's
+    /// device: f32 is the precision both backends have).
+    pub fn open_in(device: DeviceName, precision: PrecisionName) -> Result<Device> {
+        Device::open(&DeviceSpec {
+            device,
+            precision: Some(precision),
+            ..DeviceSpec::default()
+        })
+    }
+
     /// Opens the device `spec` asks for. `auto` takes the first CUDA GPU when one is usable
     /// (and f64 was not asked for), the CPU otherwise, and says why in `fallback_reason`.
     pub fn open(spec: &DeviceSpec) -> Result<Device> {

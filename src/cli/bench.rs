@@ -6,7 +6,6 @@ use clap::{Args, Subcommand};
 
 use crate::api::device::{Backend as DeviceBackend, Device};
 use crate::api::names::{DeviceName, PrecisionName};
-use crate::api::DeviceSpec;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, RowPath, Storage};
 use crate::backend::{Backend, GlmOps, Loss};
@@ -67,15 +66,6 @@ pub struct KernelArgs {
     pub plot: Option<std::path::PathBuf>,
 }
 
-/// The device of a benchmark: `--device` in `precision` (f32 is the one both backends have).
-pub fn open_device(device: DeviceName, precision: PrecisionName) -> Result<Device> {
-    Ok(Device::open(&DeviceSpec {
-        device,
-        precision: Some(precision),
-        ..DeviceSpec::default()
-    })?)
-}
-
 impl KernelArgs {
     fn config(&self, gpu: bool) -> Result<KernelBenchConfig> {
         let pick = |v: Option<usize>, on_gpu: usize, on_cpu: usize| {
@@ -115,7 +105,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
         BenchCommand::Bounds(args) => return super::bench_bounds::run(args),
     };
-    let gpu = match open_device(args.device, PrecisionName::F32)?.backend {
+    let gpu = match Device::open_in(args.device, PrecisionName::F32)?.backend {
         DeviceBackend::Cuda(gpu) => Some(gpu),
         _ => None,
     };

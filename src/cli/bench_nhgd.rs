@@ -14,8 +14,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::bench::open_device;
-use crate::api::device::OnBackend;
+use crate::api::device::{Device, OnBackend};
 use crate::api::names::{ActivationName, DeviceName, PrecisionName};
 use crate::api::network::{self, OnMlpBackend};
 use crate::api::ModelSpec;
@@ -89,9 +88,11 @@ pub fn run(args: NhgdBenchArgs) -> Result<()> {
         }
     }
     match ModelSpec::parse(&args.model)? {
-        ModelSpec::Linear => Ok(open_device(args.device, args.precision)?.dispatch(Bench(&args))?),
+        ModelSpec::Linear => {
+            Ok(Device::open_in(args.device, args.precision)?.dispatch(Bench(&args))?)
+        }
         ModelSpec::Mlp { hidden } => Ok(network::dispatch(
-            open_device(args.device, args.precision)?,
+            Device::open_in(args.device, args.precision)?,
             BenchMlp(&args, &hidden),
         )?),
     }
