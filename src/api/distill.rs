@@ -12,9 +12,9 @@
 use super::data::{DenseSplits, Input};
 use super::device::{Backend as DeviceBackend, Device, OnBackend};
 use super::names::{DeviceName, DistillInitName};
+use super::outcome::{drive, NetworkInfo, SmoothOutcome, SmoothReport};
 use super::plan::{NetworkPlan, SmoothPlan};
 use super::settings::{DeviceSpec, Settings};
-use super::smooth::{drive, NetworkInfo, SmoothOutcome, SmoothReport};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpInputOps;
 use crate::backend::{Backend, FisherOps, GlmOps};
@@ -305,7 +305,7 @@ where
     } else {
         hypergrad::compute(&problem, &opts, None)?
     };
-    super::smooth::finite_hypergradient(&result)?;
+    super::outcome::finite_hypergradient(&result)?;
     let set = problem.set();
     Ok(SmoothReport {
         kind: plan.kind,

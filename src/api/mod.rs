@@ -29,6 +29,7 @@ pub mod info;
 mod l1;
 pub mod names;
 pub(crate) mod network;
+mod outcome;
 mod plan;
 mod quadratic;
 pub mod settings;
@@ -40,9 +41,9 @@ pub use device::Device;
 pub use l1::{L1Outcome, L1Report};
 pub use names::ProblemName;
 pub use network::network_probabilities;
+pub use outcome::{NetworkInfo, SmoothOutcome, SmoothReport};
 pub use plan::{L1Plan, NetworkPlan, Plan, SmoothPlan};
 pub use settings::{DeviceSpec, ModelSpec, OptionValue, Settings, Theta, OPTION_NAMES};
-pub use smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
 
 use crate::Result;
 

@@ -8,9 +8,9 @@
 use super::cleaning;
 use super::data::{DenseSplits, Input};
 use super::device::{Backend as DeviceBackend, Device};
+use super::outcome::{NetworkInfo, SmoothOutcome, SmoothReport};
 use super::plan::{NetworkPlan, SmoothPlan};
 use super::settings::{DeviceSpec, Settings};
-use super::smooth::{NetworkInfo, SmoothOutcome, SmoothReport};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpOps;
 use crate::backend::FisherOps;
@@ -167,7 +167,7 @@ fn grad_on<B: MlpOps + FisherOps + Clone>(
     } else {
         hypergrad::compute(&problem, &opts, None)?
     };
-    super::smooth::finite_hypergradient(&result)?;
+    super::outcome::finite_hypergradient(&result)?;
     let net = problem.network();
     Ok(SmoothReport {
         kind: plan.kind,
@@ -279,7 +279,7 @@ fn run_on<B: MlpOps + FisherOps + Clone + 'static>(
         settings.inner_steps,
         settings.batch_size,
     );
-    let (outcome, trace) = super::smooth::drive(
+    let (outcome, trace) = super::outcome::drive(
         &mut problem,
         &mut estimator,
         settings,

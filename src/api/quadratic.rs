@@ -3,9 +3,9 @@
 
 use super::data::Input;
 use super::names::{DeviceName, PrecisionName};
+use super::outcome::{drive, SmoothOutcome, SmoothReport};
 use super::plan::SmoothPlan;
 use super::settings::{DeviceSpec, Settings};
-use super::smooth::{drive, SmoothOutcome, SmoothReport};
 use crate::backend::Backend;
 use crate::data::synthetic::QuadraticSpec;
 use crate::hypergrad;
