@@ -16,7 +16,8 @@ mod mlp_common;
 use common::*;
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::mlp::Activation;
-use hypergrad::backend::{Backend, Precision};
+use hypergrad::backend::{Backend, GlmOps, Precision};
+use hypergrad::data::Dataset;
 use hypergrad::hypergrad::{compute, Method, Options};
 use hypergrad::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, MlpBilevel, ProblemKind};
 use hypergrad::solver::{self, InnerOptions, Solver};
@@ -76,31 +77,38 @@ fn lbfgs_reaches_newtons_minimiser_on_the_convex_problems() {
     }
 }
 
+/// Softmax with one λ per class on `backend`, at `theta`.
+fn softmax_problem<B: GlmOps>(
+    backend: B,
+    (train, val): (&Dataset, &Dataset),
+    l2: f64,
+    theta: &[f64],
+) -> GlmBilevel<B> {
+    let mut p = GlmBilevel::new(
+        backend,
+        ProblemKind::Softmax,
+        HyperLayout::PerClass,
+        train,
+        val,
+        l2,
+    )
+    .unwrap();
+    p.set_theta(theta).unwrap();
+    p
+}
+
 #[test]
 fn lbfgs_in_f32_reaches_the_f64_minimiser() {
     let (train, val) = datasets(ProblemKind::Softmax, 60, 30, 6, 4);
     let reference = instance(ProblemKind::Softmax, HyperLayout::PerClass, 4);
     let theta = reference.problem.theta().to_vec();
-    let mut p32 = GlmBilevel::new(
+    let p32 = softmax_problem(
         CpuBackend::<f32>::new(),
-        ProblemKind::Softmax,
-        HyperLayout::PerClass,
-        &train,
-        &val,
+        (&train, &val),
         reference.l2,
-    )
-    .unwrap();
-    p32.set_theta(&theta).unwrap();
-    let mut p64 = GlmBilevel::new(
-        B64::new(),
-        ProblemKind::Softmax,
-        HyperLayout::PerClass,
-        &train,
-        &val,
-        reference.l2,
-    )
-    .unwrap();
-    p64.set_theta(&theta).unwrap();
+        &theta,
+    );
+    let p64 = softmax_problem(B64::new(), (&train, &val), reference.l2, &theta);
     let exact = solver::solve(&p64, None, &inner(Solver::Newton, 1e-12, 200)).unwrap();
     let lbfgs = solver::solve(&p32, None, &inner(Solver::Lbfgs, 1e-5, 5_000)).unwrap();
     assert!(lbfgs.converged, "f32: ‖∇g‖ = {}", lbfgs.grad_norm);
