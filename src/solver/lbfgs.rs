@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use super::{backtrack, check_finite, InnerSolution, Solver};
+use super::{backtrack, check_finite, start, InnerSolution, Solver};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
@@ -42,10 +42,7 @@ pub fn lbfgs<P: InnerProblem>(
 ) -> Result<InnerSolution<P::B>> {
     let b = problem.backend();
     let dim = problem.inner_dim();
-    let mut grad = b.zeros(dim)?;
-    let mut value = problem.inner_value_grad(&w, Some(&mut grad))?;
-    let mut grad_norm = b.nrm2(&grad)?;
-    check_finite(value, grad_norm, Solver::Lbfgs)?;
+    let (mut grad, mut value, mut grad_norm) = start(problem, &w, Solver::Lbfgs)?;
     let mut memory: VecDeque<Pair<P::B>> = VecDeque::with_capacity(MEMORY);
     let mut direction = b.zeros(dim)?;
     let mut trial = b.zeros(dim)?;
@@ -90,18 +87,16 @@ pub fn lbfgs<P: InnerProblem>(
             break;
         };
         // s = w_new − w = −t p and y = ∇g(w_new) − ∇g(w), formed in the buffers they reuse.
-        let mut s = b.zeros(0)?;
-        let mut y = b.zeros(0)?;
-        if memory.len() == MEMORY {
-            if let Some(oldest) = memory.pop_front() {
-                s = oldest.s;
-                y = oldest.y;
-            }
-        }
-        if b.len(&s) != dim {
-            s = b.zeros(dim)?;
-            y = b.zeros(dim)?;
-        }
+        // The oldest pair's buffers once the memory is full, fresh ones before.
+        let recycled = if memory.len() == MEMORY {
+            memory.pop_front()
+        } else {
+            None
+        };
+        let (mut s, mut y) = match recycled {
+            Some(oldest) => (oldest.s, oldest.y),
+            None => (b.zeros(dim)?, b.zeros(dim)?),
+        };
         b.copy(&direction, &mut s)?;
         b.scal(-t, &mut s)?;
         b.copy(&grad_trial, &mut y)?;

@@ -148,6 +148,17 @@ fn step_test(
     }
 }
 
+/// `(∇g(w), g(w), ‖∇g(w)‖)` at a solver's starting point; a non-finite start is an error
+/// naming the solver.
+fn start<P: InnerProblem>(problem: &P, w: &Buf<P>, solver: Solver) -> Result<(Buf<P>, f64, f64)> {
+    let b = problem.backend();
+    let mut grad = b.zeros(problem.inner_dim())?;
+    let value = problem.inner_value_grad(w, Some(&mut grad))?;
+    let grad_norm = b.nrm2(&grad)?;
+    check_finite(value, grad_norm, solver)?;
+    Ok((grad, value, grad_norm))
+}
+
 /// Sufficient-decrease constant of the line searches (Nocedal & Wright's usual 1e-4).
 const ARMIJO: f64 = 1e-4;
 /// Most step halvings of one line search.

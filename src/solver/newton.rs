@@ -13,7 +13,7 @@
 //! would otherwise give a step of astronomical length. The convex problems, whose condition
 //! numbers stay below `1/u`, never meet it.
 
-use super::{backtrack, check_finite, linear, InnerSolution, Solver};
+use super::{backtrack, check_finite, linear, start, InnerSolution, Solver};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
@@ -27,10 +27,7 @@ pub fn newton_cg<P: InnerProblem>(
 ) -> Result<InnerSolution<P::B>> {
     let b = problem.backend();
     let dim = problem.inner_dim();
-    let mut grad = b.zeros(dim)?;
-    let mut value = problem.inner_value_grad(&w, Some(&mut grad))?;
-    let mut grad_norm = b.nrm2(&grad)?;
-    check_finite(value, grad_norm, Solver::Newton)?;
+    let (mut grad, mut value, mut grad_norm) = start(problem, &w, Solver::Newton)?;
     let first_norm = grad_norm.max(f64::MIN_POSITIVE);
     let mut step = b.zeros(dim)?;
     let mut trial = b.zeros(dim)?;
