@@ -39,9 +39,7 @@
 //!   Every `error_bound` the GPU reports must cover its measured error.
 
 mod common;
-
-use std::io::Write;
-use std::sync::Once;
+mod cuda_common;
 
 use common::{normals, r32, rel_err};
 use hypergrad::backend::cpu::CpuBackend;
@@ -62,35 +60,9 @@ const TOL_ESTIMATOR: f64 = 1e-4;
 
 // ---- the device -----------------------------------------------------------------------------
 
-static SKIP_LINE: Once = Once::new();
-
-/// Writes a line to the process's stderr, bypassing the test harness's output capture.
-fn log_line(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The CUDA backend on device 0 with designs stored as `storage`, or `None` (after one line on
-/// stderr) when the machine has no usable CUDA device.
+/// [`cuda_common::gpu_with`] for this suite.
 fn gpu_with(storage: Storage) -> Option<CudaBackend> {
-    let probe = cuda::probe();
-    if probe.devices.is_empty() {
-        let reason = probe
-            .reason
-            .unwrap_or_else(|| "the driver lists no device".into());
-        SKIP_LINE.call_once(|| {
-            log_line(&format!(
-                "cuda_parity: SKIPPED — no usable CUDA device ({reason})"
-            ))
-        });
-        return None;
-    }
-    match CudaBackend::new(0, storage) {
-        Ok(b) => Some(b),
-        Err(e) => panic!(
-            "cuda_parity: a CUDA device is present ({}) but the backend does not start: {e}",
-            probe.devices[0].name
-        ),
-    }
+    cuda_common::gpu_with("cuda_parity", storage)
 }
 
 /// The CUDA backend with f32 designs (see [`gpu_with`]). Each test makes its own: the row path
@@ -103,7 +75,7 @@ fn gpu() -> Option<CudaBackend> {
 fn cuda_parity_reports_skip_or_device() {
     let probe = cuda::probe();
     match probe.devices.first() {
-        None => log_line(&format!(
+        None => cuda_common::log_line(&format!(
             "cuda_parity: SKIPPED — no usable CUDA device ({})",
             probe
                 .reason
@@ -111,7 +83,7 @@ fn cuda_parity_reports_skip_or_device() {
         )),
         Some(dev) => {
             let build = cuda::KERNEL_BUILD;
-            log_line(&format!(
+            cuda_common::log_line(&format!(
                 "cuda_parity: running on {} (compute capability {}.{}, {} SMs, {:.1} GiB); \
                  kernels built by {} for {}",
                 dev.name,
@@ -1759,7 +1731,7 @@ fn assert_copies_do_not_grow(counts: &[(String, [u64; 2])], what: &str) {
 fn transfers_per_outer_step_do_not_grow_with_the_inner_steps() {
     let Some(gpu) = gpu() else { return };
     let counts = copies_per_estimate(|| gpu.clone(), |g| g.host_traffic().1);
-    log_line(&format!(
+    cuda_common::log_line(&format!(
         "cuda_parity: host transfers per estimate at T = 2, 12: {counts:?}"
     ));
     assert_copies_do_not_grow(&counts, "host transfers");
@@ -1889,7 +1861,7 @@ mod cpu_f32_stand_in {
     #[test]
     fn uploads_per_outer_step_do_not_grow_with_the_inner_steps() {
         let counts = super::copies_per_estimate(f32, |b| b.uploads());
-        log_line(&format!(
+        cuda_common::log_line(&format!(
             "cpu-f32 upload calls per estimate at T = 2, 12: {counts:?}"
         ));
         assert_copies_do_not_grow(&counts, "upload calls");

@@ -4,12 +4,11 @@
 //! and, on a machine with a CUDA device, the CUDA backend against the CPU twins. Without a
 //! device the CUDA half prints `l1_device: CUDA SKIPPED — …` and passes.
 
+mod cuda_common;
 mod l1_common;
 
-use std::io::Write;
-
 use hypergrad::backend::cpu::CpuBackend;
-use hypergrad::backend::cuda::{self, CudaBackend, Storage};
+use hypergrad::backend::cuda::{CudaBackend, Storage};
 use hypergrad::backend::prox::ProxOps;
 use hypergrad::backend::Backend;
 use hypergrad::data::rng::Rng;
@@ -20,21 +19,7 @@ use hypergrad::l1::{
 use l1_common::*;
 
 fn gpu() -> Option<CudaBackend> {
-    let probe = cuda::probe();
-    if probe.devices.is_empty() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "l1_device: CUDA SKIPPED — no usable CUDA device ({})",
-            probe
-                .reason
-                .unwrap_or_else(|| "the driver lists no device".into())
-        );
-        return None;
-    }
-    Some(
-        CudaBackend::new(0, Storage::F32)
-            .expect("a CUDA device is present but the backend does not start"),
-    )
+    cuda_common::gpu_with("l1_device", Storage::F32)
 }
 
 fn theta_for(pb: &L1Problem) -> Vec<f64> {

@@ -53,13 +53,11 @@
 // The references index rows and layers the way the formulas do.
 #![allow(clippy::needless_range_loop)]
 
+mod cuda_common;
 mod mlp_common;
 
-use std::io::Write;
-use std::sync::Once;
-
 use hypergrad::backend::cpu::CpuBackend;
-use hypergrad::backend::cuda::{self, CudaBackend, Storage};
+use hypergrad::backend::cuda::{CudaBackend, Storage};
 use hypergrad::backend::mlp::{Activation, Deltas, MlpData, MlpOps, Network, Tape};
 use hypergrad::backend::{Backend, FisherOps, Precision};
 use hypergrad::data::rng::Rng;
@@ -82,34 +80,9 @@ const TOL_QUEUES: f64 = 1e-5;
 
 // ---- the device -----------------------------------------------------------------------------
 
-static SKIP_LINE: Once = Once::new();
-
-/// Writes a line to the process's stderr, bypassing the test harness's output capture.
-fn log_line(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The CUDA backend on device 0, or `None` (after one line on stderr) without a usable device.
+/// [`cuda_common::gpu_with`] for this suite.
 fn gpu_with(storage: Storage) -> Option<CudaBackend> {
-    let probe = cuda::probe();
-    if probe.devices.is_empty() {
-        let reason = probe
-            .reason
-            .unwrap_or_else(|| "the driver lists no device".into());
-        SKIP_LINE.call_once(|| {
-            log_line(&format!(
-                "mlp_cuda_parity: SKIPPED — no usable CUDA device ({reason})"
-            ))
-        });
-        return None;
-    }
-    match CudaBackend::new(0, storage) {
-        Ok(b) => Some(b),
-        Err(e) => panic!(
-            "mlp_cuda_parity: a CUDA device is present ({}) but the backend does not start: {e}",
-            probe.devices[0].name
-        ),
-    }
+    cuda_common::gpu_with("mlp_cuda_parity", storage)
 }
 
 fn gpu() -> Option<CudaBackend> {
@@ -615,7 +588,7 @@ mod checks {
 fn mlp_cuda_parity_reports_skip_or_device() {
     match gpu() {
         None => {}
-        Some(b) => log_line(&format!("mlp_cuda_parity: running on {}", b.name())),
+        Some(b) => cuda_common::log_line(&format!("mlp_cuda_parity: running on {}", b.name())),
     }
 }
 
