@@ -2,7 +2,7 @@
 //! CPU twins against the formulas; `implicit` and `forward` (ISTA/FISTA) on the CPU backend
 //! in f64 against the host implementation and the closed form, in f32 within f32 accuracy;
 //! and, on a machine with a CUDA device, the CUDA backend against the CPU twins. Without a
-//! device the CUDA half prints `l1_device: CUDA SKIPPED — …` and passes.
+//! device the CUDA half prints `l1_device: SKIPPED — …` and passes.
 
 mod cuda_common;
 mod l1_common;
