@@ -3,14 +3,10 @@
 //! code, and no panic.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn hypergrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
-        .args(args)
-        .output()
-        .expect("the hypergrad binary runs")
-}
+mod cli_common;
+use cli_common::hypergrad;
 
 /// A fresh file under the system's temp directory with the given contents.
 fn temp_file(name: &str, contents: &str) -> PathBuf {

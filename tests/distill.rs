@@ -2,7 +2,8 @@
 //! gradient, `exact` against central differences of F(θ), every method against `exact`, and
 //! the command line (`--distill-init`, `--images-per-class`, `--retrain`, bad input).
 
-use std::process::{Command, Output};
+mod cli_common;
+use cli_common::{assert_one_line_error, hypergrad, json_of};
 
 use hypergrad::api::{self, Data, DeviceSpec, Request, Settings, Splits};
 use hypergrad::backend::cpu::CpuBackend;
@@ -294,35 +295,6 @@ fn run_lowers_the_outer_loss_and_retrains() {
 }
 
 // ---- the command line ----------------------------------------------------------------------
-
-fn hypergrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
-        .args(args)
-        .output()
-        .expect("the hypergrad binary runs")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "'{needle}' missing from: {}",
-        lines[0]
-    );
-}
 
 const DIGITS: &[&str] = &[
     "--problem",

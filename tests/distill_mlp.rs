@@ -13,7 +13,8 @@
 
 mod mlp_common;
 
-use std::process::{Command, Output};
+mod cli_common;
+use cli_common::{assert_one_line_error, hypergrad, json_of};
 
 use hypergrad::api::{self, Data, DeviceSpec, ModelSpec, Request, Settings, Splits};
 use hypergrad::backend::cpu::CpuBackend;
@@ -392,35 +393,6 @@ fn run_lowers_the_outer_loss_and_retrains() {
 }
 
 // ---- the command line ----------------------------------------------------------------------
-
-fn hypergrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
-        .args(args)
-        .output()
-        .expect("the hypergrad binary runs")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "'{needle}' missing from: {}",
-        lines[0]
-    );
-}
 
 /// A short warm-start run on digits with one hidden layer of 16 and `--retrain`: F falls, the
 /// JSON describes the network (layers 64, 16, 10; θ of 10·64 entries), the run's model and the retrained one classify digits far better than chance, and

@@ -2,16 +2,12 @@
 //! `Settings::set`: the JSON a network run prints, its agreement with the library, and one
 //! test per kind of bad input (one line on stderr naming the option, non-zero exit, no panic).
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod cli_common;
+use cli_common::hypergrad;
 
 use hypergrad::api::{self, DataSource, ModelSpec, OptionValue, Request, Settings};
-
-fn hypergrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
-        .args(args)
-        .output()
-        .expect("the hypergrad binary runs")
-}
 
 /// Asserts the run failed with exactly one line on stderr containing every `needle`.
 fn assert_one_line_error(out: &Output, needles: &[&str]) {

@@ -4,7 +4,10 @@
 //! error at every CG iteration count, with exact and inexact inner solves; `run`; and bad
 //! input as one-line errors.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod cli_common;
+use cli_common::hypergrad;
 
 use hypergrad::api::{self, DataSource, Request, Settings, Theta};
 use hypergrad::bound_curves::cg_curves;
@@ -363,13 +366,6 @@ fn run_descends_the_upper_level() {
 }
 
 // ---- bad input ----------------------------------------------------------------------------------
-
-fn hypergrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hypergrad"))
-        .args(args)
-        .output()
-        .expect("the hypergrad binary runs")
-}
 
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
