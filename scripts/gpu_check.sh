@@ -375,7 +375,8 @@ fi
 # ---- 9 mlp ------------------------------------------------------------------------------
 # Networks on the GPU: every test of tests/mlp_cuda_parity.rs in its own process (as stage 2;
 # SKIPPED means no device: a failure), then one NHGD outer step of hyper-cleaning with an
-# mlp:300 inner model on MNIST's shape (kfac and lowrank against the plain SGD loop) and the
+# mlp:300 inner model on MNIST's shape (kfac with its update on the second stream and on the
+# main one, kfac-1q, and lowrank, against the plain SGD loop) and the
 # PyTorch peer's (torch.func per-sample gradients, K-FAC from hooks) on the same card. The
 # summary gives each case's time, its ratio to the SGD loop (kfac's target: ≤ 1.5) and the
 # peer's time over ours (target ≥ 2), then the NHGD loops' two streams under memcheck. Its
@@ -431,7 +432,8 @@ def last_json(path):
         return None
 ours, peer = last_json(sys.argv[1]), last_json(sys.argv[2])
 peer_cases = (peer or {}).get("cases", {})
-names = {"sgd loop only": "none", "nhgd kfac": "kfac", "nhgd lowrank": "lowrank"}
+names = {"sgd loop only": "none", "nhgd kfac": "kfac", "nhgd kfac, one queue": "kfac-1q",
+         "nhgd lowrank": "lowrank"}
 parts = []
 for case in (ours or {}).get("cases", []):
     key = names.get(case["case"], case["case"])

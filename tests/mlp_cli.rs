@@ -520,12 +520,70 @@ fn bench_nhgd_times_a_network_against_the_plain_loop() {
         .iter()
         .map(|c| c["case"].as_str().expect("a name"))
         .collect();
-    assert_eq!(cases, ["sgd loop only", "nhgd kfac", "nhgd lowrank"]);
+    assert_eq!(
+        cases,
+        [
+            "sgd loop only",
+            "nhgd kfac",
+            "nhgd kfac, one queue",
+            "nhgd lowrank"
+        ]
+    );
     for c in v["cases"].as_array().expect("cases") {
         let t = c["outer_step_seconds"].as_f64().expect("a time");
         assert!(t > 0.0 && t.is_finite(), "{c}");
+        assert_eq!(
+            c["outer_step_seconds_all"].as_array().map(Vec::len),
+            Some(2)
+        );
+        // The CPU has no host-device traffic to count.
+        assert_eq!(c["inner_host_syncs_and_copies"], 0, "{c}");
     }
     assert_eq!(v["cases"][0]["ratio_to_plain_outer_step"], 1.0);
+
+    // --plot draws the same cases (it was once ignored for networks).
+    let dir = std::env::temp_dir().join(format!("hypergrad-mlp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let fig = dir.join("nhgd_mlp.svg");
+    let out = hypergrad(&[
+        "bench",
+        "nhgd",
+        "--model",
+        "mlp:4",
+        "--device",
+        "cpu",
+        "--n",
+        "100",
+        "--m",
+        "50",
+        "--d",
+        "6",
+        "--classes",
+        "3",
+        "--inner-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--rank",
+        "2",
+        "--reps",
+        "1",
+        "--plot",
+        fig.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&fig).expect("the plot was written");
+    assert!(
+        svg.contains("nhgd kfac, one queue"),
+        "the plot names every case"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("syncs"), "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
 
     // On CUDA as the linear model is; without a usable GPU, the one-line error `run` gives.
     if no_gpu() {

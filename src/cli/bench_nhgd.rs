@@ -24,7 +24,7 @@ use crate::bench::time_calls;
 use crate::data::synthetic;
 use crate::hypergrad::fisher::{DenseUpdate, Representation};
 use crate::hypergrad::nhgd_mlp::MlpNhgd;
-use crate::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator, StochasticOptions};
 use crate::hypergrad::Method;
 use crate::problem::{GlmBilevel, HyperLayout, MlpBilevel, ProblemKind};
 
@@ -108,12 +108,37 @@ impl OnMlpBackend for BenchMlp<'_> {
     }
 }
 
-/// The cases of the network benchmark: (name, whether the curvature is tracked, representation).
-fn mlp_cases(rank: usize) -> Vec<(&'static str, bool, Representation)> {
+/// How a case of the network benchmark runs the curvature update.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MlpCurvatureRun {
+    /// Not at all: the baseline.
+    None,
+    /// On the second queue, overlapping SGD (what `run` and `grad` do).
+    SecondQueue,
+    /// On the main queue after each backward pass ([`MlpNhgd::on_one_queue`]): what the
+    /// second queue saves, on a GPU (on the CPU both are the same sequential work).
+    OneQueue,
+}
+
+/// The cases of the network benchmark: (name, how the curvature runs, representation).
+fn mlp_cases(rank: usize) -> Vec<(&'static str, MlpCurvatureRun, Representation)> {
     vec![
-        ("sgd loop only", false, Representation::Kfac),
-        ("nhgd kfac", true, Representation::Kfac),
-        ("nhgd lowrank", true, Representation::Lowrank { rank }),
+        ("sgd loop only", MlpCurvatureRun::None, Representation::Kfac),
+        (
+            "nhgd kfac",
+            MlpCurvatureRun::SecondQueue,
+            Representation::Kfac,
+        ),
+        (
+            "nhgd kfac, one queue",
+            MlpCurvatureRun::OneQueue,
+            Representation::Kfac,
+        ),
+        (
+            "nhgd lowrank",
+            MlpCurvatureRun::SecondQueue,
+            Representation::Lowrank { rank },
+        ),
     ]
 }
 
@@ -145,42 +170,33 @@ fn bench_mlp<B: MlpOps + FisherOps + Clone>(
     let p = problem.network().dim();
     let mut rows = Vec::new();
     let (mut sgd_seconds, mut plain_outer) = (f64::NAN, f64::NAN);
-    for (name, curvature, representation) in mlp_cases(args.rank) {
+    for (name, run, representation) in mlp_cases(args.rank) {
         let mut opts = StochasticOptions::new(Method::Nhgd);
         opts.inner_steps = args.inner_steps;
         opts.batch = args.batch_size;
         opts.inner_lr = Some(args.inner_lr);
         opts.representation = representation;
         opts.diagnostics = false;
-        let mut est = MlpNhgd::new(&problem, opts)?;
-        if !curvature {
-            est = est.without_curvature();
-        }
+        let est = MlpNhgd::new(&problem, opts)?;
+        let mut est = match run {
+            MlpCurvatureRun::None => est.without_curvature(),
+            MlpCurvatureRun::SecondQueue => est,
+            MlpCurvatureRun::OneQueue => est.on_one_queue(),
+        };
         // One warm-up outer step, then `reps` timed ones; medians.
         est.estimate(&problem, 0)?;
-        let (mut outer_times, mut inner) = (Vec::new(), Vec::new());
+        let mut timed = Timed::default();
         for step in 1..=args.reps as u64 {
             let (h, stats) = est.estimate(&problem, step)?;
             if h.hypergradient.iter().any(|v| !v.is_finite()) {
                 anyhow::bail!("{name}: the hypergradient is not finite (lower --inner-lr)");
             }
-            outer_times.push(h.seconds);
-            inner.push(stats.inner_seconds);
+            timed.push(h.seconds, &stats);
         }
-        let outer = median(&mut outer_times);
-        let inner_median = median(&mut inner);
-        if !curvature {
-            sgd_seconds = inner_median;
-            plain_outer = outer;
+        if run == MlpCurvatureRun::None {
+            (sgd_seconds, plain_outer) = (timed.inner_median(), timed.outer_median());
         }
-        rows.push(json!({
-            "case": name,
-            "outer_step_seconds": outer,
-            "inner_loop_seconds": inner_median,
-            "ratio_to_sgd_loop": outer / sgd_seconds,
-            "ratio_to_plain_outer_step": outer / plain_outer,
-            "outer_step_seconds_all": outer_times,
-        }));
+        rows.push(timed.row(name, sgd_seconds, plain_outer));
     }
     let summary = json!({
         "device": backend.name(),
@@ -191,33 +207,122 @@ fn bench_mlp<B: MlpOps + FisherOps + Clone>(
         "threads": rayon::current_num_threads(),
         "cases": rows,
     });
+    let header = format!(
+        "device: {} — hyperclean, --model {} ({}), P = {p}, n = {}, m = {}, d = {d}, c = {c}, T = {}, b = {}",
+        backend.name(),
+        args.model,
+        activation.name(),
+        args.n,
+        args.m,
+        args.inner_steps,
+        args.batch_size
+    );
+    let title = format!(
+        "NHGD outer step, --model {} on {}: n = {}, T = {}, b = {}",
+        args.model,
+        backend.name(),
+        args.n,
+        args.inner_steps,
+        args.batch_size
+    );
+    report(args, &summary, &header, &title)
+}
+
+/// One case's timed outer steps.
+#[derive(Default)]
+struct Timed {
+    outer: Vec<f64>,
+    inner: Vec<f64>,
+    /// Host synchronisations and transfers inside the inner loops, summed over the steps.
+    syncs: u64,
+}
+
+impl Timed {
+    fn push(&mut self, outer_seconds: f64, stats: &LoopStats) {
+        self.outer.push(outer_seconds);
+        self.inner.push(stats.inner_seconds);
+        self.syncs += stats.inner_host_syncs + stats.inner_host_transfers;
+    }
+
+    fn outer_median(&self) -> f64 {
+        median(&mut self.outer.clone())
+    }
+
+    fn inner_median(&self) -> f64 {
+        median(&mut self.inner.clone())
+    }
+
+    /// The case's JSON row, with its ratios to the baseline's inner loop and outer step.
+    fn row(&self, name: &str, sgd_seconds: f64, plain_outer: f64) -> serde_json::Value {
+        let outer = self.outer_median();
+        json!({
+            "case": name,
+            "outer_step_seconds": outer,
+            "inner_loop_seconds": self.inner_median(),
+            "ratio_to_sgd_loop": outer / sgd_seconds,
+            // Against the same outer step with no curvature (q = 0): SGD loop, ∇f, −Bᵀq.
+            "ratio_to_plain_outer_step": outer / plain_outer,
+            "inner_host_syncs_and_copies": self.syncs,
+            "outer_step_seconds_all": self.outer,
+        })
+    }
+}
+
+/// Prints the summary (JSON, or the header and a table of its cases) and draws `--plot`.
+fn report(
+    args: &NhgdBenchArgs,
+    summary: &serde_json::Value,
+    header: &str,
+    title: &str,
+) -> Result<()> {
+    let rows = summary["cases"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if args.json {
         println!("{summary}");
     } else {
+        println!("{header}");
         println!(
-            "device: {} — hyperclean, --model {} ({}), P = {p}, n = {}, m = {}, d = {d}, c = {c}, T = {}, b = {}",
-            summary["device"],
-            args.model,
-            activation.name(),
-            args.n,
-            args.m,
-            args.inner_steps,
-            args.batch_size
+            "{:<24} {:>14} {:>14} {:>10} {:>12} {:>8}",
+            "case", "outer step s", "inner loop s", "vs SGD", "vs plain", "syncs"
         );
-        println!(
-            "{:<24} {:>14} {:>14} {:>10} {:>12}",
-            "case", "outer step s", "inner loop s", "vs SGD", "vs plain"
-        );
-        for r in &rows {
+        for r in rows {
             println!(
-                "{:<24} {:>14.4} {:>14.4} {:>9.2}× {:>11.2}×",
+                "{:<24} {:>14.4} {:>14.4} {:>9.2}× {:>11.2}× {:>8}",
                 r["case"].as_str().unwrap_or(""),
                 r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
                 r["inner_loop_seconds"].as_f64().unwrap_or(f64::NAN),
                 r["ratio_to_sgd_loop"].as_f64().unwrap_or(f64::NAN),
                 r["ratio_to_plain_outer_step"].as_f64().unwrap_or(f64::NAN),
+                r["inner_host_syncs_and_copies"].as_u64().unwrap_or(0)
             );
         }
+        if let Some(rate) = summary["gemm_tflops_same_shape"].as_f64() {
+            println!(
+                "GEMM (b×P)·(P×P) {rate:.2} TFLOP/s; dense Woodbury update {:.2} TFLOP/s",
+                summary["dense_update_tflops"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if let Some(out) = &args.plot {
+        let bars = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["case"].as_str().unwrap_or("").to_string(),
+                    1e3 * r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        crate::plot::draw_bars(
+            &crate::plot::Bars {
+                title: title.to_string(),
+                quantity: "ms per outer step (median)".into(),
+                bars,
+            },
+            out,
+        )?;
     }
     Ok(())
 }
@@ -296,30 +401,15 @@ fn bench_on<B: GlmOps + FisherOps + Clone>(backend: B, args: &NhgdBenchArgs) -> 
         // Each estimate ends by downloading its hypergradient, so its own clock covers the
         // device work.
         est.estimate(&problem, 0)?;
-        let mut outer_times = Vec::new();
-        let mut inner = Vec::new();
-        let mut syncs = 0;
+        let mut timed = Timed::default();
         for step in 1..=args.reps as u64 {
             let (h, stats) = est.estimate(&problem, step)?;
-            outer_times.push(h.seconds);
-            inner.push(stats.inner_seconds);
-            syncs += stats.inner_host_syncs + stats.inner_host_transfers;
+            timed.push(h.seconds, &stats);
         }
-        let outer = median(&mut outer_times);
-        let inner_median = median(&mut inner);
         if method == Method::Amigo {
-            sgd_seconds = inner_median;
-            plain_outer = outer;
+            (sgd_seconds, plain_outer) = (timed.inner_median(), timed.outer_median());
         }
-        rows.push(json!({
-            "case": name,
-            "outer_step_seconds": outer,
-            "inner_loop_seconds": inner_median,
-            "ratio_to_sgd_loop": outer / sgd_seconds,
-            // Against the same outer step with no curvature (q = 0): SGD loop, ∇f, −Bᵀq.
-            "ratio_to_plain_outer_step": outer / plain_outer,
-            "inner_host_syncs_and_copies": syncs,
-        }));
+        rows.push(timed.row(name, sgd_seconds, plain_outer));
     }
     let p = c * d;
     let gemm_rate = if args.dense {
@@ -355,62 +445,21 @@ fn bench_on<B: GlmOps + FisherOps + Clone>(backend: B, args: &NhgdBenchArgs) -> 
         }),
         "cases": rows,
     });
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "device: {} — hyperclean, n = {}, d = {d}, c = {c}, T = {}, b = {}",
-            summary["device"], args.n, args.inner_steps, args.batch_size
-        );
-        println!(
-            "{:<24} {:>14} {:>14} {:>10} {:>12} {:>8}",
-            "case", "outer step s", "inner loop s", "vs SGD", "vs plain", "syncs"
-        );
-        for r in &rows {
-            println!(
-                "{:<24} {:>14.4} {:>14.4} {:>9.2}× {:>11.2}× {:>8}",
-                r["case"].as_str().unwrap_or(""),
-                r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
-                r["inner_loop_seconds"].as_f64().unwrap_or(f64::NAN),
-                r["ratio_to_sgd_loop"].as_f64().unwrap_or(f64::NAN),
-                r["ratio_to_plain_outer_step"].as_f64().unwrap_or(f64::NAN),
-                r["inner_host_syncs_and_copies"]
-            );
-        }
-        if let Some(rate) = gemm_rate {
-            println!(
-                "GEMM (b×P)·(P×P) {rate:.2} TFLOP/s; dense Woodbury update {:.2} TFLOP/s",
-                summary["dense_update_tflops"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
-    if let Some(out) = &args.plot {
-        let bars = rows
-            .iter()
-            .map(|r| {
-                let name = r["case"].as_str().unwrap_or("").to_string();
-                (
-                    name,
-                    1e3 * r["outer_step_seconds"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        crate::plot::draw_bars(
-            &crate::plot::Bars {
-                title: format!(
-                    "NHGD outer step on {}: n = {}, d = {d}, T = {}, b = {}",
-                    backend.name(),
-                    args.n,
-                    args.inner_steps,
-                    args.batch_size
-                ),
-                quantity: "ms per outer step (median)".into(),
-                bars,
-            },
-            out,
-        )?;
-    }
-    Ok(())
+    let header = format!(
+        "device: {} — hyperclean, n = {}, d = {d}, c = {c}, T = {}, b = {}",
+        backend.name(),
+        args.n,
+        args.inner_steps,
+        args.batch_size
+    );
+    let title = format!(
+        "NHGD outer step on {}: n = {}, d = {d}, T = {}, b = {}",
+        backend.name(),
+        args.n,
+        args.inner_steps,
+        args.batch_size
+    );
+    report(args, &summary, &header, &title)
 }
 
 /// The median of `values` (the upper one of the two middle values for an even count).
