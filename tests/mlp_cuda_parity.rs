@@ -2,7 +2,7 @@
 //! network estimators on CUDA with the CPU reference `CpuBackend<f64>` on the same inputs:
 //! every `MlpOps` method (forward and loss, backward, gradient, per-sample gradients,
 //! directional derivatives, HVPs with and without the softmax shift, K-FAC factors with α/β,
-//! `copy_range`), over the whole design and over a mini-batch of rows (with repeats), with and
+//! `copy_range`, and the bad passes every backend refuses alike), over the whole design and over a mini-batch of rows (with repeats), with and
 //! without row weights, tanh and relu, one and two hidden layers; then `cg` and `nhgd` (kfac)
 //! hypergradients of small softmax and hyper-cleaning networks end to end; then NHGD's inner
 //! loop with every curvature representation, which runs the curvature update on a second
@@ -413,6 +413,36 @@ mod checks {
         assert!(err.to_string().contains("copy_range"), "{tag}: {err}");
     }
 
+    /// Every backend refuses the same bad passes, with the same error: a mini-batch of no
+    /// rows, and a design whose columns are not the network's inputs plus the constant 1.
+    pub fn bad_passes_are_refused<B: MlpOps>(b: &B, tag: &str) {
+        let c = &cases()[0];
+        let u = upload(b, c, &c.x);
+        let none = b.upload_rows(&[], c.x.nrows()).unwrap();
+        let empty = MlpData {
+            rows: Some(&none),
+            ..data(&u, true, false)
+        };
+        let err = b
+            .mlp_forward(&u.net, empty, &u.w)
+            .err()
+            .expect("an empty pass");
+        assert!(err.to_string().contains("at least one row"), "{tag}: {err}");
+        let wide = b.upload_design(&with_ones(&with_ones(&c.x))).unwrap();
+        let wrong = MlpData {
+            x: &wide,
+            ..data(&u, false, false)
+        };
+        let err = b
+            .mlp_forward(&u.net, wrong, &u.w)
+            .err()
+            .expect("a wrong design");
+        assert!(
+            err.to_string().contains("features plus the constant 1"),
+            "{tag}: {err}"
+        );
+    }
+
     // ---- estimators end to end ----
 
     /// A small network problem from a teacher network of its shape, data rounded to f32.
@@ -628,6 +658,12 @@ fn copy_range() {
     checks::copy_range(&b, "cuda");
 }
 
+#[test]
+fn bad_passes_are_refused() {
+    let Some(b) = gpu() else { return };
+    checks::bad_passes_are_refused(&b, "cuda");
+}
+
 /// bf16 storage: the gather widens the design exactly, so against the reference on the
 /// bf16-rounded design the f32 tolerance holds.
 #[test]
@@ -704,6 +740,12 @@ mod cpu_f32_stand_in {
     #[test]
     fn copy_range() {
         checks::copy_range(&b(), "cpu-f32");
+    }
+
+    #[test]
+    fn bad_passes_are_refused() {
+        checks::bad_passes_are_refused(&b(), "cpu-f32");
+        checks::bad_passes_are_refused(&super::Cpu::new(), "cpu-f64");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::{check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape};
+use super::{
+    check_pass_rows, check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape,
+};
 use crate::backend::cpu::{class_of, softmax_into, CpuBackend, CpuMatrix, Real};
 use crate::backend::shape::check_len;
 use crate::error::{Error, Result};
@@ -60,7 +62,7 @@ pub(super) fn check_data<T: Real>(
             )));
         }
     }
-    Ok(data.rows.map_or(x.n, |r| r.len()))
+    check_pass_rows(data.rows.map_or(x.n, |r| r.len()))
 }
 
 /// The design row behind position `p` of the pass.

@@ -5,7 +5,7 @@
 //!
 //! Nothing crosses to the host but what a signature returns: the loss (one double) and the
 //! directional derivatives (n doubles). Mini-batch rows are gathered on the device into the
-//! tape's input `X̃_B` once per forward pass (fisher.cu's `hg_gather_rows`).
+//! tape's input `X̃_B` once per forward pass (blas1.cu's `hg_gather_rows`).
 //!
 //! Layout on the device, as on the CPU: row-major, a hidden layer's tape `Ã_l = [φ(Z_l) | 1]`
 //! (`n × (n_l+1)`; its GEMM writes `Z_l` straight into the first `n_l` columns and the
@@ -22,7 +22,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::{check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape};
+use super::{
+    check_pass_rows, check_pass_shapes, Activation, Deltas, MlpData, MlpOps, Network, Tape,
+};
 use crate::backend::cuda::{grid_1d, int, Arg, CudaBackend, CudaDesign, DesignData, NULL};
 use crate::backend::shape::check_len;
 use crate::error::{Error, Result};
@@ -66,12 +68,7 @@ impl CudaBackend {
                 )));
             }
         }
-        let n = data.rows.map_or(x.n, |r| r.len);
-        if n == 0 {
-            return Err(Error::Dimension(
-                "a network pass needs at least one row".into(),
-            ));
-        }
+        let n = check_pass_rows(data.rows.map_or(x.n, |r| r.len))?;
         int("rows of a network pass", n)?;
         int("network parameters", net.dim())?;
         Ok(n)

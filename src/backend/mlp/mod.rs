@@ -242,6 +242,17 @@ pub(crate) fn check_pass_shapes(
     Ok(())
 }
 
+/// A pass runs over at least one row, on every backend (a CUDA launch over none has no
+/// meaning, and the CPU twin refuses it too so the two agree).
+pub(crate) fn check_pass_rows(rows: usize) -> Result<usize> {
+    if rows == 0 {
+        return Err(Error::Dimension(
+            "a network pass needs at least one row".into(),
+        ));
+    }
+    Ok(rows)
+}
+
 /// The rows a primitive works on: the design (with the constant 1 appended), the labels, the
 /// row weights `s_i` of a weighted loss (`None`: all 1), and optionally a mini-batch of row
 /// indices (then every per-row quantity is per batch position, in the batch's order).
