@@ -1,4 +1,5 @@
-// hypergrad CUDA kernels: BLAS-1, reductions, hyper-parameter groups, row outer products.
+// hypergrad CUDA kernels of the core backend: BLAS-1, reductions, hyper-parameter groups, row
+// gathers.
 //
 // Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
 // helpers come from common.cuh (pasted in for NVRTC by build.rs). Buffers are f32 row-major;
@@ -27,12 +28,8 @@
 // hg_group_expand(values, len, mode, blk, out)  out[e] = values[g(e)]        1 read 1 write
 // hg_group_scatter_add(coef, w, len, mode, blk, batch)
 //                                      batch[g(e)·len + e] += coef[g(e)] w[e] 3 reads 1 write
-// hg_add_row_outer_{f32,bf16}(x, n, d, coef, g, c, batch)  over (i, k, t) < (n, c, d):
-//                                      batch[(i c + k) d + t] += (coef_i g_ik) x_it
-//     grid-stride over n·c·d; 2 reads + 1 write of batch, x (2 or 4 bytes) read c times
-//     (L2 hits after the first).
-// hg_sgd_apply(w, grad, reg, len, eta, gs)  w[e] -= eta (gs grad[e] + reg[e] w[e])
-//                                                                             3 reads 1 write
+// hg_gather_rows_{f32,bf16}(x, rows, b, d, out)   out[p·d + t] = x[rows[p]·d + t]
+//     block 256, grid min(ceil(b·d/256), 4096). Traffic: b·d reads and writes.
 
 #include "common.cuh"
 
@@ -71,15 +68,6 @@ hg_mul_add(const float* a, int len_a, const float* x, float* y, int n, float alp
     for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
         const int ia = (int)i % len_a;  // i < n < 2^31
         y[i] = __fadd_rn(y[i], __fmul_rn(__fmul_rn(alpha, a[ia]), x[i]));
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_sgd_apply(float* w, const float* grad, const float* reg, int len, float eta, float grad_scale) {
-    for (long long e = hg_gtid(); e < len; e += hg_gstride()) {
-        const float we = w[e];
-        const float step = __fadd_rn(__fmul_rn(grad_scale, grad[e]), __fmul_rn(reg[e], we));
-        w[e] = __fsub_rn(we, __fmul_rn(eta, step));
     }
 }
 
@@ -183,27 +171,25 @@ hg_group_scatter_add(const float* coef, const float* w, int len, int mode, int b
 
 // ---- per-row outer products -----------------------------------------------------------------
 
+// ---- row gathers (a mini-batch's rows, a bf16 design widened) ---------------------------
+
 template <typename XT>
-__device__ __forceinline__ void hg_add_row_outer_impl(const XT* x, int n, int d, const float* coef,
-                                                      const float* g, int c, float* batch) {
-    const long long total = (long long)n * c * d;
+__device__ __forceinline__ void hg_gather_rows_impl(const XT* x, const int* rows, int b, int d,
+                                                    float* out) {
+    const long long total = (long long)b * d;
     for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
-        const long long r = hg_div(idx, d);  // r = i c + k
-        const long long t = idx - r * d;
-        const long long i = hg_div(r, c);
-        const float a = __fmul_rn(coef[i], g[r]);
-        batch[idx] = __fadd_rn(batch[idx], __fmul_rn(a, hg_load(x, i * d + t)));
+        const long long p = hg_div(idx, d);
+        const long long t = idx - p * d;
+        out[idx] = hg_load(x, (long long)rows[p] * d + t);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-hg_add_row_outer_f32(const float* x, int n, int d, const float* coef, const float* g, int c,
-                     float* batch) {
-    hg_add_row_outer_impl<float>(x, n, d, coef, g, c, batch);
+hg_gather_rows_f32(const float* x, const int* rows, int b, int d, float* out) {
+    hg_gather_rows_impl<float>(x, rows, b, d, out);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-hg_add_row_outer_bf16(const unsigned short* x, int n, int d, const float* coef, const float* g,
-                      int c, float* batch) {
-    hg_add_row_outer_impl<unsigned short>(x, n, d, coef, g, c, batch);
+hg_gather_rows_bf16(const unsigned short* x, const int* rows, int b, int d, float* out) {
+    hg_gather_rows_impl<unsigned short>(x, rows, b, d, out);
 }

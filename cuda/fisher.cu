@@ -1,19 +1,12 @@
-// hypergrad CUDA kernels: per-sample gradients, K-FAC factors and damping, and the diagonal
-// helpers of the Woodbury update (Fisher-type curvature estimates over mini-batches; the
-// Woodbury update's Cholesky solve is cuSOLVER's).
+// hypergrad CUDA kernels of the Fisher family (FisherOps, src/backend/fisher/): K-FAC's
+// factored damping and the diagonal helpers of the Woodbury update (its Cholesky solve is
+// cuSOLVER's). The factors themselves come from the models' families: glm_batch.cu, mlp.cu.
 //
 // Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
-// helpers come from common.cuh. Buffers are f32 row-major; bf16 designs are their bit patterns
-// (unsigned short), widened exactly (f32 = bits << 16). Grid-stride loops everywhere.
-// CPU twins: src/backend/cpu.rs (glm_per_sample_gradients, glm_kfac_factors,
+// helpers come from common.cuh. Buffers are f32 row-major. Grid-stride loops everywhere.
+// CPU twins: src/backend/fisher/cpu.rs (kfac_damp, set_diagonal, add_diagonal,
 // woodbury_update).
 //
-// hg_per_sample_grads_{f32,bf16}(x, rows, b, d, g, c, scale, out)
-//     out[p·c·d + k·d + t] = (scale_p g[p·c+k]) x[rows[p]·d + t]   (scale_p = 1 if null)
-//     block 256, grid min(ceil(b·c·d/256), 4096); flat grid-stride over b·c·d.
-//     Traffic: writes b·c·d f32; reads each gathered row c times (L2 hits after the first).
-// hg_gather_rows_{f32,bf16}(x, rows, b, d, out)   out[p·d + t] = x[rows[p]·d + t]
-//     block 256, grid min(ceil(b·d/256), 4096). Traffic: b·d reads and writes.
 // hg_add_diag(s, b, v)   s[i·b + i] += v, i < b. One block of 256. Traffic: 2b words.
 // hg_set_diag(a, diag, p, mode)   a[i·p + i] = diag[i] (mode 0), 1/diag[i] (mode 1) or
 //     a[i·p + i] + diag[i] (mode 2), i < p; the off-diagonal entries are not touched. Block 256, grid min(ceil(p/256), 4096).
@@ -26,61 +19,8 @@
 //     factorisation's status (cuSOLVER potrf writes 0 on success, so it cannot write the flag
 //     itself without clearing an earlier failure), kept for the next synchronising call.
 //     One thread.
-// hg_kfac_gg(g, scale, b, c, alpha, beta, gg)
-//     gg[k·c+l] = α Σ_p (scale_p g[p·c+k]) g[p·c+l] + β gg[k·c+l]  (gg not read when β == 0,
-//     as the CPU GEMM). One thread per (k, l), f32 sum over p in order; block 256,
-//     grid min(ceil(c²/256), 4096). Traffic: g is c·b words, read c times per row (L1/L2).
 
 #include "common.cuh"
-
-// ---- per-sample gradients and gathers -------------------------------------------------------
-
-template <typename XT>
-__device__ __forceinline__ void hg_per_sample_grads_impl(const XT* x, const int* rows, int b,
-                                                         int d, const float* g, int c,
-                                                         const float* scale, float* out) {
-    const long long total = (long long)b * c * d;
-    for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
-        const long long r = hg_div(idx, d);  // r = p c + k
-        const long long t = idx - r * d;
-        const long long p = hg_div(r, c);
-        const float a = scale ? __fmul_rn(scale[p], g[r]) : g[r];
-        out[idx] = __fmul_rn(a, hg_load(x, (long long)rows[p] * d + t));
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_per_sample_grads_f32(const float* x, const int* rows, int b, int d, const float* g, int c,
-                        const float* scale, float* out) {
-    hg_per_sample_grads_impl<float>(x, rows, b, d, g, c, scale, out);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_per_sample_grads_bf16(const unsigned short* x, const int* rows, int b, int d, const float* g,
-                         int c, const float* scale, float* out) {
-    hg_per_sample_grads_impl<unsigned short>(x, rows, b, d, g, c, scale, out);
-}
-
-template <typename XT>
-__device__ __forceinline__ void hg_gather_rows_impl(const XT* x, const int* rows, int b, int d,
-                                                    float* out) {
-    const long long total = (long long)b * d;
-    for (long long idx = hg_gtid(); idx < total; idx += hg_gstride()) {
-        const long long p = hg_div(idx, d);
-        const long long t = idx - p * d;
-        out[idx] = hg_load(x, (long long)rows[p] * d + t);
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_gather_rows_f32(const float* x, const int* rows, int b, int d, float* out) {
-    hg_gather_rows_impl<float>(x, rows, b, d, out);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_gather_rows_bf16(const unsigned short* x, const int* rows, int b, int d, float* out) {
-    hg_gather_rows_impl<unsigned short>(x, rows, b, d, out);
-}
 
 // ---- small dense linear algebra -------------------------------------------------------------
 
@@ -150,22 +90,5 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void hg_keep_failure(const int* info, int* flag) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && flag[0] == 0 && info[0] != 0) {
         flag[0] = info[0];
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-hg_kfac_gg(const float* g, const float* scale, int b, int c, float alpha, float beta, float* gg) {
-    const long long cc = (long long)c * c;
-    for (long long e = hg_gtid(); e < cc; e += hg_gstride()) {
-        const int kk = (int)(e / c);
-        const int ll = (int)(e - (long long)kk * c);
-        float sum = 0.0f;
-        for (int p = 0; p < b; ++p) {
-            const float* gp = g + (long long)p * c;
-            const float gk = scale ? __fmul_rn(scale[p], gp[kk]) : gp[kk];
-            sum = fmaf(gk, gp[ll], sum);
-        }
-        const float v = __fmul_rn(alpha, sum);
-        gg[e] = (beta == 0.0f) ? v : __fadd_rn(v, __fmul_rn(beta, gg[e]));
     }
 }

@@ -1,6 +1,6 @@
 // hypergrad CUDA kernels: the element-wise and per-row steps of the multilayer perceptron
 // (SPEC §8). The GEMMs between them are cuBLAS calls (src/backend/mlp/cuda.rs), the rows'
-// gathers are fisher.cu's hg_gather_rows_{f32,bf16}.
+// gathers are blas1.cu's hg_gather_rows_{f32,bf16}.
 //
 // Compiled by nvcc (-ptx -arch=compute_90) at build time or by NVRTC at run time; the shared
 // helpers come from common.cuh. Buffers are f32 row-major. CPU twin: src/backend/mlp/cpu.rs

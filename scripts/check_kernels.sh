@@ -34,7 +34,7 @@ fi
 (( ${#sources[@]} > 0 )) || { echo "check_kernels: no cuda/*.cu" >&2; exit 2; }
 
 echo "nvcc: $("$nvcc" --version | grep -i release)  arch: $arch -> sm_90"
-printf '%-28s %-10s %5s %6s %7s %7s %6s\n' kernel file regs stack spill_st spill_ld smem
+printf '%-28s %-12s %5s %6s %7s %7s %6s\n' kernel file regs stack spill_st spill_ld smem
 for src in "${sources[@]}"; do
     name="$(basename "$src" .cu)"
     if grep -n '^[[:space:]]*#[[:space:]]*include' "$src" | grep -v '#include "common.cuh"$'; then
@@ -56,7 +56,7 @@ for src in "${sources[@]}"; do
         /Used [0-9]+ registers/ {
             r = $0; sub(/.*Used /, "", r); sub(/ registers.*/, "", r)
             sm = 0; if (match($0, /[0-9]+ bytes smem/)) { sm = substr($0, RSTART, RLENGTH); sub(/ .*/, "", sm) }
-            printf "%-28s %-10s %5s %6s %7s %7s %6s\n", k, file, r, st, ss, sl, sm
+            printf "%-28s %-12s %5s %6s %7s %7s %6s\n", k, file, r, st, ss, sl, sm
             if (ss != 0 || sl != 0) bad = 1
             if (st != 0) printf "WARN %s: %s-byte stack frame (local memory)\n", k, st > "/dev/stderr"
         }

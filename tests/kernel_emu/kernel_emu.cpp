@@ -18,6 +18,9 @@ namespace kg {
 namespace kf {
 #include "emu_fisher.cu"
 }
+namespace kgb {
+#include "emu_glm_batch.cu"
+}
 namespace km {
 #include "emu_mlp.cu"
 }
@@ -97,8 +100,8 @@ static void test_blas1() {
         std::vector<unsigned short> xb(rn * rd); for (int e = 0; e < rn * rd; ++e) xb[e] = to_bf16(xr[e]);
         for (int bf = 0; bf < 2; ++bf) {
             auto batch = randv(rn * rc * rd), b0 = batch;
-            if (bf) launch(g1(grid), g1(256), [&] { kb::hg_add_row_outer_bf16(xb.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
-            else launch(g1(grid), g1(256), [&] { kb::hg_add_row_outer_f32(xr.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
+            if (bf) launch(g1(grid), g1(256), [&] { kgb::hg_add_row_outer_bf16(xb.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
+            else launch(g1(grid), g1(256), [&] { kgb::hg_add_row_outer_f32(xr.data(), rn, rd, coef.data(), gr.data(), rc, batch.data()); });
             for (int i = 0; i < rn; ++i) for (int k = 0; k < rc; ++k) for (int t = 0; t < rd; ++t) {
                 size_t at = ((size_t)i * rc + k) * rd + t;
                 float xv = bf ? from_bf16(xb[i * rd + t]) : xr[i * rd + t];
@@ -107,7 +110,7 @@ static void test_blas1() {
             }
         }
         auto w = randv(n), g = randv(n), reg = randv(n, 0, 1), w0 = w;
-        launch(g1(grid), g1(256), [&] { kb::hg_sgd_apply(w.data(), g.data(), reg.data(), n, 0.1f, 0.25f); });
+        launch(g1(grid), g1(256), [&] { kgb::hg_sgd_apply(w.data(), g.data(), reg.data(), n, 0.1f, 0.25f); });
         for (int e = 0; e < n; ++e) expect(w[e] == w0[e] - 0.1f * (0.25f * g[e] + reg[e] * w0[e]), "sgd_apply bit-exact");
     }
 }
@@ -223,16 +226,16 @@ static void test_fisher() {
     std::vector<int> rows = {3, 0, 8, 3, 5};
     for (int bf = 0; bf < 2; ++bf) for (int s = 0; s < 2; ++s) for (unsigned grid : {1u, 2u}) {
         std::vector<float> out(b * c * d, -1.f);
-        if (bf) launch(g1(grid), g1(256), [&] { kf::hg_per_sample_grads_bf16(xb.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
-        else launch(g1(grid), g1(256), [&] { kf::hg_per_sample_grads_f32(x.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
+        if (bf) launch(g1(grid), g1(256), [&] { kgb::hg_per_sample_grads_bf16(xb.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
+        else launch(g1(grid), g1(256), [&] { kgb::hg_per_sample_grads_f32(x.data(), rows.data(), b, d, g.data(), c, s ? sc.data() : nullptr, out.data()); });
         for (int p = 0; p < b; ++p) for (int k = 0; k < c; ++k) for (int t = 0; t < d; ++t) {
             float xv = bf ? from_bf16(xb[rows[p] * d + t]) : x[rows[p] * d + t];
             float a = s ? sc[p] * g[p * c + k] : g[p * c + k];
             expect(out[p * c * d + k * d + t] == a * xv, "per_sample_grads");
         }
         std::vector<float> ga(b * d, -1.f);
-        if (bf) launch(g1(grid), g1(256), [&] { kf::hg_gather_rows_bf16(xb.data(), rows.data(), b, d, ga.data()); });
-        else launch(g1(grid), g1(256), [&] { kf::hg_gather_rows_f32(x.data(), rows.data(), b, d, ga.data()); });
+        if (bf) launch(g1(grid), g1(256), [&] { kb::hg_gather_rows_bf16(xb.data(), rows.data(), b, d, ga.data()); });
+        else launch(g1(grid), g1(256), [&] { kb::hg_gather_rows_f32(x.data(), rows.data(), b, d, ga.data()); });
         for (int p = 0; p < b; ++p) for (int t = 0; t < d; ++t) expect(ga[p * d + t] == (bf ? from_bf16(xb[rows[p] * d + t]) : x[rows[p] * d + t]), "gather");
     }
     // set_diag: the diagonal only, set (0), set inverted (1) or added to (2)
@@ -285,7 +288,7 @@ static void test_fisher() {
     auto gg0 = randv(kc * kc), G = randv(kb_ * kc), S2 = randv(kb_);
     for (float beta : {0.0f, 0.3f}) for (int s = 0; s < 2; ++s) {
         auto gg = gg0; if (beta == 0) gg[3] = NAN;
-        launch(g1(1), g1(256), [&] { kf::hg_kfac_gg(G.data(), s ? S2.data() : nullptr, kb_, kc, 0.5f, beta, gg.data()); });
+        launch(g1(1), g1(256), [&] { kgb::hg_kfac_gg(G.data(), s ? S2.data() : nullptr, kb_, kc, 0.5f, beta, gg.data()); });
         for (int k = 0; k < kc; ++k) for (int l = 0; l < kc; ++l) { double sum = 0; for (int p = 0; p < kb_; ++p) sum += (s ? S2[p] : 1.0) * G[p * kc + k] * G[p * kc + l]; close(gg[k * kc + l], 0.5 * sum + beta * gg0[k * kc + l] * (beta != 0), 1e-5, "kfac_gg"); }
     }
 }

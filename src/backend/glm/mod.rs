@@ -1,7 +1,7 @@
 //! The generalised linear models' primitives (SPEC §1), an op family beside the core
 //! [`Backend`]: the trait [`GlmOps`] here, its CPU twin in [`cpu`] (rayon over blocks of
 //! rows), its CUDA implementation in [`cuda`] (the fused row kernel of `cuda/glm_rows.cu`,
-//! the per-sample and SGD kernels of `cuda/fisher.cu` and `cuda/blas1.cu`, cuBLAS where a
+//! the mini-batch kernels of `cuda/glm_batch.cu`, cuBLAS where a
 //! GEMM pays; parity in `tests/cuda_parity.rs`).
 //!
 //! Each kernel streams the data matrix: a row `x_i` is read once for everything done with it
