@@ -1,7 +1,7 @@
 //! First-order inner solvers: gradient descent and Nesterov's accelerated gradient, both with
 //! a backtracking estimate `L` of the local Lipschitz constant (step `1/L`).
 
-use super::{check_finite, linear, step_test, InnerSolution, Solver, StepTest};
+use super::{check_finite, linear, start, step_test, InnerSolution, Solver, StepTest};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::problem::{Buf, InnerProblem};
@@ -25,12 +25,9 @@ pub fn gradient_descent<P: InnerProblem>(
     let dim = problem.inner_dim();
     // y: the point the step is taken from (= w for plain GD).
     let mut y = linear::duplicate(b, &w)?;
-    let mut grad_y = b.zeros(dim)?;
-    let mut value_y = problem.inner_value_grad(&y, Some(&mut grad_y))?;
+    let (mut grad_y, mut value_y, mut grad_norm) = start(problem, &y, solver)?;
     let mut value_w = value_y;
     let mut grad_w = linear::duplicate(b, &grad_y)?;
-    let mut grad_norm = b.nrm2(&grad_w)?;
-    check_finite(value_w, grad_norm, solver)?;
     // The backtracking below finds the local L; a known bound only sets where it starts (1
     // where none is known, as for a network).
     let bound = problem.smoothness_bound();
