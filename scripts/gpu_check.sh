@@ -379,7 +379,9 @@ fi
 # main one, kfac-1q, and lowrank, against the plain SGD loop) and the
 # PyTorch peer's (torch.func per-sample gradients, K-FAC from hooks) on the same card. The
 # summary gives each case's time, its ratio to the SGD loop (kfac's target: ≤ 1.5) and the
-# peer's time over ours (target ≥ 2), then the NHGD loops' two streams under memcheck. Its
+# peer's time over ours (target ≥ 2), the bench again with the CUDA memory pool trimmed at
+# every sync (HYPERGRAD_CUDA_POOL=trim: what keeping it saves), then the NHGD loops' two
+# streams under memcheck. Its
 # log goes into details.tar.gz.
 if want 9; then
     mlog="$detail/mlp.log"
@@ -421,8 +423,12 @@ if want 9; then
         benches/peers/nhgd_mlp_torch.py --device cuda --hidden 300 --n 50000 --m 10000 --d 785 \
         --T 100 --b 64 --repeats 5 --cases none,kfac
     rc_torch=$?
-    cat "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" >> "$mlog"
-    line=$("$python" - "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" <<'EOF' 2>> "$mlog"
+    # The same bench with the memory pool handing freed memory back at every sync (the
+    # driver's default; hypergrad keeps it, src/backend/cuda/mod.rs keep_pool_memory).
+    run_logged "$(stage_limit 150)" "$detail/nhgd_mlp_trim.json" env HYPERGRAD_CUDA_POOL=trim \
+        "$bin/hypergrad" bench nhgd --model mlp:300 --device cuda --json
+    cat "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" "$detail/nhgd_mlp_trim.json" >> "$mlog"
+    line=$("$python" - "$detail/nhgd_mlp.json" "$detail/nhgd_mlp_torch.json" "$detail/nhgd_mlp_trim.json" <<'EOF' 2>> "$mlog"
 import json, sys
 def last_json(path):
     try:
@@ -441,6 +447,11 @@ for case in (ours or {}).get("cases", []):
     torch_s = (peer_cases.get(key) or {}).get("outer_step_seconds")
     vs = f" torch {1e3 * torch_s:.1f}ms ({torch_s / s:.1f}x)" if torch_s else ""
     parts.append(f"{key} {1e3 * s:.1f}ms sgd×{case['ratio_to_sgd_loop']:.2f}{vs}")
+trim = {c["case"]: c["outer_step_seconds"] for c in (last_json(sys.argv[3]) or {}).get("cases", [])}
+kept = {c["case"]: c["outer_step_seconds"] for c in (ours or {}).get("cases", [])}
+if trim and kept:
+    parts.append("pool trim: " + ", ".join(
+        f"{names.get(k, k)} {1e3 * v:.1f}ms (kept {1e3 * kept[k]:.1f})" for k, v in trim.items() if k in kept))
 print("; ".join(parts) if parts else "no hypergrad result; torch: " +
       ", ".join(f"{k} {1e3 * v['outer_step_seconds']:.1f}ms" for k, v in peer_cases.items()))
 EOF

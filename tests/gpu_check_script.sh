@@ -142,9 +142,10 @@ check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=
 check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
 
 # The mlp stage's summary line carries the parity count, kfac's ratio to the SGD loop and the
-# peer's time over ours (the fake binaries' numbers).
+# peer's time over ours, and the same bench with the pool trimmed (the fake binaries' numbers).
 line=$(grep -E '^mlp ' "$work/out-all-pass/summary.txt" || true)
-for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms" "streams: memcheck ok, 0 errors"; do
+for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms" \
+    "pool trim: none 10.0ms (kept 10.0), kfac 12.0ms (kept 12.0)" "streams: memcheck ok, 0 errors"; do
     if [[ $line != *"$needle"* ]]; then
         echo "FAIL mlp summary: '$needle' missing from: ${line:-no mlp line}"
         failures=$((failures + 1))

@@ -205,6 +205,7 @@ fn bench_mlp<B: MlpOps + FisherOps + Clone>(
         "inner_steps": args.inner_steps, "batch": args.batch_size, "rank": args.rank,
         "inner_lr": args.inner_lr, "reps": args.reps,
         "threads": rayon::current_num_threads(),
+        "cuda_pool": cuda_pool(&backend.name()),
         "cases": rows,
     });
     let header = format!(
@@ -437,6 +438,7 @@ fn bench_on<B: GlmOps + FisherOps + Clone>(backend: B, args: &NhgdBenchArgs) -> 
         "device": backend.name(),
         "n": args.n, "m": args.m, "d": d, "classes": c, "P": p,
         "inner_steps": args.inner_steps, "batch": args.batch_size, "rank": args.rank,
+        "cuda_pool": cuda_pool(&backend.name()),
         "gemm_tflops_same_shape": gemm_rate,
         "dense_update_tflops": rows.iter().find(|r| r["case"] == "nhgd dense woodbury").map(|r| {
             // 4 b P² flops per step (U·A and (UA)ᵀX), over the loop's extra time.
@@ -460,6 +462,18 @@ fn bench_on<B: GlmOps + FisherOps + Clone>(backend: B, args: &NhgdBenchArgs) -> 
         args.batch_size
     );
     report(args, &summary, &header, &title)
+}
+
+/// On a CUDA device, whether its memory pool keeps freed memory (`keep`) or hands it back at
+/// every synchronisation (`trim`, `HYPERGRAD_CUDA_POOL=trim`); `None` on the CPU.
+fn cuda_pool(device: &str) -> Option<&'static str> {
+    device.starts_with("cuda").then(|| {
+        if crate::backend::cuda::pool_keeps_memory() {
+            "keep"
+        } else {
+            "trim"
+        }
+    })
 }
 
 /// The median of `values` (the upper one of the two middle values for an even count).

@@ -105,6 +105,41 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
     })
 }
 
+/// Whether the device's memory pool keeps freed memory (`true`, the default) or returns it to
+/// the driver at every synchronisation (`HYPERGRAD_CUDA_POOL=trim`, the driver's own default,
+/// kept so that a GPU check can time one against the other).
+pub fn pool_keeps_memory() -> bool {
+    std::env::var("HYPERGRAD_CUDA_POOL").map_or(true, |v| v != "trim")
+}
+
+/// Lets the device's default memory pool keep the memory its buffers free. cudarc allocates
+/// with `cuMemAllocAsync` from that pool, whose release threshold is 0 unless set: every
+/// synchronisation (each `download`, each reduction read back, the end of every outer step)
+/// then hands the freed memory back to the driver, and the next allocations map it again, on
+/// the host's critical path. The loops here allocate their temporaries per step (a network's
+/// tape, a solver's scratch), which is what a caching pool is for: the threshold is set to
+/// "never release", as PyTorch's caching allocator and JAX's pool behave. The memory stays
+/// the process's until it exits.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::result::{device, mem_pool};
+    use cudarc::driver::sys::CUmemPool_attribute;
+    if !ctx.has_async_alloc() || !pool_keeps_memory() {
+        return Ok(());
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the device handle is the context's own, and RELEASE_THRESHOLD takes a cuuint64_t,
+    // which `threshold` is and outlives the call.
+    unsafe {
+        let pool = device::get_default_mem_pool(ctx.cu_device()).map_err(driver_error)?;
+        mem_pool::set_attribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(driver_error)
+    }
+}
+
 /// The markers of a stream: events without timing, created once (recording one is cheap).
 fn stream_markers(stream: &Arc<CudaStream>) -> Result<Vec<CudaEvent>> {
     (0..crate::backend::QUEUE_MARKERS)
@@ -217,6 +252,7 @@ impl CudaBackend {
         // caller that lets another stream read a buffer keeps it alive until its own stream
         // has waited for that stream's marker (NHGD's loops do; see `ptr`).
         unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx)?;
         let info = device_info(ordinal)?;
         let max_shared_bytes = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
