@@ -54,6 +54,14 @@ impl Precision {
             Precision::F64 => f64::EPSILON,
         }
     }
+
+    /// The floating-point allowance added to a residual measured in this precision: the
+    /// residual of an exact solution, evaluated on vectors of length `len`, is of order
+    /// `u √len` times the magnitudes that were combined (`u` the unit round-off). The error
+    /// bounds of SPEC §4 inflate their measured residuals by it.
+    pub fn rounding_allowance(self, len: usize, magnitude: f64) -> f64 {
+        8.0 * self.epsilon() * (len as f64).sqrt() * magnitude
+    }
 }
 
 impl std::fmt::Display for Precision {

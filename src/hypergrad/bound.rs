@@ -16,16 +16,10 @@
 //! `‖h − ∇F‖ ≤ Δ ‖∇f(w_T)‖ + (‖J_T‖ + Δ) L_f ε`. Frobenius norms bound the spectral ones.
 //!
 //! Both bounds account for the floating-point error of the quantities they are computed from
-//! by inflating the measured residuals by a multiple of the unit round-off ([`rounding`]).
+//! by inflating the measured residuals by a multiple of the unit round-off
+//! ([`crate::backend::Precision::rounding_allowance`]).
 
 use crate::problem::BoundConstants;
-
-/// Floating-point allowance added to a measured residual: the residual of an exact solution,
-/// evaluated in precision `u` on vectors of length `len`, is of order `u √len` times the
-/// magnitudes that were combined.
-pub fn rounding(epsilon: f64, len: usize, magnitude: f64) -> f64 {
-    8.0 * epsilon * (len as f64).sqrt() * magnitude
-}
 
 /// The implicit bound `‖B‖D + L_B ε (‖q̂‖ + D)`; `None` when `L_H ε ≥ μ` (no valid bound).
 pub fn implicit(

@@ -28,13 +28,14 @@ pub fn hypergradient<P: Bilevel>(
     let j_norm = b.nrm2(&fwd.jacobian)?;
     let error_bound = match problem.bound_constants(&fwd.w)? {
         Some(constants) => {
-            // Inflate the measured residuals by their rounding error (see `bound::rounding`).
-            let u = b.precision().epsilon();
+            // Inflate the measured residuals by their rounding error.
+            let precision = b.precision();
             let scale = problem.smoothness_bound();
             let rho = jacobian_residual(problem, &fwd.w, &fwd.jacobian)?
-                + bound::rounding(u, b.len(&fwd.jacobian), scale * j_norm + constants.b_norm);
-            let grad_norm_bounded =
-                grad_norm + bound::rounding(u, problem.inner_dim(), scale * b.nrm2(&fwd.w)?);
+                + precision
+                    .rounding_allowance(b.len(&fwd.jacobian), scale * j_norm + constants.b_norm);
+            let grad_norm_bounded = grad_norm
+                + precision.rounding_allowance(problem.inner_dim(), scale * b.nrm2(&fwd.w)?);
             bound::forward(
                 &constants,
                 grad_norm_bounded,

@@ -45,10 +45,11 @@ where
     let q_norm = b.nrm2(q)?;
     let error_bound = match problem.bound_constants(&inner.w)? {
         Some(constants) => {
-            let u = b.precision().epsilon();
+            let precision = b.precision();
             let scale = problem.smoothness_bound();
-            let residual_allowance = bound::rounding(u, dim, scale * q_norm + b.nrm2(&outer_grad)?);
-            let grad_allowance = bound::rounding(u, dim, scale * b.nrm2(&inner.w)?);
+            let residual_allowance =
+                precision.rounding_allowance(dim, scale * q_norm + b.nrm2(&outer_grad)?);
+            let grad_allowance = precision.rounding_allowance(dim, scale * b.nrm2(&inner.w)?);
             bound::implicit(
                 &constants,
                 inner.grad_norm + grad_allowance,

@@ -22,7 +22,7 @@
 //! depend on x), `L_f = 2σ_max(A)²` (∇f is 2AᵀA-Lipschitz) and `‖B‖ = 2σ_max(DᵀC)`; the
 //! largest curvature, for the step sizes, is `2σ_max(D)²`. The singular values come from a
 //! backward-stable SVD: each is exact for a matrix within `c·u·σ_max` of the true one, so each
-//! is moved by [`bound::rounding`] of `σ_max` in the safe direction (σ_min down, σ_max up).
+//! is moved by [`Precision::rounding_allowance`] of `σ_max` in the safe direction (σ_min down, σ_max up).
 //!
 //! The problem lives on the CPU in f64 (`CpuBackend<f64>`): its matrices are small (m×10) and
 //! its point is to compare errors down to the f64 rounding floor.
@@ -31,7 +31,6 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Precision;
 use crate::data::synthetic::QuadraticData;
 use crate::error::{Error, Result};
-use crate::hypergrad::bound;
 use crate::linalg;
 use crate::problem::{Bilevel, BoundConstants, InnerProblem};
 
@@ -209,13 +208,12 @@ impl QuadraticBilevel {
 fn constants(data: &QuadraticData, dtc: &[f64]) -> Result<QuadraticConstants> {
     let spec = data.spec;
     let (m, nx, nw) = (spec.m, spec.nx, spec.nw);
-    let u = Precision::F64.epsilon();
     let svd = |what: &str, a: &[f64], rows: usize, cols: usize| -> Result<(f64, f64)> {
         let s = linalg::singular_values(a, rows, cols)
             .map_err(|e| Error::Numerical(format!("quadratic: singular values of {what}: {e}")))?;
         let largest = s.first().copied().unwrap_or(0.0);
         let smallest = s.last().copied().unwrap_or(0.0);
-        let slack = bound::rounding(u, rows.max(cols), largest);
+        let slack = Precision::F64.rounding_allowance(rows.max(cols), largest);
         Ok((smallest - slack, largest + slack))
     };
     let (d_min, d_max) = svd("D", &data.d, m, nx)?;
@@ -223,7 +221,7 @@ fn constants(data: &QuadraticData, dtc: &[f64]) -> Result<QuadraticConstants> {
         return Err(Error::Numerical(format!(
             "quadratic: D (m×nx) is numerically rank-deficient (σ_min = {:.3e} ≤ its rounding \
              allowance), so the inner problem is not strongly convex; use more rows m",
-            d_min + bound::rounding(u, m.max(nx), d_max)
+            d_min + Precision::F64.rounding_allowance(m.max(nx), d_max)
         )));
     }
     let (_, a_max) = svd("A", &data.a, m, nx)?;
