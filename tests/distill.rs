@@ -139,6 +139,7 @@ fn tight_inner() -> InnerOptions {
         solver: Solver::Newton,
         tol: 1e-14,
         max_iters: 200,
+        minibatch: Default::default(),
     }
 }
 

@@ -170,6 +170,7 @@ fn tight_inner() -> InnerOptions {
         solver: Solver::Newton,
         tol: 1e-13,
         max_iters: 500,
+        minibatch: Default::default(),
     }
 }
 

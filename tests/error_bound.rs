@@ -233,6 +233,7 @@ fn reference_options() -> Options {
         solver: Solver::Newton,
         tol: 1e-15,
         max_iters: 60,
+        minibatch: Default::default(),
     };
     o
 }

@@ -8,6 +8,12 @@
 //!   g(w₀), and the hypergradient at its ŵ matches central finite differences of the outer
 //!   loss computed with the same solver;
 //! * capped, it reports `converged = false` and the gradient norm where it stopped.
+//!
+//! Mini-batch SGD (src/solver/sgd.rs): a step on a mini-batch is the gradient step of the same
+//! problem built on those rows alone (linear model and network); on the convex problems it
+//! converges to within the strong-convexity bound ‖∇g‖/μ of Newton-CG's minimiser; it trains a
+//! network to a moderate tolerance from its default step; a diverging step is halved back;
+//! capped, it reports where it stopped; problems that are not made of rows refuse it.
 
 mod common;
 #[path = "mlp_common/mod.rs"]
@@ -20,7 +26,7 @@ use hypergrad::backend::{Backend, GlmOps, Precision};
 use hypergrad::data::Dataset;
 use hypergrad::hypergrad::{compute, Method, Options};
 use hypergrad::problem::{Bilevel, GlmBilevel, HyperLayout, InnerProblem, MlpBilevel, ProblemKind};
-use hypergrad::solver::{self, InnerOptions, Solver};
+use hypergrad::solver::{self, InnerOptions, MiniBatch, Solver};
 use mlp_common::{teacher_data, RefNet};
 
 fn inner(solver: Solver, tol: f64, max_iters: usize) -> InnerOptions {
@@ -28,6 +34,7 @@ fn inner(solver: Solver, tol: f64, max_iters: usize) -> InnerOptions {
         solver,
         tol,
         max_iters,
+        minibatch: Default::default(),
     }
 }
 
@@ -220,4 +227,189 @@ fn capped_lbfgs_reports_where_it_stopped() {
     p.inner_value_grad(&sol.w, Some(&mut grad)).unwrap();
     let norm = b.nrm2(&grad).unwrap();
     assert!((norm - sol.grad_norm).abs() <= 1e-12 * norm.max(1.0));
+}
+
+// ---- mini-batch SGD (src/solver/sgd.rs) ---------------------------------------------------
+
+fn sgd_options(tol: f64, epochs: usize, batch: usize, step: Option<f64>) -> InnerOptions {
+    InnerOptions {
+        minibatch: MiniBatch {
+            batch,
+            step,
+            seed: 3,
+        },
+        ..inner(Solver::Sgd, tol, epochs)
+    }
+}
+
+/// `w − η ∇g_R(w)` from `reference`, the same problem built on the rows `R` alone.
+fn reference_step<P: InnerProblem<B = B64>>(reference: &P, w: &[f64], eta: f64) -> Vec<f64> {
+    let b = reference.backend();
+    let wb = b.upload(w).unwrap();
+    let mut g = b.zeros(w.len()).unwrap();
+    reference.inner_value_grad(&wb, Some(&mut g)).unwrap();
+    let g = b.download(&g).unwrap();
+    w.iter().zip(&g).map(|(w, g)| w - eta * g).collect()
+}
+
+/// One step of `problem` on `rows`, from `w`.
+fn step_on<P: InnerProblem<B = B64>>(problem: &P, rows: &[usize], w: &[f64], eta: f64) -> Vec<f64> {
+    let b = problem.backend();
+    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    let rows = b.upload_rows(&idx, problem.train_rows()).unwrap();
+    let mut wb = b.upload(w).unwrap();
+    problem.sgd_step(&mut wb, &rows, eta).unwrap();
+    b.download(&wb).unwrap()
+}
+
+#[test]
+fn an_sgd_step_is_the_gradient_step_of_the_problem_on_its_rows() {
+    let rows = [4, 0, 17, 9, 4, 30, 22];
+    let eta = 0.3;
+    // A linear model (softmax, one λ per class): the reference is the problem on those rows.
+    let inst = instance(ProblemKind::Softmax, HyperLayout::PerClass, 2);
+    let p = &inst.problem;
+    let theta = p.theta().to_vec();
+    let sub = softmax_problem(
+        B64::new(),
+        (&inst.train.select(&rows), &inst.val),
+        inst.l2,
+        &theta,
+    );
+    let w: Vec<f64> = (0..p.inner_dim())
+        .map(|i| 0.1 * ((i * 7 % 5) as f64 - 2.0))
+        .collect();
+    let got = step_on(p, &rows, &w, eta);
+    let want = reference_step(&sub, &w, eta);
+    assert!(
+        max_abs_diff(&got, &want) < 1e-13,
+        "linear: {got:?} vs {want:?}"
+    );
+    // A network, from its w₀.
+    let net = network_problem(0);
+    let (all, _) = teacher_data(&RefNet::new(&[3, 8, 3], Activation::Tanh), 80, 2.0, 0);
+    let train = all.select(&(0..60).collect::<Vec<_>>());
+    let val = all.select(&(60..80).collect::<Vec<_>>());
+    let mut sub = MlpBilevel::new(
+        B64::new(),
+        ProblemKind::Softmax,
+        HyperLayout::PerLayer,
+        &[8],
+        Activation::Tanh,
+        &train.select(&rows),
+        &val,
+        0.0,
+        0,
+    )
+    .unwrap();
+    sub.set_theta(net.theta()).unwrap();
+    let w = net
+        .backend()
+        .download(&net.initial_point().unwrap())
+        .unwrap();
+    let got = step_on(&net, &rows, &w, eta);
+    let want = reference_step(&sub, &w, eta);
+    assert!(max_abs_diff(&got, &want) < 1e-13, "network step differs");
+}
+
+#[test]
+fn sgd_reaches_newtons_minimiser_on_a_convex_problem() {
+    for (kind, layout) in [
+        (ProblemKind::Softmax, HyperLayout::PerClass),
+        (ProblemKind::Hyperclean, HyperLayout::PerSample),
+    ] {
+        let inst = instance(kind, layout, 1);
+        let p = &inst.problem;
+        let b = p.backend();
+        let newton = solver::solve(p, None, &inner(Solver::Newton, 1e-12, 200)).unwrap();
+        let sgd = solver::solve(p, None, &sgd_options(1e-4, 20_000, 8, None)).unwrap();
+        assert!(
+            sgd.converged,
+            "{kind:?}: ‖∇g‖ = {} after {} epochs",
+            sgd.grad_norm, sgd.iters
+        );
+        let (wn, ws) = (b.download(&newton.w).unwrap(), b.download(&sgd.w).unwrap());
+        // Strong convexity: ‖w − ŵ‖ ≤ ‖∇g(w)‖/μ (Newton's ŵ is exact to 1e-12 relative).
+        let err = ws
+            .iter()
+            .zip(&wn)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
+        let bound = sgd.grad_norm / p.strong_convexity();
+        assert!(
+            err <= bound * (1.0 + 1e-6),
+            "{kind:?}: {err:.2e} from Newton's ŵ, bound {bound:.2e}"
+        );
+        assert!(err > 0.0 && sgd.value >= newton.value - 1e-12);
+    }
+}
+
+#[test]
+fn sgd_trains_a_network_to_tolerance_from_its_default_step() {
+    for seed in 0..2 {
+        let p = network_problem(seed);
+        let w0 = p.initial_point().unwrap();
+        let g0 = p.inner_value_grad(&w0, None).unwrap();
+        let sol = solver::solve(&p, None, &sgd_options(1e-3, 20_000, 16, None)).unwrap();
+        assert!(
+            sol.converged,
+            "seed {seed}: ‖∇g‖ = {} after {} epochs",
+            sol.grad_norm, sol.iters
+        );
+        assert!(
+            sol.value < g0,
+            "seed {seed}: g rose from {g0} to {}",
+            sol.value
+        );
+    }
+}
+
+#[test]
+fn capped_sgd_reports_where_it_stopped_and_a_diverging_step_is_halved() {
+    let p = network_problem(1);
+    let sol = solver::solve(&p, None, &sgd_options(1e-12, 3, 16, None)).unwrap();
+    assert!(!sol.converged);
+    assert_eq!(sol.iters, 3);
+    let b = p.backend();
+    let mut grad = b.zeros(p.inner_dim()).unwrap();
+    let value = p.inner_value_grad(&sol.w, Some(&mut grad)).unwrap();
+    assert!((b.nrm2(&grad).unwrap() - sol.grad_norm).abs() <= 1e-12 * sol.grad_norm.max(1.0));
+    assert_eq!(value, sol.value);
+    // A step of 1e6 overshoots every epoch at first; the halvings bring g below g(w₀).
+    let w0 = p.initial_point().unwrap();
+    let g0 = p.inner_value_grad(&w0, None).unwrap();
+    let sol = solver::solve(&p, None, &sgd_options(1e-12, 60, 16, Some(1e6))).unwrap();
+    assert!(
+        sol.value.is_finite() && sol.value < g0,
+        "g = {} (g(w₀) = {g0})",
+        sol.value
+    );
+}
+
+#[test]
+fn sgd_refuses_problems_without_rows_and_bad_settings() {
+    use hypergrad::data::synthetic::QuadraticSpec;
+    use hypergrad::problem::QuadraticBilevel;
+    let spec = QuadraticSpec {
+        m: 40,
+        nx: 4,
+        nw: 4,
+        noise: 0.01,
+        seed: 1,
+    };
+    let q = QuadraticBilevel::new(spec.generate()).unwrap();
+    let err = solver::solve(&q, None, &sgd_options(1e-6, 10, 8, None))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--inner-solver"), "{err}");
+    let p = network_problem(0);
+    let err = solver::solve(&p, None, &sgd_options(1e-6, 10, 0, None))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--batch-size"), "{err}");
+    let err = solver::solve(&p, None, &sgd_options(1e-6, 10, 8, Some(-1.0)))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--inner-lr"), "{err}");
 }

@@ -593,3 +593,70 @@ fn bench_nhgd_times_a_network_against_the_plain_loop() {
     let out = hypergrad(&["bench", "nhgd", "--model", "mlp:x"]);
     assert_one_line_error(&out, &["--model", "'x'"]);
 }
+
+/// `--inner-solver sgd` trains the network by mini-batches (`--batch-size`, `--inner-lr`,
+/// `--seed`) and reports how it stopped, converged or capped (its accuracy against Newton-CG is
+/// tests/inner_solvers.rs's); a problem that is not made of rows refuses it in one line.
+/// (At 1e-2, ŵ sits where H is still indefinite, which CG reports as an error, by design.)
+#[test]
+fn grad_with_an_sgd_trained_network_reports_how_sgd_stopped() {
+    let common = [
+        "--model",
+        "mlp:4",
+        "--hyper",
+        "per-layer",
+        "--theta",
+        "-3",
+        "--inner-solver",
+        "sgd",
+        "--batch-size",
+        "32",
+    ];
+    let sgd = grad_json(
+        &[
+            &common[..],
+            &[
+                "--method",
+                "cg",
+                "--inner-tol",
+                "1e-3",
+                "--inner-iters",
+                "20000",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(sgd["inner_solver"], "sgd");
+    assert_eq!(sgd["inner_converged"], true, "{sgd}");
+    assert!(sgd["inner_iters"].as_u64().expect("epochs") >= 1, "{sgd}");
+    assert!(vector(&sgd["hypergradient"]).iter().all(|v| v.is_finite()));
+    // Capped: converged false, the epochs and the gradient norm it stopped at (neumann: CG
+    // would refuse the indefinite H at so early a point).
+    let capped = grad_json(
+        &[
+            &common[..],
+            &[
+                "--method",
+                "neumann",
+                "--inner-tol",
+                "1e-8",
+                "--inner-iters",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(capped["inner_converged"], false);
+    assert_eq!(capped["inner_iters"], 2);
+    assert!(capped["inner_grad_norm"].as_f64().expect("a norm") > 0.0);
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--train",
+        "synthetic:quadratic:m=40,nx=4,nw=4,seed=1",
+        "--inner-solver",
+        "sgd",
+    ]);
+    assert_one_line_error(&out, &["--inner-solver"]);
+}

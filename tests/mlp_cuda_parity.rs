@@ -475,6 +475,7 @@ mod checks {
             solver: Solver::Newton,
             tol: 1e-13,
             max_iters: 500,
+            minibatch: Default::default(),
         };
         o.linear_tol = 1e-13;
         o

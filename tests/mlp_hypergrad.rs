@@ -91,6 +91,7 @@ fn tight_inner() -> InnerOptions {
         solver: Solver::Newton,
         tol: 1e-13,
         max_iters: 500,
+        minibatch: Default::default(),
     }
 }
 
@@ -406,6 +407,7 @@ fn the_inner_solve_starts_from_the_seeded_initialisation() {
             solver: Solver::Newton,
             tol: 1e-10,
             max_iters: 200,
+            minibatch: Default::default(),
         };
         let a = solver::solve(&p, None, &inner).unwrap();
         let b = solver::solve(&p, Some(&p.initial_point().unwrap()), &inner).unwrap();

@@ -356,6 +356,7 @@ fn nhgd_at_optimum(representation: Representation, n: usize, l2: f64) -> (f64, f
         solver: Solver::Newton,
         tol: 1e-12,
         max_iters: 500,
+        minibatch: Default::default(),
     };
     // The inner solve starts at the teacher's parameters: from w₀ a network may settle in
     // another local minimum, where the model is not well specified.

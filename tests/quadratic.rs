@@ -261,11 +261,13 @@ fn a_posteriori_bound_holds_at_every_cg_iteration_count() {
                 solver: Solver::Gd,
                 tol: 0.0,
                 max_iters: 40,
+                minibatch: Default::default(),
             },
             InnerOptions {
                 solver: Solver::Gd,
                 tol: 0.0,
                 max_iters: 5,
+                minibatch: Default::default(),
             },
         ];
         for inner in inners {

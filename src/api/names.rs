@@ -78,6 +78,7 @@ pub enum InnerSolverName {
     Agd,
     Newton,
     Lbfgs,
+    Sgd,
 }
 
 /// `--l1-solver` of the ℓ1 problems.

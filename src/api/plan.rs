@@ -16,7 +16,7 @@ use crate::hypergrad::{Method, Options};
 use crate::l1::{L1Kind, L1Method, L1Options, L1Solver};
 use crate::outer::OuterOpt;
 use crate::problem::{HyperLayout, ProblemKind};
-use crate::solver::Solver;
+use crate::solver::{MiniBatch, Solver};
 use crate::{Error, Result};
 
 /// A problem of either family with its method.
@@ -167,6 +167,12 @@ impl SmoothPlan {
             InnerSolverName::Agd => Solver::Agd,
             InnerSolverName::Newton => Solver::Newton,
             InnerSolverName::Lbfgs => Solver::Lbfgs,
+            InnerSolverName::Sgd => Solver::Sgd,
+        };
+        opts.inner.minibatch = MiniBatch {
+            batch: settings.batch_size,
+            step: settings.inner_lr,
+            seed: settings.seed,
         };
         if let Some(tol) = settings.inner_tol {
             opts.inner.tol = tol;

@@ -139,7 +139,7 @@ pub struct EstimatorArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
     pub inner_tol: Option<f64>,
 
-    /// Most inner-solver iterations.
+    /// Most inner-solver iterations (epochs for sgd).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub inner_iters: usize,
 

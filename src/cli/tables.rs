@@ -1,6 +1,7 @@
 //! The tables `grad` and `run` print (without `--json`), one function per report kind.
 
 use crate::api::{L1Outcome, L1Report, SmoothOutcome, SmoothReport};
+use crate::solver::Solver;
 
 /// `grad` on a smooth problem.
 pub fn smooth_report(r: &SmoothReport) {
@@ -38,8 +39,13 @@ pub fn smooth_report(r: &SmoothReport) {
     let inner = if h.method.is_trajectory() {
         format!("{} fixed-size gradient steps", h.inner_iters)
     } else {
+        // sgd counts epochs (passes over the rows), the others steps.
+        let unit = match r.inner_solver {
+            Solver::Sgd => "epochs",
+            _ => "iterations",
+        };
         format!(
-            "{} inner solver, {} iterations",
+            "{} inner solver, {} {unit}",
             r.inner_solver.name(),
             h.inner_iters
         )

@@ -530,6 +530,27 @@ impl<B: GlmOps> InnerProblem for GlmBilevel<B> {
             * self.train.weighted_norm_power(self.train_weights_host(), 2);
         data + self.state.lambda.iter().copied().fold(0.0, f64::max)
     }
+
+    fn train_rows(&self) -> usize {
+        self.train.n
+    }
+
+    /// The fused step of the stochastic methods' inner loop (`glm_sgd_step`).
+    fn sgd_step(&self, w: &mut B::Buf, rows: &B::Rows, step: f64) -> Result<()> {
+        let b = &self.backend;
+        let mut factors = b.zeros(b.rows_len(rows) * self.c)?;
+        b.glm_sgd_step(
+            &self.train.x,
+            self.loss,
+            &self.train.y,
+            self.train_weights(),
+            rows,
+            &self.state.reg_diag,
+            step,
+            w,
+            &mut factors,
+        )
+    }
 }
 
 impl<B: GlmOps> Bilevel for GlmBilevel<B> {

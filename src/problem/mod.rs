@@ -17,7 +17,7 @@ pub use mlp::MlpBilevel;
 pub use quadratic::QuadraticBilevel;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A backend buffer of problem `P`.
 pub type Buf<P> = <<P as InnerProblem>::B as Backend>::Buf;
@@ -59,6 +59,29 @@ pub trait InnerProblem {
     fn initial_point(&self) -> Result<Buf<Self>> {
         self.backend().zeros(self.inner_dim())
     }
+    /// The training rows `g` averages its loss over, which a mini-batch solver draws from
+    /// (`--inner-solver sgd`); 0 for a problem that is not an average over rows.
+    fn train_rows(&self) -> usize {
+        0
+    }
+    /// One mini-batch SGD step on `g`: `w ← w − η ((1/b) Σ_{i∈rows} s_i ∇ℓ_i(w) + R w)`, the
+    /// unbiased estimate of `∇g(w)` from the `b` rows (uploaded for [`Self::train_rows`]).
+    fn sgd_step(
+        &self,
+        _w: &mut Buf<Self>,
+        _rows: &<Self::B as Backend>::Rows,
+        _step: f64,
+    ) -> Result<()> {
+        Err(not_made_of_rows())
+    }
+}
+
+/// The error of a mini-batch solver on a problem that is not an average over rows.
+pub(crate) fn not_made_of_rows() -> Error {
+    Error::option(
+        "--inner-solver",
+        "sgd draws mini-batches of training rows, and this problem's inner loss is not an average over rows: use newton, lbfgs, gd or agd",
+    )
 }
 
 /// The Lipschitz constants and norms that the a posteriori bound of SPEC §4 needs, at `ŵ`.

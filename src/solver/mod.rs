@@ -1,5 +1,5 @@
-//! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient, Newton-CG and
-//! L-BFGS.
+//! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient, Newton-CG,
+//! L-BFGS and mini-batch SGD.
 //!
 //! All stop when `‖∇g(w)‖ ≤ tol · ‖∇g(w₀)‖` (a scale-free criterion: the gradient at the
 //! problem's initial point — the origin for the linear models, the seeded `w₀` of a network —
@@ -10,6 +10,9 @@ pub mod gd;
 pub mod lbfgs;
 pub mod linear;
 pub mod newton;
+pub mod sgd;
+
+pub use sgd::MiniBatch;
 
 use crate::backend::{Backend, Precision};
 use crate::error::{Error, Result};
@@ -29,6 +32,9 @@ pub enum Solver {
     /// L-BFGS with Armijo backtracking (memory [`lbfgs::MEMORY`]): one gradient a step, no
     /// Hessian-vector product; for large networks trained to a tight tolerance.
     Lbfgs,
+    /// Mini-batch SGD, the gradient checked once an epoch, the step halved when an epoch
+    /// does not lower `g` ([`sgd`]); for problems made of training rows.
+    Sgd,
 }
 
 impl Solver {
@@ -38,6 +44,7 @@ impl Solver {
             Solver::Agd => "agd",
             Solver::Newton => "newton",
             Solver::Lbfgs => "lbfgs",
+            Solver::Sgd => "sgd",
         }
     }
 }
@@ -48,7 +55,10 @@ pub struct InnerOptions {
     pub solver: Solver,
     /// Relative gradient tolerance: stop when `‖∇g(w)‖ ≤ tol · ‖∇g(0)‖`.
     pub tol: f64,
+    /// Most iterations (epochs for [`Solver::Sgd`]).
     pub max_iters: usize,
+    /// The mini-batch settings of [`Solver::Sgd`].
+    pub minibatch: MiniBatch,
 }
 
 impl InnerOptions {
@@ -62,6 +72,7 @@ impl InnerOptions {
                 Precision::F32 => 1e-5,
             },
             max_iters: 1000,
+            minibatch: MiniBatch::default(),
         }
     }
 }
@@ -101,6 +112,7 @@ pub fn solve<P: InnerProblem>(
         Solver::Agd => gd::gradient_descent(problem, w, threshold, opts.max_iters, true),
         Solver::Newton => newton::newton_cg(problem, w, threshold, opts.max_iters),
         Solver::Lbfgs => lbfgs::lbfgs(problem, w, threshold, opts.max_iters),
+        Solver::Sgd => sgd::sgd(problem, w, threshold, opts.max_iters, &opts.minibatch),
     }
 }
 

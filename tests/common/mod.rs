@@ -161,6 +161,7 @@ pub fn tight_inner() -> InnerOptions {
         solver: Solver::Newton,
         tol: 1e-13,
         max_iters: 200,
+        minibatch: Default::default(),
     }
 }
 
