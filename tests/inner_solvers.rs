@@ -153,8 +153,13 @@ fn lbfgs_needs_a_fraction_of_gradient_descents_iterations_when_ill_conditioned()
 /// A network problem (3 inputs, tanh hidden layer of 8, 3 classes) on data from a teacher
 /// network of the same shape.
 fn network_problem(seed: u64) -> MlpBilevel<B64> {
+    network_problem_on(seed, &(0..60).collect::<Vec<_>>())
+}
+
+/// [`network_problem`] with only the given rows of its 60 training rows (same seed and θ).
+fn network_problem_on(seed: u64, rows: &[usize]) -> MlpBilevel<B64> {
     let (all, _) = teacher_data(&RefNet::new(&[3, 8, 3], Activation::Tanh), 80, 2.0, seed);
-    let train = all.select(&(0..60).collect::<Vec<_>>());
+    let train = all.select(rows);
     let val = all.select(&(60..80).collect::<Vec<_>>());
     let mut p = MlpBilevel::new(
         B64::new(),
@@ -287,22 +292,8 @@ fn an_sgd_step_is_the_gradient_step_of_the_problem_on_its_rows() {
     );
     // A network, from its w₀.
     let net = network_problem(0);
-    let (all, _) = teacher_data(&RefNet::new(&[3, 8, 3], Activation::Tanh), 80, 2.0, 0);
-    let train = all.select(&(0..60).collect::<Vec<_>>());
-    let val = all.select(&(60..80).collect::<Vec<_>>());
-    let mut sub = MlpBilevel::new(
-        B64::new(),
-        ProblemKind::Softmax,
-        HyperLayout::PerLayer,
-        &[8],
-        Activation::Tanh,
-        &train.select(&rows),
-        &val,
-        0.0,
-        0,
-    )
-    .unwrap();
-    sub.set_theta(net.theta()).unwrap();
+    let sub = network_problem_on(0, &rows);
+
     let w = net
         .backend()
         .download(&net.initial_point().unwrap())

@@ -80,7 +80,7 @@ use crate::backend::{Backend, FisherOps, Groups};
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
-use crate::solver::linear;
+use crate::solver::sgd::step_from_curvature;
 
 /// Largest P for which `dense` keeps a P×P matrix (P² f64 = 512 MiB at 8192).
 pub const DENSE_MAX_DIM: usize = 8192;
@@ -287,7 +287,7 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             // The power iteration costs 50 Hessian-vector products over all training rows:
             // only when the step is not given.
             Some(_) => f64::NAN,
-            None => curvature_step(problem, &w)?,
+            None => step_from_curvature(problem, &w)?,
         };
         Ok(MlpNhgd {
             opts,
@@ -351,7 +351,7 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
     /// curvature.
     pub fn refresh_inner_lr(&mut self, problem: &MlpBilevel<B>) -> Result<()> {
         if self.opts.inner_lr.is_none() {
-            self.default_lr = curvature_step(problem, &problem.initial_point()?)?;
+            self.default_lr = step_from_curvature(problem, &problem.initial_point()?)?;
         }
         Ok(())
     }
@@ -602,27 +602,6 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             sketches,
         })
     }
-}
-
-/// `1/L̂`, `L̂` 1.05 times the largest eigenvalue magnitude of `H(w)` (module docs).
-fn curvature_step<B: MlpOps>(problem: &MlpBilevel<B>, w: &B::Buf) -> Result<f64> {
-    let h = problem.hessian(w)?;
-    // Power iteration finds the eigenvalue of largest magnitude, which at w₀ can be a negative
-    // one (H is indefinite away from a minimiser): its magnitude bounds the curvature either
-    // way.
-    let top = linear::largest_eigenvalue(
-        problem.backend(),
-        |v, out| problem.hvp(&h, v, out),
-        problem.inner_dim(),
-        50,
-    )?
-    .abs();
-    if !(top > 0.0 && top.is_finite()) {
-        return Err(Error::Numerical(format!(
-            "the curvature {top} at w₀ gives no SGD step; give --inner-lr"
-        )));
-    }
-    Ok(1.0 / (1.05 * top))
 }
 
 /// The per-step inputs of one inner loop, uploaded before it starts.

@@ -130,6 +130,15 @@ fn default_step<P: InnerProblem>(problem: &P, w: &Buf<P>) -> Result<f64> {
     if bound > 0.0 && bound.is_finite() {
         return Ok(1.0 / bound);
     }
+    step_from_curvature(problem, w)
+}
+
+/// `1/(1.05 |λ|)`, `λ` the eigenvalue of largest magnitude of the curvature at `w`
+/// ([`InnerProblem::step_curvature`]; 50 steps of power iteration): the SGD step of a problem
+/// with no global curvature bound (a network), here and in NHGD's inner loop. At a point away
+/// from a minimiser `H` may be indefinite and `λ` negative; its magnitude bounds the curvature
+/// either way. A heuristic, where the linear models' `1/L` is a bound.
+pub fn step_from_curvature<P: InnerProblem>(problem: &P, w: &Buf<P>) -> Result<f64> {
     let h = problem.step_curvature(w)?;
     let top = linear::largest_eigenvalue(
         problem.backend(),
