@@ -367,6 +367,13 @@ fn capped_sgd_reports_where_it_stopped_and_a_diverging_step_is_halved() {
     let value = p.inner_value_grad(&sol.w, Some(&mut grad)).unwrap();
     assert!((b.nrm2(&grad).unwrap() - sol.grad_norm).abs() <= 1e-12 * sol.grad_norm.max(1.0));
     assert_eq!(value, sol.value);
+    // Capped in the middle of a stall (a step too large to be accepted, not yet halved): the
+    // point returned is the one its value and gradient norm describe (w₀ here).
+    let stalled = solver::solve(&p, None, &sgd_options(1e-12, 2, 16, Some(1e6))).unwrap();
+    let mut grad = b.zeros(p.inner_dim()).unwrap();
+    let value = p.inner_value_grad(&stalled.w, Some(&mut grad)).unwrap();
+    assert_eq!(value, stalled.value);
+    assert_eq!(b.nrm2(&grad).unwrap(), stalled.grad_norm);
     // A step of 1e6 overshoots every epoch at first; the halvings bring g below g(w₀).
     let w0 = p.initial_point().unwrap();
     let g0 = p.inner_value_grad(&w0, None).unwrap();

@@ -114,6 +114,9 @@ pub fn sgd<P: InnerProblem>(
             }
         }
     }
+    // The epochs since the last accepted one may have left w above g(kept): return the point
+    // that value and grad_norm describe.
+    b.copy(&kept, &mut w)?;
     check_finite(value, grad_norm, Solver::Sgd)?;
     Ok(InnerSolution {
         w,
