@@ -1007,6 +1007,117 @@ fn check_per_sample_kfac<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) 
     }
 }
 
+/// Every backend refuses the same bad GLM operands, with the same error, before a kernel reads
+/// past a buffer: row weights, labels or a per-sample scale of the wrong length, and a
+/// mini-batch whose indices were uploaded for a larger design.
+fn check_bad_glm_operands<G: GlmOps>(g: &G, ctx: &Ctx) {
+    let loss = Loss::Softmax { classes: 3 };
+    let (n, d) = (20, 6);
+    let dt = glm(loss, n, d, 77);
+    let on = put(g, &dt, &dt.x);
+    let short = g.upload(&vec![1.0; n - 1]).unwrap();
+    let expect = |err: hypergrad::Error, needle: &str, what: &str| {
+        assert!(
+            err.to_string().contains(needle),
+            "{} {what}: {err}",
+            ctx.tag
+        );
+    };
+    let mut grad = g.zeros(3 * d).unwrap();
+    let err = g
+        .glm_value_grad(
+            &on.x,
+            loss,
+            &on.y,
+            Some(&short),
+            &on.w,
+            1.0,
+            Some(&mut grad),
+        )
+        .unwrap_err();
+    expect(err, "row weights", "glm_value_grad");
+    let err = g
+        .glm_curvature(&on.x, loss, &on.y, Some(&short), &on.w, 1.0)
+        .err()
+        .expect("refused");
+    expect(err, "row weights", "glm_curvature");
+    let rows = g.upload_rows(&[0, 5, 19], n).unwrap();
+    let reg = g.upload(&vec![0.1; 3 * d]).unwrap();
+    let (mut w, mut factors) = (g.upload(&dt.w).unwrap(), g.zeros(3 * 3).unwrap());
+    let err = g
+        .glm_sgd_step(
+            &on.x,
+            loss,
+            &short,
+            None,
+            &rows,
+            &reg,
+            0.1,
+            &mut w,
+            &mut factors,
+        )
+        .unwrap_err();
+    expect(err, "labels", "glm_sgd_step");
+    let err = g
+        .glm_sgd_step(
+            &on.x,
+            loss,
+            &on.y,
+            Some(&short),
+            &rows,
+            &reg,
+            0.1,
+            &mut w,
+            &mut factors,
+        )
+        .unwrap_err();
+    expect(err, "row weights", "glm_sgd_step");
+    // Indices uploaded for 40 rows, one of them past this design's 20.
+    let wide = g.upload_rows(&[0, 5, 39], 40).unwrap();
+    let err = g
+        .glm_sgd_step(
+            &on.x,
+            loss,
+            &on.y,
+            None,
+            &wide,
+            &reg,
+            0.1,
+            &mut w,
+            &mut factors,
+        )
+        .unwrap_err();
+    expect(err, "row ind", "glm_sgd_step with a batch of a larger design");
+    let scale = g.upload(&[1.0; 4]).unwrap();
+    let mut out = g.zeros(3 * 3 * d).unwrap();
+    let err = g
+        .glm_per_sample_gradients(&on.x, &rows, &factors, Some(&scale), &mut out)
+        .unwrap_err();
+    expect(err, "per-sample scale", "glm_per_sample_gradients");
+    let (mut xx, mut gg) = (g.zeros(d * d).unwrap(), g.zeros(9).unwrap());
+    let err = g
+        .glm_kfac_factors(
+            &on.x,
+            &rows,
+            &factors,
+            Some(&scale),
+            1.0,
+            0.0,
+            &mut xx,
+            &mut gg,
+        )
+        .unwrap_err();
+    expect(err, "per-sample scale", "glm_kfac_factors");
+    let err = g
+        .glm_kfac_factors(&on.x, &wide, &factors, None, 1.0, 0.0, &mut xx, &mut gg)
+        .unwrap_err();
+    expect(
+        err,
+        "row ind",
+        "glm_kfac_factors with a batch of a larger design",
+    );
+}
+
 fn check_upload_rows<G: Backend>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     for (rows, n) in [
@@ -1389,6 +1500,12 @@ fn glm_sgd_step_with_rows() {
 fn glm_per_sample_gradients_and_kfac_factors() {
     let Some(gpu) = gpu() else { return };
     check_per_sample_kfac(&gpu, &Ctx::f32(gpu.name()), &sizes());
+}
+
+#[test]
+fn bad_glm_operands_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    check_bad_glm_operands(&gpu, &Ctx::f32(gpu.name()));
 }
 
 #[test]
@@ -1839,6 +1956,12 @@ mod cpu_f32_stand_in {
     #[test]
     fn per_sample_and_kfac() {
         check_per_sample_kfac(&f32(), &ctx(), &sizes());
+    }
+
+    #[test]
+    fn bad_glm_operands() {
+        check_bad_glm_operands(&f32(), &ctx());
+        check_bad_glm_operands(&Cpu::new(), &Ctx::f32("cpu-f64"));
     }
 
     #[test]

@@ -104,6 +104,15 @@ impl<T: Real> CpuBackend<T> {
         }
     }
 
+    /// Refuses row indices (a mini-batch uploaded for some design) that a design of `n` rows
+    /// does not have, before a kernel indexes with them.
+    pub(in crate::backend) fn check_rows_fit(rows: &[usize], n: usize) -> Result<()> {
+        match rows.iter().find(|&&r| r >= n) {
+            Some(r) => Err(Error::Dimension(format!("row index {r} is not below {n}"))),
+            None => Ok(()),
+        }
+    }
+
     pub(in crate::backend) fn record_pass(&self, x: &CpuMatrix<T>) {
         let bytes = (x.data.len() * std::mem::size_of::<T>()) as u64;
         self.counters.passes.fetch_add(1, Ordering::Relaxed);

@@ -196,6 +196,21 @@ pub struct CudaRows {
     pub(in crate::backend) bound: usize,
 }
 
+impl CudaRows {
+    /// Refuses indices uploaded for more rows than a design of `n` has. They were checked
+    /// against `bound` when uploaded; reading them back to check them again would cost a sync
+    /// every step.
+    pub(in crate::backend) fn check_fits(&self, n: usize) -> Result<()> {
+        if self.bound > n {
+            return Err(Error::Dimension(format!(
+                "the mini-batch's row indices were uploaded for {} rows, the design has {n}",
+                self.bound
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The CUDA backend on one device. Clones share the context, stream and counters;
 /// [`crate::backend::Backend::fork`] gives a handle on a second stream (same context,
 /// buffers, kernels and counters) with its own cuBLAS handle and markers.

@@ -53,6 +53,31 @@ impl CudaBackend {
         }
     }
 
+    /// The `count` design rows whose indices start at the device address `rows`, gathered
+    /// into f32 (a bf16 design widened exactly): `out[p·d + t] = x[rows[p]·d + t]`
+    /// (`hg_gather_rows` of blas1.cu). For a mini-batch's K-FAC factor and a network's tape.
+    pub(in crate::backend) fn gather_rows(
+        &self,
+        x: &CudaDesign,
+        rows: u64,
+        count: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let out = self.alloc_written_f32(count * x.d)?;
+        let (x_ptr, storage) = self.design_ptr(x);
+        self.launch(
+            &format!("hg_gather_rows_{storage}"),
+            grid_1d(count * x.d),
+            &[
+                Arg::Ptr(x_ptr),
+                Arg::Ptr(rows),
+                Arg::I32(int("rows", count)?),
+                Arg::I32(int("features", x.d)?),
+                Arg::Ptr(self.ptr(&out)),
+            ],
+        )?;
+        Ok(out)
+    }
+
     pub(in crate::backend) fn opt(&self, buf: Option<&CudaSlice<f32>>) -> Arg {
         buf.map_or(NULL, |b| Arg::Ptr(self.ptr(b)))
     }

@@ -15,6 +15,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use super::{check_operands, check_per_sample, check_sgd_operands};
 use super::{Curvature, GlmOps, Loss};
 use crate::backend::cpu::{
     axpy, class_of, sigmoid, softmax_into, softplus, CpuBackend, CpuMatrix, Real, PARALLEL_MIN_WORK,
@@ -22,7 +23,7 @@ use crate::backend::cpu::{
 use crate::backend::shape::{check_len, per_part};
 use crate::backend::skinny::{self, SKINNY_MAX_WIDTH};
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Loss of one row and its gradient with respect to `z` (written into `g`, length c).
 /// `p` is scratch of length c.
@@ -212,23 +213,6 @@ fn row_times<T: Real>(xi: &[T], m: &[T], z: &mut [f64]) {
     }
 }
 
-/// Checks the shapes of a GLM kernel's operands; returns `(c, d)`.
-fn check_glm_operands<T: Real>(
-    x: &CpuMatrix<T>,
-    loss: Loss,
-    y: &[T],
-    row_weights: Option<&Vec<T>>,
-    w: &[T],
-) -> Result<(usize, usize)> {
-    let c = loss.outputs();
-    check_len("labels", y.len(), x.n)?;
-    check_len("inner variable", w.len(), c * x.d)?;
-    if let Some(s) = row_weights {
-        check_len("row weights", s.len(), x.n)?;
-    }
-    Ok((c, x.d))
-}
-
 impl<T: Real> GlmOps for CpuBackend<T> {
     fn glm_value_grad(
         &self,
@@ -241,7 +225,13 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         grad: Option<&mut Vec<T>>,
     ) -> Result<f64> {
         self.record_pass(x);
-        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
         let (acc, total) = project_rows(x, w, grad.is_some(), |i, z, scratch| {
             // scratch: z (c) | g (c) | p (c), in f64.
             scratch.resize(3 * c, 0.0);
@@ -278,7 +268,13 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         scale: f64,
     ) -> Result<Curvature<Self>> {
         self.record_pass(x);
-        let (c, _) = check_glm_operands(x, loss, y, row_weights, w)?;
+        let (c, _) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
         let weight = |i: usize| scale * row_weights.map_or(1.0, |s| s[i].to_f64());
         let mut row_scale = vec![T::zero(); x.n];
         let mut probs = match loss {
@@ -370,7 +366,7 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         w: &Vec<T>,
     ) -> Result<Vec<T>> {
         self.record_pass(x);
-        let (c, _) = check_glm_operands(x, loss, y, None, w)?;
+        let (c, _) = check_operands(loss, (x.n, x.d), y.len(), None, w.len())?;
         let mut out = vec![T::zero(); x.n * c];
         let (mut g, mut p) = (vec![0.0; c], vec![0.0; c]);
         per_row_products(x, w, &mut out, c, move |i, z, gi| {
@@ -434,14 +430,15 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         factors: &mut Vec<T>,
     ) -> Result<()> {
         self.record_pass(x);
-        let (c, d) = check_glm_operands(x, loss, y, row_weights, w)?;
-        check_len("regulariser diagonal", reg.len(), c * d)?;
-        check_len("per-sample factors", factors.len(), rows.len() * c)?;
-        if rows.is_empty() {
-            return Err(Error::Dimension(
-                "an SGD step needs a non-empty batch".into(),
-            ));
-        }
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
+        check_sgd_operands((c, d), rows.len(), reg.len(), factors.len())?;
+        Self::check_rows_fit(rows, x.n)?;
         let mut grad = vec![T::zero(); c * d];
         let (mut z, mut g, mut p) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
         for (pos, &i) in rows.iter().enumerate() {
@@ -470,12 +467,10 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         out: &mut Vec<T>,
     ) -> Result<()> {
         let b = rows.len();
-        let c = per_part("per-sample factors", factors.len(), b)?;
+        let c = check_per_sample(b, factors.len(), scale.map(|s| s.len()))?;
         let d = x.d;
         check_len("per-sample gradients", out.len(), b * c * d)?;
-        if let Some(s) = scale {
-            check_len("per-sample scale", s.len(), b)?;
-        }
+        Self::check_rows_fit(rows, x.n)?;
         out.par_chunks_mut(c * d)
             .enumerate()
             .for_each(|(pos, row)| {
@@ -503,8 +498,11 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         gg: &mut Vec<T>,
     ) -> Result<()> {
         let b = rows.len();
-        let c = per_part("per-sample factors", factors.len(), b)?;
+        let c = check_per_sample(b, factors.len(), scale.map(|s| s.len()))?;
         let d = x.d;
+        check_len("K-FAC input factor", xx.len(), d * d)?;
+        check_len("K-FAC output factor", gg.len(), c * c)?;
+        Self::check_rows_fit(rows, x.n)?;
         let mut gathered = Vec::with_capacity(b * d);
         for &i in rows {
             gathered.extend_from_slice(x.row(i));
@@ -520,14 +518,11 @@ impl<T: Real> GlmOps for CpuBackend<T> {
             xx,
         )?;
         let weighted: Vec<T> = match scale {
-            Some(s) => {
-                check_len("per-sample scale", s.len(), b)?;
-                factors
-                    .chunks_exact(c)
-                    .zip(s)
-                    .flat_map(|(g, &sp)| g.iter().map(move |&v| sp * v))
-                    .collect()
-            }
+            Some(s) => factors
+                .chunks_exact(c)
+                .zip(s)
+                .flat_map(|(g, &sp)| g.iter().map(move |&v| sp * v))
+                .collect(),
             None => factors.clone(),
         };
         self.gemm(true, false, (c, c, b), alpha, &weighted, factors, beta, gg)

@@ -6,7 +6,7 @@
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 
-use super::{Curvature, GlmOps, Loss};
+use super::{check_operands, check_per_sample, check_sgd_operands, Curvature, GlmOps, Loss};
 use crate::backend::cuda::{
     driver_error, grid_1d, int, Arg, CudaBackend, CudaDesign, CudaRows, DesignData, RowPath, NULL,
 };
@@ -304,9 +304,13 @@ impl GlmOps for CudaBackend {
         grad_scale: f64,
         grad: Option<&mut CudaSlice<f32>>,
     ) -> Result<f64> {
-        let c = loss.outputs();
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * x.d)?;
+        let (c, _) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
         let total = self.stream.alloc_zeros::<f64>(1).map_err(driver_error)?;
         let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
         call.y = Some(y);
@@ -336,9 +340,13 @@ impl GlmOps for CudaBackend {
         w: &CudaSlice<f32>,
         scale: f64,
     ) -> Result<Curvature<Self>> {
-        let c = loss.outputs();
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * x.d)?;
+        let (c, _) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
         let row_scale = self.alloc_f32(x.n)?;
         let probs = match loss {
             Loss::Softmax { .. } => Some(self.alloc_f32(x.n * c)?),
@@ -392,9 +400,7 @@ impl GlmOps for CudaBackend {
         y: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
     ) -> Result<CudaSlice<f32>> {
-        let c = loss.outputs();
-        check_len("labels", y.len(), x.n)?;
-        check_len("inner variable", w.len(), c * x.d)?;
+        let (c, _) = check_operands(loss, (x.n, x.d), y.len(), None, w.len())?;
         let out = self.alloc_f32(x.n * c)?;
         let mut call = RowsCall::new(x, Mode::Factors, loss, c);
         call.m = Some((w, 0));
@@ -461,16 +467,16 @@ impl GlmOps for CudaBackend {
         w: &mut CudaSlice<f32>,
         factors: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let c = loss.outputs();
-        let len = c * x.d;
-        check_len("inner variable", w.len(), len)?;
-        check_len("regulariser diagonal", reg.len(), len)?;
-        check_len("per-sample factors", factors.len(), rows.len * c)?;
-        if rows.len == 0 {
-            return Err(Error::Dimension(
-                "an SGD step needs a non-empty batch".into(),
-            ));
-        }
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
+        check_sgd_operands((c, d), rows.len, reg.len(), factors.len())?;
+        rows.check_fits(x.n)?;
+        let len = c * d;
         let mut scratch = self
             .sgd_scratch
             .lock()
@@ -515,8 +521,9 @@ impl GlmOps for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let b = rows.len;
-        let c = per_part("per-sample factors", factors.len(), b)?;
+        let c = check_per_sample(b, factors.len(), scale.map(|s| s.len()))?;
         check_len("per-sample gradients", out.len(), b * c * x.d)?;
+        rows.check_fits(x.n)?;
         let (x_ptr, storage) = self.design_ptr(x);
         self.launch(
             &format!("hg_per_sample_grads_{storage}"),
@@ -546,23 +553,12 @@ impl GlmOps for CudaBackend {
         gg: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let b = rows.len;
-        let c = per_part("per-sample factors", factors.len(), b)?;
+        let c = check_per_sample(b, factors.len(), scale.map(|s| s.len()))?;
         let d = x.d;
         check_len("K-FAC input factor", xx.len(), d * d)?;
         check_len("K-FAC output factor", gg.len(), c * c)?;
-        let gathered = self.alloc_f32(b * d)?;
-        let (x_ptr, storage) = self.design_ptr(x);
-        self.launch(
-            &format!("hg_gather_rows_{storage}"),
-            grid_1d(b * d),
-            &[
-                Arg::Ptr(x_ptr),
-                Arg::Ptr(self.rows_ptr(rows)),
-                Arg::I32(b as i32),
-                Arg::I32(int("features", d)?),
-                Arg::Ptr(self.ptr(&gathered)),
-            ],
-        )?;
+        rows.check_fits(x.n)?;
+        let gathered = self.gather_rows(x, self.rows_ptr(rows), b)?;
         self.gemm(
             true,
             false,

@@ -20,8 +20,59 @@
 pub mod cpu;
 pub mod cuda;
 
+use super::shape::{check_len, per_part};
 use super::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The shapes every backend checks before a pass over a design of `n` rows and `d` columns:
+/// the labels and the row weights one per row, `W` `c×d`. Returns `(c, d)`.
+pub(crate) fn check_operands(
+    loss: Loss,
+    (n, d): (usize, usize),
+    y_len: usize,
+    weights_len: Option<usize>,
+    w_len: usize,
+) -> Result<(usize, usize)> {
+    let c = loss.outputs();
+    check_len("labels", y_len, n)?;
+    check_len("inner variable", w_len, c * d)?;
+    if let Some(len) = weights_len {
+        check_len("row weights", len, n)?;
+    }
+    Ok((c, d))
+}
+
+/// An SGD step's further operands on a batch of `batch` rows: the regulariser diagonal
+/// (`c·d`) and the factors it leaves (`batch × c`); the batch must not be empty.
+pub(crate) fn check_sgd_operands(
+    (c, d): (usize, usize),
+    batch: usize,
+    reg_len: usize,
+    factors_len: usize,
+) -> Result<()> {
+    check_len("regulariser diagonal", reg_len, c * d)?;
+    check_len("per-sample factors", factors_len, batch * c)?;
+    if batch == 0 {
+        return Err(Error::Dimension(
+            "an SGD step needs a non-empty batch".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The per-sample operands of a batch of `batch` rows: the factors (`batch × c`) and the
+/// optional scale, one per row. Returns `c`.
+pub(crate) fn check_per_sample(
+    batch: usize,
+    factors_len: usize,
+    scale_len: Option<usize>,
+) -> Result<usize> {
+    let c = per_part("per-sample factors", factors_len, batch)?;
+    if let Some(len) = scale_len {
+        check_len("per-sample scale", len, batch)?;
+    }
+    Ok(c)
+}
 
 /// The per-row loss `ℓ(z_i, y_i)` of a GLM, `z_i = W x_i ∈ R^c`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -55,12 +55,7 @@ pub(super) fn check_data<T: Real>(
         data.weights.map(|s| s.len()),
     )?;
     if let Some(rows) = data.rows {
-        if let Some(r) = rows.iter().find(|&&r| r >= x.n) {
-            return Err(Error::Dimension(format!(
-                "row index {r} is not below {}",
-                x.n
-            )));
-        }
+        CpuBackend::<T>::check_rows_fit(rows, x.n)?;
     }
     check_pass_rows(data.rows.map_or(x.n, |r| r.len()))
 }

@@ -59,14 +59,7 @@ impl CudaBackend {
             data.weights.map(|s| s.len()),
         )?;
         if let Some(rows) = data.rows {
-            // The indices were checked against `bound` rows when uploaded; reading them back
-            // to check them again would cost a sync every step.
-            if rows.bound > x.n {
-                return Err(Error::Dimension(format!(
-                    "the mini-batch's row indices were uploaded for {} rows, the design has {}",
-                    rows.bound, x.n
-                )));
-            }
+            rows.check_fits(x.n)?;
         }
         let n = check_pass_rows(data.rows.map_or(x.n, |r| r.len))?;
         int("rows of a network pass", n)?;
@@ -83,25 +76,12 @@ impl CudaBackend {
     /// whole bf16 design widened; `None` for an f32 design read in place.
     fn mlp_gather(&self, data: Data<'_>) -> Result<Option<Buf>> {
         let x = data.x;
-        let rows = match (data.rows, &x.data) {
+        let (rows, count) = match (data.rows, &x.data) {
             (Some(rows), _) => (self.rows_ptr(rows), rows.len),
             (None, DesignData::Bf16(_)) => (self.ptr(&x.iota), x.n),
             (None, DesignData::F32(_)) => return Ok(None),
         };
-        let (x_ptr, storage) = self.design_ptr(x);
-        let out = self.alloc_written_f32(rows.1 * x.d)?;
-        self.launch(
-            &format!("hg_gather_rows_{storage}"),
-            grid_1d(rows.1 * x.d),
-            &[
-                Arg::Ptr(x_ptr),
-                Arg::Ptr(rows.0),
-                Arg::I32(int("rows", rows.1)?),
-                Arg::I32(int("features", x.d)?),
-                Arg::Ptr(self.ptr(&out)),
-            ],
-        )?;
-        Ok(Some(out))
+        self.gather_rows(x, rows, count).map(Some)
     }
 
     /// The address of `Ã_{l−1}`, layer `l`'s input (`n × (n_{l−1}+1)`).
