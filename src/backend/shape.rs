@@ -46,21 +46,3 @@ pub(crate) fn check_gemm(
     check_len("gemm B", b, k * n)?;
     check_len("gemm C", c, m * n)
 }
-
-/// The shapes of the ℓ1 prox kernels ([`super::sparse::ProxOps`]): every vector of
-/// `vectors` has `d` entries, every matrix of `jacobians` has `d·m` (m hyper-parameters).
-pub(crate) fn check_prox(
-    kernel: &str,
-    d: usize,
-    m: usize,
-    vectors: &[(&str, usize)],
-    jacobians: &[(&str, usize)],
-) -> Result<()> {
-    for (what, len) in vectors {
-        check_len(&format!("{kernel} {what}"), *len, d)?;
-    }
-    for (what, len) in jacobians {
-        check_len(&format!("{kernel} {what}"), *len, d * m)?;
-    }
-    Ok(())
-}

@@ -1,9 +1,8 @@
 //! CPU twins of `cuda/prox.cu` ([`ProxOps`] for the CPU backend): the same expressions in
 //! the same order, in the backend's precision `T`.
 
-use super::ProxOps;
+use super::{check_jacobian, check_step, ProxOps};
 use crate::backend::cpu::{CpuBackend, Real};
-use crate::backend::shape::{check_len, check_prox};
 use crate::error::Result;
 
 impl<T: Real> ProxOps for CpuBackend<T> {
@@ -15,14 +14,7 @@ impl<T: Real> ProxOps for CpuBackend<T> {
         eta: f64,
         w: &mut Vec<T>,
     ) -> Result<()> {
-        let d = w.len();
-        check_prox(
-            "prox_step",
-            d,
-            0,
-            &[("v", v.len()), ("grad", grad.len()), ("l1", l1.len())],
-            &[],
-        )?;
+        let d = check_step(self, [v, grad, l1], w)?;
         let eta = T::from_f64(eta);
         let zero = T::from_f64(0.0);
         for j in 0..d {
@@ -53,21 +45,7 @@ impl<T: Real> ProxOps for CpuBackend<T> {
         dl2: &[f64],
         jw: &mut Vec<T>,
     ) -> Result<()> {
-        let d = w.len();
-        let m = deta.len();
-        check_len("prox_jacobian dl2", dl2.len(), m)?;
-        check_prox(
-            "prox_jacobian",
-            d,
-            m,
-            &[("v", v.len()), ("gsm", gsm.len()), ("l1", l1.len())],
-            &[
-                ("jv", jv.len()),
-                ("dgrad", dgrad.len()),
-                ("dl1", dl1.len()),
-                ("jw", jw.len()),
-            ],
-        )?;
+        let (d, _) = check_jacobian(self, [w, v, gsm, l1], [jv, dgrad, dl1, jw], deta, dl2)?;
         let eta = T::from_f64(eta);
         let zero = T::from_f64(0.0);
         for (k, (&dk, &d2)) in deta.iter().zip(dl2).enumerate() {

@@ -2,9 +2,8 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::ProxOps;
+use super::{check_jacobian, check_step, ProxOps};
 use crate::backend::cuda::{grid_1d, int, Arg, CudaBackend};
-use crate::backend::shape::{check_len, check_prox};
 use crate::error::Result;
 
 impl ProxOps for CudaBackend {
@@ -16,14 +15,7 @@ impl ProxOps for CudaBackend {
         eta: f64,
         w: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let d = w.len();
-        check_prox(
-            "prox_step",
-            d,
-            0,
-            &[("v", v.len()), ("grad", grad.len()), ("l1", l1.len())],
-            &[],
-        )?;
+        let d = check_step(self, [v, grad, l1], w)?;
         self.launch(
             "hg_prox_step",
             grid_1d(d),
@@ -52,21 +44,7 @@ impl ProxOps for CudaBackend {
         dl2: &[f64],
         jw: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let d = w.len();
-        let m = deta.len();
-        check_len("prox_jacobian dl2", dl2.len(), m)?;
-        check_prox(
-            "prox_jacobian",
-            d,
-            m,
-            &[("v", v.len()), ("gsm", gsm.len()), ("l1", l1.len())],
-            &[
-                ("jv", jv.len()),
-                ("dgrad", dgrad.len()),
-                ("dl1", dl1.len()),
-                ("jw", jw.len()),
-            ],
-        )?;
+        let (d, m) = check_jacobian(self, [w, v, gsm, l1], [jv, dgrad, dl1, jw], deta, dl2)?;
         let host: Vec<f32> = deta.iter().chain(dl2).map(|&x| x as f32).collect();
         let coef_dev = self.upload_f32(&host)?;
         self.launch(

@@ -7,8 +7,44 @@
 pub mod cpu;
 pub mod cuda;
 
+use super::shape::check_len;
 use super::Backend;
 use crate::error::Result;
+
+/// The shapes of [`ProxOps::prox_step`]'s operands, checked alike by every backend: `v`,
+/// `grad` and `l1` have the `d` entries of `w`. Returns `d`.
+pub(crate) fn check_step<B: Backend + ?Sized>(
+    b: &B,
+    [v, grad, l1]: [&B::Buf; 3],
+    w: &B::Buf,
+) -> Result<usize> {
+    let d = b.len(w);
+    for (what, buf) in [("v", v), ("grad", grad), ("l1", l1)] {
+        check_len(&format!("prox_step {what}"), b.len(buf), d)?;
+    }
+    Ok(d)
+}
+
+/// The shapes of [`ProxOps::prox_jacobian`]'s operands, checked alike by every backend: the
+/// vectors `v`, `gsm`, `l1` have the `d` entries of `w`, the blocks `jv`, `dgrad`, `dl1`, `jw`
+/// `d·m` for the `m = len(deta) = len(dl2)` directions. Returns `(d, m)`.
+pub(crate) fn check_jacobian<B: Backend + ?Sized>(
+    b: &B,
+    [w, v, gsm, l1]: [&B::Buf; 4],
+    [jv, dgrad, dl1, jw]: [&B::Buf; 4],
+    deta: &[f64],
+    dl2: &[f64],
+) -> Result<(usize, usize)> {
+    let (d, m) = (b.len(w), deta.len());
+    check_len("prox_jacobian dl2", dl2.len(), m)?;
+    for (what, buf) in [("v", v), ("gsm", gsm), ("l1", l1)] {
+        check_len(&format!("prox_jacobian {what}"), b.len(buf), d)?;
+    }
+    for (what, buf) in [("jv", jv), ("dgrad", dgrad), ("dl1", dl1), ("jw", jw)] {
+        check_len(&format!("prox_jacobian {what}"), b.len(buf), d * m)?;
+    }
+    Ok((d, m))
+}
 
 /// The proximal-gradient primitives of the ℓ1 problems.
 pub trait ProxOps: Backend {
