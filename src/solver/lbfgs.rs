@@ -26,11 +26,13 @@ pub const MEMORY: usize = 10;
 /// A pair is stored only if `sᵀy > CURVATURE_FLOOR · ‖s‖ ‖y‖`.
 const CURVATURE_FLOOR: f64 = 1e-10;
 
-/// One stored pair with `ρ = 1 / sᵀy`.
+/// One stored pair with `ρ = 1 / sᵀy` and `yᵀy` (known when the pair is stored: the scaling
+/// `γ` of the next two-loop recursion needs it, and a device would read it back again).
 struct Pair<B: Backend> {
     s: B::Buf,
     y: B::Buf,
     rho: f64,
+    yy: f64,
 }
 
 /// L-BFGS from `w` until `‖∇g‖ ≤ threshold`.
@@ -107,11 +109,13 @@ pub fn lbfgs<P: InnerProblem>(
         grad_norm = b.nrm2(&grad)?;
         check_finite(value, grad_norm, Solver::Lbfgs)?;
         let sy = b.dot(&s, &y)?;
-        if sy > CURVATURE_FLOOR * b.nrm2(&s)? * b.nrm2(&y)? {
+        let y_norm = b.nrm2(&y)?;
+        if sy > CURVATURE_FLOOR * b.nrm2(&s)? * y_norm {
             memory.push_back(Pair {
                 s,
                 y,
                 rho: 1.0 / sy,
+                yy: y_norm * y_norm,
             });
         }
     }
@@ -140,7 +144,7 @@ fn two_loop<B: Backend>(
         alphas.push(alpha);
     }
     if let Some(newest) = memory.back() {
-        let gamma = 1.0 / (newest.rho * b.dot(&newest.y, &newest.y)?);
+        let gamma = 1.0 / (newest.rho * newest.yy);
         b.scal(gamma, p)?;
     }
     for (pair, alpha) in memory.iter().zip(alphas.into_iter().rev()) {
