@@ -1087,7 +1087,11 @@ fn check_bad_glm_operands<G: GlmOps>(g: &G, ctx: &Ctx) {
             &mut factors,
         )
         .unwrap_err();
-    expect(err, "row ind", "glm_sgd_step with a batch of a larger design");
+    expect(
+        err,
+        "row ind",
+        "glm_sgd_step with a batch of a larger design",
+    );
     let scale = g.upload(&[1.0; 4]).unwrap();
     let mut out = g.zeros(3 * 3 * d).unwrap();
     let err = g
