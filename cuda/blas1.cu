@@ -18,6 +18,9 @@
 // hg_axpby(x, y, n, a, b)              y[i] = a x[i] + b y[i]                 2 reads 1 write
 //     (b == 1 gives y[i] + a x[i] exactly: b*y is then exact.)
 // hg_mul_add(a, len_a, x, y, n, al)    y[i] += (al a[i % len_a]) x[i]         3 reads 1 write
+// hg_adam_apply(w, g, m, v, n, b1, b2, s, eps)   Adam's step (src/backend/mod.rs, AdamCoefficients):
+//                                      m = b1 m + (1−b1) g;  v = b2 v + (1−b2) g²;
+//                                      w −= s m / (√v + eps)                  4 reads 3 writes
 // hg_dot(x, y, n, out)                 out[0] += Σ_i x_i y_i  (double)        2 reads; 1 atomic/block
 // hg_batched_dot(batch, v, len, m, out)  grid (gx, m), blockIdx.y = b:
 //                                      out[b] += Σ_e batch[b·len+e] v[e]      2 reads; 1 atomic/block
@@ -68,6 +71,20 @@ hg_mul_add(const float* a, int len_a, const float* x, float* y, int n, float alp
     for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
         const int ia = (int)i % len_a;  // i < n < 2^31
         y[i] = __fadd_rn(y[i], __fmul_rn(__fmul_rn(alpha, a[ia]), x[i]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+hg_adam_apply(float* w, const float* g, float* m, float* v, int n, float beta1, float beta2,
+              float step, float eps) {
+    const float c1 = __fsub_rn(1.0f, beta1), c2 = __fsub_rn(1.0f, beta2);
+    for (long long i = hg_gtid(); i < n; i += hg_gstride()) {
+        const float ge = g[i];
+        const float me = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(c1, ge));
+        const float ve = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(c2, __fmul_rn(ge, ge)));
+        m[i] = me;
+        v[i] = ve;
+        w[i] = __fsub_rn(w[i], __fmul_rn(step, __fdiv_rn(me, __fadd_rn(__fsqrt_rn(ve), eps))));
     }
 }
 

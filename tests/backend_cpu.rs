@@ -16,9 +16,10 @@ mod common;
 
 use common::{glm_data, ksum, logits, normals, r32, rel_err, row_loss, GlmData, CLASSES};
 use hypergrad::backend::cpu::CpuBackend;
-use hypergrad::backend::{Backend, GlmOps, Groups, Loss, Precision};
+use hypergrad::backend::{AdamCoefficients, Backend, GlmOps, Groups, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::hypergrad::{compute, Method, Options};
+use hypergrad::outer::Adam;
 use hypergrad::problem::{Bilevel, GlmBilevel, HyperLayout, ProblemKind};
 use ndarray::Array2;
 
@@ -382,6 +383,48 @@ fn check_blas<B: Backend>(b: &B) {
             &want,
             tol,
             &format!("scal {what}"),
+        );
+
+        // Four Adam steps against the outer loop's textbook update (bias-corrected moments,
+        // written independently in f64 on the host), the gradient redrawn each step.
+        let lr = r32(0.05);
+        let adam = Adam::new(lr);
+        let hyper = (adam.beta1, adam.beta2, adam.eps);
+        let (mut w, mut m, mut v) = (
+            b.upload(&ys).unwrap(),
+            b.zeros(len).unwrap(),
+            b.zeros(len).unwrap(),
+        );
+        let (mut want, mut mh, mut vh) = (ys.clone(), vec![0.0; len], vec![0.0; len]);
+        for t in 1..=4 {
+            let grad = normals(&mut rng, len, 1.0);
+            let k = AdamCoefficients::at(lr, hyper, t);
+            b.adam_update(k, &b.upload(&grad).unwrap(), (&mut m, &mut v), &mut w)
+                .unwrap();
+            adam.step(t, &mut mh, &mut vh, &mut want, &grad);
+        }
+        assert_close(
+            &b.download(&w).unwrap(),
+            &want,
+            tol,
+            &format!("adam_update {what}"),
+        );
+        assert_close(
+            &b.download(&m).unwrap(),
+            &mh,
+            tol,
+            &format!("adam m {what}"),
+        );
+        let short = b.zeros(len + 1).unwrap();
+        assert!(
+            b.adam_update(
+                AdamCoefficients::at(lr, hyper, 1),
+                &short,
+                (&mut m, &mut v),
+                &mut w
+            )
+            .is_err(),
+            "adam_update with a gradient of the wrong length {what}"
         );
 
         b.copy(&x, &mut z).unwrap();

@@ -44,7 +44,7 @@ mod cuda_common;
 use common::{normals, r32, rel_err};
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{self, CudaBackend, RowPath, Storage};
-use hypergrad::backend::{Backend, FisherOps, GlmOps, Groups, Loss, Precision};
+use hypergrad::backend::{AdamCoefficients, Backend, FisherOps, GlmOps, Groups, Loss, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::{synthetic, Dataset};
 use hypergrad::hypergrad::{compute, Method, Options};
@@ -302,6 +302,22 @@ fn check_memory_blas1<G: Backend>(g: &G, ctx: &Ctx) {
         g.axpby(alpha, &x, beta, &mut zg).unwrap();
         cpu.axpby(alpha, &xc, beta, &mut zc).unwrap();
         assert_close(&down(g, &zg), &zc, tol, &format!("axpby {what}"));
+
+        // Three Adam steps from zero moments, the gradient redrawn each step.
+        let (mut wg, mut wc) = (g.upload(&ys).unwrap(), cpu.upload(&ys).unwrap());
+        let (mut mg, mut vg) = (g.zeros(len).unwrap(), g.zeros(len).unwrap());
+        let (mut mc, mut vc) = (vec![0.0; len], vec![0.0; len]);
+        for t in 1..=3 {
+            let k = AdamCoefficients::at(r32(0.01), (r32(0.9), r32(0.999), r32(1e-8)), t);
+            let grad = normals(&mut rng, len, 1.0);
+            g.adam_update(k, &g.upload(&grad).unwrap(), (&mut mg, &mut vg), &mut wg)
+                .unwrap();
+            cpu.adam_update(k, &grad, (&mut mc, &mut vc), &mut wc)
+                .unwrap();
+        }
+        assert_close(&down(g, &wg), &wc, tol, &format!("adam_update w {what}"));
+        assert_close(&down(g, &mg), &mc, tol, &format!("adam_update m {what}"));
+        assert_close(&down(g, &vg), &vc, tol, &format!("adam_update v {what}"));
 
         let abs_dot: f64 = xs.iter().zip(&ys).map(|(a, b)| (a * b).abs()).sum();
         assert_scaled(

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 pub use super::real::Real;
 use super::shape::{check_gemm, check_len, per_part};
 use super::skinny;
-use super::{Backend, Groups, Precision};
+use super::{AdamCoefficients, Backend, Groups, Precision};
 use crate::error::{Error, Result};
 use crate::linalg;
 
@@ -362,6 +362,29 @@ impl<T: Real> Backend for CpuBackend<T> {
             for ((yi, &xi), &ai) in yb.iter_mut().zip(xb).zip(a) {
                 *yi += al * ai * xi;
             }
+        }
+        Ok(())
+    }
+
+    fn adam_update(
+        &self,
+        k: AdamCoefficients,
+        grad: &Vec<T>,
+        (m, v): (&mut Vec<T>, &mut Vec<T>),
+        w: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("adam_update gradient", grad.len(), w.len())?;
+        check_len("adam_update first moment", m.len(), w.len())?;
+        check_len("adam_update second moment", v.len(), w.len())?;
+        let (b1, b2) = (T::from_f64(k.beta1), T::from_f64(k.beta2));
+        let (step, eps) = (T::from_f64(k.step), T::from_f64(k.eps));
+        let one = T::from_f64(1.0);
+        let (c1, c2) = (one - b1, one - b2);
+        // Rounded operation by operation as hg_adam_apply (blas1.cu) rounds them.
+        for (((we, &ge), me), ve) in w.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *me = b1 * *me + c1 * ge;
+            *ve = b2 * *ve + c2 * (ge * ge);
+            *we = *we - step * (*me / (ve.square_root() + eps));
         }
         Ok(())
     }

@@ -38,6 +38,34 @@ pub use prox::ProxOps;
 
 use crate::error::Result;
 
+/// The coefficients of Adam's step `t` (Kingma & Ba 2015, Algorithm 1 in the paper's
+/// "more efficient" form, §2): the bias corrections of the moments are folded into the step
+/// `s` and the floor `ε̂`, so that a backend applies one expression at every step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamCoefficients {
+    pub beta1: f64,
+    pub beta2: f64,
+    /// `s = η √(1−β₂ᵗ) / (1−β₁ᵗ)`.
+    pub step: f64,
+    /// `ε̂ = ε √(1−β₂ᵗ)`.
+    pub eps: f64,
+}
+
+impl AdamCoefficients {
+    /// Step `t ≥ 1` at rate `lr`: `w − s·m/(√v + ε̂)` is then the textbook
+    /// `w − η m̂/(√v̂ + ε)` with `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`.
+    pub fn at(lr: f64, (beta1, beta2, eps): (f64, f64, f64), t: u64) -> AdamCoefficients {
+        let t = t.max(1).min(i32::MAX as u64) as i32;
+        let root = (1.0 - beta2.powi(t)).sqrt();
+        AdamCoefficients {
+            beta1,
+            beta2,
+            step: lr * root / (1.0 - beta1.powi(t)),
+            eps: eps * root,
+        }
+    }
+}
+
 /// Floating-point precision of a backend's buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -208,6 +236,16 @@ pub trait Backend: Send + Sync {
     fn mul_add(&self, alpha: f64, a: &Self::Buf, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// `[x_bᵀ v]_b` for the `m = len(batch)/len(v)` vectors of a batch.
     fn batched_dot(&self, batch: &Self::Buf, v: &Self::Buf) -> Result<Vec<f64>>;
+    /// One Adam step on `w` from the gradient `grad`, entry by entry:
+    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `w ← w − s·m/(√v + ε̂)` with the
+    /// coefficients of [`AdamCoefficients`] (the inner solver `--inner-solver adam`).
+    fn adam_update(
+        &self,
+        coefficients: AdamCoefficients,
+        grad: &Self::Buf,
+        moments: (&mut Self::Buf, &mut Self::Buf),
+        w: &mut Self::Buf,
+    ) -> Result<()>;
 
     // ---- hyper-parameter groups (grouped BLAS-1) --------------------------------------
 

@@ -17,6 +17,7 @@ pub trait Real:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + std::ops::AddAssign
     + 'static
 {
@@ -26,6 +27,8 @@ pub trait Real:
     /// `self·a + b` rounded once (an FMA instruction where the target has one, a slow
     /// library call where it does not: see `skinny::madd`).
     fn fused_mul_add(self, a: Self, b: Self) -> Self;
+    /// `√self`, correctly rounded (IEEE 754, as CUDA's `__fsqrt_rn`).
+    fn square_root(self) -> Self;
 }
 
 impl Real for f32 {
@@ -42,6 +45,10 @@ impl Real for f32 {
     fn fused_mul_add(self, a: Self, b: Self) -> Self {
         self.mul_add(a, b)
     }
+    #[inline]
+    fn square_root(self) -> Self {
+        self.sqrt()
+    }
 }
 
 impl Real for f64 {
@@ -57,5 +64,9 @@ impl Real for f64 {
     #[inline(always)]
     fn fused_mul_add(self, a: Self, b: Self) -> Self {
         self.mul_add(a, b)
+    }
+    #[inline]
+    fn square_root(self) -> Self {
+        self.sqrt()
     }
 }

@@ -57,6 +57,31 @@ static void test_blas1() {
         auto a = randv(100);
         y = y0; launch(g1(grid), g1(256), [&] { kb::hg_mul_add(a.data(), 100, x.data(), y.data(), n, 0.9f); });
         for (int i = 0; i < n; ++i) expect(y[i] == y0[i] + 0.9f * a[i % 100] * x[i], "mul_add bit-exact");
+        // Adam, three steps from zero moments, against the textbook bias-corrected update in
+        // double (lr 1e-2, β = (0.9, 0.999), ε = 1e-8; the coefficients folded as
+        // AdamCoefficients::at folds them).
+        {
+            auto w = randv(n), g = randv(n), wf = w;
+            std::vector<float> m(n, 0.f), v(n, 0.f);
+            std::vector<double> wd(w.begin(), w.end()), md(n, 0.0), vd(n, 0.0);
+            const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+            for (int t = 1; t <= 3; ++t) {
+                const double root = std::sqrt(1 - std::pow(b2, t));
+                const float s = (float)(lr * root / (1 - std::pow(b1, t))), e = (float)(eps * root);
+                launch(g1(grid), g1(256), [&] { kb::hg_adam_apply(w.data(), g.data(), m.data(), v.data(), n, 0.9f, 0.999f, s, e); });
+                for (int i = 0; i < n; ++i) {
+                    md[i] = b1 * md[i] + (1 - b1) * g[i];
+                    vd[i] = b2 * vd[i] + (1 - b2) * (double)g[i] * g[i];
+                    const double mh = md[i] / (1 - std::pow(b1, t)), vh = vd[i] / (1 - std::pow(b2, t));
+                    wd[i] -= lr * mh / (std::sqrt(vh) + eps);
+                }
+            }
+            for (int i = 0; i < n; ++i) close(w[i], wd[i], 1e-6, "adam_apply");
+            for (int i = 0; i < n; ++i) close(m[i], md[i], 1e-6, "adam_apply first moment");
+            for (int i = 0; i < n; ++i) close(v[i], vd[i], 1e-6, "adam_apply second moment");
+            // Three steps of one sign move each entry by close to 3 lr against it.
+            for (int i = 0; i < n; ++i) close(std::fabs(wf[i] - w[i]), 3 * lr, 1e-3, "adam_apply step size");
+        }
         double out = 0; launch(g1(grid), g1(256), [&] { kb::hg_dot(x.data(), y0.data(), n, &out); });
         double want = 0; for (int i = 0; i < n; ++i) want += (double)x[i] * y0[i];
         close(out, want, 1e-12, "dot");

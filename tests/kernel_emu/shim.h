@@ -50,6 +50,8 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
 // Run `kernel` on grid × block threads; blocks one after another.

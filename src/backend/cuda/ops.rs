@@ -11,7 +11,7 @@ use super::{
     driver_error, grid_1d, int, Arg, CudaBackend, CudaDesign, CudaRows, DesignData, Storage, NULL,
 };
 use crate::backend::shape::{check_gemm, check_len, per_part};
-use crate::backend::{Backend, Groups, Precision};
+use crate::backend::{AdamCoefficients, Backend, Groups, Precision};
 use crate::error::{Error, Result};
 
 fn groups_code(groups: Groups) -> (i32, i32) {
@@ -473,6 +473,34 @@ impl Backend for CudaBackend {
                 Arg::Ptr(self.ptr(y)),
                 Arg::I32(int("len", n)?),
                 Arg::F32(alpha as f32),
+            ],
+        )
+    }
+
+    fn adam_update(
+        &self,
+        k: AdamCoefficients,
+        grad: &CudaSlice<f32>,
+        (m, v): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        w: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("adam_update gradient", grad.len(), w.len())?;
+        check_len("adam_update first moment", m.len(), w.len())?;
+        check_len("adam_update second moment", v.len(), w.len())?;
+        let n = w.len();
+        self.launch(
+            "hg_adam_apply",
+            grid_1d(n),
+            &[
+                Arg::Ptr(self.ptr(w)),
+                Arg::Ptr(self.ptr(grad)),
+                Arg::Ptr(self.ptr(m)),
+                Arg::Ptr(self.ptr(v)),
+                Arg::I32(int("len", n)?),
+                Arg::F32(k.beta1 as f32),
+                Arg::F32(k.beta2 as f32),
+                Arg::F32(k.step as f32),
+                Arg::F32(k.eps as f32),
             ],
         )
     }
