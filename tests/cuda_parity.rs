@@ -914,6 +914,48 @@ fn check_sgd_step<G: GlmOps>(g: &G, ctx: &Ctx, sizes: &[(usize, usize)]) {
                     .unwrap();
                     assert_close(&down(g, &wg), &wc, ctx.tol, &format!("{what} w"));
                     assert_close(&down(g, &fg), &fc, ctx.tol, &format!("{what} factors"));
+
+                    // The batch gradient (Adam's input): the step's direction, on both.
+                    let w0 = g.upload(&dt.w).unwrap();
+                    let mut og = g.upload(&vec![7.0; c * d]).unwrap();
+                    let mut fg = g.upload(&vec![7.0; rows.len() * c]).unwrap();
+                    g.glm_batch_gradient(
+                        &on_g.x,
+                        loss,
+                        &on_g.y,
+                        weights.then_some(&on_g.s),
+                        &rows_g,
+                        &reg_g,
+                        &w0,
+                        &mut og,
+                        &mut fg,
+                    )
+                    .unwrap_or_else(|e| panic!("{what} batch gradient: {e}"));
+                    let mut oc = cpu.zeros(c * d).unwrap();
+                    let mut fc2 = cpu.zeros(rows.len() * c).unwrap();
+                    cpu.glm_batch_gradient(
+                        &on_c.x,
+                        loss,
+                        &on_c.y,
+                        weights.then_some(&on_c.s),
+                        &rows_c,
+                        &reg,
+                        &dt.w,
+                        &mut oc,
+                        &mut fc2,
+                    )
+                    .unwrap();
+                    let stepped: Vec<f64> =
+                        dt.w.iter().zip(&oc).map(|(w, g)| w - eta * g).collect();
+                    assert_close(&stepped, &wc, 1e-12, &format!("{what}: w − η·gradient"));
+                    assert_eq!(fc2, fc, "{what}: the same factors");
+                    assert_close(&down(g, &og), &oc, ctx.tol, &format!("{what} gradient"));
+                    assert_close(
+                        &down(g, &fg),
+                        &fc,
+                        ctx.tol,
+                        &format!("{what} gradient's factors"),
+                    );
                 }
             }
         }
@@ -1107,6 +1149,44 @@ fn check_bad_glm_operands<G: GlmOps>(g: &G, ctx: &Ctx) {
         err,
         "row ind",
         "glm_sgd_step with a batch of a larger design",
+    );
+    let mut short_out = g.zeros(3 * d - 1).unwrap();
+    let err = g
+        .glm_batch_gradient(
+            &on.x,
+            loss,
+            &on.y,
+            None,
+            &rows,
+            &reg,
+            &w,
+            &mut short_out,
+            &mut factors,
+        )
+        .unwrap_err();
+    expect(
+        err,
+        "batch gradient",
+        "glm_batch_gradient into a short buffer",
+    );
+    let mut out = g.zeros(3 * d).unwrap();
+    let err = g
+        .glm_batch_gradient(
+            &on.x,
+            loss,
+            &on.y,
+            None,
+            &wide,
+            &reg,
+            &w,
+            &mut out,
+            &mut factors,
+        )
+        .unwrap_err();
+    expect(
+        err,
+        "row ind",
+        "glm_batch_gradient with a batch of a larger design",
     );
     let scale = g.upload(&[1.0; 4]).unwrap();
     let mut out = g.zeros(3 * 3 * d).unwrap();

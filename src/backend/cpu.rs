@@ -384,7 +384,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         for (((we, &ge), me), ve) in w.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
             *me = b1 * *me + c1 * ge;
             *ve = b2 * *ve + c2 * (ge * ge);
-            *we = *we - step * (*me / (ve.square_root() + eps));
+            *we -= step * (*me / (ve.square_root() + eps));
         }
         Ok(())
     }

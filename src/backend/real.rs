@@ -19,6 +19,7 @@ pub trait Real:
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
     + std::ops::AddAssign
+    + std::ops::SubAssign
     + 'static
 {
     const PRECISION: Precision;

@@ -551,6 +551,22 @@ impl<B: GlmOps> InnerProblem for GlmBilevel<B> {
             &mut factors,
         )
     }
+
+    fn batch_gradient(&self, w: &B::Buf, rows: &B::Rows, out: &mut B::Buf) -> Result<()> {
+        let b = &self.backend;
+        let mut factors = b.zeros(b.rows_len(rows) * self.c)?;
+        b.glm_batch_gradient(
+            &self.train.x,
+            self.loss,
+            &self.train.y,
+            self.train_weights(),
+            rows,
+            &self.state.reg_diag,
+            w,
+            out,
+            &mut factors,
+        )
+    }
 }
 
 impl<B: GlmOps> Bilevel for GlmBilevel<B> {

@@ -451,16 +451,21 @@ impl<B: MlpOps> InnerProblem for MlpBilevel<B> {
     /// The step NHGD's inner loop takes: one forward and backward pass over the batch.
     fn sgd_step(&self, w: &mut B::Buf, rows: &B::Rows, step: f64) -> Result<()> {
         let b = &self.backend;
+        let mut g = b.zeros(self.net.dim())?;
+        self.batch_gradient(w, rows, &mut g)?;
+        b.axpy(-step, &g, w)
+    }
+
+    fn batch_gradient(&self, w: &B::Buf, rows: &B::Rows, out: &mut B::Buf) -> Result<()> {
+        let b = &self.backend;
         let data = MlpData {
             rows: Some(rows),
             ..self.train_data()
         };
         let tape = b.mlp_forward(&self.net, data, w)?;
         let deltas = b.mlp_backward(&self.net, data, &tape, w)?;
-        let mut g = b.zeros(self.net.dim())?;
-        b.mlp_gradient(&self.net, data, &tape, &deltas, 1.0 / tape.n as f64, &mut g)?;
-        b.mul_add(1.0, &self.state.reg_diag, w, &mut g)?;
-        b.axpy(-step, &g, w)
+        b.mlp_gradient(&self.net, data, &tape, &deltas, 1.0 / tape.n as f64, out)?;
+        b.mul_add(1.0, &self.state.reg_diag, w, out)
     }
 }
 

@@ -74,13 +74,24 @@ pub trait InnerProblem {
     ) -> Result<()> {
         Err(not_made_of_rows())
     }
+    /// The mini-batch gradient `out ← (1/b) Σ_{i∈rows} s_i ∇ℓ_i(w) + R w` that
+    /// [`Self::sgd_step`] steps along (the unbiased estimate of `∇g(w)`), for a solver that
+    /// scales it entry by entry (`--inner-solver adam`).
+    fn batch_gradient(
+        &self,
+        _w: &Buf<Self>,
+        _rows: &<Self::B as Backend>::Rows,
+        _out: &mut Buf<Self>,
+    ) -> Result<()> {
+        Err(not_made_of_rows())
+    }
 }
 
 /// The error of a mini-batch solver on a problem that is not an average over rows.
 pub(crate) fn not_made_of_rows() -> Error {
     Error::option(
         "--inner-solver",
-        "sgd draws mini-batches of training rows, and this problem's inner loss is not an average over rows: use newton, lbfgs, gd or agd",
+        "sgd and adam draw mini-batches of training rows, and this problem's inner loss is not an average over rows: use newton, lbfgs, gd or agd",
     )
 }
 

@@ -213,6 +213,46 @@ fn row_times<T: Real>(xi: &[T], m: &[T], z: &mut [f64]) {
     }
 }
 
+impl<T: Real> CpuBackend<T> {
+    /// `Σ_p s_{r_p} G_p ⊗ x_{r_p}` over the rows of a mini-batch, with `factors_p ← G_p`: the
+    /// sum that an SGD step and the mini-batch gradient both scale by `1/b`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_sum(
+        &self,
+        x: &CpuMatrix<T>,
+        loss: Loss,
+        y: &[T],
+        row_weights: Option<&Vec<T>>,
+        rows: &[usize],
+        (reg, w): (&[T], &[T]),
+        factors: &mut [T],
+    ) -> Result<Vec<T>> {
+        self.record_pass(x);
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
+        check_sgd_operands((c, d), rows.len(), reg.len(), factors.len())?;
+        Self::check_rows_fit(rows, x.n)?;
+        let mut grad = vec![T::zero(); c * d];
+        let (mut z, mut g, mut p) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        for (pos, &i) in rows.iter().enumerate() {
+            let xi = x.row(i);
+            row_times(xi, w, &mut z);
+            row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
+            let weight = row_weights.map_or(1.0, |s| s[i].to_f64());
+            for (k, &gk) in g.iter().enumerate() {
+                factors[pos * c + k] = T::from_f64(gk);
+                axpy(T::from_f64(weight * gk), xi, &mut grad[k * d..(k + 1) * d]);
+            }
+        }
+        Ok(grad)
+    }
+}
+
 impl<T: Real> GlmOps for CpuBackend<T> {
     fn glm_value_grad(
         &self,
@@ -429,31 +469,31 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         w: &mut Vec<T>,
         factors: &mut Vec<T>,
     ) -> Result<()> {
-        self.record_pass(x);
-        let (c, d) = check_operands(
-            loss,
-            (x.n, x.d),
-            y.len(),
-            row_weights.map(|s| s.len()),
-            w.len(),
-        )?;
-        check_sgd_operands((c, d), rows.len(), reg.len(), factors.len())?;
-        Self::check_rows_fit(rows, x.n)?;
-        let mut grad = vec![T::zero(); c * d];
-        let (mut z, mut g, mut p) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
-        for (pos, &i) in rows.iter().enumerate() {
-            let xi = x.row(i);
-            row_times(xi, w, &mut z);
-            row_loss_grad(loss, &z, y[i].to_f64(), &mut g, &mut p);
-            let weight = row_weights.map_or(1.0, |s| s[i].to_f64());
-            for (k, &gk) in g.iter().enumerate() {
-                factors[pos * c + k] = T::from_f64(gk);
-                axpy(T::from_f64(weight * gk), xi, &mut grad[k * d..(k + 1) * d]);
-            }
-        }
+        let grad = self.batch_sum(x, loss, y, row_weights, rows, (reg, w), factors)?;
         let (eta, inv_b) = (T::from_f64(step), T::from_f64(1.0 / rows.len() as f64));
         for ((we, &ge), &re) in w.iter_mut().zip(&grad).zip(reg) {
             *we = *we - eta * (inv_b * ge + re * *we);
+        }
+        Ok(())
+    }
+
+    fn glm_batch_gradient(
+        &self,
+        x: &CpuMatrix<T>,
+        loss: Loss,
+        y: &Vec<T>,
+        row_weights: Option<&Vec<T>>,
+        rows: &Vec<usize>,
+        reg: &Vec<T>,
+        w: &Vec<T>,
+        out: &mut Vec<T>,
+        factors: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("batch gradient", out.len(), w.len())?;
+        let grad = self.batch_sum(x, loss, y, row_weights, rows, (reg, w), factors)?;
+        let inv_b = T::from_f64(1.0 / rows.len() as f64);
+        for (((oe, &ge), &re), &we) in out.iter_mut().zip(&grad).zip(reg).zip(w) {
+            *oe = inv_b * ge + re * we;
         }
         Ok(())
     }

@@ -512,6 +512,41 @@ impl GlmOps for CudaBackend {
         Ok(())
     }
 
+    fn glm_batch_gradient(
+        &self,
+        x: &CudaDesign,
+        loss: Loss,
+        y: &CudaSlice<f32>,
+        row_weights: Option<&CudaSlice<f32>>,
+        rows: &CudaRows,
+        reg: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        factors: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
+        check_sgd_operands((c, d), rows.len, reg.len(), factors.len())?;
+        check_len("batch gradient", out.len(), w.len())?;
+        rows.check_fits(x.n)?;
+        self.zero(out)?;
+        let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
+        call.rows = Some(self.rows_ptr(rows));
+        call.n_rows = rows.len;
+        call.y = Some(y);
+        call.row_weight = row_weights;
+        call.row_out = Some(self.ptr(factors));
+        self.glm_rows_accumulate(call, w, 0, out, 0)?;
+        // (1/b)·sum, then + reg ⊙ W: rounded as the CPU twin rounds `inv_b·g + reg·w`.
+        self.scal(1.0 / rows.len as f64, out)?;
+        self.mul_add(1.0, reg, w, out)
+    }
+
     fn glm_per_sample_gradients(
         &self,
         x: &CudaDesign,

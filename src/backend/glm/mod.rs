@@ -218,6 +218,23 @@ pub trait GlmOps: Backend {
         factors: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// The mini-batch gradient that [`Self::glm_sgd_step`] steps along, for a solver that
+    /// does more with it than one step (Adam): for the b rows `r_p` of `rows`,
+    /// `factors_p ← G_p` as there, and `out ← (1/b) Σ_p s_{r_p} G_p ⊗ x_{r_p} + reg ⊙ W`.
+    #[allow(clippy::too_many_arguments)]
+    fn glm_batch_gradient(
+        &self,
+        x: &Self::Design,
+        loss: Loss,
+        y: &Self::Buf,
+        row_weights: Option<&Self::Buf>,
+        rows: &Self::Rows,
+        reg: &Self::Buf,
+        w: &Self::Buf,
+        out: &mut Self::Buf,
+        factors: &mut Self::Buf,
+    ) -> Result<()>;
+
     /// The per-sample gradients of a batch as b vectors of length `c·d`:
     /// `out_p = scale_p · G_p ⊗ x_{r_p}` (`scale_p = 1` if `scale` is `None`).
     fn glm_per_sample_gradients(
