@@ -660,3 +660,79 @@ fn grad_with_an_sgd_trained_network_reports_how_sgd_stopped() {
     ]);
     assert_one_line_error(&out, &["--inner-solver"]);
 }
+
+/// `--inner-solver adam` (src/solver/minibatch.rs) trains the network by mini-batches, says so
+/// in the report with its epochs, and its ŵ at 1e-5 gives the hypergradient Newton-CG's ŵ
+/// gives (to 1e-3 relative: the inner error 1e-5 times the conditioning); a problem that is
+/// not made of rows refuses it in one line.
+#[test]
+fn grad_with_an_adam_trained_network_matches_newtons() {
+    let common = [
+        "--model",
+        "mlp:4",
+        "--hyper",
+        "per-layer",
+        "--theta",
+        "-3",
+        "--method",
+        "cg",
+        "--inner-iters",
+        "20000",
+    ];
+    let adam_flags = [
+        "--inner-solver",
+        "adam",
+        "--inner-lr",
+        "0.03",
+        "--batch-size",
+        "32",
+        "--inner-tol",
+        "1e-5",
+    ];
+    let adam = grad_json(&[&common[..], &adam_flags[..]].concat());
+    assert_eq!(adam["inner_solver"], "adam");
+    assert_eq!(adam["inner_converged"], true, "{adam}");
+    let newton = grad_json(&[&common[..], &["--inner-tol", "1e-10"]].concat());
+    assert_eq!(newton["inner_solver"], "newton");
+    let (ha, hn) = (
+        vector(&adam["hypergradient"]),
+        vector(&newton["hypergradient"]),
+    );
+    let diff = ha
+        .iter()
+        .zip(&hn)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = hn.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(diff <= 1e-3 * norm, "adam {ha:?} vs newton {hn:?}");
+    // The human report names the solver and counts epochs.
+    let mut args = vec!["grad", "--problem", "softmax", "--train", DATA];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&adam_flags);
+    let out = hypergrad(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("‖∇g(ŵ)‖"))
+        .expect("the inner line");
+    assert!(
+        line.contains("(adam inner solver, ") && line.contains(" epochs, converged)"),
+        "{line}"
+    );
+    let out = hypergrad(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--train",
+        "synthetic:quadratic:m=40,nx=4,nw=4,seed=1",
+        "--inner-solver",
+        "adam",
+    ]);
+    assert_one_line_error(&out, &["--inner-solver"]);
+}

@@ -79,6 +79,7 @@ pub enum InnerSolverName {
     Newton,
     Lbfgs,
     Sgd,
+    Adam,
 }
 
 /// `--l1-solver` of the ℓ1 problems.

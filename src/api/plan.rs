@@ -168,6 +168,7 @@ impl SmoothPlan {
             InnerSolverName::Newton => Solver::Newton,
             InnerSolverName::Lbfgs => Solver::Lbfgs,
             InnerSolverName::Sgd => Solver::Sgd,
+            InnerSolverName::Adam => Solver::Adam,
         };
         opts.inner.minibatch = MiniBatch {
             batch: settings.batch_size,

@@ -130,7 +130,8 @@ pub struct EstimatorArgs {
     #[arg(long, value_enum)]
     pub method: Option<MethodName>,
 
-    /// Inner solver.
+    /// Inner solver: newton (Newton-CG), lbfgs, gd, agd, or the mini-batch solvers sgd and
+    /// adam (for problems made of training rows; moderate tolerances).
     #[arg(long, value_enum, default_value = "newton")]
     pub inner_solver: InnerSolverName,
 
@@ -139,7 +140,7 @@ pub struct EstimatorArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "TOL")]
     pub inner_tol: Option<f64>,
 
-    /// Most inner-solver iterations (epochs for sgd).
+    /// Most inner-solver iterations (epochs for sgd and adam).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub inner_iters: usize,
 

@@ -13,12 +13,13 @@ pub struct StochasticArgs {
     #[arg(long, value_name = "T", default_value_t = 100)]
     pub inner_steps: usize,
 
-    /// b, rows per mini-batch (also of --inner-solver sgd).
+    /// b, rows per mini-batch (also of --inner-solver sgd and adam).
     #[arg(long, value_name = "B", default_value_t = 64)]
     pub batch_size: usize,
 
-    /// SGD step η (also the first step of --inner-solver sgd). Default 1/(L̂ + max λ), L̂ the
-    /// data term's largest curvature (a network: 1/(1.05 |λ_max(H(w₀))|)).
+    /// SGD step η (also the first step of --inner-solver sgd and adam). Default 1/(L̂ + max λ),
+    /// L̂ the data term's largest curvature (a network: 1/(1.05 |λ_max(H(w₀))|)); 1e-3 for
+    /// --inner-solver adam.
     #[arg(long, allow_negative_numbers = true, value_name = "ETA")]
     pub inner_lr: Option<f64>,
 

@@ -1,7 +1,6 @@
 //! The tables `grad` and `run` print (without `--json`), one function per report kind.
 
 use crate::api::{L1Outcome, L1Report, SmoothOutcome, SmoothReport};
-use crate::solver::Solver;
 
 /// `grad` on a smooth problem.
 pub fn smooth_report(r: &SmoothReport) {
@@ -39,10 +38,11 @@ pub fn smooth_report(r: &SmoothReport) {
     let inner = if h.method.is_trajectory() {
         format!("{} fixed-size gradient steps", h.inner_iters)
     } else {
-        // sgd counts epochs (passes over the rows), the others steps.
-        let unit = match r.inner_solver {
-            Solver::Sgd => "epochs",
-            _ => "iterations",
+        // sgd and adam count epochs (passes over the rows), the others steps.
+        let unit = if r.inner_solver.counts_epochs() {
+            "epochs"
+        } else {
+            "iterations"
         };
         format!(
             "{} inner solver, {} {unit}",

@@ -80,7 +80,7 @@ use crate::backend::{Backend, FisherOps, Groups};
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::problem::{Bilevel, InnerProblem, MlpBilevel};
-use crate::solver::sgd::step_from_curvature;
+use crate::solver::minibatch::step_from_curvature;
 
 /// Largest P for which `dense` keeps a P×P matrix (P² f64 = 512 MiB at 8192).
 pub const DENSE_MAX_DIM: usize = 8192;

@@ -1,5 +1,5 @@
 //! Inner solvers for `min_w g(w, θ)`: gradient descent, accelerated gradient, Newton-CG,
-//! L-BFGS and mini-batch SGD.
+//! L-BFGS, and the mini-batch solvers SGD and Adam.
 //!
 //! All stop when `‖∇g(w)‖ ≤ tol · ‖∇g(w₀)‖` (a scale-free criterion: the gradient at the
 //! problem's initial point — the origin for the linear models, the seeded `w₀` of a network —
@@ -9,10 +9,10 @@
 pub mod gd;
 pub mod lbfgs;
 pub mod linear;
+pub mod minibatch;
 pub mod newton;
-pub mod sgd;
 
-pub use sgd::MiniBatch;
+pub use minibatch::MiniBatch;
 
 use crate::backend::{Backend, Precision};
 use crate::error::{Error, Result};
@@ -33,8 +33,10 @@ pub enum Solver {
     /// Hessian-vector product; for large networks trained to a tight tolerance.
     Lbfgs,
     /// Mini-batch SGD, the gradient checked once an epoch, the step halved when an epoch
-    /// does not lower `g` ([`sgd`]); for problems made of training rows.
+    /// does not lower `g` ([`minibatch`]); for problems made of training rows.
     Sgd,
+    /// Adam on mini-batches, with SGD's epochs, checks and step halving ([`minibatch`]).
+    Adam,
 }
 
 impl Solver {
@@ -45,7 +47,13 @@ impl Solver {
             Solver::Newton => "newton",
             Solver::Lbfgs => "lbfgs",
             Solver::Sgd => "sgd",
+            Solver::Adam => "adam",
         }
+    }
+
+    /// Whether `max_iters` counts epochs (passes over the training rows) rather than steps.
+    pub fn counts_epochs(self) -> bool {
+        matches!(self, Solver::Sgd | Solver::Adam)
     }
 }
 
@@ -55,9 +63,9 @@ pub struct InnerOptions {
     pub solver: Solver,
     /// Relative gradient tolerance: stop when `‖∇g(w)‖ ≤ tol · ‖∇g(0)‖`.
     pub tol: f64,
-    /// Most iterations (epochs for [`Solver::Sgd`]).
+    /// Most iterations (epochs for [`Solver::Sgd`] and [`Solver::Adam`]).
     pub max_iters: usize,
-    /// The mini-batch settings of [`Solver::Sgd`].
+    /// The mini-batch settings of [`Solver::Sgd`] and [`Solver::Adam`].
     pub minibatch: MiniBatch,
 }
 
@@ -112,7 +120,8 @@ pub fn solve<P: InnerProblem>(
         Solver::Agd => gd::gradient_descent(problem, w, threshold, opts.max_iters, true),
         Solver::Newton => newton::newton_cg(problem, w, threshold, opts.max_iters),
         Solver::Lbfgs => lbfgs::lbfgs(problem, w, threshold, opts.max_iters),
-        Solver::Sgd => sgd::sgd(problem, w, threshold, opts.max_iters, &opts.minibatch),
+        Solver::Sgd => minibatch::sgd(problem, w, threshold, opts.max_iters, &opts.minibatch),
+        Solver::Adam => minibatch::adam(problem, w, threshold, opts.max_iters, &opts.minibatch),
     }
 }
 
