@@ -4,7 +4,8 @@
 //! core trait, [`Backend`], is what every model needs: buffers ([`Backend::Buf`], a flat
 //! vector of the backend's scalar type), data matrices ([`Backend::Design`], n×d row-major)
 //! and mini-batches of row indices ([`Backend::Rows`]), two queues that may run side by
-//! side, BLAS-1 and reductions (scalars passed and returned as `f64`), the grouped BLAS-1
+//! side, BLAS-1, element-wise updates (`mul_add`, Adam's step: any solver generic over the
+//! backend may need them) and reductions (scalars passed and returned as `f64`), the grouped BLAS-1
 //! that maps hyper-parameters onto inner variables ([`Groups`]), and the dense GEMM and SYRK.
 //!
 //! Everything particular to a model or a method is an *op family* beside it: a trait with the
