@@ -111,7 +111,56 @@ impl<'a> RowsCall<'a> {
     }
 }
 
+/// The operands of a GLM mini-batch: design, loss, labels, row weights, the batch's rows and
+/// the regulariser's diagonal.
+struct BatchOperands<'a> {
+    x: &'a CudaDesign,
+    loss: Loss,
+    y: &'a CudaSlice<f32>,
+    row_weights: Option<&'a CudaSlice<f32>>,
+    rows: &'a CudaRows,
+    reg: &'a CudaSlice<f32>,
+}
+
 impl CudaBackend {
+    /// `acc ← Σ_p s_{r_p} G_p ⊗ x_{r_p}` over a mini-batch, with `factors_p ← G_p`, after the
+    /// operand checks: the sum that an SGD step and the mini-batch gradient both scale by
+    /// `1/b` (the CPU twin's `batch_sum`).
+    fn batch_sum(
+        &self,
+        batch: &BatchOperands<'_>,
+        w: &CudaSlice<f32>,
+        acc: &mut CudaSlice<f32>,
+        factors: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let BatchOperands {
+            x,
+            loss,
+            y,
+            row_weights,
+            rows,
+            reg,
+        } = *batch;
+        let (c, d) = check_operands(
+            loss,
+            (x.n, x.d),
+            y.len(),
+            row_weights.map(|s| s.len()),
+            w.len(),
+        )?;
+        check_sgd_operands((c, d), rows.len, reg.len(), factors.len())?;
+        check_len("batch sum", acc.len(), c * d)?;
+        rows.check_fits(x.n)?;
+        self.zero(acc)?;
+        let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
+        call.rows = Some(self.rows_ptr(rows));
+        call.n_rows = rows.len;
+        call.y = Some(y);
+        call.row_weight = row_weights;
+        call.row_out = Some(self.ptr(factors));
+        self.glm_rows_accumulate(call, w, 0, acc, 0)
+    }
+
     /// Blocks of `ROWS_BLOCK` threads with `shared` bytes of dynamic shared memory that one
     /// multiprocessor holds at once: the driver's occupancy query, asked once per kernel and
     /// size (it is a pure function of them, and `glm_rows` launches every SGD step).
@@ -467,34 +516,24 @@ impl GlmOps for CudaBackend {
         w: &mut CudaSlice<f32>,
         factors: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let (c, d) = check_operands(
-            loss,
-            (x.n, x.d),
-            y.len(),
-            row_weights.map(|s| s.len()),
-            w.len(),
-        )?;
-        check_sgd_operands((c, d), rows.len, reg.len(), factors.len())?;
-        rows.check_fits(x.n)?;
-        let len = c * d;
+        let len = w.len();
         let mut scratch = self
             .sgd_scratch
             .lock()
             .map_err(|_| Error::Backend("the SGD scratch buffer was poisoned".into()))?;
         let mut grad = match scratch.take() {
-            Some(mut buf) if buf.len() == len => {
-                self.zero(&mut buf)?;
-                buf
-            }
+            Some(buf) if buf.len() == len => buf,
             _ => self.alloc_f32(len)?,
         };
-        let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
-        call.rows = Some(self.rows_ptr(rows));
-        call.n_rows = rows.len;
-        call.y = Some(y);
-        call.row_weight = row_weights;
-        call.row_out = Some(self.ptr(factors));
-        self.glm_rows_accumulate(call, w, 0, &mut grad, 0)?;
+        let batch = BatchOperands {
+            x,
+            loss,
+            y,
+            row_weights,
+            rows,
+            reg,
+        };
+        self.batch_sum(&batch, w, &mut grad, factors)?;
         self.launch(
             "hg_sgd_apply",
             grid_1d(len),
@@ -524,24 +563,16 @@ impl GlmOps for CudaBackend {
         out: &mut CudaSlice<f32>,
         factors: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let (c, d) = check_operands(
-            loss,
-            (x.n, x.d),
-            y.len(),
-            row_weights.map(|s| s.len()),
-            w.len(),
-        )?;
-        check_sgd_operands((c, d), rows.len, reg.len(), factors.len())?;
         check_len("batch gradient", out.len(), w.len())?;
-        rows.check_fits(x.n)?;
-        self.zero(out)?;
-        let mut call = RowsCall::new(x, Mode::LossGrad, loss, c);
-        call.rows = Some(self.rows_ptr(rows));
-        call.n_rows = rows.len;
-        call.y = Some(y);
-        call.row_weight = row_weights;
-        call.row_out = Some(self.ptr(factors));
-        self.glm_rows_accumulate(call, w, 0, out, 0)?;
+        let batch = BatchOperands {
+            x,
+            loss,
+            y,
+            row_weights,
+            rows,
+            reg,
+        };
+        self.batch_sum(&batch, w, out, factors)?;
         // (1/b)·sum, then + reg ⊙ W: rounded as the CPU twin rounds `inv_b·g + reg·w`.
         self.scal(1.0 / rows.len as f64, out)?;
         self.mul_add(1.0, reg, w, out)
