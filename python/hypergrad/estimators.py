@@ -303,7 +303,11 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
     ``dense``, ``kfac``, ``lowrank``; ``None`` is the library's default), ``outer_steps``,
     ``l2`` (C), ``standardize``, ``model`` (``"linear"``: no intercept; ``"mlp:H1[,H2,…]"``: a
     multilayer perceptron with biases, SPEC §8, w₀ drawn from ``random_state``, ``l2`` on its
-    weight matrices), ``activation`` (``"tanh"`` or ``"relu"``; networks only), ``device``,
+    weight matrices), ``activation`` (``"tanh"`` or ``"relu"``; networks only),
+    ``inner_solver`` and ``inner_tol`` (the inner solve of the deterministic methods such as
+    ``cg``: ``newton``, ``lbfgs``, ``gd``, ``agd``, or the mini-batch ``sgd`` and ``adam``;
+    ``None`` is the library's default, Newton-CG to 1e-10 in f64; NHGD and the other
+    stochastic methods train with their own SGD loop and ignore them), ``device``,
     ``random_state``.
 
     ``fit(X, y, X_val, y_val)``: any labels (``classes_ = numpy.unique(y)``); the validation
@@ -320,7 +324,8 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, method="nhgd", curvature=None, outer_steps=20, l2=0.01, standardize=True,
-                 model="linear", activation="tanh", device="auto", random_state=0):
+                 model="linear", activation="tanh", inner_solver=None, inner_tol=None,
+                 device="auto", random_state=0):
         self.method = method
         self.curvature = curvature
         self.outer_steps = outer_steps
@@ -328,6 +333,8 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         self.standardize = standardize
         self.model = model
         self.activation = activation
+        self.inner_solver = inner_solver
+        self.inner_tol = inner_tol
         self.device = device
         self.random_state = random_state
 
@@ -385,6 +392,7 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         result = _api.run("hyperclean", Xs, y_idx, Xvs, pos, method=self.method,
                           curvature=self.curvature, outer_steps=int(self.outer_steps),
                           l2=float(self.l2), model=self.model, activation=self.activation,
+                          inner_solver=self.inner_solver, inner_tol=self.inner_tol,
                           device=self.device, seed=seed)
         theta = np.asarray(result["theta"], dtype=np.float64)
         self.classes_ = classes

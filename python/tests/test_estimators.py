@@ -270,3 +270,23 @@ def test_bad_model_strings_are_the_clis_message(model, corrupted_digits, cli, tm
     assert message in cli_message.replace("invalid value for --model:", "invalid value for model:")
     with pytest.raises(ValueError, match="activation"):
         hg.HyperCleaner(model="mlp:3", activation="sigmoid", outer_steps=1).fit(x, y_bad, xv, yv)
+
+
+def test_hypercleaner_forwards_the_inner_solver(corrupted_digits):
+    """``inner_solver`` and ``inner_tol`` reach the deterministic method's inner solve: Adam
+    to 1e-5 stops with a gradient norm Newton-CG's default solve (1e-10) is far below; both
+    learn weights; a bad name is refused. (``neumann``: Adam's iterate here sits where the
+    Hessian is still indefinite, which ``cg`` refuses, by design.)"""
+    x, y_bad, _, xv, yv, xt, yt = corrupted_digits
+    common = dict(method="neumann", model="mlp:8", outer_steps=2)
+    adam = hg.HyperCleaner(inner_solver="adam", inner_tol=1e-5, **common)
+    assert clone(adam).get_params()["inner_solver"] == "adam"
+    adam.fit(x, y_bad, xv, yv)
+    newton = hg.HyperCleaner(**common).fit(x, y_bad, xv, yv)
+    g_adam = adam.trace_[-1]["inner_grad_norm"]
+    g_newton = newton.trace_[-1]["inner_grad_norm"]
+    assert g_newton < 1e-8 < g_adam, (g_newton, g_adam)
+    assert 0 < np.abs(adam.theta_ - newton.theta_).max()
+    assert adam.score(xt, yt) > 0.5
+    with pytest.raises(ValueError, match="inner.solver"):
+        hg.HyperCleaner(inner_solver="momentum", **common).fit(x, y_bad, xv, yv)
