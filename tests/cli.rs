@@ -657,3 +657,75 @@ fn nhgd_dense_auto_says_in_the_trace_which_update_ran() {
         "fisher_update in the trace: {updates:?}"
     );
 }
+
+/// `run` says how each step's inner solve ended: the trace records and `final` carry
+/// `inner_iters` and `inner_converged` for the methods that solve to a tolerance (null for the
+/// stochastic ones), the report names the inner solver, and the table counts the solves that
+/// stopped short of `--inner-tol`.
+#[test]
+fn run_reports_how_the_inner_solves_ended() {
+    let trace = std::env::temp_dir().join(format!("hg_inner_trace_{}.jsonl", std::process::id()));
+    let trace_arg = trace.to_string_lossy().to_string();
+    let base = [
+        "run",
+        "--problem",
+        "softmax",
+        "--train",
+        "digits",
+        "--standardize",
+        "--outer-steps",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    // SGD capped at 2 epochs: no solve reaches 1e-8.
+    let capped = [
+        "--method",
+        "cg",
+        "--inner-solver",
+        "sgd",
+        "--inner-iters",
+        "2",
+        "--inner-tol",
+        "1e-8",
+    ];
+    let args = [&base[..], &capped[..], &["--json", "--trace", &trace_arg]].concat();
+    let v = stdout_json(&hypergrad(&args));
+    assert_eq!(v["inner_solver"], "sgd");
+    assert_eq!(v["final"]["inner_iters"], 2);
+    assert_eq!(v["final"]["inner_converged"], false);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .expect("the trace")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .iter()
+        .all(|l| l["inner_converged"] == false && l["inner_iters"] == 2));
+    let _ = std::fs::remove_file(&trace);
+    let table = hypergrad(&[&base[..], &capped[..]].concat());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("inner solves  sgd inner solver: the last 2 epochs")
+            && text.contains("3 of 3 NOT converged to --inner-tol"),
+        "{text}"
+    );
+    // Newton-CG's default solves all converge.
+    let v = stdout_json(&hypergrad(
+        &[&base[..], &["--method", "cg", "--json"]].concat(),
+    ));
+    assert_eq!(v["inner_solver"], "newton");
+    assert_eq!(v["final"]["inner_converged"], true);
+    let text =
+        String::from_utf8_lossy(&hypergrad(&[&base[..], &["--method", "cg"]].concat()).stdout)
+            .to_string();
+    assert!(text.contains("all 3 converged"), "{text}");
+    // A stochastic method runs its own inner loop: nothing to report.
+    let v = stdout_json(&hypergrad(
+        &[&base[..], &["--method", "nhgd", "--json"]].concat(),
+    ));
+    assert_eq!(v["inner_solver"], serde_json::Value::Null);
+    assert_eq!(v["final"]["inner_iters"], serde_json::Value::Null);
+    assert_eq!(v["final"]["inner_converged"], serde_json::Value::Null);
+}

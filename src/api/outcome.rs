@@ -88,6 +88,9 @@ pub struct SmoothOutcome {
     pub device: String,
     pub device_note: Option<String>,
     pub warm_start: bool,
+    /// The inner solver of the methods that solve the inner problem to a tolerance (`None`
+    /// for the trajectory and stochastic methods, whose inner loop is their own).
+    pub inner_solver: Option<Solver>,
     pub outer_steps: u64,
     /// θ's length.
     pub p: usize,
@@ -132,6 +135,8 @@ impl SmoothOutcome {
             device,
             device_note,
             warm_start: !settings.cold_start,
+            inner_solver: (!method.is_trajectory() && !method.is_stochastic())
+                .then(|| super::plan::inner_solver(settings.inner_solver)),
             outer_steps: settings.outer_steps,
             p,
             resumed_from: outcome.resumed_from,
@@ -156,6 +161,7 @@ impl SmoothOutcome {
             "device": self.device,
             "device_note": self.device_note,
             "warm_start": self.warm_start,
+            "inner_solver": self.inner_solver.map(Solver::name),
             "outer_steps": self.outer_steps,
             "resumed_from": self.resumed_from,
             "final": self.trace.last(),

@@ -162,14 +162,7 @@ impl SmoothPlan {
     /// The deterministic methods' options for the given precision (defaults filled in).
     pub fn options(&self, settings: &Settings, precision: Precision) -> Options {
         let mut opts = Options::new(self.method, precision);
-        opts.inner.solver = match settings.inner_solver {
-            InnerSolverName::Gd => Solver::Gd,
-            InnerSolverName::Agd => Solver::Agd,
-            InnerSolverName::Newton => Solver::Newton,
-            InnerSolverName::Lbfgs => Solver::Lbfgs,
-            InnerSolverName::Sgd => Solver::Sgd,
-            InnerSolverName::Adam => Solver::Adam,
-        };
+        opts.inner.solver = inner_solver(settings.inner_solver);
         opts.inner.minibatch = MiniBatch {
             batch: settings.batch_size,
             step: settings.inner_lr,
@@ -375,5 +368,17 @@ impl L1Plan {
                 ))
             }
         })
+    }
+}
+
+/// The inner solver `--inner-solver` names.
+pub(super) fn inner_solver(name: InnerSolverName) -> Solver {
+    match name {
+        InnerSolverName::Gd => Solver::Gd,
+        InnerSolverName::Agd => Solver::Agd,
+        InnerSolverName::Newton => Solver::Newton,
+        InnerSolverName::Lbfgs => Solver::Lbfgs,
+        InnerSolverName::Sgd => Solver::Sgd,
+        InnerSolverName::Adam => Solver::Adam,
     }
 }

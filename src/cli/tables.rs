@@ -1,6 +1,7 @@
 //! The tables `grad` and `run` print (without `--json`), one function per report kind.
 
 use crate::api::{L1Outcome, L1Report, SmoothOutcome, SmoothReport};
+use crate::solver::Solver;
 
 /// `grad` on a smooth problem.
 pub fn smooth_report(r: &SmoothReport) {
@@ -137,6 +138,36 @@ fn preview(v: &[f64]) -> String {
 }
 
 /// `run` on a smooth problem.
+/// How the inner solves of a run ended: the last one's iterations and gradient norm, and how
+/// many steps' solves stopped short of `--inner-tol` (the trace records say which).
+fn inner_solves(solver: Solver, trace: &[serde_json::Value]) -> String {
+    let unit = if solver.counts_epochs() {
+        "epochs"
+    } else {
+        "iterations"
+    };
+    let last = trace.last();
+    let iters = last
+        .and_then(|r| r.get("inner_iters")?.as_u64())
+        .unwrap_or(0);
+    let grad_norm = last
+        .and_then(|r| r.get("inner_grad_norm")?.as_f64())
+        .unwrap_or(f64::NAN);
+    let short = trace
+        .iter()
+        .filter(|r| r.get("inner_converged").and_then(|c| c.as_bool()) == Some(false))
+        .count();
+    let all = if short == 0 {
+        format!("all {} converged", trace.len())
+    } else {
+        format!("{short} of {} NOT converged to --inner-tol", trace.len())
+    };
+    format!(
+        "{} inner solver: the last {iters} {unit}, ‖∇g‖ {grad_norm:.3e}; {all}",
+        solver.name()
+    )
+}
+
 pub fn smooth_outcome(o: &SmoothOutcome) {
     println!(
         "problem       {} (p = {}), method {} with {} on {}, {} start",
@@ -174,6 +205,9 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
             number("hypergradient_norm").unwrap_or(f64::NAN),
             number("seconds").unwrap_or(f64::NAN)
         );
+        if let Some(solver) = o.inner_solver {
+            println!("inner solves  {}", inner_solves(solver, &o.trace));
+        }
         if let Some(loss) = number("test_loss") {
             let acc = number("test_accuracy")
                 .map_or(String::new(), |a| format!(", accuracy {:.2}%", 100.0 * a));

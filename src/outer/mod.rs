@@ -272,6 +272,12 @@ pub struct StepRecord {
     pub test_accuracy: Option<f64>,
     /// ‖∇g(ŵ)‖ (null where not computed).
     pub inner_grad_norm: Option<f64>,
+    /// The inner solve behind this step's hypergradient, for the methods that solve the inner
+    /// problem to a tolerance (exact, cg, neumann, fixed-point): its iterations (epochs for
+    /// `--inner-solver sgd` and `adam`) and whether it reached the tolerance. Null for the
+    /// trajectory and stochastic methods, whose inner loop is a fixed number of steps.
+    pub inner_iters: Option<usize>,
+    pub inner_converged: Option<bool>,
     pub error_bound: Option<f64>,
     /// Host synchronisations and copies inside the inner loop (stochastic methods).
     pub inner_host_syncs: Option<u64>,
@@ -351,6 +357,7 @@ where
             }
             _ => (None, None),
         };
+        let solves_inner = !h.method.is_trajectory() && !h.method.is_stochastic();
         let record = StepRecord {
             step,
             seconds: elapsed_before + started.elapsed().as_secs_f64(),
@@ -360,6 +367,8 @@ where
             test_loss,
             test_accuracy,
             inner_grad_norm: Some(h.inner_grad_norm).filter(|v| v.is_finite()),
+            inner_iters: solves_inner.then_some(h.inner_iters),
+            inner_converged: solves_inner.then_some(h.inner_converged),
             error_bound: h.error_bound,
             inner_host_syncs: stats.map(|s| s.inner_host_syncs),
             fisher_update: stats.and_then(|s| s.fisher_update),
