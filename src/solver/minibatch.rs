@@ -67,7 +67,8 @@ pub const ADAM_MOMENTS: (f64, f64, f64) = (0.9, 0.999, 1e-8);
 /// The mini-batch settings of [`sgd`] and [`adam`] (`--batch-size`, `--inner-lr`, `--seed`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MiniBatch {
-    /// Rows per step (all rows if larger than `n`).
+    /// Rows per step at the start (all rows if larger than `n`); a stall doubles it (module
+    /// docs).
     pub batch: usize,
     /// The first step `η`; `None`: the rule's default (module docs).
     pub step: Option<f64>,
