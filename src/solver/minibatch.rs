@@ -29,15 +29,17 @@
 //!   (Smith et al., ICLR 2018, "Don't decay the learning rate, increase the batch size"),
 //!   and full-batch SGD and Adam converge, with `η` halved when even they stall. Measured on
 //!   the network of `tests/mlp_cli.rs` (`mlp:4`, b = 32, 2026-11-28): with halving alone, SGD
-//!   took 8,456 epochs to 1e-3 and did not reach 1e-4 in 20,000; with the batch doubled
-//!   first, 513 and 1,579 epochs; Adam, with halving alone, stalled at 2·10⁻³ to 4·10⁻³
-//!   relative on tests/inner_solvers.rs's problems, its halvings exhausted;
+//!   took 8,456 epochs to 1e-3 and did not reach 1e-4 in 20,000 (at `5fef3fd`); with the
+//!   batch doubled first, 513 and 1,579 epochs; Adam, with halving alone (a development build,
+//!   not kept), stalled at 2·10⁻³ to 4·10⁻³ relative on tests/inner_solvers.rs's problems,
+//!   its halvings exhausted;
 //! * an epoch that ends with a non-finite `g` (a diverging step) returns to the lowest point
 //!   and halves `η` at once, whatever the batch. Once `η` has been halved [`MAX_HALVINGS`]
 //!   times the solve stops: no step makes progress in this precision;
 //! * Adam restarts from zero moments. (Keeping `v` and the step count across a restart took
-//!   3–6× more epochs on the tests' problems: a `v` averaged over the smaller, noisier
-//!   batches keeps the steps small for about `1/(1−β₂)` steps after the batch has grown.)
+//!   3–6× more epochs on the tests' problems in a development build, not kept: a `v`
+//!   averaged over the smaller, noisier batches keeps the steps small for about `1/(1−β₂)`
+//!   steps after the batch has grown.)
 //!
 //! Both converge at the rate of first-order methods on `g`'s conditioning, so they are for
 //! moderate tolerances (1e-3 to 1e-5 relative); `newton` and `lbfgs` are for tight ones.
