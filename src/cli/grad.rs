@@ -25,6 +25,12 @@ pub fn run(args: GradArgs) -> Result<()> {
     let report = api::grad(&request, &args.common.data.source(None).into())?;
     if args.json {
         println!("{}", report.to_json());
+        // The table prints it; a script reading the JSON still gets told on stderr.
+        if let Report::Smooth(r) = &report {
+            if let Some(warning) = r.result.refinement.warning() {
+                eprintln!("warning: {warning}");
+            }
+        }
         return Ok(());
     }
     match &report {

@@ -139,7 +139,23 @@ pub fn run(args: RunArgs) -> Result<()> {
     let input = args.common.data.source(args.outer.test.as_deref()).into();
     let progress = std::io::stderr().is_terminal() && !args.json;
     let total = args.outer.outer_steps;
+    let mut warned_inaccurate = false;
     let mut show = |record: &serde_json::Value| -> crate::Result<()> {
+        // Once per run: the trace marks every such step, the table counts them.
+        if !warned_inaccurate
+            && record.get("solve_accurate").and_then(|v| v.as_bool()) == Some(false)
+        {
+            warned_inaccurate = true;
+            eprintln!(
+                "{}warning: outer step {}: the linear solve behind the hypergradient stayed inaccurate after refinement (hypergradient_change {:.1e} in the trace): use --precision f64",
+                if progress { "\r\x1b[2K" } else { "" },
+                record.get("step").and_then(|v| v.as_u64()).unwrap_or(0),
+                record
+                    .get("hypergradient_change")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(f64::NAN),
+            );
+        }
         if progress {
             let number = |key: &str| record.get(key).and_then(|v| v.as_f64());
             let acc = number("test_accuracy")

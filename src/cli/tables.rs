@@ -61,10 +61,14 @@ pub fn smooth_report(r: &SmoothReport) {
         h.inner_grad_norm
     );
     println!(
-        "residual      {}  ({} linear iterations)",
+        "residual      {}  ({} linear iterations{})",
         optional(h.residual_norm),
-        h.linear_iters
+        h.linear_iters,
+        refinement_note(&h.refinement)
     );
+    if let Some(warning) = h.refinement.warning() {
+        println!("warning       {warning}");
+    }
     let relative = h
         .error_bound
         .filter(|_| h_norm > 0.0)
@@ -168,6 +172,43 @@ fn inner_solves(solver: Solver, trace: &[serde_json::Value]) -> String {
     )
 }
 
+/// `, N refinement rounds (h moved X in the last)` where refinement ran.
+fn refinement_note(r: &crate::hypergrad::refine::RefinementReport) -> String {
+    match (r.refinements, r.hypergradient_change) {
+        (Some(n), Some(change)) => format!(
+            ", {n} refinement round{} (h moved {change:.1e} in the last)",
+            if n == 1 { "" } else { "s" }
+        ),
+        _ => String::new(),
+    }
+}
+
+/// How the linear solves of a run ended (the methods that report a residual): the last
+/// residual, how many steps were refined, and how many stayed inaccurate.
+fn linear_solves(trace: &[serde_json::Value]) -> Option<String> {
+    let last = trace
+        .iter()
+        .rev()
+        .find_map(|r| r.get("residual_norm")?.as_f64())?;
+    let refined = trace
+        .iter()
+        .filter(|r| r.get("refinements").and_then(|c| c.as_u64()).is_some())
+        .count();
+    let inaccurate = trace
+        .iter()
+        .filter(|r| r.get("solve_accurate").and_then(|c| c.as_bool()) == Some(false))
+        .count();
+    let refinement = match (refined, inaccurate) {
+        (0, _) => String::new(),
+        (n, 0) => format!("; refined in {n} of {} steps, all accurate", trace.len()),
+        (n, k) => format!(
+            "; refined in {n} of {} steps, {k} stayed INACCURATE (use --precision f64)",
+            trace.len()
+        ),
+    };
+    Some(format!("the last residual {last:.3e}{refinement}"))
+}
+
 pub fn smooth_outcome(o: &SmoothOutcome) {
     println!(
         "problem       {} (p = {}), method {} with {} on {}, {} start",
@@ -207,6 +248,9 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
         );
         if let Some(solver) = o.inner_solver {
             println!("inner solves  {}", inner_solves(solver, &o.trace));
+        }
+        if let Some(solves) = linear_solves(&o.trace) {
+            println!("linear solves {solves}");
         }
         if let Some(loss) = number("test_loss") {
             let acc = number("test_accuracy")

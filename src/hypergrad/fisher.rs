@@ -312,6 +312,46 @@ impl<B: FisherOps> FisherTracker<B> {
         }
     }
 
+    /// Whether [`Self::apply`] can form `Ĥv`: every state but the Woodbury inverse, which
+    /// keeps `Ĥ⁻¹` and not `Ĥ`.
+    pub fn has_operator(&self) -> bool {
+        !matches!(self, FisherTracker::DenseInverse { .. })
+    }
+
+    /// `out ← Ĥ v`, the curvature estimate itself (what [`Self::apply_inverse`] inverts), for
+    /// the recomputed residual and refinement ([`super::refine`]). An error for the Woodbury
+    /// inverse ([`Self::has_operator`]).
+    pub fn apply(
+        &self,
+        backend: &B,
+        reg: &Regulariser<'_, B>,
+        v: &B::Buf,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        match self {
+            FisherTracker::DenseInverse { .. } => Err(Error::Backend(
+                "internal: the Woodbury state keeps Ĥ⁻¹, not Ĥ".into(),
+            )),
+            FisherTracker::DenseFisher { f, p } => {
+                backend.gemm(false, false, (*p, 1, *p), 1.0, f, v, 0.0, out)?;
+                backend.mul_add(1.0, reg.diag, v, out)
+            }
+            FisherTracker::Kfac { xx, gg, c, d } => {
+                let lambda = backend.upload(&reg.class_lambdas(*c, *d)?)?;
+                let applied = kfac_apply(backend, xx, gg, &lambda, v)?;
+                backend.copy(&applied, out)
+            }
+            FisherTracker::Lowrank { u, rank, p } => {
+                // Ĥv = R v + Uᵀ(U v).
+                let mut t = backend.zeros(*rank)?;
+                backend.gemm(false, false, (*rank, 1, *p), 1.0, u, v, 0.0, &mut t)?;
+                backend.fill(out, 0.0)?;
+                backend.mul_add(1.0, reg.diag, v, out)?;
+                backend.gemm(true, false, (*p, 1, *rank), 1.0, u, &t, 1.0, out)
+            }
+        }
+    }
+
     /// `q = Ĥ⁻¹ a` with `Ĥ = F + R`, `R = diag(reg_diag)` whose entries are `λ_{g(e)}` over
     /// `groups`. Returns the iterations of the linear solve (dense accumulate only).
     pub fn apply_inverse(
@@ -437,16 +477,7 @@ pub fn kfac_solve<B: FisherOps>(
     lambda: &B::Buf,
     a: &B::Buf,
 ) -> Result<B::Buf> {
-    let c = backend.len(lambda);
-    let d = (backend.len(xx) as f64).sqrt().round() as usize;
-    if c * c != backend.len(gg) || d * d != backend.len(xx) || c * d != backend.len(a) {
-        return Err(Error::Dimension(format!(
-            "K-FAC block: factors of {} and {} entries, {c} λ and a vector of {}",
-            backend.len(xx),
-            backend.len(gg),
-            backend.len(a)
-        )));
-    }
+    let (c, d) = kfac_shape(backend, xx, gg, lambda, a)?;
     // Damped copies of the factors, on the backend: X̃ = XX + πI, G̃ = GG + Λ/π.
     let mut x_damped = backend.zeros(d * d)?;
     backend.copy(xx, &mut x_damped)?;
@@ -472,6 +503,49 @@ pub fn kfac_solve<B: FisherOps>(
     let mut q = backend.zeros(c * d)?;
     backend.gemm(false, false, (c, d, c), 1.0, &g_inv, &v_x, 0.0, &mut q)?;
     Ok(q)
+}
+
+/// K-FAC's damped block applied to `v` (the `c×d` matrix `V`, class-major): the forward
+/// product `(GG + Λ/π) V (XX + πI)` that [`kfac_solve`] inverts, with the same damping.
+pub fn kfac_apply<B: FisherOps>(
+    backend: &B,
+    xx: &B::Buf,
+    gg: &B::Buf,
+    lambda: &B::Buf,
+    v: &B::Buf,
+) -> Result<B::Buf> {
+    let (c, d) = kfac_shape(backend, xx, gg, lambda, v)?;
+    let mut x_damped = backend.zeros(d * d)?;
+    backend.copy(xx, &mut x_damped)?;
+    let mut g_damped = backend.zeros(c * c)?;
+    backend.copy(gg, &mut g_damped)?;
+    backend.kfac_damp(&mut x_damped, &mut g_damped, lambda)?;
+    let mut v_x = backend.zeros(c * d)?;
+    backend.gemm(false, false, (c, d, d), 1.0, v, &x_damped, 0.0, &mut v_x)?;
+    let mut out = backend.zeros(c * d)?;
+    backend.gemm(false, false, (c, d, c), 1.0, &g_damped, &v_x, 0.0, &mut out)?;
+    Ok(out)
+}
+
+/// `(c, d)` of a K-FAC block, read off its factors and checked against the vector.
+fn kfac_shape<B: FisherOps>(
+    backend: &B,
+    xx: &B::Buf,
+    gg: &B::Buf,
+    lambda: &B::Buf,
+    v: &B::Buf,
+) -> Result<(usize, usize)> {
+    let c = backend.len(lambda);
+    let d = (backend.len(xx) as f64).sqrt().round() as usize;
+    if c * c != backend.len(gg) || d * d != backend.len(xx) || c * d != backend.len(v) {
+        return Err(Error::Dimension(format!(
+            "K-FAC block: factors of {} and {} entries, {c} λ and a vector of {}",
+            backend.len(xx),
+            backend.len(gg),
+            backend.len(v)
+        )));
+    }
+    Ok((c, d))
 }
 
 /// The regulariser `R = diag(r)` with `r_e = λ_{g(e)}`.

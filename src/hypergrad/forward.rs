@@ -53,6 +53,7 @@ pub fn hypergradient<P: Bilevel>(
         hypergradient: fwd.hypergradient,
         inner_grad_norm: grad_norm,
         residual_norm: None,
+        refinement: Default::default(),
         error_bound,
         inner_iters: opts.unroll_steps,
         linear_iters: opts.unroll_steps,

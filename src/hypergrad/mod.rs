@@ -18,6 +18,7 @@ pub mod forward;
 pub mod implicit;
 pub mod neumann;
 pub mod nhgd_mlp;
+pub mod refine;
 pub mod stochastic;
 pub mod unroll;
 
@@ -183,6 +184,9 @@ pub struct Estimate<M: MethodName, X = ()> {
     pub inner_grad_norm: f64,
     /// `‖H(ŵ)q̂ − ∇_w f(ŵ)‖` where a `q̂` exists.
     pub residual_norm: Option<f64>,
+    /// What refinement of that solve did (f32; `null`s where none ran): [`refine`].
+    #[serde(flatten)]
+    pub refinement: refine::RefinementReport,
     /// Upper bound on `‖h − ∇F(θ)‖`, or `None` where no valid bound is known.
     pub error_bound: Option<f64>,
     pub inner_iters: usize,

@@ -70,9 +70,10 @@
 use std::time::Instant;
 
 use super::fisher::{
-    choose_dense_update, kfac_solve, DenseUpdate, FisherSpec, FisherTracker, Regulariser,
-    Representation,
+    choose_dense_update, kfac_apply, kfac_solve, DenseUpdate, FisherSpec, FisherTracker,
+    Regulariser, Representation,
 };
+use super::refine::{self, LinearSystem, Refinement};
 use super::stochastic::{loop_stats, CrossTranspose, LoopStats, StochasticOptions};
 use super::{Hypergradient, Method};
 use crate::backend::mlp::{Deltas, MlpData, MlpOps, Network, Tape};
@@ -181,36 +182,85 @@ impl<B: MlpOps + FisherOps> MlpCurvature<B> {
     ) -> Result<(B::Buf, usize)> {
         match self {
             MlpCurvature::Rows(tracker) => {
-                // `Groups::Each` with one "λ" per entry: D is diagonal but not piecewise
-                // constant over a fixed grouping.
-                let reg = Regulariser {
-                    backend,
-                    diag: damping.0,
-                    groups: Groups::Each,
-                    lambda: damping.1,
-                };
-                tracker.apply_inverse(backend, &reg, a, linear_tol)
+                tracker.apply_inverse(backend, &rows_regulariser(backend, damping), a, linear_tol)
+            }
+            MlpCurvature::Kfac { aa, gg } => Ok((
+                kfac_blocks(backend, net, lambda, aa, gg, a, |b, x, g, lam, v| {
+                    kfac_solve(b, x, g, lam, v)
+                })?,
+                0,
+            )),
+        }
+    }
+
+    /// Whether [`Self::apply`] can form `Ĥv` (not for the Woodbury inverse).
+    pub fn has_operator(&self) -> bool {
+        match self {
+            MlpCurvature::Rows(tracker) => tracker.has_operator(),
+            MlpCurvature::Kfac { .. } => true,
+        }
+    }
+
+    /// `out ← Ĥ v`, what [`Self::apply_inverse`] inverts (for refinement, [`super::refine`]).
+    pub fn apply(
+        &self,
+        backend: &B,
+        net: &Network,
+        lambda: &[f64],
+        damping: (&B::Buf, &[f64]),
+        v: &B::Buf,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        match self {
+            MlpCurvature::Rows(tracker) => {
+                tracker.apply(backend, &rows_regulariser(backend, damping), v, out)
             }
             MlpCurvature::Kfac { aa, gg } => {
-                let mut q = backend.zeros(net.dim())?;
-                for l in 0..net.layers() {
-                    let (offset, len) = (net.offset(l), net.block_len(l));
-                    let mut block = backend.zeros(len)?;
-                    backend.copy_range(a, offset, &mut block, 0, len)?;
-                    let lam = backend.upload(&vec![lambda[l]; net.fans(l).1])?;
-                    let solved =
-                        kfac_solve(backend, &aa[l], &gg[l], &lam, &block).map_err(|e| match e {
-                            Error::Numerical(m) => {
-                                Error::Numerical(format!("layer {}: {m}", l + 1))
-                            }
-                            other => other,
-                        })?;
-                    backend.copy_range(&solved, 0, &mut q, offset, len)?;
-                }
-                Ok((q, 0))
+                let applied = kfac_blocks(backend, net, lambda, aa, gg, v, kfac_apply)?;
+                backend.copy(&applied, out)
             }
         }
     }
+}
+
+/// `D` as a regulariser: `Groups::Each` with one "λ" per entry, since D is diagonal but not
+/// piecewise constant over a fixed grouping.
+fn rows_regulariser<'a, B: FisherOps>(
+    backend: &'a B,
+    damping: (&'a B::Buf, &'a [f64]),
+) -> Regulariser<'a, B> {
+    Regulariser {
+        backend,
+        diag: damping.0,
+        groups: Groups::Each,
+        lambda: damping.1,
+    }
+}
+
+/// K-FAC's block-diagonal operator: `block(aa_l, gg_l, λ_l, a_l)` on each layer's slice of
+/// `a` (the damped block's inverse, [`kfac_solve`], or the block itself, [`kfac_apply`]).
+fn kfac_blocks<B: MlpOps + FisherOps>(
+    backend: &B,
+    net: &Network,
+    lambda: &[f64],
+    aa: &[B::Buf],
+    gg: &[B::Buf],
+    a: &B::Buf,
+    block: impl Fn(&B, &B::Buf, &B::Buf, &B::Buf, &B::Buf) -> Result<B::Buf>,
+) -> Result<B::Buf> {
+    let mut q = backend.zeros(net.dim())?;
+    for l in 0..net.layers() {
+        let (offset, len) = (net.offset(l), net.block_len(l));
+        let mut slice = backend.zeros(len)?;
+        backend.copy_range(a, offset, &mut slice, 0, len)?;
+        let lam = backend.upload(&vec![lambda[l]; net.fans(l).1])?;
+        let done = block(backend, &aa[l], &gg[l], &lam, &slice).map_err(|e| match e {
+            Error::Numerical(m) => Error::Numerical(format!("layer {}: {m}", l + 1)),
+            other => other,
+        })?;
+        backend.copy_range(&done, 0, &mut q, offset, len)?;
+    }
+    Ok(q)
 }
 
 /// The NHGD estimator of a network problem, with the inner iterate it carries between outer
@@ -418,7 +468,43 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
         } else {
             (b.zeros(dim)?, 0)
         };
-        let hypergradient: Vec<f64> = cross(&self.w, &q)?.iter().map(|v| -v).collect();
+        let mut q = q;
+        let mut hypergradient: Vec<f64> = cross(&self.w, &q)?.iter().map(|v| -v).collect();
+        // The solve, checked and refined where Ĥ can be applied (super::refine).
+        let (residual_norm, refinement, linear_iters) =
+            if self.curvature && curvature.has_operator() {
+                let damping = (&damping_buf, damping_host.as_slice());
+                let (check, iters) = refine::refine(
+                    b,
+                    Refinement::for_precision(b.precision()),
+                    &a,
+                    &mut q,
+                    &mut hypergradient,
+                    &mut LinearSystem {
+                        apply: |v: &B::Buf, out: &mut B::Buf| {
+                            curvature.apply(b, net, problem.lambda(), damping, v, out)
+                        },
+                        solve: |r: &B::Buf| {
+                            curvature.apply_inverse(
+                                b,
+                                net,
+                                problem.lambda(),
+                                damping,
+                                r,
+                                self.opts.linear_tol,
+                            )
+                        },
+                        cross_t: |d: &B::Buf| cross(&self.w, d),
+                    },
+                )?;
+                (
+                    Some(check.residual_norm),
+                    check.report,
+                    linear_iters + iters,
+                )
+            } else {
+                (None, Default::default(), linear_iters)
+            };
         let inner_grad_norm = if self.opts.diagnostics {
             let mut g = b.zeros(dim)?;
             problem.inner_value_grad(&self.w, Some(&mut g))?;
@@ -432,7 +518,8 @@ impl<B: MlpOps + FisherOps> MlpNhgd<B> {
             outer_loss,
             hypergradient,
             inner_grad_norm,
-            residual_norm: None,
+            residual_norm,
+            refinement,
             error_bound: None,
             inner_iters: self.opts.inner_steps,
             linear_iters,

@@ -27,6 +27,7 @@ use std::time::Instant;
 use super::fisher::{
     Averaging, DenseUpdate, FisherSpec, FisherTracker, Regulariser, Representation, StepInputs,
 };
+use super::refine::{self, LinearSystem, Refinement};
 use super::{Hypergradient, Method};
 use crate::backend::{Backend, Curvature, FisherOps, GlmOps};
 use crate::data::rng::Rng;
@@ -303,6 +304,7 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
         let eta = self.inner_lr(problem);
         let beta = self.opts.linear_lr.unwrap_or(eta);
         let mut a = b.zeros(p)?;
+        let mut solve_check = None;
         let (q, stats, linear_iters, outer_loss) = match self.opts.method {
             Method::Nhgd => {
                 let prepared = self.prepare(problem, &mut rng)?;
@@ -317,6 +319,7 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                 let reg = regulariser(problem);
                 let (q, iters) = tracker.apply_inverse(b, &reg, &a, self.opts.linear_tol)?;
+                solve_check = Some((tracker, reg));
                 (q, stats, iters, outer_loss)
             }
             Method::Soba => {
@@ -367,7 +370,31 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
             }
             _ => unreachable!("checked in new()"),
         };
-        let hypergradient: Vec<f64> = cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        let mut q = q;
+        let mut hypergradient: Vec<f64> = cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
+        // NHGD's solve, checked and refined where Ĥ can be applied (super::refine).
+        let (residual_norm, refinement, linear_iters) = match solve_check {
+            Some((tracker, reg)) if tracker.has_operator() => {
+                let (check, iters) = refine::refine(
+                    b,
+                    Refinement::for_precision(b.precision()),
+                    &a,
+                    &mut q,
+                    &mut hypergradient,
+                    &mut LinearSystem {
+                        apply: |v: &B::Buf, out: &mut B::Buf| tracker.apply(b, &reg, v, out),
+                        solve: |r: &B::Buf| tracker.apply_inverse(b, &reg, r, self.opts.linear_tol),
+                        cross_t: |d: &B::Buf| cross_t(&self.w, d),
+                    },
+                )?;
+                (
+                    Some(check.residual_norm),
+                    check.report,
+                    linear_iters + iters,
+                )
+            }
+            _ => (None, Default::default(), linear_iters),
+        };
         let inner_grad_norm = if self.opts.diagnostics {
             let mut g = b.zeros(p)?;
             problem.inner_value_grad(&self.w, Some(&mut g))?;
@@ -384,7 +411,8 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
             outer_loss,
             hypergradient,
             inner_grad_norm,
-            residual_norm: None,
+            residual_norm,
+            refinement,
             error_bound: None,
             inner_iters: self.opts.inner_steps,
             linear_iters,

@@ -33,6 +33,7 @@ pub fn hypergradient<P: Bilevel>(
         hypergradient: h,
         inner_grad_norm: path.final_grad_norm,
         residual_norm: None,
+        refinement: Default::default(),
         error_bound,
         inner_iters: steps,
         linear_iters: opts.truncate.unwrap_or(steps).min(steps),

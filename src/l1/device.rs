@@ -200,6 +200,7 @@ pub fn forward_pgd_on<B: ProxOps + GlmOps>(
         hypergradient: h,
         inner_grad_norm: gap,
         residual_norm: None,
+        refinement: Default::default(),
         error_bound: None,
         inner_iters: iters,
         linear_iters: 0,

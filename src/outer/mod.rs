@@ -279,6 +279,13 @@ pub struct StepRecord {
     pub inner_iters: Option<usize>,
     pub inner_converged: Option<bool>,
     pub error_bound: Option<f64>,
+    /// `‖Ĥq̂ − a‖` of the linear solve behind the hypergradient, recomputed (null where the
+    /// method has none, or keeps only `Ĥ⁻¹`: NHGD's Woodbury inverse).
+    pub residual_norm: Option<f64>,
+    /// Refinement of that solve (f32): rounds, the last relative change of h, whether it
+    /// ended within tolerance ([`crate::hypergrad::refine`]).
+    #[serde(flatten)]
+    pub refinement: crate::hypergrad::refine::RefinementReport,
     /// Host synchronisations and copies inside the inner loop (stochastic methods).
     pub inner_host_syncs: Option<u64>,
     pub inner_host_transfers: Option<u64>,
@@ -370,6 +377,8 @@ where
             inner_iters: solves_inner.then_some(h.inner_iters),
             inner_converged: solves_inner.then_some(h.inner_converged),
             error_bound: h.error_bound,
+            residual_norm: h.residual_norm,
+            refinement: h.refinement,
             inner_host_syncs: stats.map(|s| s.inner_host_syncs),
             fisher_update: stats.and_then(|s| s.fisher_update),
             inner_host_transfers: stats.map(|s| s.inner_host_transfers),
