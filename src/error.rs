@@ -42,6 +42,11 @@ pub enum Error {
     #[error("numerical failure: {0}")]
     Numerical(String),
 
+    /// A buffer that does not fit: planned before allocating ([`crate::memory::MemoryPlan`]),
+    /// or refused by the allocator ([`crate::memory::try_vec`]) or by the device.
+    #[error("out of memory: {0}")]
+    Memory(String),
+
     /// A backend (e.g. CUDA) is not available or failed.
     #[error("backend error: {0}")]
     Backend(String),

@@ -18,6 +18,7 @@
 //! * [`bound_curves`]: true error against the a posteriori and a priori bounds over CG
 //!   iterations (`hypergrad bench bounds`);
 //! * [`l1`]: sparse model selection (`lasso`, `enet`, `wlasso`): prox solvers, hypergradients, outer search;
+//! * [`memory`]: memory planned before it is allocated, and allocations that fail as errors;
 //! * [`cli`]: the `hypergrad` command line.
 
 // `!(x > 0.0)` is the NaN-rejecting test we mean wherever it appears.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod hypergrad;
 pub mod l1;
 pub mod linalg;
+pub mod memory;
 pub mod outer;
 pub mod plot;
 pub mod problem;

@@ -18,7 +18,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 
@@ -41,7 +43,8 @@ enum Stage {
 
 /// A library error as the Python exception SPEC §7 asks for: `KeyboardInterrupt` for an
 /// interrupted run, `TypeError` for an option that does not exist (as for any unexpected
-/// keyword argument), `RuntimeError` for numerical and backend failures of the computation,
+/// keyword argument), `MemoryError` for a run that does not fit (refused before it allocates,
+/// so the interpreter lives on), `RuntimeError` for numerical and backend failures of the computation,
 /// `ValueError` for everything else about the input. The message is the command line's, an
 /// invalid option named by its keyword (`inner_tol`, not `--inner-tol`).
 fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
@@ -49,6 +52,7 @@ fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
     match err {
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::UnknownOption { .. } => PyTypeError::new_err(message),
+        Error::Memory(_) => PyMemoryError::new_err(message),
         Error::Numerical(_) | Error::Backend(_) if stage == Stage::Compute => {
             PyRuntimeError::new_err(message)
         }

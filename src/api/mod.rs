@@ -25,6 +25,7 @@ pub mod cleaning;
 pub mod data;
 pub mod device;
 mod distill;
+mod footprint;
 pub mod info;
 mod l1;
 pub mod names;

@@ -126,6 +126,32 @@ pub(super) fn build<B: MlpOps>(
     settings: &Settings,
     splits: &DenseSplits,
 ) -> Result<MlpBilevel<B>> {
+    // Before w₀ and the rest of what grows with P are allocated.
+    let (d, c) = (splits.train.d(), splits.train.num_classes()?);
+    let widths: Vec<usize> = std::iter::once(d)
+        .chain(network.hidden.iter().copied())
+        .chain(std::iter::once(c))
+        .collect();
+    let inner = widths.windows(2).fold(0usize, |sum, w| {
+        sum.saturating_add((w[0] + 1).saturating_mul(w[1]))
+    });
+    let hyper = match plan.layout {
+        crate::problem::HyperLayout::PerSample => splits.train.n(),
+        _ => widths.len(),
+    };
+    super::footprint::check(
+        &backend,
+        plan,
+        settings,
+        &super::footprint::Sizes {
+            rows: splits.train.n() + splits.val.n(),
+            features: d,
+            outputs: c,
+            inner,
+            hyper,
+            hidden: &network.hidden,
+        },
+    )?;
     let mut problem = MlpBilevel::new(
         backend,
         plan.kind,

@@ -91,6 +91,21 @@ fn build<B: GlmOps>(
         &splits.val,
         settings.l2,
     )?;
+    // Before the estimator allocates what grows with P (a dense curvature or Hessian).
+    let (outputs, features) = problem.shape();
+    super::footprint::check(
+        problem.backend(),
+        plan,
+        settings,
+        &super::footprint::Sizes {
+            rows: splits.train.n() + splits.val.n(),
+            features,
+            outputs,
+            inner: problem.inner_dim(),
+            hyper: problem.hyper_dim(),
+            hidden: &[],
+        },
+    )?;
     let p = problem.hyper_dim();
     let what = format!("{} with --hyper {}", plan.kind.name(), plan.layout.name());
     let theta = settings.theta.values(p, 0.0, &what)?;

@@ -40,6 +40,10 @@ pub struct CpuBackend<T> {
     counters: Arc<TrafficCounters>,
     /// See [`crate::backend::FisherOps::direct_solve_max_dim`]: 0 (always CG) unless a test asks otherwise.
     pub(in crate::backend) direct_solve_max_dim: usize,
+    /// A device's memory, simulated: no single buffer may exceed this many bytes
+    /// (`HYPERGRAD_CPU_ALLOC_LIMIT`; `None`: the host's own limits), so that the path of a
+    /// device allocation that fails is exercised without a GPU.
+    allocation_limit: Option<u64>,
     _precision: PhantomData<T>,
 }
 
@@ -62,7 +66,28 @@ impl<T: Real> CpuBackend<T> {
         CpuBackend {
             counters: Arc::default(),
             direct_solve_max_dim: direct_solve_max_dim_from_env(),
+            allocation_limit: allocation_limit_from_env(),
             _precision: PhantomData,
+        }
+    }
+
+    /// The same backend standing in for a device of `bytes` bytes: any buffer larger than that
+    /// is refused as a device allocation would be (see `allocation_limit`).
+    pub fn with_allocation_limit(mut self, bytes: u64) -> Self {
+        self.allocation_limit = Some(bytes);
+        self
+    }
+
+    /// Refuses a buffer of `len` entries above the simulated device's memory.
+    fn check_allocation(&self, len: usize, what: &str) -> Result<()> {
+        let bytes = (len as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+        match self.allocation_limit {
+            Some(limit) if bytes > limit => Err(crate::Error::Memory(format!(
+                "cannot allocate {} for {what} on the stand-in device ({} free; {ALLOC_LIMIT_ENV})",
+                crate::memory::human(bytes),
+                crate::memory::human(limit)
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -93,8 +118,12 @@ impl<T: Real> CpuBackend<T> {
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn convert(host: &[f64]) -> Vec<T> {
-        host.iter().map(|&v| T::from_f64(v)).collect()
+    fn convert(&self, host: &[f64]) -> Result<Vec<T>> {
+        self.check_allocation(host.len(), "a buffer")?;
+        let mut v = Vec::new();
+        crate::memory::reserve(&mut v, host.len(), "a host buffer")?;
+        v.extend(host.iter().map(|&v| T::from_f64(v)));
+        Ok(v)
     }
 
     fn checked_rows(rows: &[u32], n: usize) -> Result<Vec<usize>> {
@@ -160,6 +189,12 @@ fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
 pub(in crate::backend) const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 const DIRECT_SOLVE_ENV: &str = "HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM";
+const ALLOC_LIMIT_ENV: &str = "HYPERGRAD_CPU_ALLOC_LIMIT";
+
+/// `HYPERGRAD_CPU_ALLOC_LIMIT` (bytes), or `None` when unset, empty or not a number.
+fn allocation_limit_from_env() -> Option<u64> {
+    std::env::var(ALLOC_LIMIT_ENV).ok()?.trim().parse().ok()
+}
 
 /// `HYPERGRAD_CPU_DIRECT_SOLVE_MAX_DIM`, or 0 when unset; a value that is not a number is
 /// said once on stderr and ignored.
@@ -258,12 +293,22 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zero(); len])
+        self.check_allocation(len, "a buffer")?;
+        crate::memory::try_vec(len, T::zero(), "a host buffer")
     }
 
     fn upload(&self, host: &[f64]) -> Result<Vec<T>> {
         self.record_upload();
-        Ok(Self::convert(host))
+        self.convert(host)
+    }
+
+    fn memory_room(&self) -> Option<(u64, &'static str)> {
+        let host = crate::memory::available_host_bytes();
+        match (self.allocation_limit, host) {
+            (Some(limit), host) => Some((limit.min(host.unwrap_or(u64::MAX)), "stand-in device")),
+            (None, Some(host)) => Some((host, "host")),
+            (None, None) => None,
+        }
     }
 
     fn download(&self, buf: &Vec<T>) -> Result<Vec<f64>> {
@@ -277,11 +322,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn upload_design(&self, x: &Array2<f64>) -> Result<CpuMatrix<T>> {
         self.record_upload();
         let (n, d) = x.dim();
-        Ok(CpuMatrix {
-            n,
-            d,
-            data: x.iter().map(|&v| T::from_f64(v)).collect(),
-        })
+        self.check_allocation(n * d, "the design matrix")?;
+        let mut data = Vec::new();
+        crate::memory::reserve(&mut data, n * d, "the design matrix")?;
+        data.extend(x.iter().map(|&v| T::from_f64(v)));
+        Ok(CpuMatrix { n, d, data })
     }
 
     fn design_shape(&self, x: &CpuMatrix<T>) -> (usize, usize) {
@@ -314,7 +359,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             ));
         }
         self.record_upload();
-        Ok(host.chunks(part.max(1)).map(Self::convert).collect())
+        host.chunks(part.max(1)).map(|h| self.convert(h)).collect()
     }
 
     fn copy(&self, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {

@@ -154,6 +154,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Precision of the buffers.
     fn precision(&self) -> Precision;
+    /// Bytes this backend's buffers may still take, and where they live (`"host"`, `"device"`):
+    /// what a [`crate::memory::MemoryPlan`] is checked against before a run allocates. `None`
+    /// where it cannot be known.
+    fn memory_room(&self) -> Option<(u64, &'static str)> {
+        crate::memory::available_host_bytes().map(|bytes| (bytes, "host"))
+    }
     /// Waits until all queued work is done (a no-op on the CPU; for timing).
     fn synchronize(&self) -> Result<()> {
         Ok(())

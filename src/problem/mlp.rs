@@ -104,9 +104,10 @@ pub struct MlpBilevel<B: MlpOps> {
 
 /// `w₀` of `net` from `seed`: Glorot-uniform `U(±√(6/(fan_in + fan_out)))` weights for tanh,
 /// He-normal `N(0, 2/fan_in)` for relu, zero biases (SPEC §8).
-pub fn initial_weights(net: &Network, seed: u64) -> Vec<f64> {
+pub fn initial_weights(net: &Network, seed: u64) -> Result<Vec<f64>> {
     let mut rng = Rng::new(seed ^ 0x1417_ABCD_0000_0001);
-    let mut w = Vec::with_capacity(net.dim());
+    let mut w = Vec::new();
+    crate::memory::reserve(&mut w, net.dim(), "the network's weights w₀")?;
     for l in 0..net.layers() {
         let (fan_in, fan_out) = net.fans(l);
         let glorot = (6.0 / (fan_in + fan_out) as f64).sqrt();
@@ -121,7 +122,7 @@ pub fn initial_weights(net: &Network, seed: u64) -> Vec<f64> {
             w.push(0.0);
         }
     }
-    w
+    Ok(w)
 }
 
 impl<B: MlpOps> MlpBilevel<B> {
@@ -203,7 +204,7 @@ impl<B: MlpOps> MlpBilevel<B> {
             )));
         }
         let net = Network::new(train.d(), hidden, classes, activation)?;
-        let w0 = backend.upload(&initial_weights(&net, seed))?;
+        let w0 = backend.upload(&initial_weights(&net, seed)?)?;
         let p = match layout {
             HyperLayout::PerSample => train.n(),
             HyperLayout::PerLayer => net.layers(),

@@ -86,7 +86,39 @@ impl CudaBackend {
         if len == 0 {
             return self.stream.null().map_err(driver_error);
         }
-        self.stream.alloc_zeros::<f32>(len).map_err(driver_error)
+        self.stream
+            .alloc_zeros::<f32>(len)
+            .map_err(|e| self.allocation_error(len * 4, e))
+    }
+
+    /// A failed allocation as the user should read it: out of memory names the bytes asked
+    /// and the device's free memory ([`crate::Error::Memory`]); any other failure is the
+    /// driver's.
+    pub(in crate::backend) fn allocation_error(
+        &self,
+        bytes: usize,
+        e: cudarc::driver::DriverError,
+    ) -> crate::Error {
+        use cudarc::driver::sys::CUresult;
+        if e.0 != CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return driver_error(e);
+        }
+        let free = self
+            .stream
+            .context()
+            .mem_get_info()
+            .map(|(free, total)| {
+                format!(
+                    " ({} free of {})",
+                    crate::memory::human(free as u64),
+                    crate::memory::human(total as u64)
+                )
+            })
+            .unwrap_or_default();
+        crate::Error::Memory(format!(
+            "cannot allocate {} on the device{free}",
+            crate::memory::human(bytes as u64)
+        ))
     }
 
     /// A buffer whose entries the caller writes, every one, before any is read (a kernel or a
@@ -98,14 +130,14 @@ impl CudaBackend {
         }
         // SAFETY: f32 has no invalid bit patterns, and the callers write every entry before
         // reading it (see above), so no stale value is ever observed.
-        unsafe { self.stream.alloc::<f32>(len) }.map_err(driver_error)
+        unsafe { self.stream.alloc::<f32>(len) }.map_err(|e| self.allocation_error(len * 4, e))
     }
 
     /// `len` doubles set to 0 (at least one, so that a reduction always has a target).
     pub(in crate::backend) fn alloc_f64_zeros(&self, len: usize) -> Result<CudaSlice<f64>> {
         self.stream
             .alloc_zeros::<f64>(len.max(1))
-            .map_err(driver_error)
+            .map_err(|e| self.allocation_error(len.max(1) * 8, e))
     }
 
     pub(in crate::backend) fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
@@ -232,6 +264,11 @@ impl Backend for CudaBackend {
 
     fn precision(&self) -> Precision {
         Precision::F32
+    }
+
+    fn memory_room(&self) -> Option<(u64, &'static str)> {
+        let (free, _total) = self.stream.context().mem_get_info().ok()?;
+        Some((free as u64, "device"))
     }
 
     fn synchronize(&self) -> Result<()> {
