@@ -387,16 +387,14 @@ where
         };
         problem.set_theta(&theta)?;
         if let Some(path) = config.checkpoint {
-            let (w, q) = estimator.state(&b)?;
-            Checkpoint {
-                fingerprint: config.fingerprint.clone(),
+            Checkpoint::new(
+                config.fingerprint.clone(),
                 step,
-                seconds: elapsed_before + started.elapsed().as_secs_f64(),
+                elapsed_before + started.elapsed().as_secs_f64(),
                 theta,
-                opt: opt_state.clone(),
-                w,
-                q,
-            }
+                opt_state.clone(),
+                estimator.state(&b)?,
+            )
             .save(path)?;
         }
         step += 1;
