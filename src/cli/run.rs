@@ -155,10 +155,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         Ok(())
     };
-    let outcome = api::run(&request, &input, &mut show)?;
+    let outcome = api::run(&request, &input, &mut show);
     if progress {
+        // End the progress line, also before an error's line.
         eprintln!();
     }
+    let outcome = outcome?;
     if args.json {
         let mut value = outcome.to_json();
         // The command line's JSON is SPEC §6's; the fitted weights are for library callers.

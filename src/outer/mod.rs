@@ -14,6 +14,13 @@
 //!   ε and δ tightened (×ν) and h recomputed; after an accepted step α grows, and after
 //!   `RELAX_AFTER` steps without tightening, ε and δ are relaxed (×1/ν, never above their
 //!   start), so accuracy is spent only where the step needs it.
+//!
+//! Divergence stops the run (one line naming the step and the option to lower, and the
+//! trace's last record saying why in `stopped`): a non-finite inner iterate, outer loss or
+//! hypergradient, an estimate that breaks down numerically, or an update that takes θ (or the
+//! optimiser's state) out of the finite numbers or out of the problem's domain. The
+//! checkpoint then holds the last finite step: it is written only after a step has passed
+//! these checks.
 
 mod adam;
 pub mod checkpoint;
@@ -32,7 +39,7 @@ use crate::hypergrad::{self, Hypergradient, Options};
 use crate::problem::{
     Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, MlpDistillBilevel, QuadraticBilevel,
 };
-use crate::solver;
+use crate::solver::{self, Solver};
 
 pub use checkpoint::Checkpoint;
 
@@ -257,10 +264,23 @@ impl<P: Bilevel> Estimator<P> {
             },
         }
     }
+
+    /// The option whose step moves the inner iterate: `--inner-lr` for the stochastic methods
+    /// and the mini-batch inner solvers, `--step` for the trajectory methods; `None` where the
+    /// inner solver chooses its own steps.
+    fn inner_step_option(&self) -> Option<&'static str> {
+        match self {
+            Estimator::Stochastic(_) => Some("--inner-lr"),
+            Estimator::Deterministic { opts, .. } if opts.method.is_trajectory() => Some("--step"),
+            Estimator::Deterministic { opts, .. } => {
+                matches!(opts.inner.solver, Solver::Sgd | Solver::Adam).then_some("--inner-lr")
+            }
+        }
+    }
 }
 
 /// One record of the trace (SPEC §6), written as a JSON line.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StepRecord {
     pub step: u64,
     /// Wall-clock seconds since the run started (across resumptions).
@@ -287,6 +307,9 @@ pub struct StepRecord {
     /// MAID's tolerances (null for the other optimisers).
     pub inner_tol: Option<f64>,
     pub linear_tol: Option<f64>,
+    /// Why the run stopped at this step (a divergence, in the words of the error); null
+    /// unless it did.
+    pub stopped: Option<String>,
 }
 
 /// Configuration of [`run`].
@@ -337,31 +360,47 @@ where
         }
     }
     let started = Instant::now();
+    let seconds = || elapsed_before + started.elapsed().as_secs_f64();
     let mut records = Vec::new();
     let mut step = first_step;
     while step <= config.outer_steps {
-        let (h, stats) = match config.opt {
-            OuterOpt::Maid { .. } => maid_hypergradient(problem, estimator, &mut opt_state, step)?,
-            _ => estimator.estimate(problem, step)?,
+        let estimate = match config.opt {
+            OuterOpt::Maid { .. } => maid_hypergradient(problem, estimator, &mut opt_state, step),
+            _ => estimator.estimate(problem, step),
         };
-        if let Some(i) = h.hypergradient.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "outer step {step}: hypergradient entry {i} is {} (lower the learning rates)",
-                h.hypergradient[i]
-            )));
-        }
+        let theta_norm = norm(problem.theta());
+        let (h, stats) = match estimate {
+            Ok(estimate) => estimate,
+            Err(Error::Numerical(message)) => {
+                let reason = breakdown(step, &message, estimator, &b, &config.opt)?;
+                return stop(
+                    &mut on_record,
+                    StepRecord {
+                        step,
+                        seconds: seconds(),
+                        theta_norm,
+                        outer_loss: f64::NAN,
+                        hypergradient_norm: f64::NAN,
+                        stopped: Some(reason),
+                        ..StepRecord::default()
+                    },
+                );
+            }
+            Err(e) => return Err(e),
+        };
+        let diverged = divergence(step, &h, estimator, &b)?;
         let (test_loss, test_accuracy) = match (config.test, estimator.w()) {
-            (Some(test), Some(w)) => {
+            (Some(test), Some(w)) if diverged.is_none() => {
                 let (loss, acc) = problem.evaluate(w, test)?;
                 (Some(loss), acc)
             }
             _ => (None, None),
         };
         let solves_inner = !h.method.is_trajectory() && !h.method.is_stochastic();
-        let record = StepRecord {
+        let mut record = StepRecord {
             step,
-            seconds: elapsed_before + started.elapsed().as_secs_f64(),
-            theta_norm: norm(problem.theta()),
+            seconds: seconds(),
+            theta_norm,
             outer_loss: h.outer_loss,
             hypergradient_norm: norm(&h.hypergradient),
             test_loss,
@@ -375,27 +414,63 @@ where
             inner_host_transfers: stats.map(|s| s.inner_host_transfers),
             inner_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.inner_tol),
             linear_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.linear_tol),
+            stopped: diverged,
         };
-        on_record(&record)?;
-        records.push(record);
+        if record.stopped.is_some() {
+            return stop(&mut on_record, record);
+        }
         if step == config.outer_steps {
+            on_record(&record)?;
+            records.push(record);
             break;
         }
-        let theta = match config.opt {
-            OuterOpt::Maid { .. } => maid_step(problem, estimator, &mut opt_state, &h)?,
-            opt => update(&opt, &mut opt_state, problem.theta(), &h.hypergradient),
+        // The update, before the record goes out, so that a step whose update diverges says
+        // so in its record.
+        let next = match config.opt {
+            OuterOpt::Maid { .. } => maid_step(problem, estimator, &mut opt_state, &h),
+            opt => Ok(update(
+                &opt,
+                &mut opt_state,
+                problem.theta(),
+                &h.hypergradient,
+            )),
         };
-        problem.set_theta(&theta)?;
-        if let Some(path) = config.checkpoint {
-            Checkpoint::new(
-                config.fingerprint.clone(),
-                step,
-                elapsed_before + started.elapsed().as_secs_f64(),
-                theta,
-                opt_state.clone(),
-                estimator.state(&b)?,
-            )
-            .save(path)?;
+        let theta = match next.and_then(|theta| checked_theta(problem, theta, &opt_state)) {
+            Ok(theta) => theta,
+            Err(Error::Numerical(message)) => {
+                record.stopped = Some(update_diverged(step, &message, &config.opt));
+                return stop(&mut on_record, record);
+            }
+            Err(e) => return Err(e),
+        };
+        let checkpoint = match config.checkpoint {
+            Some(path) => {
+                let checkpoint = Checkpoint::new(
+                    config.fingerprint.clone(),
+                    step,
+                    seconds(),
+                    theta,
+                    opt_state.clone(),
+                    estimator.state(&b)?,
+                );
+                if let Some(what) = checkpoint.non_finite() {
+                    record.stopped = Some(format!(
+                        "outer step {step}: the state to checkpoint is not finite ({what}); \
+                         lower {}",
+                        lower_outer(step, h.method)
+                    ));
+                    return stop(&mut on_record, record);
+                }
+                Some((checkpoint, path))
+            }
+            None => None,
+        };
+        // The record goes out before the checkpoint is written: a run killed between the two
+        // resumes from the step before and writes this record again, never skips it.
+        on_record(&record)?;
+        records.push(record);
+        if let Some((checkpoint, path)) = checkpoint {
+            checkpoint.save(path)?;
         }
         step += 1;
     }
@@ -406,8 +481,161 @@ where
     })
 }
 
+/// Ends a run at a step that diverged: its record (which says why in `stopped`) goes out, and
+/// the error names the step and the option to lower; the checkpoint keeps the step before.
+fn stop(
+    on_record: &mut impl FnMut(&StepRecord) -> Result<()>,
+    record: StepRecord,
+) -> Result<RunOutcome> {
+    let reason = record.stopped.clone().unwrap_or_default();
+    on_record(&record)?;
+    Err(Error::Numerical(reason))
+}
+
+/// θ after an update, set on the problem: `Err(Numerical)` when θ or the optimiser's state
+/// is not finite, or θ is outside the problem's domain (`set_theta` refuses it).
+fn checked_theta<P: Bilevel>(
+    problem: &mut P,
+    theta: Vec<f64>,
+    state: &OptState,
+) -> Result<Vec<f64>> {
+    let first_bad = |name: &str, v: &[f64]| {
+        v.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| Error::Numerical(format!("{name}[{i}] = {} is not finite", v[i])))
+    };
+    if let Some(e) = first_bad("θ", &theta)
+        .or_else(|| first_bad("Adam's first moment", &state.m))
+        .or_else(|| first_bad("Adam's second moment", &state.v))
+    {
+        return Err(e);
+    }
+    problem.set_theta(&theta)?;
+    Ok(theta)
+}
+
+/// The reason a step's update diverged (`detail`: what was not finite or out of the domain).
+fn update_diverged(step: u64, detail: &str, opt: &OuterOpt) -> String {
+    format!(
+        "outer step {step}: the update took θ out of the finite numbers or the problem's \
+         domain ({detail}); lower --outer-lr (it is {})",
+        outer_lr(opt)
+    )
+}
+
+/// `--outer-lr` as the optimiser holds it, written as a user would (`0.1`, `1e30`).
+fn outer_lr(opt: &OuterOpt) -> String {
+    let lr = match opt {
+        OuterOpt::Sgd { lr } | OuterOpt::Maid { lr } => *lr,
+        OuterOpt::Adam(adam) => adam.lr,
+    };
+    if (1e-3..1e6).contains(&lr.abs()) {
+        format!("{lr}")
+    } else {
+        format!("{lr:e}")
+    }
+}
+
+/// What to lower when θ's hypergradient or loss blew up at `step`: the outer step size once θ
+/// has moved, and the linear solve's step for the methods that take one.
+fn lower_outer(step: u64, method: hypergrad::Method) -> String {
+    use hypergrad::Method::*;
+    let linear = match method {
+        Stocbio | Amigo | Soba => Some("--linear-lr"),
+        Neumann | FixedPoint | Unroll | Forward => Some("--step"),
+        _ => None,
+    };
+    match (step, linear) {
+        (0, Some(linear)) => linear.to_string(),
+        (0, None) => "the starting θ (--theta)".to_string(),
+        (_, Some(linear)) => format!("--outer-lr (or {linear})"),
+        (_, None) => "--outer-lr".to_string(),
+    }
+}
+
+/// The first non-finite entry of `v`, as `name[i] = value`.
+fn non_finite_entry(name: &str, v: &[f64]) -> Option<String> {
+    v.iter()
+        .position(|x| !x.is_finite())
+        .map(|i| format!("{name}[{i}] = {}", v[i]))
+}
+
+/// Why step `step`'s estimate cannot be used, if it cannot: a non-finite inner iterate
+/// (checked first: it makes the loss and the hypergradient non-finite too), outer loss, or
+/// hypergradient.
+fn divergence<P: Bilevel>(
+    step: u64,
+    h: &Hypergradient,
+    estimator: &Estimator<P>,
+    b: &P::B,
+) -> Result<Option<String>> {
+    let w = match estimator {
+        Estimator::Deterministic { .. } => None,
+        Estimator::Stochastic(est) => Some(b.download(est.w())?),
+    };
+    if let Some(bad) = non_finite_entry("w", w.as_deref().unwrap_or(&h.w)) {
+        let lower = estimator
+            .inner_step_option()
+            .map_or_else(|| lower_outer(step, h.method), str::to_string);
+        return Ok(Some(format!(
+            "outer step {step}: the inner iterate is not finite ({bad}); lower {lower}"
+        )));
+    }
+    if !h.outer_loss.is_finite() {
+        return Ok(Some(format!(
+            "outer step {step}: the outer loss is {}; lower {}",
+            h.outer_loss,
+            lower_outer(step, h.method)
+        )));
+    }
+    if let Some(bad) = non_finite_entry("h", &h.hypergradient) {
+        return Ok(Some(format!(
+            "outer step {step}: the hypergradient is not finite ({bad}); lower {}",
+            lower_outer(step, h.method)
+        )));
+    }
+    Ok(None)
+}
+
+/// The reason for an estimate that failed numerically at `step` (`message`): the step, and
+/// the option whose step to lower: the inner one when the inner iterate is no longer finite,
+/// else, once θ has moved, the outer one.
+fn breakdown<P: Bilevel>(
+    step: u64,
+    message: &str,
+    estimator: &Estimator<P>,
+    b: &P::B,
+    opt: &OuterOpt,
+) -> Result<String> {
+    let w = match estimator {
+        // A stochastic estimator's iterate is where its inner loop got to.
+        Estimator::Stochastic(est) => Some(b.download(est.w())?),
+        // A deterministic one keeps the last step's solution: it says nothing here.
+        Estimator::Deterministic { .. } => None,
+    };
+    Ok(match w.as_deref().and_then(|w| non_finite_entry("w", w)) {
+        Some(bad) => format!(
+            "outer step {step}: the inner iterate is not finite ({bad}); lower {} (what failed \
+             then: {message})",
+            estimator.inner_step_option().unwrap_or("--inner-lr")
+        ),
+        None if step == 0 => format!("outer step 0: {message}"),
+        None => format!(
+            "outer step {step}: {message}; if the outer steps took θ too far, lower --outer-lr \
+             (it is {})",
+            outer_lr(opt)
+        ),
+    })
+}
+
 fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    let plain = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if plain.is_finite() || v.iter().any(|x| !x.is_finite()) {
+        return plain;
+    }
+    // The squares of finite entries overflowed (θ of 1e200): scale by the largest entry.
+    let scale = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    scale * v.iter().map(|x| (x / scale).powi(2)).sum::<f64>().sqrt()
 }
 
 fn initial_state<P: Bilevel>(opt: &OuterOpt, estimator: &Estimator<P>, p: usize) -> OptState {
