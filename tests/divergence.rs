@@ -1,13 +1,14 @@
 //! Divergence and saturation in `hypergrad run`: a non-finite θ, inner iterate, outer loss or
 //! hypergradient stops the run with one line naming the step and the option to lower, a
 //! non-zero exit, a trace whose last record says why (`stopped`), and a checkpoint that holds
-//! the last finite step.
+//! the last finite step; weights σ(θ) that saturate (hyperclean) are reported in every trace
+//! record, the table, `--json` and one line on stderr, without stopping the run.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod cli_common;
-use cli_common::{assert_one_line_error, hypergrad};
+use cli_common::{assert_one_line_error, hypergrad, json_of};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -147,7 +148,11 @@ fn a_non_finite_theta_stops_the_run() {
             && error.contains("lower --outer-lr (it is 1e308)"),
         "{error}"
     );
-    assert_one_line_error(&out, "outer step 2: ");
+    // Before it, the one-line saturation warning of step 1 (θ = ±1e308); nothing else.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with("warning: step 1: "), "{stderr}");
     assert_stopped_at(&out, &trace, 2);
     let ck = assert_checkpoint_at(&ck, 1);
     assert!(ck["theta"]
@@ -212,5 +217,114 @@ fn a_broken_down_inner_solve_after_the_first_step_names_the_outer_step() {
     assert!(error_line(&out).contains("lower --outer-lr (it is 1e300)"));
     assert_stopped_at(&out, &trace, 1);
     assert_checkpoint_at(&ck, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn saturated_weights_are_reported_without_stopping_the_run() {
+    let dir = temp_dir("saturation");
+    let (trace, ck) = (dir.join("t.jsonl"), dir.join("ck"));
+    let args = [
+        "--problem",
+        "hyperclean",
+        "--train",
+        "digits",
+        "--outer-lr",
+        "1e30",
+        "--outer-steps",
+        "3",
+        "--json",
+    ];
+    let out = run(&args, &trace, &ck);
+    let json = json_of(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with("warning: step 1: 100.00% of the weights σ(θ) are within 1e-6")
+            && warnings[0].ends_with("lower --outer-lr"),
+        "{stderr}"
+    );
+    let warning = json["saturation_warning"]
+        .as_str()
+        .expect("the JSON says so");
+    assert!(warnings[0].ends_with(warning));
+    let records = trace_of(&trace);
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[0]["saturated_fraction"], 0.0);
+    for r in &records[1..] {
+        assert!(r["saturated_fraction"].as_f64().unwrap() > 0.99, "{r}");
+        assert!(r["stopped"].is_null());
+    }
+    assert_eq!(
+        json["final"]["hypergradient_norm"], 0.0,
+        "the vanished hypergradient"
+    );
+
+    // The table says it in a line of its own.
+    std::fs::remove_file(&ck).unwrap();
+    let out = run(&args[..args.len() - 1], &trace, &ck);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("saturation") && l.ends_with(warning)),
+        "{table}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn label_cleaning_and_other_problems_report_no_saturation() {
+    let dir = temp_dir("clean");
+    let (trace, ck) = (dir.join("t.jsonl"), dir.join("ck"));
+    let out = run(
+        &[
+            "--problem",
+            "hyperclean",
+            "--train",
+            "digits",
+            "--standardize",
+            "--corrupt",
+            "0.5",
+            "--outer-steps",
+            "5",
+            "--json",
+        ],
+        &trace,
+        &ck,
+    );
+    let json = json_of(&out);
+    assert!(json["saturation_warning"].is_null());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    for r in trace_of(&trace) {
+        assert!(r["saturated_fraction"].as_f64().unwrap() < 0.99, "{r}");
+    }
+    std::fs::remove_file(&ck).unwrap();
+    let out = run(
+        &[
+            "--problem",
+            "ridge",
+            "--train",
+            "diabetes",
+            "--outer-steps",
+            "2",
+            "--json",
+        ],
+        &trace,
+        &ck,
+    );
+    let json = json_of(&out);
+    assert!(json["saturation_warning"].is_null());
+    for r in trace_of(&trace) {
+        assert!(
+            r["saturated_fraction"].is_null() && r["stopped"].is_null(),
+            "{r}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -139,7 +139,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     let input = args.common.data.source(args.outer.test.as_deref()).into();
     let progress = std::io::stderr().is_terminal() && !args.json;
     let total = args.outer.outer_steps;
+    let mut saturation_warned = false;
     let mut show = |record: &serde_json::Value| -> crate::Result<()> {
+        // Saturation does not stop the run: one line on stderr as soon as it shows.
+        if !saturation_warned {
+            if let Some(warning) = crate::outer::saturation_warning_of(record) {
+                if progress {
+                    eprintln!();
+                }
+                eprintln!("warning: {warning}");
+                saturation_warned = true;
+            }
+        }
         if progress {
             let number = |key: &str| record.get(key).and_then(|v| v.as_f64());
             let acc = number("test_accuracy")

@@ -20,7 +20,10 @@
 //! hypergradient, an estimate that breaks down numerically, or an update that takes θ (or the
 //! optimiser's state) out of the finite numbers or out of the problem's domain. The
 //! checkpoint then holds the last finite step: it is written only after a step has passed
-//! these checks.
+//! these checks. Saturation does not stop a run, but is reported: where θ are the logits of
+//! weights σ(θ) (hyperclean), every record has `saturated_fraction`, the fraction of weights
+//! within [`SATURATION_EPS`] of 0 or 1, where σ′ and with it the hypergradient vanish; above
+//! [`SATURATION_REPORT`], [`saturation_warning`] says so.
 
 mod adam;
 pub mod checkpoint;
@@ -37,7 +40,8 @@ use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
 use crate::problem::{
-    Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, MlpDistillBilevel, QuadraticBilevel,
+    Bilevel, Buf, DistillBilevel, GlmBilevel, HyperLayout, MlpBilevel, MlpDistillBilevel,
+    QuadraticBilevel,
 };
 use crate::solver::{self, Solver};
 
@@ -82,11 +86,19 @@ type CarriedState = (Option<Vec<f64>>, Option<Vec<f64>>);
 pub trait OuterProblem: Bilevel {
     /// The mean loss of the model `w` on `data` and, for classification, its accuracy.
     fn evaluate(&self, w: &Buf<Self>, data: &Dataset) -> Result<(f64, Option<f64>)>;
+    /// Whether θ are the logits of weights σ(θ) (hyperclean's per-sample weights), whose
+    /// saturation the trace reports.
+    fn sigmoid_weights(&self) -> bool {
+        false
+    }
 }
 
 impl<B: GlmOps> OuterProblem for GlmBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         GlmBilevel::evaluate(self, w, data)
+    }
+    fn sigmoid_weights(&self) -> bool {
+        self.layout() == HyperLayout::PerSample
     }
 }
 
@@ -110,6 +122,9 @@ impl OuterProblem for QuadraticBilevel {
 impl<B: MlpOps> OuterProblem for MlpBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         MlpBilevel::evaluate(self, w, data)
+    }
+    fn sigmoid_weights(&self) -> bool {
+        self.layout() == HyperLayout::PerSample
     }
 }
 
@@ -307,9 +322,59 @@ pub struct StepRecord {
     /// MAID's tolerances (null for the other optimisers).
     pub inner_tol: Option<f64>,
     pub linear_tol: Option<f64>,
+    /// Where θ are the logits of weights σ(θ) (hyperclean): the fraction of this step's
+    /// weights within [`SATURATION_EPS`] of 0 or 1 (null for the other problems).
+    pub saturated_fraction: Option<f64>,
     /// Why the run stopped at this step (a divergence, in the words of the error); null
     /// unless it did.
     pub stopped: Option<String>,
+}
+
+/// A weight σ(θᵢ) within this distance of 0 or 1 is saturated: σ′ is below it there, so the
+/// hypergradient's entry i (σ′(θᵢ) times the row's loss term) all but vanishes.
+pub const SATURATION_EPS: f64 = 1e-6;
+/// Saturation is reported when more than this fraction of the weights are saturated. Label
+/// cleaning legitimately drives the corrupted rows' weights (often half of them) towards 0,
+/// and a long run may pin many of them there; only when nearly every weight is pinned has
+/// the hypergradient vanished as a whole, which is what a too large step does.
+pub const SATURATION_REPORT: f64 = 0.99;
+
+/// The fraction of the weights σ(θ) within [`SATURATION_EPS`] of 0 or 1.
+pub fn saturated_fraction(theta: &[f64]) -> f64 {
+    if theta.is_empty() {
+        return 0.0;
+    }
+    // σ(−|t|) is the distance from σ(t) to the nearer of 0 and 1, computed without
+    // cancellation.
+    let saturated = theta
+        .iter()
+        .filter(|t| crate::backend::cpu::sigmoid(-t.abs()) <= SATURATION_EPS)
+        .count();
+    saturated as f64 / theta.len() as f64
+}
+
+/// The one-line report of a step whose weights have saturated (more than
+/// [`SATURATION_REPORT`] of them), with what to change; `None` below that.
+pub fn saturation_warning(step: u64, fraction: f64) -> Option<String> {
+    (fraction > SATURATION_REPORT).then(|| {
+        let change = if step == 0 {
+            "start θ nearer 0 (--theta)"
+        } else {
+            "lower --outer-lr"
+        };
+        format!(
+            "step {step}: {:.2}% of the weights σ(θ) are within {SATURATION_EPS:e} of 0 or 1 \
+             (saturated), where the hypergradient vanishes and θ stops moving; {change}",
+            100.0 * fraction
+        )
+    })
+}
+
+/// [`saturation_warning`] of a trace record (its `step` and `saturated_fraction`).
+pub fn saturation_warning_of(record: &serde_json::Value) -> Option<String> {
+    let step = record.get("step")?.as_u64()?;
+    let fraction = record.get("saturated_fraction")?.as_f64()?;
+    saturation_warning(step, fraction)
 }
 
 /// Configuration of [`run`].
@@ -361,6 +426,7 @@ where
     }
     let started = Instant::now();
     let seconds = || elapsed_before + started.elapsed().as_secs_f64();
+    let sigmoid_weights = problem.sigmoid_weights();
     let mut records = Vec::new();
     let mut step = first_step;
     while step <= config.outer_steps {
@@ -369,6 +435,7 @@ where
             _ => estimator.estimate(problem, step),
         };
         let theta_norm = norm(problem.theta());
+        let saturated_fraction = sigmoid_weights.then(|| saturated_fraction(problem.theta()));
         let (h, stats) = match estimate {
             Ok(estimate) => estimate,
             Err(Error::Numerical(message)) => {
@@ -381,6 +448,7 @@ where
                         theta_norm,
                         outer_loss: f64::NAN,
                         hypergradient_norm: f64::NAN,
+                        saturated_fraction,
                         stopped: Some(reason),
                         ..StepRecord::default()
                     },
@@ -414,6 +482,7 @@ where
             inner_host_transfers: stats.map(|s| s.inner_host_transfers),
             inner_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.inner_tol),
             linear_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.linear_tol),
+            saturated_fraction,
             stopped: diverged,
         };
         if record.stopped.is_some() {
