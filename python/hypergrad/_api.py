@@ -10,6 +10,7 @@ names and ranges) are checked by the Rust library, so a bad input raises ``Value
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -192,7 +193,10 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     Arguments as for :func:`hypergradient`, plus the outer loop's: ``outer_steps``,
     ``outer_opt`` (``sgd``, ``adam``, ``maid``; ``hoag``, ``adam``, ``grid``, ``random`` for the
     ℓ1 problems), ``trace`` (a JSONL file written as the run goes), ``checkpoint``, and test
-    rows. Ctrl-C stops the run within about a second (``KeyboardInterrupt``).
+    rows. Ctrl-C stops the run within about a second (``KeyboardInterrupt``). A run that
+    diverges (a non-finite θ, hypergradient, loss or inner iterate) raises ``RuntimeError``
+    with the command line's one-line message, naming the step and the option to lower; weights
+    σ(θ) that saturate (hyperclean) give a ``RuntimeWarning``.
 
     Returns the dict of ``run --json`` plus ``"trace"`` (the list of per-step records),
     ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
@@ -219,6 +223,9 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     )
     result = json.loads(text)
     result["trace"] = json.loads(trace_text)
+    if result.get("saturation_warning"):
+        # Saturated weights σ(θ) do not stop a run; the command line warns on stderr.
+        warnings.warn(result["saturation_warning"], RuntimeWarning, stacklevel=2)
     if "theta" not in result and "best_theta" in result:
         # The ℓ1 searches report the best θ they met, its criterion, and the test loss and
         # the coefficients at it.

@@ -1,6 +1,10 @@
 """hg.hypergradient and hg.run against `hypergrad grad --json` / `run --json` on the same
 numbers (the arrays written to CSV or LIBSVM files), and dense against sparse input."""
 
+import json
+import re
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -230,6 +234,34 @@ def test_layouts_and_dtypes_agree(diabetes):
     a = hg.hypergradient("logreg", x, yi, xv, np.where(yv > 0, 1, -1))
     b = hg.hypergradient("logreg", x, yi.astype(float), xv, np.where(yv > 0, 1.0, -1.0))
     np.testing.assert_allclose(a["hypergradient"], b["hypergradient"], rtol=1e-12)
+
+
+def test_run_that_diverges_raises_with_the_command_lines_line(tmp_path, diabetes):
+    x, y, xv, yv = diabetes
+    ck, trace = tmp_path / "ck.json", tmp_path / "t.jsonl"
+    # Adam steps of 300 take θ = log λ past exp's range within a few steps.
+    with pytest.raises(RuntimeError, match=r"^numerical failure: outer step (\d+): .*lower --outer-lr") as err:
+        hg.run("ridge", x, y, xv, yv, outer_steps=10, outer_lr=300.0, checkpoint=ck, trace=trace)
+    message = str(err.value)
+    assert "\n" not in message
+    step = int(re.search(r"outer step (\d+)", message).group(1))
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert records[-1]["step"] == step and message.endswith(records[-1]["stopped"])
+    assert json.loads(ck.read_text())["step"] == step - 1  # the last finite step
+    with pytest.raises(RuntimeError, match=r"outer step 0: the inner iterate is not finite.*--inner-lr"):
+        hg.run("ridge", x, y, xv, yv, method="soba", inner_lr=1e10, outer_steps=3)
+
+
+def test_run_warns_when_the_sample_weights_saturate(digits):
+    x, y, xv, yv, _, _ = digits
+    with pytest.warns(RuntimeWarning, match=r"step 1: .* of the weights σ\(θ\) .*saturated.*--outer-lr"):
+        res = hg.run("hyperclean", x, y, xv, yv, outer_steps=2, outer_lr=1e30)
+    assert res["saturation_warning"].startswith("step 1: ")
+    assert [r["saturated_fraction"] > 0.99 for r in res["trace"]] == [False, True, True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = hg.run("hyperclean", x, y, xv, yv, outer_steps=2)
+    assert res["saturation_warning"] is None
 
 
 def test_run_resumes_from_a_checkpoint(tmp_path, diabetes):

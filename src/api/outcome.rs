@@ -180,7 +180,14 @@ impl SmoothOutcome {
             "activation": self.network.as_ref().map(|n| n.activation),
             "retrain_test_accuracy": self.retrain_test_accuracy,
             "layer_sizes": self.network.as_ref().map(|n| n.sizes.clone()),
+            "saturation_warning": self.saturation_warning(),
         })
+    }
+
+    /// The report of the first step whose weights σ(θ) had saturated (hyperclean), if any
+    /// did ([`outer::saturation_warning`]).
+    pub fn saturation_warning(&self) -> Option<String> {
+        self.trace.iter().find_map(outer::saturation_warning_of)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The JSONL trace of `run` (SPEC §6): one object per step, flushed as it is written, for
 //! both families of problems. On resuming from a checkpoint the file is kept, minus any
-//! lines after the checkpoint's step.
+//! lines after the checkpoint's step (and a line cut short by a killed run).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,19 @@ impl TraceWriter {
             path: path.to_path_buf(),
             source,
         };
-        std::fs::write(path, kept).map_err(io)?;
+        // A resumed trace goes through a temporary file and a rename, so that a run killed
+        // right here leaves the whole old trace (which the next resumption filters again),
+        // never a truncated one; only a regular file is replaced so (not a pipe or a device).
+        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        if resumed_step.is_some() && regular {
+            let mut tmp = path.as_os_str().to_os_string();
+            tmp.push(".tmp");
+            std::fs::write(&tmp, kept)
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(io)?;
+        } else {
+            std::fs::write(path, kept).map_err(io)?;
+        }
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

@@ -139,16 +139,29 @@ pub fn run(args: RunArgs) -> Result<()> {
     let input = args.common.data.source(args.outer.test.as_deref()).into();
     let progress = std::io::stderr().is_terminal() && !args.json;
     let total = args.outer.outer_steps;
+    let mut saturation_warned = false;
     let mut warned_inaccurate = false;
     let mut show = |record: &serde_json::Value| -> crate::Result<()> {
+        // Saturation does not stop the run: one line on stderr as soon as it shows.
+        if !saturation_warned {
+            if let Some(warning) = crate::outer::saturation_warning_of(record) {
+                if progress {
+                    eprintln!();
+                }
+                eprintln!("warning: {warning}");
+                saturation_warned = true;
+            }
+        }
         // Once per run: the trace marks every such step, the table counts them.
         if !warned_inaccurate
             && record.get("solve_accurate").and_then(|v| v.as_bool()) == Some(false)
         {
             warned_inaccurate = true;
+            if progress {
+                eprintln!();
+            }
             eprintln!(
-                "{}warning: outer step {}: the linear solve behind the hypergradient stayed inaccurate after refinement (hypergradient_change {:.1e} in the trace): use --precision f64",
-                if progress { "\r\x1b[2K" } else { "" },
+                "warning: outer step {}: the linear solve behind the hypergradient stayed inaccurate after refinement (hypergradient_change {:.1e} in the trace): use --precision f64",
                 record.get("step").and_then(|v| v.as_u64()).unwrap_or(0),
                 record
                     .get("hypergradient_change")
@@ -171,10 +184,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         Ok(())
     };
-    let outcome = api::run(&request, &input, &mut show)?;
+    let outcome = api::run(&request, &input, &mut show);
     if progress {
+        // End the progress line, also before an error's line.
         eprintln!();
     }
+    let outcome = outcome?;
     if args.json {
         let mut value = outcome.to_json();
         // The command line's JSON is SPEC §6's; the fitted weights are for library callers.

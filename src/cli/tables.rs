@@ -258,6 +258,9 @@ pub fn smooth_outcome(o: &SmoothOutcome) {
             println!("test          loss {loss:.6e}{acc} (the last inner iterate)");
         }
     }
+    if let Some(warning) = o.saturation_warning() {
+        println!("saturation    {warning}");
+    }
     if let Some(acc) = o.retrain_test_accuracy {
         println!(
             "retrain       test accuracy {:.2}% (a fresh model from w₀ trained to convergence on the final θ)",

@@ -14,6 +14,16 @@
 //!   ε and δ tightened (×ν) and h recomputed; after an accepted step α grows, and after
 //!   `RELAX_AFTER` steps without tightening, ε and δ are relaxed (×1/ν, never above their
 //!   start), so accuracy is spent only where the step needs it.
+//!
+//! Divergence stops the run (one line naming the step and the option to lower, and the
+//! trace's last record saying why in `stopped`): a non-finite inner iterate, outer loss or
+//! hypergradient, an estimate that breaks down numerically, or an update that takes θ (or the
+//! optimiser's state) out of the finite numbers or out of the problem's domain. The
+//! checkpoint then holds the last finite step: it is written only after a step has passed
+//! these checks. Saturation does not stop a run, but is reported: where θ are the logits of
+//! weights σ(θ) (hyperclean), every record has `saturated_fraction`, the fraction of weights
+//! within [`SATURATION_EPS`] of 0 or 1, where σ′ and with it the hypergradient vanish; above
+//! [`SATURATION_REPORT`], [`saturation_warning`] says so.
 
 mod adam;
 pub mod checkpoint;
@@ -30,9 +40,10 @@ use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
 use crate::problem::{
-    Bilevel, Buf, DistillBilevel, GlmBilevel, MlpBilevel, MlpDistillBilevel, QuadraticBilevel,
+    Bilevel, Buf, DistillBilevel, GlmBilevel, HyperLayout, MlpBilevel, MlpDistillBilevel,
+    QuadraticBilevel,
 };
-use crate::solver;
+use crate::solver::{self, Solver};
 
 pub use checkpoint::Checkpoint;
 
@@ -75,11 +86,19 @@ type CarriedState = (Option<Vec<f64>>, Option<Vec<f64>>);
 pub trait OuterProblem: Bilevel {
     /// The mean loss of the model `w` on `data` and, for classification, its accuracy.
     fn evaluate(&self, w: &Buf<Self>, data: &Dataset) -> Result<(f64, Option<f64>)>;
+    /// Whether θ are the logits of weights σ(θ) (hyperclean's per-sample weights), whose
+    /// saturation the trace reports.
+    fn sigmoid_weights(&self) -> bool {
+        false
+    }
 }
 
 impl<B: GlmOps> OuterProblem for GlmBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         GlmBilevel::evaluate(self, w, data)
+    }
+    fn sigmoid_weights(&self) -> bool {
+        self.layout() == HyperLayout::PerSample
     }
 }
 
@@ -103,6 +122,9 @@ impl OuterProblem for QuadraticBilevel {
 impl<B: MlpOps> OuterProblem for MlpBilevel<B> {
     fn evaluate(&self, w: &B::Buf, data: &Dataset) -> Result<(f64, Option<f64>)> {
         MlpBilevel::evaluate(self, w, data)
+    }
+    fn sigmoid_weights(&self) -> bool {
+        self.layout() == HyperLayout::PerSample
     }
 }
 
@@ -257,10 +279,23 @@ impl<P: Bilevel> Estimator<P> {
             },
         }
     }
+
+    /// The option whose step moves the inner iterate: `--inner-lr` for the stochastic methods
+    /// and the mini-batch inner solvers, `--step` for the trajectory methods; `None` where the
+    /// inner solver chooses its own steps.
+    fn inner_step_option(&self) -> Option<&'static str> {
+        match self {
+            Estimator::Stochastic(_) => Some("--inner-lr"),
+            Estimator::Deterministic { opts, .. } if opts.method.is_trajectory() => Some("--step"),
+            Estimator::Deterministic { opts, .. } => {
+                matches!(opts.inner.solver, Solver::Sgd | Solver::Adam).then_some("--inner-lr")
+            }
+        }
+    }
 }
 
 /// One record of the trace (SPEC §6), written as a JSON line.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StepRecord {
     pub step: u64,
     /// Wall-clock seconds since the run started (across resumptions).
@@ -294,6 +329,59 @@ pub struct StepRecord {
     /// MAID's tolerances (null for the other optimisers).
     pub inner_tol: Option<f64>,
     pub linear_tol: Option<f64>,
+    /// Where θ are the logits of weights σ(θ) (hyperclean): the fraction of this step's
+    /// weights within [`SATURATION_EPS`] of 0 or 1 (null for the other problems).
+    pub saturated_fraction: Option<f64>,
+    /// Why the run stopped at this step (a divergence, in the words of the error); null
+    /// unless it did.
+    pub stopped: Option<String>,
+}
+
+/// A weight σ(θᵢ) within this distance of 0 or 1 is saturated: σ′ is below it there, so the
+/// hypergradient's entry i (σ′(θᵢ) times the row's loss term) all but vanishes.
+pub const SATURATION_EPS: f64 = 1e-6;
+/// Saturation is reported when more than this fraction of the weights are saturated. Label
+/// cleaning legitimately drives the corrupted rows' weights (often half of them) towards 0,
+/// and a long run may pin many of them there; only when nearly every weight is pinned has
+/// the hypergradient vanished as a whole, which is what a too large step does.
+pub const SATURATION_REPORT: f64 = 0.99;
+
+/// The fraction of the weights σ(θ) within [`SATURATION_EPS`] of 0 or 1.
+pub fn saturated_fraction(theta: &[f64]) -> f64 {
+    if theta.is_empty() {
+        return 0.0;
+    }
+    // σ(−|t|) is the distance from σ(t) to the nearer of 0 and 1, computed without
+    // cancellation.
+    let saturated = theta
+        .iter()
+        .filter(|t| crate::backend::cpu::sigmoid(-t.abs()) <= SATURATION_EPS)
+        .count();
+    saturated as f64 / theta.len() as f64
+}
+
+/// The one-line report of a step whose weights have saturated (more than
+/// [`SATURATION_REPORT`] of them), with what to change; `None` below that.
+pub fn saturation_warning(step: u64, fraction: f64) -> Option<String> {
+    (fraction > SATURATION_REPORT).then(|| {
+        let change = if step == 0 {
+            "start θ nearer 0 (--theta)"
+        } else {
+            "lower --outer-lr"
+        };
+        format!(
+            "step {step}: {:.2}% of the weights σ(θ) are within {SATURATION_EPS:e} of 0 or 1 \
+             (saturated), where the hypergradient vanishes and θ stops moving; {change}",
+            100.0 * fraction
+        )
+    })
+}
+
+/// [`saturation_warning`] of a trace record (its `step` and `saturated_fraction`).
+pub fn saturation_warning_of(record: &serde_json::Value) -> Option<String> {
+    let step = record.get("step")?.as_u64()?;
+    let fraction = record.get("saturated_fraction")?.as_f64()?;
+    saturation_warning(step, fraction)
 }
 
 /// Configuration of [`run`].
@@ -344,31 +432,50 @@ where
         }
     }
     let started = Instant::now();
+    let seconds = || elapsed_before + started.elapsed().as_secs_f64();
+    let sigmoid_weights = problem.sigmoid_weights();
     let mut records = Vec::new();
     let mut step = first_step;
     while step <= config.outer_steps {
-        let (h, stats) = match config.opt {
-            OuterOpt::Maid { .. } => maid_hypergradient(problem, estimator, &mut opt_state, step)?,
-            _ => estimator.estimate(problem, step)?,
+        let estimate = match config.opt {
+            OuterOpt::Maid { .. } => maid_hypergradient(problem, estimator, &mut opt_state, step),
+            _ => estimator.estimate(problem, step),
         };
-        if let Some(i) = h.hypergradient.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "outer step {step}: hypergradient entry {i} is {} (lower the learning rates)",
-                h.hypergradient[i]
-            )));
-        }
+        let theta_norm = norm(problem.theta());
+        let saturated_fraction = sigmoid_weights.then(|| saturated_fraction(problem.theta()));
+        let (h, stats) = match estimate {
+            Ok(estimate) => estimate,
+            Err(Error::Numerical(message)) => {
+                let reason = breakdown(step, &message, estimator, &b, &config.opt)?;
+                return stop(
+                    &mut on_record,
+                    StepRecord {
+                        step,
+                        seconds: seconds(),
+                        theta_norm,
+                        outer_loss: f64::NAN,
+                        hypergradient_norm: f64::NAN,
+                        saturated_fraction,
+                        stopped: Some(reason),
+                        ..StepRecord::default()
+                    },
+                );
+            }
+            Err(e) => return Err(e),
+        };
+        let diverged = divergence(step, &h, estimator, &b)?;
         let (test_loss, test_accuracy) = match (config.test, estimator.w()) {
-            (Some(test), Some(w)) => {
+            (Some(test), Some(w)) if diverged.is_none() => {
                 let (loss, acc) = problem.evaluate(w, test)?;
                 (Some(loss), acc)
             }
             _ => (None, None),
         };
         let solves_inner = !h.method.is_trajectory() && !h.method.is_stochastic();
-        let record = StepRecord {
+        let mut record = StepRecord {
             step,
-            seconds: elapsed_before + started.elapsed().as_secs_f64(),
-            theta_norm: norm(problem.theta()),
+            seconds: seconds(),
+            theta_norm,
             outer_loss: h.outer_loss,
             hypergradient_norm: norm(&h.hypergradient),
             test_loss,
@@ -384,29 +491,64 @@ where
             inner_host_transfers: stats.map(|s| s.inner_host_transfers),
             inner_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.inner_tol),
             linear_tol: matches!(config.opt, OuterOpt::Maid { .. }).then_some(opt_state.linear_tol),
+            saturated_fraction,
+            stopped: diverged,
         };
-        on_record(&record)?;
-        records.push(record);
+        if record.stopped.is_some() {
+            return stop(&mut on_record, record);
+        }
         if step == config.outer_steps {
+            on_record(&record)?;
+            records.push(record);
             break;
         }
-        let theta = match config.opt {
-            OuterOpt::Maid { .. } => maid_step(problem, estimator, &mut opt_state, &h)?,
-            opt => update(&opt, &mut opt_state, problem.theta(), &h.hypergradient),
+        // The update, before the record goes out, so that a step whose update diverges says
+        // so in its record.
+        let next = match config.opt {
+            OuterOpt::Maid { .. } => maid_step(problem, estimator, &mut opt_state, &h),
+            opt => Ok(update(
+                &opt,
+                &mut opt_state,
+                problem.theta(),
+                &h.hypergradient,
+            )),
         };
-        problem.set_theta(&theta)?;
-        if let Some(path) = config.checkpoint {
-            let (w, q) = estimator.state(&b)?;
-            Checkpoint {
-                fingerprint: config.fingerprint.clone(),
-                step,
-                seconds: elapsed_before + started.elapsed().as_secs_f64(),
-                theta,
-                opt: opt_state.clone(),
-                w,
-                q,
+        let theta = match next.and_then(|theta| checked_theta(problem, theta, &opt_state)) {
+            Ok(theta) => theta,
+            Err(Error::Numerical(message)) => {
+                record.stopped = Some(update_diverged(step, &message, &config.opt));
+                return stop(&mut on_record, record);
             }
-            .save(path)?;
+            Err(e) => return Err(e),
+        };
+        let checkpoint = match config.checkpoint {
+            Some(path) => {
+                let checkpoint = Checkpoint::new(
+                    config.fingerprint.clone(),
+                    step,
+                    seconds(),
+                    theta,
+                    opt_state.clone(),
+                    estimator.state(&b)?,
+                );
+                if let Some(what) = checkpoint.non_finite() {
+                    record.stopped = Some(format!(
+                        "outer step {step}: the state to checkpoint is not finite ({what}); \
+                         lower {}",
+                        lower_outer(step, h.method)
+                    ));
+                    return stop(&mut on_record, record);
+                }
+                Some((checkpoint, path))
+            }
+            None => None,
+        };
+        // The record goes out before the checkpoint is written: a run killed between the two
+        // resumes from the step before and writes this record again, never skips it.
+        on_record(&record)?;
+        records.push(record);
+        if let Some((checkpoint, path)) = checkpoint {
+            checkpoint.save(path)?;
         }
         step += 1;
     }
@@ -417,8 +559,161 @@ where
     })
 }
 
+/// Ends a run at a step that diverged: its record (which says why in `stopped`) goes out, and
+/// the error names the step and the option to lower; the checkpoint keeps the step before.
+fn stop(
+    on_record: &mut impl FnMut(&StepRecord) -> Result<()>,
+    record: StepRecord,
+) -> Result<RunOutcome> {
+    let reason = record.stopped.clone().unwrap_or_default();
+    on_record(&record)?;
+    Err(Error::Numerical(reason))
+}
+
+/// θ after an update, set on the problem: `Err(Numerical)` when θ or the optimiser's state
+/// is not finite, or θ is outside the problem's domain (`set_theta` refuses it).
+fn checked_theta<P: Bilevel>(
+    problem: &mut P,
+    theta: Vec<f64>,
+    state: &OptState,
+) -> Result<Vec<f64>> {
+    let first_bad = |name: &str, v: &[f64]| {
+        v.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| Error::Numerical(format!("{name}[{i}] = {} is not finite", v[i])))
+    };
+    if let Some(e) = first_bad("θ", &theta)
+        .or_else(|| first_bad("Adam's first moment", &state.m))
+        .or_else(|| first_bad("Adam's second moment", &state.v))
+    {
+        return Err(e);
+    }
+    problem.set_theta(&theta)?;
+    Ok(theta)
+}
+
+/// The reason a step's update diverged (`detail`: what was not finite or out of the domain).
+fn update_diverged(step: u64, detail: &str, opt: &OuterOpt) -> String {
+    format!(
+        "outer step {step}: the update took θ out of the finite numbers or the problem's \
+         domain ({detail}); lower --outer-lr (it is {})",
+        outer_lr(opt)
+    )
+}
+
+/// `--outer-lr` as the optimiser holds it, written as a user would (`0.1`, `1e30`).
+fn outer_lr(opt: &OuterOpt) -> String {
+    let lr = match opt {
+        OuterOpt::Sgd { lr } | OuterOpt::Maid { lr } => *lr,
+        OuterOpt::Adam(adam) => adam.lr,
+    };
+    if (1e-3..1e6).contains(&lr.abs()) {
+        format!("{lr}")
+    } else {
+        format!("{lr:e}")
+    }
+}
+
+/// What to lower when θ's hypergradient or loss blew up at `step`: the outer step size once θ
+/// has moved, and the linear solve's step for the methods that take one.
+fn lower_outer(step: u64, method: hypergrad::Method) -> String {
+    use hypergrad::Method::*;
+    let linear = match method {
+        Stocbio | Amigo | Soba => Some("--linear-lr"),
+        Neumann | FixedPoint | Unroll | Forward => Some("--step"),
+        _ => None,
+    };
+    match (step, linear) {
+        (0, Some(linear)) => linear.to_string(),
+        (0, None) => "the starting θ (--theta)".to_string(),
+        (_, Some(linear)) => format!("--outer-lr (or {linear})"),
+        (_, None) => "--outer-lr".to_string(),
+    }
+}
+
+/// The first non-finite entry of `v`, as `name[i] = value`.
+fn non_finite_entry(name: &str, v: &[f64]) -> Option<String> {
+    v.iter()
+        .position(|x| !x.is_finite())
+        .map(|i| format!("{name}[{i}] = {}", v[i]))
+}
+
+/// Why step `step`'s estimate cannot be used, if it cannot: a non-finite inner iterate
+/// (checked first: it makes the loss and the hypergradient non-finite too), outer loss, or
+/// hypergradient.
+fn divergence<P: Bilevel>(
+    step: u64,
+    h: &Hypergradient,
+    estimator: &Estimator<P>,
+    b: &P::B,
+) -> Result<Option<String>> {
+    let w = match estimator {
+        Estimator::Deterministic { .. } => None,
+        Estimator::Stochastic(est) => Some(b.download(est.w())?),
+    };
+    if let Some(bad) = non_finite_entry("w", w.as_deref().unwrap_or(&h.w)) {
+        let lower = estimator
+            .inner_step_option()
+            .map_or_else(|| lower_outer(step, h.method), str::to_string);
+        return Ok(Some(format!(
+            "outer step {step}: the inner iterate is not finite ({bad}); lower {lower}"
+        )));
+    }
+    if !h.outer_loss.is_finite() {
+        return Ok(Some(format!(
+            "outer step {step}: the outer loss is {}; lower {}",
+            h.outer_loss,
+            lower_outer(step, h.method)
+        )));
+    }
+    if let Some(bad) = non_finite_entry("h", &h.hypergradient) {
+        return Ok(Some(format!(
+            "outer step {step}: the hypergradient is not finite ({bad}); lower {}",
+            lower_outer(step, h.method)
+        )));
+    }
+    Ok(None)
+}
+
+/// The reason for an estimate that failed numerically at `step` (`message`): the step, and
+/// the option whose step to lower: the inner one when the inner iterate is no longer finite,
+/// else, once θ has moved, the outer one.
+fn breakdown<P: Bilevel>(
+    step: u64,
+    message: &str,
+    estimator: &Estimator<P>,
+    b: &P::B,
+    opt: &OuterOpt,
+) -> Result<String> {
+    let w = match estimator {
+        // A stochastic estimator's iterate is where its inner loop got to.
+        Estimator::Stochastic(est) => Some(b.download(est.w())?),
+        // A deterministic one keeps the last step's solution: it says nothing here.
+        Estimator::Deterministic { .. } => None,
+    };
+    Ok(match w.as_deref().and_then(|w| non_finite_entry("w", w)) {
+        Some(bad) => format!(
+            "outer step {step}: the inner iterate is not finite ({bad}); lower {} (what failed \
+             then: {message})",
+            estimator.inner_step_option().unwrap_or("--inner-lr")
+        ),
+        None if step == 0 => format!("outer step 0: {message}"),
+        None => format!(
+            "outer step {step}: {message}; if the outer steps took θ too far, lower --outer-lr \
+             (it is {})",
+            outer_lr(opt)
+        ),
+    })
+}
+
 fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    let plain = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if plain.is_finite() || v.iter().any(|x| !x.is_finite()) {
+        return plain;
+    }
+    // The squares of finite entries overflowed (θ of 1e200): scale by the largest entry.
+    let scale = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    scale * v.iter().map(|x| (x / scale).powi(2)).sum::<f64>().sqrt()
 }
 
 fn initial_state<P: Bilevel>(opt: &OuterOpt, estimator: &Estimator<P>, p: usize) -> OptState {
