@@ -59,7 +59,10 @@ def _design(x, name="X"):
     if not isinstance(x, np.ndarray):
         if x is None:
             raise TypeError(f"{name}: expected a NumPy array or a SciPy sparse matrix, got None")
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except ValueError as err:  # a ragged list, ...
+            raise ValueError(f"{name}: {_one_line(err)}") from None
     if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         raise _dtype_error(name, x.dtype)
     if x.ndim != 2:
@@ -72,6 +75,17 @@ def _design(x, name="X"):
         # A strided view: the extension copies it anyway, in row-major order.
         x = np.ascontiguousarray(x)
     return x
+
+
+def _one_line(err):
+    return " ".join(str(err).split())
+
+
+def _check_problem(problem):
+    if not isinstance(problem, str):
+        raise TypeError(
+            f"problem: expected a problem name (a str such as 'ridge'), got {type(problem).__name__}"
+        )
 
 
 def _check_widths(parts):
@@ -95,7 +109,10 @@ def _labels(y, name="y"):
         raise TypeError(f"{name}: expected a 1-D array of labels, got None")
     if _is_sparse(y):
         raise TypeError(f"{name}: expected a dense 1-D array of labels, got a sparse matrix")
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except ValueError as err:
+        raise ValueError(f"{name}: {_one_line(err)}") from None
     if y.dtype.kind not in "biuf":
         raise TypeError(
             f"{name}: expected numeric labels, got dtype {y.dtype} "
@@ -169,6 +186,7 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and
     ``hypergradient`` as NumPy arrays).
     """
+    _check_problem(problem)
     opts = _options(dict(options, hyper=hyper, method=method, device=device))
     x, x_val = _design(X, "X"), _design(X_val, "X_val")
     _check_widths([("X", x), ("X_val", x_val)])
@@ -198,6 +216,7 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
     ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
     """
+    _check_problem(problem)
     if (X_test is None) != (y_test is None):
         raise ValueError("X_test and y_test go together: give both or neither")
     opts = _options(dict(options, hyper=hyper, method=method, device=device,
@@ -205,6 +224,10 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
                          checkpoint=checkpoint))
     x, x_val = _design(X, "X"), _design(X_val, "X_val")
     x_test = None if X_test is None else _design(X_test, "X_test")
+    if x_test is not None and (x_test[0] if isinstance(x_test, tuple) else x_test.shape[0]) == 0:
+        # The command line refuses an empty --test file; without this, the run would
+        # silently report no test_loss.
+        raise ValueError("dimension mismatch: X_test has no rows (give test rows, or no X_test)")
     _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
     text, trace_text = _native.run(
         problem,
