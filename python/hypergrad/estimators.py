@@ -52,6 +52,9 @@ def holdout_indices(n, val_fraction, random_state=0):
 
 _MASK = (1 << 64) - 1
 
+# `--batch-size`'s default (Settings::default() in src/api/settings.rs).
+_LIBRARY_BATCH_SIZE = 64
+
 
 def _rust_permutation(n, seed):
     """``Rng::new(seed).permutation(n)`` of the Rust library (xoshiro256++ seeded by
@@ -308,7 +311,8 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
     ``cg``: ``newton``, ``lbfgs``, ``gd``, ``agd``, or the mini-batch ``sgd`` and ``adam``;
     ``None`` is the library's default, Newton-CG to 1e-10 in f64; NHGD and the other
     stochastic methods train with their own SGD loop and ignore them), ``device``,
-    ``random_state``.
+    ``random_state``. The estimator has no batch size: the stochastic methods draw the
+    library's mini-batches of 64 rows, or all the training rows when there are fewer.
 
     ``fit(X, y, X_val, y_val)``: any labels (``classes_ = numpy.unique(y)``); the validation
     labels must be among them. Without ``X_val``, a quarter of the training rows (drawn with
@@ -389,8 +393,13 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
             self.mean_, self.scale_ = np.zeros(d), np.ones(d)
         Xs = self._transform(X) if self.standardize else X
         Xvs = self._transform(X_val) if self.standardize else X_val
+        # The library's mini-batch (64 rows) is refused by the stochastic methods when the
+        # training part is smaller; the estimator has no batch size to set, so it takes them all.
+        n_train = y_idx.shape[0]
+        batch_size = n_train if n_train < _LIBRARY_BATCH_SIZE else None
         result = _api.run("hyperclean", Xs, y_idx, Xvs, pos, method=self.method,
                           curvature=self.curvature, outer_steps=int(self.outer_steps),
+                          batch_size=batch_size,
                           l2=float(self.l2), model=self.model, activation=self.activation,
                           inner_solver=self.inner_solver, inner_tol=self.inner_tol,
                           device=self.device, seed=seed)
