@@ -81,6 +81,46 @@ def _one_line(err):
     return " ".join(str(err).split())
 
 
+def _check_finite(x, name="X"):
+    """Raises the library's ``ValueError`` for the first NaN or inf of ``x`` (a dense array
+    or a sparse matrix), its position counted from 0. For the estimators, which split or
+    standardise the rows before the library sees them (a NaN would then be reported at a
+    row of the split, or spread over a whole column by the standardisation)."""
+    if _is_sparse(x):
+        values = x.data
+        if np.isfinite(values).all():
+            return
+        coo = x.tocoo()
+        k = int(np.argmax(~np.isfinite(coo.data)))
+        row, col, value = int(coo.row[k]), int(coo.col[k]), coo.data[k]
+    else:
+        x = np.asarray(x)
+        if np.isfinite(x).all():
+            return
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        value = x[row, col]
+    raise ValueError(
+        f"numerical failure: dataset '{name}': x has the non-finite value {_number(value)} "
+        f"at row {row}, column {col}"
+    )
+
+
+def _check_finite_labels(y, name="X"):
+    """As :func:`_check_finite` for the labels (float ``y``), the dataset named by its rows."""
+    y = np.asarray(y)
+    if y.dtype.kind != "f" or np.isfinite(y).all():
+        return
+    i = int(np.argmax(~np.isfinite(y)))
+    raise ValueError(
+        f"numerical failure: dataset '{name}': label {_number(y[i])} at row {i} is not finite"
+    )
+
+
+def _number(v):
+    """A non-finite value as the library writes it: NaN, inf, -inf."""
+    return "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
 def _check_problem(problem):
     if not isinstance(problem, str):
         raise TypeError(

@@ -130,6 +130,11 @@ def _n_rows(x):
     return len(x)
 
 
+def _plain(value):
+    """A NumPy scalar as the Python one (its repr is 9, not np.int64(9))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_lengths(x, y, names=("X", "y")):
     n, m = x.shape[0], y.shape[0]
     if n != m:
@@ -190,6 +195,9 @@ class _L1HO(RegressorMixin, BaseEstimator):
         _api._design(Xd, "X")  # type checks first, with their messages
         yv = _api._labels(y, "y")
         _check_lengths(Xd, yv)
+        # Before the split: a NaN is named at its row of X, not of the part it lands in.
+        _api._check_finite(Xd, "X")
+        _api._check_finite_labels(yv, "X")
         options = dict(method=self.method, outer_steps=int(self.max_steps),
                        outer_opt=self.search, inner_tol=float(self.tol), device=self.device,
                        seed=seed)
@@ -234,6 +242,7 @@ class _L1HO(RegressorMixin, BaseEstimator):
                 f"dimension mismatch: X has {Xd.shape[1]} features but the model was fitted "
                 f"with {self.n_features_in_}"
             )
+        _api._check_finite(Xd, "X")
         return np.asarray(Xd @ self.coef_, dtype=np.float64).ravel()
 
 
@@ -348,7 +357,13 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         elif not isinstance(X, np.ndarray):
             X = np.asarray(X)
         _api._design(X, name)
-        return X
+        # Before the standardisation, which would spread a NaN over its column (and before
+        # predict's argmax, which would make it class 0).
+        _api._check_finite(X, name)
+        # Row-major float64 (what the library copies it to anyway): NumPy's column means and
+        # deviations round differently on a Fortran-ordered array, and the fit would then
+        # depend on the layout in the last bits.
+        return np.ascontiguousarray(X, dtype=np.float64)
 
     def _transform(self, X):
         X = np.asarray(X, dtype=np.float64)
@@ -372,8 +387,11 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
             if y_val.ndim != 1:
                 raise ValueError(f"y_val: expected a 1-D array of labels, got shape {y_val.shape}")
             _check_lengths(X_val, y_val, ("X_val", "y_val"))
+            _api._check_widths([("X", X), ("X_val", X_val)])  # before the standardisation
         if y.shape[0] == 0:
             raise ValueError("y: there are no training rows")
+        _api._check_finite_labels(y, "X")
+        _api._check_finite_labels(y_val, "X_val")
         classes, y_idx = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y: hyper-cleaning needs at least 2 classes, got {len(classes)}")
@@ -383,7 +401,7 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
-                f"y_val: label {y_val[i]!r} at row {i + 1} is not one of the training "
+                f"y_val: label {_plain(y_val[i])!r} at row {i} is not one of the training "
                 f"labels ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})"
             )
         d = X.shape[1]
