@@ -60,7 +60,10 @@ def _design(x, name="X"):
     if not isinstance(x, np.ndarray):
         if x is None:
             raise TypeError(f"{name}: expected a NumPy array or a SciPy sparse matrix, got None")
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except ValueError as err:  # a ragged list, ...
+            raise ValueError(f"{name}: {_one_line(err)}") from None
     if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         raise _dtype_error(name, x.dtype)
     if x.ndim != 2:
@@ -73,6 +76,57 @@ def _design(x, name="X"):
         # A strided view: the extension copies it anyway, in row-major order.
         x = np.ascontiguousarray(x)
     return x
+
+
+def _one_line(err):
+    return " ".join(str(err).split())
+
+
+def _check_finite(x, name="X"):
+    """Raises the library's ``ValueError`` for the first NaN or inf of ``x`` (a dense array
+    or a sparse matrix), its position counted from 0. For the estimators, which split or
+    standardise the rows before the library sees them (a NaN would then be reported at a
+    row of the split, or spread over a whole column by the standardisation)."""
+    if _is_sparse(x):
+        values = x.data
+        if np.isfinite(values).all():
+            return
+        coo = x.tocoo()
+        k = int(np.argmax(~np.isfinite(coo.data)))
+        row, col, value = int(coo.row[k]), int(coo.col[k]), coo.data[k]
+    else:
+        x = np.asarray(x)
+        if np.isfinite(x).all():
+            return
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        value = x[row, col]
+    raise ValueError(
+        f"numerical failure: dataset '{name}': x has the non-finite value {_number(value)} "
+        f"at row {row}, column {col}"
+    )
+
+
+def _check_finite_labels(y, name="X"):
+    """As :func:`_check_finite` for the labels (float ``y``), the dataset named by its rows."""
+    y = np.asarray(y)
+    if y.dtype.kind != "f" or np.isfinite(y).all():
+        return
+    i = int(np.argmax(~np.isfinite(y)))
+    raise ValueError(
+        f"numerical failure: dataset '{name}': label {_number(y[i])} at row {i} is not finite"
+    )
+
+
+def _number(v):
+    """A non-finite value as the library writes it: NaN, inf, -inf."""
+    return "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _check_problem(problem):
+    if not isinstance(problem, str):
+        raise TypeError(
+            f"problem: expected a problem name (a str such as 'ridge'), got {type(problem).__name__}"
+        )
 
 
 def _check_widths(parts):
@@ -96,7 +150,10 @@ def _labels(y, name="y"):
         raise TypeError(f"{name}: expected a 1-D array of labels, got None")
     if _is_sparse(y):
         raise TypeError(f"{name}: expected a dense 1-D array of labels, got a sparse matrix")
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except ValueError as err:
+        raise ValueError(f"{name}: {_one_line(err)}") from None
     if y.dtype.kind not in "biuf":
         raise TypeError(
             f"{name}: expected numeric labels, got dtype {y.dtype} "
@@ -170,6 +227,7 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and
     ``hypergradient`` as NumPy arrays).
     """
+    _check_problem(problem)
     opts = _options(dict(options, hyper=hyper, method=method, device=device))
     x, x_val = _design(X, "X"), _design(X_val, "X_val")
     _check_widths([("X", x), ("X_val", x_val)])
@@ -202,6 +260,7 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
     ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
     """
+    _check_problem(problem)
     if (X_test is None) != (y_test is None):
         raise ValueError("X_test and y_test go together: give both or neither")
     opts = _options(dict(options, hyper=hyper, method=method, device=device,
@@ -209,6 +268,10 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
                          checkpoint=checkpoint))
     x, x_val = _design(X, "X"), _design(X_val, "X_val")
     x_test = None if X_test is None else _design(X_test, "X_test")
+    if x_test is not None and (x_test[0] if isinstance(x_test, tuple) else x_test.shape[0]) == 0:
+        # The command line refuses an empty --test file; without this, the run would
+        # silently report no test_loss.
+        raise ValueError("dimension mismatch: X_test has no rows (give test rows, or no X_test)")
     _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
     text, trace_text = _native.run(
         problem,

@@ -52,6 +52,9 @@ def holdout_indices(n, val_fraction, random_state=0):
 
 _MASK = (1 << 64) - 1
 
+# `--batch-size`'s default (Settings::default() in src/api/settings.rs).
+_LIBRARY_BATCH_SIZE = 64
+
 
 def _rust_permutation(n, seed):
     """``Rng::new(seed).permutation(n)`` of the Rust library (xoshiro256++ seeded by
@@ -127,6 +130,11 @@ def _n_rows(x):
     return len(x)
 
 
+def _plain(value):
+    """A NumPy scalar as the Python one (its repr is 9, not np.int64(9))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_lengths(x, y, names=("X", "y")):
     n, m = x.shape[0], y.shape[0]
     if n != m:
@@ -187,6 +195,9 @@ class _L1HO(RegressorMixin, BaseEstimator):
         _api._design(Xd, "X")  # type checks first, with their messages
         yv = _api._labels(y, "y")
         _check_lengths(Xd, yv)
+        # Before the split: a NaN is named at its row of X, not of the part it lands in.
+        _api._check_finite(Xd, "X")
+        _api._check_finite_labels(yv, "X")
         options = dict(method=self.method, outer_steps=int(self.max_steps),
                        outer_opt=self.search, inner_tol=float(self.tol), device=self.device,
                        seed=seed)
@@ -231,6 +242,7 @@ class _L1HO(RegressorMixin, BaseEstimator):
                 f"dimension mismatch: X has {Xd.shape[1]} features but the model was fitted "
                 f"with {self.n_features_in_}"
             )
+        _api._check_finite(Xd, "X")
         return np.asarray(Xd @ self.coef_, dtype=np.float64).ravel()
 
 
@@ -308,7 +320,8 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
     ``cg``: ``newton``, ``lbfgs``, ``gd``, ``agd``, or the mini-batch ``sgd`` and ``adam``;
     ``None`` is the library's default, Newton-CG to 1e-10 in f64; NHGD and the other
     stochastic methods train with their own SGD loop and ignore them), ``device``,
-    ``random_state``.
+    ``random_state``. The estimator has no batch size: the stochastic methods draw the
+    library's mini-batches of 64 rows, or all the training rows when there are fewer.
 
     ``fit(X, y, X_val, y_val)``: any labels (``classes_ = numpy.unique(y)``); the validation
     labels must be among them. Without ``X_val``, a quarter of the training rows (drawn with
@@ -344,7 +357,13 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         elif not isinstance(X, np.ndarray):
             X = np.asarray(X)
         _api._design(X, name)
-        return X
+        # Before the standardisation, which would spread a NaN over its column (and before
+        # predict's argmax, which would make it class 0).
+        _api._check_finite(X, name)
+        # Row-major float64 (what the library copies it to anyway): NumPy's column means and
+        # deviations round differently on a Fortran-ordered array, and the fit would then
+        # depend on the layout in the last bits.
+        return np.ascontiguousarray(X, dtype=np.float64)
 
     def _transform(self, X):
         X = np.asarray(X, dtype=np.float64)
@@ -368,8 +387,11 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
             if y_val.ndim != 1:
                 raise ValueError(f"y_val: expected a 1-D array of labels, got shape {y_val.shape}")
             _check_lengths(X_val, y_val, ("X_val", "y_val"))
+            _api._check_widths([("X", X), ("X_val", X_val)])  # before the standardisation
         if y.shape[0] == 0:
             raise ValueError("y: there are no training rows")
+        _api._check_finite_labels(y, "X")
+        _api._check_finite_labels(y_val, "X_val")
         classes, y_idx = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y: hyper-cleaning needs at least 2 classes, got {len(classes)}")
@@ -379,7 +401,7 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
-                f"y_val: label {y_val[i]!r} at row {i + 1} is not one of the training "
+                f"y_val: label {_plain(y_val[i])!r} at row {i} is not one of the training "
                 f"labels ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})"
             )
         d = X.shape[1]
@@ -389,8 +411,13 @@ class HyperCleaner(ClassifierMixin, BaseEstimator):
             self.mean_, self.scale_ = np.zeros(d), np.ones(d)
         Xs = self._transform(X) if self.standardize else X
         Xvs = self._transform(X_val) if self.standardize else X_val
+        # The library's mini-batch (64 rows) is refused by the stochastic methods when the
+        # training part is smaller; the estimator has no batch size to set, so it takes them all.
+        n_train = y_idx.shape[0]
+        batch_size = n_train if n_train < _LIBRARY_BATCH_SIZE else None
         result = _api.run("hyperclean", Xs, y_idx, Xvs, pos, method=self.method,
                           curvature=self.curvature, outer_steps=int(self.outer_steps),
+                          batch_size=batch_size,
                           l2=float(self.l2), model=self.model, activation=self.activation,
                           inner_solver=self.inner_solver, inner_tol=self.inner_tol,
                           device=self.device, seed=seed)

@@ -46,9 +46,22 @@ enum Stage {
 /// keyword argument), `MemoryError` for a run that does not fit (refused before it allocates,
 /// so the interpreter lives on), `RuntimeError` for numerical and backend failures of the computation,
 /// `ValueError` for everything else about the input. The message is the command line's, an
-/// invalid option named by its keyword (`inner_tol`, not `--inner-tol`).
+/// invalid option named by its keyword (`inner_tol`, not `--inner-tol`), with positions
+/// counted from 0 ([`zero_based`]).
 fn to_py_err_at(err: Error, stage: Stage) -> PyErr {
-    let message = one_line(&api::keyword_message(&err));
+    to_py_err_in(err, stage, None)
+}
+
+/// [`to_py_err_at`] for an error about the dataset `dataset` (`X`, `X_val`, …), whose
+/// message gets "dataset 'X': " in front where the library's does not name it (a sparse
+/// matrix's structure and values are checked before they become a named dataset).
+fn to_py_err_in(err: Error, stage: Stage, dataset: Option<&str>) -> PyErr {
+    let mut message = zero_based(&one_line(&api::keyword_message(&err)));
+    if let Some(name) = dataset {
+        if !message.contains(&format!("'{name}'")) {
+            message = format!("dataset '{name}': {message}");
+        }
+    }
     match err {
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::UnknownOption { .. } => PyTypeError::new_err(message),
@@ -70,6 +83,49 @@ fn input_err(err: Error) -> PyErr {
 
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The library counts rows from 1, as a file's lines are counted; Python counts from 0
+/// (SPEC §7), so that `X[13, 2]` is the NaN that "at row 13, column 2" names. Rewritten: "at
+/// row N" and the ", column M" after it (dense data, labels), and a sparse matrix's "row N:"
+/// (the column index that follows it is a stored index, 0-based already). Other numbers
+/// ("entry k", "stored value k", a network label's "of row k") are 0-based in the library.
+fn zero_based(message: &str) -> String {
+    /// `text` starts with the decimal `n ≥ 1`: (n − 1, the digits' length).
+    fn number(text: &str) -> Option<(u64, usize)> {
+        let len = text.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = text.get(..len)?.parse().ok()?;
+        (n >= 1).then_some((n - 1, len))
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("row ") {
+        let (head, tail) = rest.split_at(at);
+        let after = &tail["row ".len()..];
+        let found = number(after).filter(|&(_, len)| {
+            head.ends_with("at ")
+                || ((head.is_empty() || head.ends_with(": ")) && after[len..].starts_with(':'))
+        });
+        let Some((row, len)) = found else {
+            out.push_str(head);
+            out.push_str("row ");
+            rest = after;
+            continue;
+        };
+        out.push_str(head);
+        out.push_str(&format!("row {row}"));
+        rest = &after[len..];
+        if head.ends_with("at ") {
+            if let Some(col_text) = rest.strip_prefix(", column ") {
+                if let Some((col, len)) = number(col_text) {
+                    out.push_str(&format!(", column {col}"));
+                    rest = &col_text[len..];
+                }
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The text of a panic payload.
@@ -174,7 +230,7 @@ fn data(x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, name: &str) -> PyResult<api:
         let indices = index(&indices, "column index")?;
         let values = values.as_array().iter().copied().collect();
         return api::Data::sparse_csr(n_rows, n_cols, indptr, indices, values, y, name)
-            .map_err(input_err);
+            .map_err(|err| to_py_err_in(err, Stage::Input, Some(name)));
     }
     let x = if let Ok(a) = x.extract::<PyReadonlyArray2<'_, f64>>() {
         a.as_array().as_standard_layout().into_owned()
