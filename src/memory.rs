@@ -155,9 +155,12 @@ impl MemoryPlan {
     }
 }
 
-/// `bytes` in the largest unit that keeps a number ≥ 1 (B, KB, MB, GB, TB; powers of 10).
+/// `bytes` in the largest unit that keeps a number ≥ 1 (B, KB, … EB; powers of 10).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    if bytes == u64::MAX {
+        return "more than 18 EB".into(); // a saturated count: past what any machine holds
+    }
+    const UNITS: [&str; 7] = ["B", "KB", "MB", "GB", "TB", "PB", "EB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1000.0 && unit + 1 < UNITS.len() {
@@ -226,5 +229,6 @@ mod tests {
     fn human_sizes() {
         assert_eq!(human(999), "999 B");
         assert_eq!(human(60_000_000_080), "60.0 GB");
+        assert_eq!(human(u64::MAX), "more than 18 EB");
     }
 }

@@ -50,7 +50,18 @@ impl Start {
         let train = &splits.train;
         let classes = train.num_classes()?;
         let d = train.d();
-        let p = k * classes * d;
+        let p = k.saturating_mul(classes).saturating_mul(d);
+        // θ (the K·c synthetic rows) with the outer optimiser's moments and the hypergradient,
+        // and the rows on the backend: refused before any of it is drawn.
+        let mut plan = crate::memory::MemoryPlan::new();
+        plan.add(
+            "θ, the synthetic rows, with the optimiser's state",
+            5,
+            p as u64,
+            8,
+            "a smaller --images-per-class",
+        );
+        plan.check(crate::memory::available_host_bytes(), "host")?;
         let what = format!(
             "distill (K = {k} images per class × c = {classes} classes × d = {d} features)"
         );

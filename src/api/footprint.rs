@@ -88,7 +88,12 @@ pub(super) fn smooth(
             } else {
                 (sizes.hyper as u64, "the forward Jacobian (P×p)")
             };
-            m.add(what, count, p, bytes, "--method cg");
+            let lower = if plan.method == Method::Unroll {
+                "a smaller --unroll-steps (or --method cg)"
+            } else {
+                "--method cg"
+            };
+            m.add(what, count, p, bytes, lower);
         }
         Method::Nhgd => {
             let batch = settings.batch_size as u64;

@@ -151,6 +151,19 @@ pub fn keyword_message(err: &crate::Error) -> String {
                 .map_or(*option, |(keyword, _)| *keyword);
             format!("invalid value for {name}: {message}")
         }
+        // The option that lowers a run's memory, named as the caller spells it.
+        crate::Error::Memory(_) => err
+            .to_string()
+            .split(' ')
+            .map(|word| {
+                let flag = word.trim_end_matches([',', ')', ';']);
+                match OPTION_NAMES.iter().find(|(_, f)| *f == flag) {
+                    Some((keyword, _)) => word.replacen(flag, keyword, 1),
+                    None => word.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
         other => other.to_string(),
     }
 }

@@ -171,7 +171,11 @@ pub(super) fn build<B: MlpOps>(
         plan.layout.name()
     );
     let theta = settings.theta.values(p, 0.0, &what)?;
-    problem.set_theta(&theta)?;
+    // A θ the user gave that the problem cannot take (λ = exp(θ) overflows) is bad input.
+    problem.set_theta(&theta).map_err(|e| match e {
+        crate::Error::Numerical(m) => crate::Error::option("--theta", m),
+        other => other,
+    })?;
     Ok(problem)
 }
 
