@@ -27,7 +27,7 @@
 # details.tar.gz), summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
-# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 9 7") picks
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 9 10 7") picks
 # stages; HG_LIB_SEARCH (default /) is where the CUDA libraries are looked for.
 # tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
 set -uo pipefail
@@ -36,7 +36,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
-stages="${HG_STAGES:-1 2 3 4 5 6 8 9 7}"
+stages="${HG_STAGES:-1 2 3 4 5 6 8 9 10 7}"
 python="${HG_PYTHON:-python3}"
 mkdir -p "$out"
 detail="$(mktemp -d)"
@@ -311,6 +311,36 @@ if want 6; then
         done
         report sanitizer "$(status_of $worst)" "${text%; }"
     fi
+fi
+
+# ---- 10 faults --------------------------------------------------------------------------
+# Issue 21 on the device: a dense curvature that cannot fit the GPU is refused before it is
+# allocated, in one line naming the device's memory (exit 1, no abort); and an f32 `cg` solve
+# on the GPU is refined to an accurate end (`solve_accurate`), with its residual.
+if want 10; then
+    flog="$detail/faults.log"
+    : > "$flog"
+    run_logged "$(stage_limit 60)" "$flog" "$bin/hypergrad" grad --device cuda --problem hyperclean \
+        --train mnist_5k --method nhgd --curvature dense --model mlp:4000 --json
+    rc_oom=$?
+    oom_lines=$(grep -c 'out of memory: .*device memory' "$flog")
+    run_logged "$(stage_limit 60)" "$detail/faults_cg.json" "$bin/hypergrad" grad --device cuda \
+        --problem hyperclean --train digits --standardize --method cg --l2 0.001 --json
+    rc_cg=$?
+    refined=$("$python" - "$detail/faults_cg.json" <<'EOF' 2>> "$flog" || echo "cg f32: no result"
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+r = json.loads(lines[-1]) if lines else {}
+print(f"cg f32: residual {r.get('residual_norm')}, {r.get('refinements')} rounds, "
+      f"accurate {r.get('solve_accurate')}")
+EOF
+)
+    problems=""
+    ((rc_oom == 1 && oom_lines == 1)) || problems+="oom: exit $rc_oom, $oom_lines lines; "
+    ((rc_cg == 0)) && [[ $refined == *"accurate True"* ]] || problems+="cg: exit $rc_cg; "
+    status=ok
+    [[ -z $problems ]] || status="FAIL(${problems%; })"
+    report faults "$status" "dense mlp:4000 on the device: exit $rc_oom; $refined"
 fi
 
 # ---- 7 profile -----------------------------------------------------------------------------

@@ -27,6 +27,13 @@ case "\$1 \${2:-}" in
     "info ") printf 'hypergrad 0.1.0\nkernels    PTX for compute_90 compiled by nvcc at build time (fake)\ncuda       ready (kernels loaded)\n' ;;
     "info --json") echo '{"kernels":{"compiler":"nvcc"}}' ;;
     "run "*) echo '{"device":"fake-'"\${3:-}"'","final":{"seconds":1.5,"test_accuracy":0.8,"outer_loss":0.6},"retrain_test_accuracy":0.7,"cleaning":{"with_cleaning":0.827}}' ;;
+    "grad --device")
+        # Stage 10: the dense network does not fit the device; cg in f32 is refined.
+        if [[ "\$*" == *mlp:4000* ]]; then
+            echo "error: out of memory: the run needs about 10.1 TB of device memory (fake) and 79.0 GB is available: lower it with --curvature kfac (or lowrank)" >&2
+            exit 1
+        fi
+        echo '{"device":"fake","hypergradient":[1.0],"residual_norm":1e-6,"refinements":1,"solve_accurate":true}' ;;
     "grad "*) echo '{"device":"fake","hypergradient":[1.0,2.0],"outer_loss":0.5}' ;;
     "bench kernels") echo '{"device":"fake","kernels":[{"kernel":"copy","shape":"n","seconds":1,"gb_per_s":100.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":1.0},{"kernel":"hvp","shape":"n","seconds":1,"gb_per_s":70.0,"tflop_per_s":null,"ceiling":"device copy","fraction_of_ceiling":0.7}]}' ;;
     "bench nhgd") echo '{"device":"fake","cases":[{"case":"sgd loop only","outer_step_seconds":0.01,"ratio_to_sgd_loop":1.0},{"case":"nhgd kfac","outer_step_seconds":0.012,"ratio_to_sgd_loop":1.2}]}' ;;
@@ -123,7 +130,8 @@ check() {
     echo "ok   $name: $(wc -l < "$out/summary.txt") stages; $line"
 }
 
-check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,profile ok
+check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,faults,profile ok
+check faults-fail faults FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=10
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
 check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity HG_STAGES=2
 check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device HG_STAGES=2
