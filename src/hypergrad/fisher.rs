@@ -478,12 +478,7 @@ pub fn kfac_solve<B: FisherOps>(
     a: &B::Buf,
 ) -> Result<B::Buf> {
     let (c, d) = kfac_shape(backend, xx, gg, lambda, a)?;
-    // Damped copies of the factors, on the backend: X̃ = XX + πI, G̃ = GG + Λ/π.
-    let mut x_damped = backend.zeros(d * d)?;
-    backend.copy(xx, &mut x_damped)?;
-    let mut g_damped = backend.zeros(c * c)?;
-    backend.copy(gg, &mut g_damped)?;
-    backend.kfac_damp(&mut x_damped, &mut g_damped, lambda)?;
+    let (mut x_damped, mut g_damped) = kfac_damped(backend, xx, gg, lambda)?;
     // Q = G̃⁻¹ V X̃⁻¹, V the c×d matrix of a. X̃ is symmetric, so the rows of V X̃⁻¹
     // are X̃⁻¹ v_k: one d×d Cholesky solve with c right-hand sides (d = 785 for
     // MNIST: the host inverse it replaces cost 0.5 s an outer step on the H200).
@@ -515,16 +510,26 @@ pub fn kfac_apply<B: FisherOps>(
     v: &B::Buf,
 ) -> Result<B::Buf> {
     let (c, d) = kfac_shape(backend, xx, gg, lambda, v)?;
-    let mut x_damped = backend.zeros(d * d)?;
-    backend.copy(xx, &mut x_damped)?;
-    let mut g_damped = backend.zeros(c * c)?;
-    backend.copy(gg, &mut g_damped)?;
-    backend.kfac_damp(&mut x_damped, &mut g_damped, lambda)?;
+    let (x_damped, g_damped) = kfac_damped(backend, xx, gg, lambda)?;
     let mut v_x = backend.zeros(c * d)?;
     backend.gemm(false, false, (c, d, d), 1.0, v, &x_damped, 0.0, &mut v_x)?;
     let mut out = backend.zeros(c * d)?;
     backend.gemm(false, false, (c, d, c), 1.0, &g_damped, &v_x, 0.0, &mut out)?;
     Ok(out)
+}
+
+/// Damped copies of a K-FAC block's factors, on the backend: `X̃ = XX + πI`, `G̃ = GG + Λ/π`
+/// ([`crate::backend::FisherOps::kfac_damp`]).
+fn kfac_damped<B: FisherOps>(
+    backend: &B,
+    xx: &B::Buf,
+    gg: &B::Buf,
+    lambda: &B::Buf,
+) -> Result<(B::Buf, B::Buf)> {
+    let mut x_damped = linear::duplicate(backend, xx)?;
+    let mut g_damped = linear::duplicate(backend, gg)?;
+    backend.kfac_damp(&mut x_damped, &mut g_damped, lambda)?;
+    Ok((x_damped, g_damped))
 }
 
 /// `(c, d)` of a K-FAC block, read off its factors and checked against the vector.
