@@ -142,7 +142,8 @@ const OPTION: &str = "--train";
 const MAX_ENTRIES: usize = 1 << 30;
 
 /// Builds a dataset from a spec `synthetic:KIND:key=val,key=val,...` (the text after
-/// `synthetic:` may be passed with or without that prefix).
+/// `synthetic:` may be passed with or without that prefix): [`SyntheticSpec::parse`], then
+/// [`SyntheticSpec::generate`].
 ///
 /// | KIND       | required keys | optional keys (default)                      |
 /// |------------|---------------|----------------------------------------------|
@@ -155,63 +156,114 @@ const MAX_ENTRIES: usize = 1 << 30;
 /// quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
 /// [`QuadraticSpec::parse`].)
 pub fn parse_spec(spec: &str) -> Result<Dataset> {
-    let (kind, params) = split_spec(spec);
-    let allowed: &[&str] = match kind {
-        "linear" => &["n", "d", "rho", "noise", "seed"],
-        "logistic" => &["n", "d", "rho", "scale", "seed"],
-        "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
-        "quadratic" => {
-            return Err(bad(
-                spec,
-                "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
-                 use it with --problem quadratic"
-                    .into(),
-            ))
-        }
-        _ => {
-            return Err(bad(
-                spec,
-                format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
-            ))
-        }
-    };
-    let params = Params::parse(spec, kind, params, allowed)?;
+    Ok(SyntheticSpec::parse(spec)?.generate())
+}
 
-    let n = params.size("n", 1)?;
-    let d = params.size("d", 1)?;
-    let rho = params.real("rho", 0.0)?;
-    if !(0.0..1.0).contains(&rho) {
-        return Err(bad(spec, format!("rho must be in [0, 1), got {rho}")));
+/// The model of a synthetic dataset and its own parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SyntheticKind {
+    /// [`linear`], with the label noise's standard deviation.
+    Linear { noise: f64 },
+    /// [`logistic`], with the scale of w*.
+    Logistic { scale: f64 },
+    /// [`softmax`] over `c` classes, with the scale of W*.
+    Softmax { c: usize, scale: f64 },
+}
+
+/// A parsed spec `synthetic:KIND:key=val,...` (see [`parse_spec`]): what to generate, checked
+/// but not yet generated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SyntheticSpec {
+    pub kind: SyntheticKind,
+    pub n: usize,
+    pub d: usize,
+    pub rho: f64,
+    pub seed: u64,
+}
+
+impl SyntheticSpec {
+    /// Parses and checks a spec; the errors of [`parse_spec`].
+    pub fn parse(spec: &str) -> Result<SyntheticSpec> {
+        let (kind, params) = split_spec(spec);
+        let allowed: &[&str] = match kind {
+            "linear" => &["n", "d", "rho", "noise", "seed"],
+            "logistic" => &["n", "d", "rho", "scale", "seed"],
+            "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
+            "quadratic" => {
+                return Err(bad(
+                    spec,
+                    "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
+                     use it with --problem quadratic"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(bad(
+                    spec,
+                    format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
+                ))
+            }
+        };
+        let params = Params::parse(spec, kind, params, allowed)?;
+
+        let n = params.size("n", 1)?;
+        let d = params.size("d", 1)?;
+        let rho = params.real("rho", 0.0)?;
+        if !(0.0..1.0).contains(&rho) {
+            return Err(bad(spec, format!("rho must be in [0, 1), got {rho}")));
+        }
+        let seed = params.int("seed", Some(0))?;
+        let c = if kind == "softmax" {
+            params.size("c", 2)?
+        } else {
+            1
+        };
+        check_entries(spec, ("n", "d"), n, d.max(c))?;
+
+        let kind = match kind {
+            "linear" => {
+                let noise = params.real("noise", 0.1)?;
+                if noise < 0.0 {
+                    return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
+                }
+                SyntheticKind::Linear { noise }
+            }
+            _ => {
+                let scale = params.real("scale", 3.0)?;
+                if scale < 0.0 {
+                    return Err(bad(spec, format!("scale must be >= 0, got {scale}")));
+                }
+                if kind == "logistic" {
+                    SyntheticKind::Logistic { scale }
+                } else {
+                    SyntheticKind::Softmax { c, scale }
+                }
+            }
+        };
+        Ok(SyntheticSpec {
+            kind,
+            n,
+            d,
+            rho,
+            seed,
+        })
     }
-    let seed = params.int("seed", Some(0))?;
-    let c = if kind == "softmax" {
-        params.size("c", 2)?
-    } else {
-        1
-    };
-    check_entries(spec, ("n", "d"), n, d.max(c))?;
 
-    let ds = match kind {
-        "linear" => {
-            let noise = params.real("noise", 0.1)?;
-            if noise < 0.0 {
-                return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
-            }
-            linear(n, d, rho, noise, seed).0
+    /// The dataset (named by its canonical spec).
+    pub fn generate(&self) -> Dataset {
+        let SyntheticSpec {
+            kind,
+            n,
+            d,
+            rho,
+            seed,
+        } = *self;
+        match kind {
+            SyntheticKind::Linear { noise } => linear(n, d, rho, noise, seed).0,
+            SyntheticKind::Logistic { scale } => logistic(n, d, rho, scale, seed).0,
+            SyntheticKind::Softmax { c, scale } => softmax(n, d, c, rho, scale, seed).0,
         }
-        _ => {
-            let scale = params.real("scale", 3.0)?;
-            if scale < 0.0 {
-                return Err(bad(spec, format!("scale must be >= 0, got {scale}")));
-            }
-            if kind == "logistic" {
-                logistic(n, d, rho, scale, seed).0
-            } else {
-                softmax(n, d, c, rho, scale, seed).0
-            }
-        }
-    };
-    Ok(ds)
+    }
 }
 
 /// `(KIND, "key=val,...")` of a spec, with or without its `synthetic:` prefix.
