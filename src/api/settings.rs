@@ -9,6 +9,7 @@ use super::names::{
     self, ActivationName, CurvatureName, DeviceName, DistillInitName, FisherUpdateName, HyperName,
     InnerSolverName, L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
 };
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// One value given for an option by name.
@@ -150,7 +151,7 @@ impl ModelSpec {
         let Some(widths) = text.strip_prefix("mlp:") else {
             return Err(Error::option(
                 "--model",
-                format!("unknown model '{text}' ({usage})"),
+                format!("unknown model '{}' ({usage})", printable(text)),
             ));
         };
         let hidden = widths
@@ -159,7 +160,11 @@ impl ModelSpec {
                 Ok(h) if h > 0 => Ok(h),
                 _ => Err(Error::option(
                     "--model",
-                    format!("'{w}' in '{text}' is not a hidden width ({usage})"),
+                    format!(
+                        "'{}' in '{}' is not a hidden width ({usage})",
+                        printable(w),
+                        printable(text)
+                    ),
                 )),
             })
             .collect::<Result<Vec<usize>>>()?;

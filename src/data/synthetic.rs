@@ -12,6 +12,7 @@ use ndarray::{Array1, Array2};
 
 use super::rng::Rng;
 use super::Dataset;
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// An n×d Gaussian design whose rows have Toeplitz correlation `corr(x_j, x_k) = rho^|j-k|`:
@@ -185,25 +186,24 @@ impl SyntheticSpec {
     /// Parses and checks a spec; the errors of [`parse_spec`].
     pub fn parse(spec: &str) -> Result<SyntheticSpec> {
         let (kind, params) = split_spec(spec);
-        let allowed: &[&str] = match kind {
-            "linear" => &["n", "d", "rho", "noise", "seed"],
-            "logistic" => &["n", "d", "rho", "scale", "seed"],
-            "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
-            "quadratic" => {
-                return Err(bad(
+        let allowed: &[&str] =
+            match kind {
+                "linear" => &["n", "d", "rho", "noise", "seed"],
+                "logistic" => &["n", "d", "rho", "scale", "seed"],
+                "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
+                "quadratic" => return Err(bad(
                     spec,
                     "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
                      use it with --problem quadratic"
                         .into(),
-                ))
-            }
-            _ => {
-                return Err(bad(
-                    spec,
-                    format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
-                ))
-            }
-        };
+                )),
+                _ => {
+                    return Err(bad(
+                        spec,
+                        format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
+                    ))
+                }
+            };
         let params = Params::parse(spec, kind, params, allowed)?;
 
         let n = params.size("n", 1)?;
@@ -275,9 +275,17 @@ fn split_spec(spec: &str) -> (&str, &str) {
     }
 }
 
-/// The error about a spec: an invalid `--train`, quoting the spec.
+/// The error about a spec: an invalid `--train`, quoting the spec (on one line, whatever it
+/// holds).
 fn bad(spec: &str, message: String) -> Error {
-    Error::option(OPTION, format!("synthetic spec '{spec}': {message}"))
+    Error::option(
+        OPTION,
+        format!(
+            "synthetic spec '{}': {}",
+            printable(spec),
+            printable(&message)
+        ),
+    )
 }
 
 /// Refuses a spec whose matrix would hold more than [`MAX_ENTRIES`] entries (`names` are
@@ -417,7 +425,8 @@ impl QuadraticSpec {
                 OPTION,
                 format!(
                     "--problem quadratic generates its matrices from a spec \
-                     synthetic:quadratic:m=1000,nx=10,nw=10,seed=0, not from '{spec}'"
+                     synthetic:quadratic:m=1000,nx=10,nw=10,seed=0, not from '{}'",
+                    printable(spec)
                 ),
             ));
         }

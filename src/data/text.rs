@@ -6,6 +6,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// Calls `f(line_number, line)` for every line of `reader` (1-based numbers, trailing
@@ -48,14 +49,15 @@ pub(crate) fn for_each_line<R: BufRead>(
     }
 }
 
-/// Shortens a field for an error message so that the message stays readable.
+/// Shortens a field for an error message so that the message stays readable, and escapes
+/// the characters that would break it onto another line ([`crate::error::printable`]).
 pub(crate) fn excerpt(field: &str) -> String {
     const MAX: usize = 40;
     if field.chars().count() <= MAX {
-        field.to_string()
+        printable(field)
     } else {
         let head: String = field.chars().take(MAX).collect();
-        format!("{head}...")
+        format!("{}...", printable(&head))
     }
 }
 
