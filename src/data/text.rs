@@ -109,6 +109,20 @@ pub(crate) fn read_file_bytes(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// Reads the whole file at `path` as UTF-8 text. Bytes that are not UTF-8 are a
+/// [`Error::Parse`] naming the line they are on (an [`Error::Io`] would name no line).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        Error::parse(path, line, "line is not valid UTF-8 text")
+    })
+}
+
 /// Decompresses gzip data (all members); errors name `path`.
 pub(crate) fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
