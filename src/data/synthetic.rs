@@ -139,7 +139,8 @@ pub fn softmax(
 /// The option name used in errors about a synthetic spec.
 const OPTION: &str = "--train";
 
-/// Largest n·d a synthetic spec may ask for (2³⁰ entries, 8 GiB of f64).
+/// Largest matrix a synthetic spec may ask for (n·d, and softmax's d×c W*): 2³⁰ entries,
+/// 8 GiB of f64.
 const MAX_ENTRIES: usize = 1 << 30;
 
 /// Builds a dataset from a spec `synthetic:KIND:key=val,key=val,...` (the text after
@@ -152,12 +153,23 @@ const MAX_ENTRIES: usize = 1 << 30;
 /// | `logistic` | `n`, `d`      | `rho` (0), `scale` (3), `seed` (0)           |
 /// | `softmax`  | `n`, `d`, `c` | `rho` (0), `scale` (3), `seed` (0)           |
 ///
-/// `n, d ≥ 1`, `c ≥ 2`, `rho` in `[0, 1)`, `noise, scale ≥ 0` and finite. Unknown or repeated
-/// keys, bad numbers and out-of-range values are [`Error::InvalidOption`] for `--train`,
-/// quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
+/// `n, d ≥ 1`, `c ≥ 2`, `rho` in `[0, 1)`, `noise, scale ≥ 0` and finite; n·d, n·c and d·c
+/// at most 2³⁰. Unknown or repeated keys, bad numbers, out-of-range values and a noise so
+/// large that a label overflows are [`Error::InvalidOption`] for `--train`, quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
 /// [`QuadraticSpec::parse`].)
 pub fn parse_spec(spec: &str) -> Result<Dataset> {
-    Ok(SyntheticSpec::parse(spec)?.generate())
+    let ds = SyntheticSpec::parse(spec)?.generate();
+    // A noise near f64's largest value overflows some labels to infinity.
+    if let Some((i, v)) = ds.y.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(bad(
+            spec,
+            format!(
+                "label {} is {v}: the noise is too large for f64 numbers",
+                i + 1
+            ),
+        ));
+    }
+    Ok(ds)
 }
 
 /// The model of a synthetic dataset and its own parameter.
@@ -219,6 +231,8 @@ impl SyntheticSpec {
             1
         };
         check_entries(spec, ("n", "d"), n, d.max(c))?;
+        // softmax also draws the d×c matrix W*.
+        check_entries(spec, ("d", "c"), d, c)?;
 
         let kind = match kind {
             "linear" => {
@@ -295,7 +309,10 @@ fn check_entries(spec: &str, names: (&str, &str), rows: usize, cols: usize) -> R
         Some(e) if e <= MAX_ENTRIES => Ok(()),
         _ => Err(bad(
             spec,
-            format!("{} x {} = {rows} x {cols} is too large", names.0, names.1),
+            format!(
+                "{} x {} = {rows} x {cols} is too large (at most 2^30 = {MAX_ENTRIES} entries)",
+                names.0, names.1
+            ),
         )),
     }
 }
