@@ -19,9 +19,10 @@ use crate::{Error, Result};
 ///
 /// Errors are [`Error::Parse`] naming `path` and the 1-based line: a malformed or non-finite
 /// label or value, a token without `:`, index 0, an index not greater than the one before it,
-/// a file without data rows, and a largest index that makes the dense matrix larger than the
-/// file can justify ([`size_limit`]: a two-line file with the index 300000000 would ask for
-/// 4.8 GB), named at the line of that index. The dataset's name is `path` as text.
+/// a file without data rows or whose rows list no feature (and `min_features` is 0), and a
+/// largest index that makes the dense matrix larger than the file can justify (2²⁴ entries,
+/// or 256 per byte of text: a two-line file with the index 300000000 would ask for 4.8 GB),
+/// named at the line of that index. The dataset's name is `path` as text.
 pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Result<Dataset> {
     let mut labels: Vec<f64> = Vec::new();
     // (row, 0-based column, value) for every listed feature.
@@ -51,6 +52,9 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
             lines + 1,
             "no data rows before the end of the file",
         ));
+    }
+    if max_index.max(min_features) == 0 {
+        return Err(no_features(path, lines));
     }
     let n = labels.len();
     let dense = n.saturating_mul(max_index);
@@ -89,6 +93,16 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
         y: labels,
         name: path.display().to_string(),
     })
+}
+
+/// The error for a file none of whose rows lists a feature (a column of labels, say): the
+/// data would have 0 features, and nothing downstream can use that.
+pub(super) fn no_features(path: &Path, lines: usize) -> Error {
+    Error::parse(
+        path,
+        lines + 1,
+        "no row lists a feature before the end of the file (LIBSVM rows are 'label index:value ...')",
+    )
 }
 
 /// The most a LIBSVM file of `bytes` bytes (as text, after gunzipping) may ask for: the

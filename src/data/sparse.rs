@@ -316,6 +316,9 @@ pub fn read_libsvm_sparse(
             "no data rows before the end of the file",
         ));
     }
+    if max_index.max(min_features) == 0 {
+        return Err(super::libsvm::no_features(path, lines));
+    }
     let limit = super::libsvm::size_limit(bytes);
     if max_index > limit {
         return Err(Error::parse(
