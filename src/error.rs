@@ -81,3 +81,31 @@ impl Error {
         }
     }
 }
+
+/// `text` as it may appear inside a one-line message: control characters (line breaks, a
+/// carriage return, tabs, escape sequences) and the Unicode line and paragraph separators are
+/// written as Rust escapes (`\r`, `\u{2028}`), everything else as it is. Use it wherever a
+/// message quotes what the user wrote (a field, an option value, a spec).
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_control() || matches!(ch, '\u{2028}' | '\u{2029}') {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printable_keeps_a_message_on_one_line() {
+        assert_eq!(super::printable("1.5é"), "1.5é");
+        assert_eq!(
+            super::printable("1\r2\n\u{2028}\u{85}\t"),
+            "1\\r2\\n\\u{2028}\\u{85}\\t"
+        );
+    }
+}

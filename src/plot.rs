@@ -32,10 +32,7 @@ pub struct Figure {
 /// not a JSON object, or that lacks a field (or has a non-number there), is an error naming
 /// the file and line; `null` (e.g. `test_accuracy` of a regression run) skips the point.
 pub fn read_trace(path: &Path, label: String, x: &str, ys: &[String]) -> Result<Trace> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::data::read_text(path)?;
     let mut points = vec![Vec::new(); ys.len()];
     let mut records = 0;
     for (index, line) in text.lines().enumerate() {

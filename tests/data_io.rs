@@ -137,6 +137,24 @@ fn libsvm_round_trip_and_missing_indices_are_zero() {
 }
 
 #[test]
+fn libsvm_index_beyond_what_the_file_justifies_is_refused_at_its_line() {
+    // 24 bytes asking for a 2 x 300000000 dense matrix (4.8 GB): refused before allocating,
+    // by the dense and the sparse reader alike, at the line of the index.
+    let p = temp_file(".svm", "0 1:1 300000000:1\n1 2:1\n");
+    let msg = expect_parse_error(&p, 1);
+    assert!(
+        msg.contains("300000000") && msg.contains("justify"),
+        "{msg}"
+    );
+    let p = temp_file(".svm", "0 1:1\n1 2:1 300000000:1\n");
+    let err = hypergrad::data::sparse::load_sparse(p.to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Parse { line: 2, .. }), "{err}");
+    // A small file may still name a large index: 2^24 entries are always allowed.
+    let ds = read_libsvm("1 1000000:1\n".as_bytes(), std::path::Path::new("t.svm"), 0).unwrap();
+    assert_eq!(ds.d(), 1_000_000);
+}
+
+#[test]
 fn libsvm_min_features_pads() {
     let ds = read_libsvm("1 2:3\n".as_bytes(), std::path::Path::new("t.svm"), 5).unwrap();
     assert_eq!(ds.d(), 5);

@@ -9,6 +9,7 @@ use super::names::{
     self, ActivationName, CurvatureName, DeviceName, DistillInitName, FisherUpdateName, HyperName,
     InnerSolverName, L1SolverName, MethodName, OuterOptName, PrecisionName, StorageName,
 };
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// One value given for an option by name.
@@ -102,10 +103,7 @@ impl Theta {
 /// Reads p numbers separated by white space or commas (`#` starts a comment); errors name
 /// the file and line.
 pub fn read_theta_file(path: &std::path::Path) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::data::read_text(path)?;
     let mut theta = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let content = line.split('#').next().unwrap_or("");
@@ -114,13 +112,17 @@ pub fn read_theta_file(path: &std::path::Path) -> Result<Vec<f64>> {
                 continue;
             }
             let value: f64 = token.parse().map_err(|_| {
-                Error::parse(path, number + 1, format!("'{token}' is not a number"))
+                Error::parse(
+                    path,
+                    number + 1,
+                    format!("'{}' is not a number", printable(token)),
+                )
             })?;
             if !value.is_finite() {
                 return Err(Error::parse(
                     path,
                     number + 1,
-                    format!("θ value '{token}' is not finite"),
+                    format!("θ value '{}' is not finite", printable(token)),
                 ));
             }
             theta.push(value);
@@ -150,7 +152,7 @@ impl ModelSpec {
         let Some(widths) = text.strip_prefix("mlp:") else {
             return Err(Error::option(
                 "--model",
-                format!("unknown model '{text}' ({usage})"),
+                format!("unknown model '{}' ({usage})", printable(text)),
             ));
         };
         let hidden = widths
@@ -159,7 +161,11 @@ impl ModelSpec {
                 Ok(h) if h > 0 => Ok(h),
                 _ => Err(Error::option(
                     "--model",
-                    format!("'{w}' in '{text}' is not a hidden width ({usage})"),
+                    format!(
+                        "'{}' in '{}' is not a hidden width ({usage})",
+                        printable(w),
+                        printable(text)
+                    ),
                 )),
             })
             .collect::<Result<Vec<usize>>>()?;

@@ -19,15 +19,20 @@ use crate::{Error, Result};
 ///
 /// Errors are [`Error::Parse`] naming `path` and the 1-based line: a malformed or non-finite
 /// label or value, a token without `:`, index 0, an index not greater than the one before it,
-/// and a file without data rows. The dataset's name is `path` as text.
+/// a file without data rows or whose rows list no feature (and `min_features` is 0), and a
+/// largest index that makes the dense matrix larger than the file can justify (2²⁴ entries,
+/// or 256 per byte of text: a two-line file with the index 300000000 would ask for 4.8 GB),
+/// named at the line of that index. The dataset's name is `path` as text.
 pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Result<Dataset> {
     let mut labels: Vec<f64> = Vec::new();
     // (row, 0-based column, value) for every listed feature.
     let mut entries: Vec<(usize, usize, f64)> = Vec::new();
     let mut max_index = 0usize;
     let mut max_index_line = 0usize;
+    let mut bytes = 0usize;
 
     let lines = for_each_line(reader, path, |line_no, line| {
+        bytes += line.len() + 1;
         let Some(parsed) = parse_line(line, path, line_no)? else {
             return Ok(());
         };
@@ -48,7 +53,23 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
             "no data rows before the end of the file",
         ));
     }
+    if max_index.max(min_features) == 0 {
+        return Err(no_features(path, lines));
+    }
     let n = labels.len();
+    let dense = n.saturating_mul(max_index);
+    if dense > size_limit(bytes) {
+        return Err(Error::parse(
+            path,
+            max_index_line,
+            format!(
+                "feature index {max_index} makes the dense matrix {n} rows x {max_index} features \
+                 = {dense} entries, more than {bytes} bytes of LIBSVM text can justify \
+                 (at most {} entries: 2^24, or 256 per byte of the file)",
+                size_limit(bytes)
+            ),
+        ));
+    }
     let d = max_index.max(min_features);
     let mut x = zeros_checked(n, d, &path.display().to_string()).map_err(|_| {
         let line = if max_index >= min_features {
@@ -72,6 +93,26 @@ pub fn read_libsvm(reader: impl BufRead, path: &Path, min_features: usize) -> Re
         y: labels,
         name: path.display().to_string(),
     })
+}
+
+/// The error for a file none of whose rows lists a feature (a column of labels, say): the
+/// data would have 0 features, and nothing downstream can use that.
+pub(super) fn no_features(path: &Path, lines: usize) -> Error {
+    Error::parse(
+        path,
+        lines + 1,
+        "no row lists a feature before the end of the file (LIBSVM rows are 'label index:value ...')",
+    )
+}
+
+/// The most a LIBSVM file of `bytes` bytes (as text, after gunzipping) may ask for: the
+/// dense reader's n·d entries, the sparse reader's d features. Sparse files are meant to
+/// leave most features out, so a small file may still name a large index (2²⁴ entries,
+/// 128 MiB of f64, are always allowed); beyond that, each byte of text justifies 256
+/// entries. What this refuses is a file whose few bytes name an index in the billions, which
+/// would otherwise end in an out-of-memory abort rather than an error.
+pub(super) fn size_limit(bytes: usize) -> usize {
+    bytes.saturating_mul(256).max(1 << 24)
 }
 
 /// One data line of a LIBSVM file.

@@ -276,7 +276,9 @@ impl SparseDataset {
 /// format, rules and error messages as [`super::read_libsvm`] (1-based strictly increasing
 /// indices, `#` comments, an optional `qid:` token; malformed or non-finite numbers are
 /// [`Error::Parse`] naming `path` and the line). Explicit zeros are dropped. The width is the
-/// largest index seen, or `min_features` if that is larger.
+/// largest index seen, or `min_features` if that is larger; a largest index beyond what the
+/// file can justify (see `libsvm::size_limit`: 2²⁴, or 256 per byte of text) is refused, at
+/// its line, as the vectors of that length would not fit.
 pub fn read_libsvm_sparse(
     reader: impl BufRead,
     path: &Path,
@@ -287,13 +289,19 @@ pub fn read_libsvm_sparse(
     let mut indices: Vec<usize> = Vec::new();
     let mut values: Vec<f64> = Vec::new();
     let mut max_index = 0usize;
+    let mut max_index_line = 0usize;
+    let mut bytes = 0usize;
 
     let lines = for_each_line(reader, path, |line_no, line| {
+        bytes += line.len() + 1;
         let Some(parsed) = super::libsvm::parse_line(line, path, line_no)? else {
             return Ok(());
         };
         labels.push(parsed.label);
-        max_index = max_index.max(parsed.last_index);
+        if parsed.last_index > max_index {
+            max_index = parsed.last_index;
+            max_index_line = line_no;
+        }
         for (c, v) in parsed.features {
             indices.push(c);
             values.push(v);
@@ -306,6 +314,20 @@ pub fn read_libsvm_sparse(
             path,
             lines + 1,
             "no data rows before the end of the file",
+        ));
+    }
+    if max_index.max(min_features) == 0 {
+        return Err(super::libsvm::no_features(path, lines));
+    }
+    let limit = super::libsvm::size_limit(bytes);
+    if max_index > limit {
+        return Err(Error::parse(
+            path,
+            max_index_line,
+            format!(
+                "feature index {max_index} makes {max_index} features, more than {bytes} bytes \
+                 of LIBSVM text can justify (at most {limit}: 2^24, or 256 per byte of the file)"
+            ),
         ));
     }
     Ok(SparseDataset {

@@ -2,6 +2,7 @@
 
 use super::rng::Rng;
 use super::Dataset;
+use crate::error::printable;
 use crate::{Error, Result};
 
 const SPLIT_OPTION: &str = "--split";
@@ -43,7 +44,11 @@ pub fn parse_split(text: &str) -> Result<Vec<f64>> {
             t.parse::<f64>().map_err(|_| {
                 Error::option(
                     SPLIT_OPTION,
-                    format!("'{text}': '{t}' is not a number (expected e.g. 0.6,0.2,0.2)"),
+                    format!(
+                        "'{}': '{}' is not a number (expected e.g. 0.6,0.2,0.2)",
+                        printable(text),
+                        printable(t)
+                    ),
                 )
             })
         })

@@ -12,6 +12,7 @@ use ndarray::{Array1, Array2};
 
 use super::rng::Rng;
 use super::Dataset;
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// An n×d Gaussian design whose rows have Toeplitz correlation `corr(x_j, x_k) = rho^|j-k|`:
@@ -138,11 +139,13 @@ pub fn softmax(
 /// The option name used in errors about a synthetic spec.
 const OPTION: &str = "--train";
 
-/// Largest n·d a synthetic spec may ask for (2³⁰ entries, 8 GiB of f64).
+/// Largest matrix a synthetic spec may ask for (n·d, and softmax's d×c W*): 2³⁰ entries,
+/// 8 GiB of f64.
 const MAX_ENTRIES: usize = 1 << 30;
 
 /// Builds a dataset from a spec `synthetic:KIND:key=val,key=val,...` (the text after
-/// `synthetic:` may be passed with or without that prefix).
+/// `synthetic:` may be passed with or without that prefix): [`SyntheticSpec::parse`], then
+/// [`SyntheticSpec::generate`].
 ///
 /// | KIND       | required keys | optional keys (default)                      |
 /// |------------|---------------|----------------------------------------------|
@@ -150,68 +153,131 @@ const MAX_ENTRIES: usize = 1 << 30;
 /// | `logistic` | `n`, `d`      | `rho` (0), `scale` (3), `seed` (0)           |
 /// | `softmax`  | `n`, `d`, `c` | `rho` (0), `scale` (3), `seed` (0)           |
 ///
-/// `n, d ≥ 1`, `c ≥ 2`, `rho` in `[0, 1)`, `noise, scale ≥ 0` and finite. Unknown or repeated
-/// keys, bad numbers and out-of-range values are [`Error::InvalidOption`] for `--train`,
-/// quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
+/// `n, d ≥ 1`, `c ≥ 2`, `rho` in `[0, 1)`, `noise, scale ≥ 0` and finite; n·d, n·c and d·c
+/// at most 2³⁰. Unknown or repeated keys, bad numbers, out-of-range values and a noise so
+/// large that a label overflows are [`Error::InvalidOption`] for `--train`, quoting the spec. (`synthetic:quadratic:…` is a bilevel problem, not a dataset: see
 /// [`QuadraticSpec::parse`].)
 pub fn parse_spec(spec: &str) -> Result<Dataset> {
-    let (kind, params) = split_spec(spec);
-    let allowed: &[&str] = match kind {
-        "linear" => &["n", "d", "rho", "noise", "seed"],
-        "logistic" => &["n", "d", "rho", "scale", "seed"],
-        "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
-        "quadratic" => {
-            return Err(bad(
-                spec,
-                "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
-                 use it with --problem quadratic"
-                    .into(),
-            ))
-        }
-        _ => {
-            return Err(bad(
-                spec,
-                format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
-            ))
-        }
-    };
-    let params = Params::parse(spec, kind, params, allowed)?;
-
-    let n = params.size("n", 1)?;
-    let d = params.size("d", 1)?;
-    let rho = params.real("rho", 0.0)?;
-    if !(0.0..1.0).contains(&rho) {
-        return Err(bad(spec, format!("rho must be in [0, 1), got {rho}")));
+    let ds = SyntheticSpec::parse(spec)?.generate();
+    // A noise near f64's largest value overflows some labels to infinity.
+    if let Some((i, v)) = ds.y.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(bad(
+            spec,
+            format!(
+                "label {} is {v}: the noise is too large for f64 numbers",
+                i + 1
+            ),
+        ));
     }
-    let seed = params.int("seed", Some(0))?;
-    let c = if kind == "softmax" {
-        params.size("c", 2)?
-    } else {
-        1
-    };
-    check_entries(spec, ("n", "d"), n, d.max(c))?;
-
-    let ds = match kind {
-        "linear" => {
-            let noise = params.real("noise", 0.1)?;
-            if noise < 0.0 {
-                return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
-            }
-            linear(n, d, rho, noise, seed).0
-        }
-        _ => {
-            let scale = params.real("scale", 3.0)?;
-            if scale < 0.0 {
-                return Err(bad(spec, format!("scale must be >= 0, got {scale}")));
-            }
-            if kind == "logistic" {
-                logistic(n, d, rho, scale, seed).0
-            } else {
-                softmax(n, d, c, rho, scale, seed).0
-            }
-        }
-    };
     Ok(ds)
+}
+
+/// The model of a synthetic dataset and its own parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SyntheticKind {
+    /// [`linear`], with the label noise's standard deviation.
+    Linear { noise: f64 },
+    /// [`logistic`], with the scale of w*.
+    Logistic { scale: f64 },
+    /// [`softmax`] over `c` classes, with the scale of W*.
+    Softmax { c: usize, scale: f64 },
+}
+
+/// A parsed spec `synthetic:KIND:key=val,...` (see [`parse_spec`]): what to generate, checked
+/// but not yet generated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SyntheticSpec {
+    pub kind: SyntheticKind,
+    pub n: usize,
+    pub d: usize,
+    pub rho: f64,
+    pub seed: u64,
+}
+
+impl SyntheticSpec {
+    /// Parses and checks a spec; the errors of [`parse_spec`].
+    pub fn parse(spec: &str) -> Result<SyntheticSpec> {
+        let (kind, params) = split_spec(spec);
+        let allowed: &[&str] =
+            match kind {
+                "linear" => &["n", "d", "rho", "noise", "seed"],
+                "logistic" => &["n", "d", "rho", "scale", "seed"],
+                "softmax" => &["n", "d", "c", "rho", "scale", "seed"],
+                "quadratic" => return Err(bad(
+                    spec,
+                    "quadratic is a bilevel problem (its matrices A, b, C, D, e), not a dataset: \
+                     use it with --problem quadratic"
+                        .into(),
+                )),
+                _ => {
+                    return Err(bad(
+                        spec,
+                        format!("unknown kind '{kind}' (expected linear, logistic or softmax)"),
+                    ))
+                }
+            };
+        let params = Params::parse(spec, kind, params, allowed)?;
+
+        let n = params.size("n", 1)?;
+        let d = params.size("d", 1)?;
+        let rho = params.real("rho", 0.0)?;
+        if !(0.0..1.0).contains(&rho) {
+            return Err(bad(spec, format!("rho must be in [0, 1), got {rho}")));
+        }
+        let seed = params.int("seed", Some(0))?;
+        let c = if kind == "softmax" {
+            params.size("c", 2)?
+        } else {
+            1
+        };
+        check_entries(spec, ("n", "d"), n, d.max(c))?;
+        // softmax also draws the d×c matrix W*.
+        check_entries(spec, ("d", "c"), d, c)?;
+
+        let kind = match kind {
+            "linear" => {
+                let noise = params.real("noise", 0.1)?;
+                if noise < 0.0 {
+                    return Err(bad(spec, format!("noise must be >= 0, got {noise}")));
+                }
+                SyntheticKind::Linear { noise }
+            }
+            _ => {
+                let scale = params.real("scale", 3.0)?;
+                if scale < 0.0 {
+                    return Err(bad(spec, format!("scale must be >= 0, got {scale}")));
+                }
+                if kind == "logistic" {
+                    SyntheticKind::Logistic { scale }
+                } else {
+                    SyntheticKind::Softmax { c, scale }
+                }
+            }
+        };
+        Ok(SyntheticSpec {
+            kind,
+            n,
+            d,
+            rho,
+            seed,
+        })
+    }
+
+    /// The dataset (named by its canonical spec).
+    pub fn generate(&self) -> Dataset {
+        let SyntheticSpec {
+            kind,
+            n,
+            d,
+            rho,
+            seed,
+        } = *self;
+        match kind {
+            SyntheticKind::Linear { noise } => linear(n, d, rho, noise, seed).0,
+            SyntheticKind::Logistic { scale } => logistic(n, d, rho, scale, seed).0,
+            SyntheticKind::Softmax { c, scale } => softmax(n, d, c, rho, scale, seed).0,
+        }
+    }
 }
 
 /// `(KIND, "key=val,...")` of a spec, with or without its `synthetic:` prefix.
@@ -223,9 +289,17 @@ fn split_spec(spec: &str) -> (&str, &str) {
     }
 }
 
-/// The error about a spec: an invalid `--train`, quoting the spec.
+/// The error about a spec: an invalid `--train`, quoting the spec (on one line, whatever it
+/// holds).
 fn bad(spec: &str, message: String) -> Error {
-    Error::option(OPTION, format!("synthetic spec '{spec}': {message}"))
+    Error::option(
+        OPTION,
+        format!(
+            "synthetic spec '{}': {}",
+            printable(spec),
+            printable(&message)
+        ),
+    )
 }
 
 /// Refuses a spec whose matrix would hold more than [`MAX_ENTRIES`] entries (`names` are
@@ -235,7 +309,10 @@ fn check_entries(spec: &str, names: (&str, &str), rows: usize, cols: usize) -> R
         Some(e) if e <= MAX_ENTRIES => Ok(()),
         _ => Err(bad(
             spec,
-            format!("{} x {} = {rows} x {cols} is too large", names.0, names.1),
+            format!(
+                "{} x {} = {rows} x {cols} is too large (at most 2^30 = {MAX_ENTRIES} entries)",
+                names.0, names.1
+            ),
         )),
     }
 }
@@ -365,7 +442,8 @@ impl QuadraticSpec {
                 OPTION,
                 format!(
                     "--problem quadratic generates its matrices from a spec \
-                     synthetic:quadratic:m=1000,nx=10,nw=10,seed=0, not from '{spec}'"
+                     synthetic:quadratic:m=1000,nx=10,nw=10,seed=0, not from '{}'",
+                    printable(spec)
                 ),
             ));
         }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// Calls `f(line_number, line)` for every line of `reader` (1-based numbers, trailing
@@ -48,14 +49,15 @@ pub(crate) fn for_each_line<R: BufRead>(
     }
 }
 
-/// Shortens a field for an error message so that the message stays readable.
+/// Shortens a field for an error message so that the message stays readable, and escapes
+/// the characters that would break it onto another line ([`crate::error::printable`]).
 pub(crate) fn excerpt(field: &str) -> String {
     const MAX: usize = 40;
     if field.chars().count() <= MAX {
-        field.to_string()
+        printable(field)
     } else {
         let head: String = field.chars().take(MAX).collect();
-        format!("{head}...")
+        format!("{}...", printable(&head))
     }
 }
 
@@ -105,6 +107,20 @@ pub(crate) fn read_file_bytes(path: &Path) -> Result<Vec<u8>> {
     } else {
         Ok(raw)
     }
+}
+
+/// Reads the whole file at `path` as UTF-8 text. Bytes that are not UTF-8 are a
+/// [`Error::Parse`] naming the line they are on (an [`Error::Io`] would name no line).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        Error::parse(path, line, "line is not valid UTF-8 text")
+    })
 }
 
 /// Decompresses gzip data (all members); errors name `path`.

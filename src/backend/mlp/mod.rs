@@ -109,6 +109,9 @@ impl Activation {
     }
 }
 
+/// The most parameters a network may have (2³⁰, 8 GiB of f64 for each copy of w).
+const MAX_PARAMS: usize = 1 << 30;
+
 /// The shape of a network: `sizes = [d, n₁, …, n_{L−1}, c]` and the activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
@@ -133,6 +136,26 @@ impl Network {
                 "--model",
                 format!("layer {pos} of the network has width 0 (sizes {sizes:?})"),
             ));
+        }
+        // P = Σ fan_out·(fan_in + 1), counted without overflow: a width like 99999999999
+        // must be refused here, not end in an allocation that aborts.
+        let params = sizes.windows(2).try_fold(0usize, |total, fans| {
+            fans[1]
+                .checked_mul(fans[0].checked_add(1)?)
+                .and_then(|block| total.checked_add(block))
+        });
+        match params {
+            Some(p) if p <= MAX_PARAMS => {}
+            _ => {
+                let p = params.map_or("more than 2^64".to_string(), |p| p.to_string());
+                return Err(Error::option(
+                    "--model",
+                    format!(
+                        "a network of sizes {sizes:?} has {p} parameters, more than \
+                         2^30 = {MAX_PARAMS} (8 GiB of f64 for each copy of w); use narrower layers"
+                    ),
+                ));
+            }
         }
         Ok(Network { sizes, activation })
     }
