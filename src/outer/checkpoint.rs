@@ -87,14 +87,16 @@ impl Checkpoint {
         match (field("format"), field("version")) {
             (Some(FORMAT), Some(VERSION)) => {}
             (Some(format), version) => {
+                // Both strings come from the file: escaped, so the message stays one line.
                 let writer = match version {
-                    Some(version) => format!("hypergrad {version}"),
+                    Some(version) => format!("hypergrad {}", crate::error::printable(version)),
                     None => "an unknown version of hypergrad".to_string(),
                 };
                 return refuse(format!(
-                    "{} was written by {writer} (format {format}); this is hypergrad \
+                    "{} was written by {writer} (format {}); this is hypergrad \
                      {VERSION} (format {FORMAT}): delete it or choose another file",
                     path.display(),
+                    crate::error::printable(format),
                 ));
             }
             (None, _) => {

@@ -230,12 +230,12 @@ impl Target {
 
 /// A valid checkpoint, as `run --checkpoint` writes one.
 fn checkpoint_json() -> String {
-    let checkpoint = Checkpoint {
-        fingerprint: "softmax|digits|cg|seed=0".into(),
-        step: 3,
-        seconds: 1.25,
-        theta: vec![0.5, -1.0, 2.0],
-        opt: OptState {
+    let checkpoint = Checkpoint::new(
+        "softmax|digits|cg|seed=0".into(),
+        3,
+        1.25,
+        vec![0.5, -1.0, 2.0],
+        OptState {
             m: vec![0.1, 0.2, 0.3],
             v: vec![1e-3, 2e-3, 3e-3],
             t: 3,
@@ -244,9 +244,8 @@ fn checkpoint_json() -> String {
             alpha: 0.1,
             steps_since_tightening: 1,
         },
-        w: Some(vec![1.0, 2.0]),
-        q: None,
-    };
+        (Some(vec![1.0, 2.0]), None),
+    );
     serde_json::to_string(&checkpoint).expect("a checkpoint serialises")
 }
 
