@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the GPU machine needs (it has CUDA but no Rust toolchain) into .bin/ (git-ignored):
-# the release binary and the CUDA test binaries (cuda_parity, l1_device, mlp_cuda_parity),
+# the release binary and the CUDA test binaries (one per op family: parity_core, parity_glm,
+# parity_fisher, parity_estimators, mlp_cuda_parity, l1_device),
 # kernels compiled to PTX by the pinned nvcc, stripped; and the main job's CPU f64 result on
 # this machine, which
 # scripts/gpu_check.sh shows next to the GPU's. Then, with the device tool:
@@ -12,14 +13,17 @@ cd "$(dirname "$0")/.."
 export NVCC
 limit_mib=48
 
+suites="parity_core parity_glm parity_fisher parity_estimators mlp_cuda_parity l1_device"
+
 cargo build --release
 # The test binaries' paths, from cargo's JSON messages.
-test_bins=$(cargo test --release --test cuda_parity --test l1_device --test mlp_cuda_parity --no-run --message-format=json 2>/dev/null |
+test_bins=$(cargo test --release $(printf -- '--test %s ' $suites) --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
+names = set(sys.argv[1:])
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_parity", "l1_device", "mlp_cuda_parity"):
-        print(m["target"]["name"], m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in names:
+        print(m["target"]["name"], m["executable"])' $suites)
 grep -q '^hypergrad nvcc' <(target/release/hypergrad info --json | python3 -c 'import json, sys
 print("hypergrad", json.load(sys.stdin)["kernels"]["compiler"])') ||
     { echo "gpu_bundle: the kernels were not compiled by nvcc (is NVCC right?)" >&2; exit 1; }
@@ -30,7 +34,7 @@ strip -o .bin/hypergrad target/release/hypergrad
 while read -r name path; do
     strip -o ".bin/$name" "$path"
 done <<< "$test_bins"
-for name in cuda_parity l1_device mlp_cuda_parity; do
+for name in $suites; do
     [[ -x .bin/$name ]] || { echo "gpu_bundle: test binary $name was not built" >&2; exit 1; }
 done
 

@@ -6,7 +6,9 @@
 # ./gpu-results) as soon as it is done, so a stage that runs out of time leaves the earlier
 # stages' files:
 #   1 info       nvidia-smi, driver and CUDA versions, hypergrad info (kernels from nvcc PTX)
-#   2 parity     the CUDA parity suites (cuda_parity, l1_device) against the CPU backend
+#   2 parity     the CUDA parity suites against the CPU backend, one binary per op family
+#                (parity_core, parity_glm, parity_fisher, parity_estimators, l1_device; the
+#                network family's is stage 9's), with a count per family
 #   3 main       the main job on the GPU, and on this machine's CPU in f64; the CPU f64 run
 #                of the machine that built the bundle (.bin/main_job_cpu_build_host.json)
 #   4 kernels    hypergrad bench kernels at the GPU sizes (copy and GEMM ceilings, same run)
@@ -38,6 +40,11 @@ bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
 stages="${HG_STAGES:-1 2 3 4 5 6 8 9 10 7}"
 python="${HG_PYTHON:-python3}"
+# The parity binaries of stage 2, one per op family (tests/parity_*.rs, tests/l1_device.rs;
+# networks, tests/mlp_cuda_parity.rs, are stage 9's), and the kernel-level ones that stage 6
+# runs under compute-sanitizer.
+parity_suites="parity_core parity_glm parity_fisher parity_estimators l1_device"
+sanitizer_suites="parity_core parity_glm parity_fisher parity_estimators"
 mkdir -p "$out"
 detail="$(mktemp -d)"
 summary="$out/summary.txt"
@@ -111,8 +118,9 @@ if want 1; then
 fi
 
 # ---- 2 parity ---------------------------------------------------------------------------
-# Every primitive and estimator of the CUDA backend against CPU f64 (tests/cuda_parity.rs), and
-# the ℓ1 device path (tests/l1_device.rs). Each test runs in its own process (four at a time):
+# Every primitive and estimator of the CUDA backend against CPU f64, one binary per op family
+# (tests/parity_{core,glm,fisher,estimators}.rs), and the ℓ1 prox path (tests/l1_device.rs);
+# the summary gives each family's count. Each test runs in its own process (four at a time):
 # a kernel fault poisons its CUDA context, and with it every test sharing the process. A
 # suite that says SKIPPED found no device: a failure. The CPU stand-ins are left to CI.
 if want 2; then
@@ -121,7 +129,7 @@ if want 2; then
     text=""
     worst=0
     failed=""
-    for suite in cuda_parity l1_device; do
+    for suite in $parity_suites; do
         if [[ ! -x "$bin/$suite" ]]; then
             text+="$suite: missing; "
             worst=1
@@ -281,8 +289,10 @@ EOF
 fi
 
 # ---- 6 compute-sanitizer ------------------------------------------------------------------
-# memcheck on the kernel-level parity tests with small shapes; racecheck only on the tests of
-# kernels that use shared memory (reductions, the fused row kernel, the Fisher kernels).
+# memcheck on the kernel-level parity tests with small shapes (every family's binary, the
+# end-to-end estimator runs skipped); racecheck only on the tests of kernels that use shared
+# memory (reductions, the fused row kernel, the Fisher kernels). Each tool has one time limit
+# for all the binaries it runs; its summary line adds up their errors (hazards).
 if want 6; then
     log="$out/6-sanitizer.log"
     : > "$log"
@@ -294,17 +304,33 @@ if want 6; then
         worst=0
         export HYPERGRAD_PARITY_SMALL=1
         for tool in memcheck racecheck; do
-            if [[ $tool == memcheck ]]; then
-                filter=(--skip estimators --skip nhgd_loop --skip cpu_f32_stand_in --skip wide_features)
-            else
-                filter=(--skip cpu_f32_stand_in memory_and_blas1 glm_value_grad glm_curvature glm_row_factors glm_per_sample woodbury)
-            fi
             tlog="$detail/sanitizer-$tool.log"
-            run_logged "$(stage_limit 90)" "$tlog" "$sanitizer" --tool "$tool" --error-exitcode 9 \
-                "$bin/cuda_parity" --test-threads=1 "${filter[@]}"
-            rc=$?
+            : > "$tlog"
+            deadline=$((SECONDS + $(stage_limit 90)))
+            rc=0
+            runs=0
+            for suite in $sanitizer_suites; do
+                case $tool:$suite in
+                    memcheck:*) filter=(--skip estimators --skip nhgd_loop --skip cpu_f32_stand_in --skip wide_features) ;;
+                    racecheck:parity_core) filter=(--skip cpu_f32_stand_in memory_and_blas1) ;;
+                    racecheck:parity_glm) filter=(--skip cpu_f32_stand_in glm_value_grad glm_curvature glm_row_factors glm_per_sample) ;;
+                    racecheck:parity_fisher) filter=(--skip cpu_f32_stand_in woodbury) ;;
+                    *) continue ;;
+                esac
+                left=$((deadline - SECONDS))
+                ((left < 5)) && left=5
+                run_logged "$left" "$tlog" "$sanitizer" --tool "$tool" --error-exitcode 9 \
+                    "$bin/$suite" --test-threads=1 "${filter[@]}"
+                r=$?
+                runs=$((runs + 1))
+                ((r != 0 && rc == 0)) && rc=$r
+            done
             tail -n 40 "$tlog" >> "$log"
-            errors=$(grep -aoE '(ERROR SUMMARY|RACECHECK SUMMARY): [0-9]+ (error|hazard)s?' "$tlog" | tail -1)
+            summaries=$(grep -aoE '(ERROR SUMMARY|RACECHECK SUMMARY): [0-9]+ (error|hazard)s?' "$tlog")
+            errors=""
+            if [[ -n $summaries ]]; then
+                errors=$(awk -v runs="$runs" '{s += $3; kind = $4} END {sub(/s$/, "", kind); print s + 0, kind "s in", NR, "of", runs, "runs"}' <<< "$summaries")
+            fi
             refused=$(grep -aim1 'not supported\|unable to\|error 999' "$tlog" | cut -c1-80)
             ((rc != 0 && worst == 0)) && worst=$rc
             text+="$tool: $(status_of $rc) ${errors:-${refused:-no summary}}; "
@@ -496,7 +522,7 @@ EOF
     if [[ -n "$sanitizer" ]]; then
         slog="$detail/sanitizer-streams.log"
         : > "$slog"
-        for test in cuda_parity:nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside \
+        for test in parity_estimators:nhgd_loop_matches_the_cpu_and_makes_no_host_traffic_inside \
             mlp_cuda_parity:nhgd_second_queue_is_the_one_queue_loop; do
             run_logged "$(stage_limit 90)" "$slog" env HYPERGRAD_PARITY_SMALL=1 "$sanitizer" \
                 --tool memcheck --track-stream-ordered-races all --error-exitcode 9 \

@@ -420,6 +420,8 @@ fn bench_kernels_reports_every_kernel_against_a_measured_ceiling() {
         "8",
         "--gemm-side",
         "128",
+        "--mlp-hidden",
+        "32",
         "--reps",
         "2",
         "--json",
@@ -439,8 +441,28 @@ fn bench_kernels_reports_every_kernel_against_a_measured_ceiling() {
         "batched HVP k=8",
         "fused SGD step (softmax)",
         "Woodbury update (dense inverse)",
+        "network forward (tanh)",
+        "network backward + gradient",
+        "network per-sample gradients (written)",
+        "network HVP by R-op k=1",
+        "network HVP by R-op k=8",
+        "prox step (soft-threshold)",
+        "prox Jacobian m=8",
     ] {
         assert!(names.contains(&kernel), "{kernel} missing from {names:?}");
+    }
+    // Every op family of src/backend/ has rows, each measured against a ceiling of the run.
+    let families: Vec<&str> = rows.iter().filter_map(|r| r["family"].as_str()).collect();
+    assert_eq!(
+        families.len(),
+        rows.len(),
+        "a row without its family: {rows:?}"
+    );
+    for family in ["ceiling", "core", "glm", "fisher", "network", "prox"] {
+        assert!(
+            families.contains(&family),
+            "no {family} row in {families:?}"
+        );
     }
     for row in rows
         .iter()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks scripts/gpu_check.sh's shell logic on a machine without a GPU, so that no GPU minute is
-# spent on a typo: fake binaries (hypergrad, cuda_parity, l1_device, mlp_cuda_parity, nvidia-smi,
+# spent on a typo: fake binaries (hypergrad, the parity suites parity_core, parity_glm,
+# parity_fisher, parity_estimators, l1_device and mlp_cuda_parity, nvidia-smi,
 # compute-sanitizer, ncu, and a python that stands in for PyTorch's) answer like the real ones,
 # and each run makes one of them fail or hang. Every run must end with the summary table, name
 # the failing stage, and keep the earlier stages' logs.
@@ -41,7 +42,8 @@ case "\$1 \${2:-}" in
 esac
 EOF
 
-for suite in cuda_parity l1_device mlp_cuda_parity; do
+parity_suites="parity_core parity_glm parity_fisher parity_estimators l1_device"
+for suite in $parity_suites mlp_cuda_parity; do
     cat > "$fake/bin/$suite" <<EOF
 #!/usr/bin/env bash
 if [ "\$1" = --list ]; then printf 'a: test\\nb::c: test\\ncpu_f32_stand_in::d: test\\n'; exit 0; fi
@@ -72,8 +74,10 @@ while [ \$# -gt 0 ]; do
     esac
 done
 "\$@" > /dev/null
+rc=\$?
 if [ "\$tool" = racecheck ]; then echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
 else echo "========= ERROR SUMMARY: 0 errors"; fi
+exit \$rc
 EOF
 
 cat > "$fake/path/ncu" <<EOF
@@ -133,8 +137,10 @@ check() {
 check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,faults,profile ok
 check faults-fail faults FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=10
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
-check parity-fails parity FAIL env HG_FAKE_FAIL=cuda_parity HG_STAGES=2
-check l1-fails parity FAIL env HG_FAKE_FAIL=l1_device HG_STAGES=2
+for suite in $parity_suites; do
+    check "$suite-fails" parity FAIL env HG_FAKE_FAIL="$suite" HG_STAGES=2
+done
+check sanitizer-suite-fails sanitizer FAIL env HG_FAKE_FAIL=parity_fisher HG_STAGES=6
 check main-fails main FAIL env HG_FAKE_FAIL=hypergrad-run HG_STAGES=3
 check kernels-fail kernels FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=4
 check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch HG_STAGES=5
@@ -146,8 +152,31 @@ check mlp-bench-fails mlp FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=9
 check mlp-torch-fails mlp FAIL env HG_FAKE_FAIL=torch HG_STAGES=9
 check mlp-streams-fail mlp FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=9
 # A hanging stage is cut by the overall budget, and the later stages still report.
-check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
-check after-hang kernels ok env HG_FAKE_FAIL=cuda_parity:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
+check parity-hangs parity TIMEOUT env HG_FAKE_FAIL=parity_core:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
+check after-hang kernels ok env HG_FAKE_FAIL=parity_core:hang HG_BUDGET_S=4 "HG_STAGES=2 4"
+
+# The parity stage's summary line gives a count per family (the fakes list two CUDA tests and
+# one stand-in each), and names the failing family.
+line=$(grep -E '^parity ' "$work/out-all-pass/summary.txt" || true)
+for suite in $parity_suites; do
+    if [[ $line != *"$suite: ok 2/2 passed"* ]]; then
+        echo "FAIL parity summary: '$suite: ok 2/2 passed' missing from: ${line:-no parity line}"
+        failures=$((failures + 1))
+    fi
+done
+line=$(grep -E '^parity ' "$work/out-parity_glm-fails/summary.txt" || true)
+if [[ $line != *"parity_glm: FAIL 0/2 passed"* || $line != *"parity_fisher: ok 2/2 passed"* ]]; then
+    echo "FAIL parity summary: the failing family is not named: ${line:-no parity line}"
+    failures=$((failures + 1))
+fi
+# The sanitizer stage adds up the summaries of every binary it ran.
+line=$(grep -E '^sanitizer ' "$work/out-all-pass/summary.txt" || true)
+for needle in "memcheck: ok 0 errors in 4 of 4 runs" "racecheck: ok 0 hazards in 3 of 3 runs"; do
+    if [[ $line != *"$needle"* ]]; then
+        echo "FAIL sanitizer summary: '$needle' missing from: ${line:-no sanitizer line}"
+        failures=$((failures + 1))
+    fi
+done
 
 # The mlp stage's summary line carries the parity count, kfac's ratio to the SGD loop and the
 # peer's time over ours, and the same bench with the pool trimmed (the fake binaries' numbers).

@@ -1,7 +1,7 @@
 //! Runs the CUDA kernels of `cuda/*.cu` on the CPU (tests/kernel_emu): every kernel against
 //! a double-precision reference written from the CPU backend. This is how the kernels are
-//! checked on machines without a GPU (CI); on a GPU, tests/cuda_parity.rs checks them for
-//! real. Needs a C++20 compiler (`CXX`, else `g++`); says plainly when it is skipped.
+//! checked on machines without a GPU (CI); on a GPU, the parity suites (tests/parity_*.rs,
+//! tests/mlp_cuda_parity.rs, tests/l1_device.rs) check them for real. Needs a C++20 compiler (`CXX`, else `g++`); says plainly when it is skipped.
 //! `HYPERGRAD_KERNEL_EMU=full` runs every kernel width instead of the quick subset.
 
 use std::path::{Path, PathBuf};

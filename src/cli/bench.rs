@@ -55,6 +55,12 @@ pub struct KernelArgs {
     /// Side of the square GEMM ceiling (default 4096 on a GPU, 1024 on the CPU).
     #[arg(long)]
     pub gemm_side: Option<usize>,
+    /// Hidden width of the network rows' one-hidden-layer tanh network.
+    #[arg(long, default_value_t = 300)]
+    pub mlp_hidden: usize,
+    /// Directions of the prox Jacobian row.
+    #[arg(long, default_value_t = 8)]
+    pub prox_directions: usize,
     /// Timed repetitions per kernel (default 20 on a GPU, 5 on the CPU).
     #[arg(long)]
     pub reps: Option<usize>,
@@ -79,6 +85,8 @@ impl KernelArgs {
             woodbury_dim: pick(self.woodbury_dim, 4096, 1024),
             woodbury_rank: self.woodbury_rank,
             gemm_side: pick(self.gemm_side, 4096, 1024),
+            mlp_hidden: self.mlp_hidden,
+            prox_directions: self.prox_directions,
             reps: pick(self.reps, 20, 5),
         };
         for (name, v) in [
@@ -89,6 +97,8 @@ impl KernelArgs {
             ("--woodbury-dim", cfg.woodbury_dim),
             ("--woodbury-rank", cfg.woodbury_rank),
             ("--gemm-side", cfg.gemm_side),
+            ("--mlp-hidden", cfg.mlp_hidden),
+            ("--prox-directions", cfg.prox_directions),
             ("--reps", cfg.reps),
         ] {
             if v == 0 {
@@ -193,14 +203,15 @@ fn bf16_rows(cfg: &KernelBenchConfig, copy_gbps: f64) -> Result<Vec<BenchRow>> {
 fn print_table(device: &str, rows: &[BenchRow]) {
     println!("device: {device}");
     println!(
-        "{:<40} {:>22} {:>11} {:>9} {:>9} {:>8}  ceiling",
-        "kernel", "shape", "ms/call", "GB/s", "TFLOP/s", "fraction"
+        "{:<8} {:<40} {:>28} {:>11} {:>9} {:>9} {:>8}  ceiling",
+        "family", "kernel", "shape", "ms/call", "GB/s", "TFLOP/s", "fraction"
     );
     let cell =
         |v: Option<f64>, digits: usize| v.map_or("—".to_string(), |x| format!("{x:.digits$}"));
     for r in rows {
         println!(
-            "{:<40} {:>22} {:>11.4} {:>9} {:>9} {:>8}  {}",
+            "{:<8} {:<40} {:>28} {:>11.4} {:>9} {:>9} {:>8}  {}",
+            r.family,
             r.kernel,
             r.shape,
             r.seconds * 1e3,

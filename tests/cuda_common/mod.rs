@@ -1,7 +1,9 @@
-//! The device side of the CUDA parity suites (`cuda_parity`, `mlp_cuda_parity`, `l1_device`):
-//! the backend on device 0, or one `SKIPPED` line and `None` on a machine without a usable
-//! CUDA device (what `scripts/gpu_check.sh` counts as "no device"). A device that is present
-//! but whose backend does not start is a failure, not a skip.
+//! The device side of the CUDA parity suites (`parity_core`, `parity_glm`, `parity_fisher`,
+//! `parity_estimators`, `mlp_cuda_parity`, `l1_device`; the first four share the rest of
+//! their harness in `tests/parity_common/`): the backend on device 0, or one `SKIPPED` line
+//! and `None` on a machine without a usable CUDA device (what `scripts/gpu_check.sh` counts as
+//! "no device"). A device that is present but whose backend does not start is a failure, not
+//! a skip.
 
 use std::io::Write;
 use std::sync::Once;

@@ -1,7 +1,7 @@
 //! The dense curvature inverses of NHGD (SPEC §5), an op family beside the core [`Backend`]:
 //! the trait [`FisherOps`] here, its CPU twin in [`cpu`] (factorisations in `f64` through
 //! [`crate::linalg`]), its CUDA implementation in [`cuda`] (cuSOLVER `potrf`, cuBLAS `trsm`
-//! and GEMMs, the diagonal and damping kernels of `cuda/fisher.cu`; parity in `tests/cuda_parity.rs`).
+//! and GEMMs, the diagonal and damping kernels of `cuda/fisher.cu`; parity in `tests/parity_fisher.rs`).
 //!
 //! Every operation stays on the backend, factorisations included, so that NHGD's
 //! `Ĥ⁻¹ a` makes no host round trip: a matrix that is not positive definite is reported at

@@ -2,7 +2,7 @@
 //! [`Backend`]: the trait [`GlmOps`] here, its CPU twin in [`cpu`] (rayon over blocks of
 //! rows), its CUDA implementation in [`cuda`] (the fused row kernel of `cuda/glm_rows.cu`,
 //! the mini-batch kernels of `cuda/glm_batch.cu`, cuBLAS where a
-//! GEMM pays; parity in `tests/cuda_parity.rs`).
+//! GEMM pays; parity in `tests/parity_glm.rs`).
 //!
 //! Each kernel streams the data matrix: a row `x_i` is read once for everything done with it
 //! (`z_i = W x_i` for every vector of a batch, the loss's per-row coefficients, and the
