@@ -22,10 +22,13 @@ fn on_stand_in(limit: u64, args: &[&str]) -> Output {
         .expect("the hypergrad binary runs")
 }
 
-/// The case: 60 GB of weights used to abort with exit 134 and a backtrace.
+/// Networks under the parameter cap (2³⁰) whose buffers still need hundreds of GB: refused
+/// by the plan, before w₀ is drawn.
 #[test]
 fn a_network_too_big_for_memory_is_one_line_not_an_abort() {
-    for model in ["mlp:100000000", "mlp:1000000,1000"] {
+    // digits: d = 64, c = 10. mlp:12000000 has P ≈ 9·10⁸ (86 GB of P-vectors, 690 GB of
+    // activations over the rows); mlp:1000000,1000 has P ≈ 1.07·10⁹.
+    for model in ["mlp:12000000", "mlp:1000000,1000"] {
         let out = hypergrad(&[
             "run",
             "--problem",
@@ -47,6 +50,27 @@ fn a_network_too_big_for_memory_is_one_line_not_an_abort() {
             "{stderr}"
         );
     }
+}
+
+/// The case, `mlp:100000000` (7.5·10⁹ weights, 60 GB), used to abort with exit 134
+/// and a backtrace; past the parameter cap it is an invalid `--model`, in one line.
+#[test]
+fn a_network_past_the_parameter_cap_is_an_invalid_model() {
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "hyperclean",
+        "--train",
+        "digits",
+        "--model",
+        "mlp:100000000",
+        "--device",
+        "cpu",
+        "--outer-steps",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_one_line_error(&out, "invalid value for --model");
 }
 
 /// A dense curvature that does not fit the (simulated) device: refused before the inner loop,

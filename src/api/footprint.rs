@@ -97,10 +97,11 @@ pub(super) fn smooth(
         }
         Method::Nhgd => {
             let batch = settings.batch_size as u64;
-            match plan.stochastic(settings, 0.0).representation {
+            let opts = plan.stochastic(settings, 0.0);
+            match opts.representation {
                 Representation::Dense => {
                     // The state, plus the factorised copy (accumulate) or auto's timing pair.
-                    let count = match plan.stochastic(settings, 0.0).dense_update {
+                    let count = match opts.dense_update {
                         DenseUpdate::Woodbury => 1,
                         DenseUpdate::Accumulate | DenseUpdate::Auto => 2,
                     };

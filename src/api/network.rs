@@ -126,18 +126,13 @@ pub(super) fn build<B: MlpOps>(
     settings: &Settings,
     splits: &DenseSplits,
 ) -> Result<MlpBilevel<B>> {
-    // Before w₀ and the rest of what grows with P are allocated.
+    // Before w₀ and the rest of what grows with P are allocated (the network's shape is
+    // checked, its P counted without overflow, by `Network::new`).
     let (d, c) = (splits.train.d(), splits.train.num_classes()?);
-    let widths: Vec<usize> = std::iter::once(d)
-        .chain(network.hidden.iter().copied())
-        .chain(std::iter::once(c))
-        .collect();
-    let inner = widths.windows(2).fold(0usize, |sum, w| {
-        sum.saturating_add((w[0] + 1).saturating_mul(w[1]))
-    });
+    let net = crate::backend::mlp::Network::new(d, &network.hidden, c, network.activation)?;
     let hyper = match plan.layout {
         crate::problem::HyperLayout::PerSample => splits.train.n(),
-        _ => widths.len(),
+        _ => net.layers(),
     };
     super::footprint::check(
         &backend,
@@ -147,7 +142,7 @@ pub(super) fn build<B: MlpOps>(
             rows: splits.train.n() + splits.val.n(),
             features: d,
             outputs: c,
-            inner,
+            inner: net.dim(),
             hyper,
             hidden: &network.hidden,
         },

@@ -304,7 +304,7 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
         let eta = self.inner_lr(problem);
         let beta = self.opts.linear_lr.unwrap_or(eta);
         let mut a = b.zeros(p)?;
-        let mut solve_check = None;
+        let mut curvature = None;
         let (q, stats, linear_iters, outer_loss) = match self.opts.method {
             Method::Nhgd => {
                 let prepared = self.prepare(problem, &mut rng)?;
@@ -319,7 +319,7 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
                 let outer_loss = problem.outer_value_grad(&self.w, Some(&mut a))?;
                 let reg = regulariser(problem);
                 let (q, iters) = tracker.apply_inverse(b, &reg, &a, self.opts.linear_tol)?;
-                solve_check = Some((tracker, reg));
+                curvature = Some((tracker, reg));
                 (q, stats, iters, outer_loss)
             }
             Method::Soba => {
@@ -373,7 +373,7 @@ impl<B: GlmOps + FisherOps + Clone> StochasticEstimator<B> {
         let mut q = q;
         let mut hypergradient: Vec<f64> = cross_t(&self.w, &q)?.iter().map(|v| -v).collect();
         // NHGD's solve, checked and refined where Ĥ can be applied (super::refine).
-        let (residual_norm, refinement, linear_iters) = match solve_check {
+        let (residual_norm, refinement, linear_iters) = match curvature {
             Some((tracker, reg)) if tracker.has_operator() => {
                 let (check, iters) = refine::refine(
                     b,

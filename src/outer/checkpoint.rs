@@ -142,10 +142,11 @@ impl Checkpoint {
             ("the optimiser's first moment", Some(&self.opt.m)),
             ("the optimiser's second moment", Some(&self.opt.v)),
         ];
-        for (name, v) in vectors {
-            if let Some(i) = v.and_then(|v| v.iter().position(|x| !x.is_finite())) {
-                return Some(format!("{name}[{i}] = {}", v.unwrap()[i]));
-            }
+        if let Some(bad) = vectors
+            .iter()
+            .find_map(|(name, v)| v.and_then(|v| super::non_finite_entry(name, v)))
+        {
+            return Some(bad);
         }
         let scalars = [
             ("seconds", self.seconds),

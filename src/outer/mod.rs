@@ -577,16 +577,11 @@ fn checked_theta<P: Bilevel>(
     theta: Vec<f64>,
     state: &OptState,
 ) -> Result<Vec<f64>> {
-    let first_bad = |name: &str, v: &[f64]| {
-        v.iter()
-            .position(|x| !x.is_finite())
-            .map(|i| Error::Numerical(format!("{name}[{i}] = {} is not finite", v[i])))
-    };
-    if let Some(e) = first_bad("θ", &theta)
-        .or_else(|| first_bad("Adam's first moment", &state.m))
-        .or_else(|| first_bad("Adam's second moment", &state.v))
+    if let Some(bad) = non_finite_entry("θ", &theta)
+        .or_else(|| non_finite_entry("Adam's first moment", &state.m))
+        .or_else(|| non_finite_entry("Adam's second moment", &state.v))
     {
-        return Err(e);
+        return Err(Error::Numerical(format!("{bad} is not finite")));
     }
     problem.set_theta(&theta)?;
     Ok(theta)
@@ -632,26 +627,40 @@ fn lower_outer(step: u64, method: hypergrad::Method) -> String {
 }
 
 /// The first non-finite entry of `v`, as `name[i] = value`.
-fn non_finite_entry(name: &str, v: &[f64]) -> Option<String> {
+pub(crate) fn non_finite_entry(name: &str, v: &[f64]) -> Option<String> {
     v.iter()
         .position(|x| !x.is_finite())
         .map(|i| format!("{name}[{i}] = {}", v[i]))
 }
 
-/// Why step `step`'s estimate cannot be used, if it cannot: a non-finite inner iterate
-/// (checked first: it makes the loss and the hypergradient non-finite too), outer loss, or
-/// hypergradient.
+/// The first non-finite entry of the inner iterate, as `w[i] = value`: a stochastic
+/// estimator's is where its inner loop got to (downloaded: only on the error paths), a
+/// deterministic one's is the solution behind `h` (`h_w`, on the host already).
+fn non_finite_iterate<P: Bilevel>(
+    estimator: &Estimator<P>,
+    b: &P::B,
+    h_w: Option<&[f64]>,
+) -> Result<Option<String>> {
+    Ok(match estimator {
+        Estimator::Stochastic(est) => non_finite_entry("w", &b.download(est.w())?),
+        Estimator::Deterministic { .. } => h_w.and_then(|w| non_finite_entry("w", w)),
+    })
+}
+
+/// Why step `step`'s estimate cannot be used, if it cannot: a non-finite outer loss or
+/// hypergradient, blamed on the inner iterate when that is not finite (it makes the loss and
+/// the hypergradient non-finite too). A finite estimate costs no read-back of the iterate.
 fn divergence<P: Bilevel>(
     step: u64,
     h: &Hypergradient,
     estimator: &Estimator<P>,
     b: &P::B,
 ) -> Result<Option<String>> {
-    let w = match estimator {
-        Estimator::Deterministic { .. } => None,
-        Estimator::Stochastic(est) => Some(b.download(est.w())?),
-    };
-    if let Some(bad) = non_finite_entry("w", w.as_deref().unwrap_or(&h.w)) {
+    let bad_h = non_finite_entry("h", &h.hypergradient);
+    if h.outer_loss.is_finite() && bad_h.is_none() {
+        return Ok(None);
+    }
+    if let Some(bad) = non_finite_iterate(estimator, b, Some(&h.w))? {
         let lower = estimator
             .inner_step_option()
             .map_or_else(|| lower_outer(step, h.method), str::to_string);
@@ -659,25 +668,23 @@ fn divergence<P: Bilevel>(
             "outer step {step}: the inner iterate is not finite ({bad}); lower {lower}"
         )));
     }
-    if !h.outer_loss.is_finite() {
-        return Ok(Some(format!(
+    Ok(Some(match bad_h {
+        Some(bad) if h.outer_loss.is_finite() => format!(
+            "outer step {step}: the hypergradient is not finite ({bad}); lower {}",
+            lower_outer(step, h.method)
+        ),
+        _ => format!(
             "outer step {step}: the outer loss is {}; lower {}",
             h.outer_loss,
             lower_outer(step, h.method)
-        )));
-    }
-    if let Some(bad) = non_finite_entry("h", &h.hypergradient) {
-        return Ok(Some(format!(
-            "outer step {step}: the hypergradient is not finite ({bad}); lower {}",
-            lower_outer(step, h.method)
-        )));
-    }
-    Ok(None)
+        ),
+    }))
 }
 
 /// The reason for an estimate that failed numerically at `step` (`message`): the step, and
 /// the option whose step to lower: the inner one when the inner iterate is no longer finite,
-/// else, once θ has moved, the outer one.
+/// else, once θ has moved, the outer one. (A deterministic estimator keeps the last step's
+/// solution, which says nothing here.)
 fn breakdown<P: Bilevel>(
     step: u64,
     message: &str,
@@ -685,13 +692,7 @@ fn breakdown<P: Bilevel>(
     b: &P::B,
     opt: &OuterOpt,
 ) -> Result<String> {
-    let w = match estimator {
-        // A stochastic estimator's iterate is where its inner loop got to.
-        Estimator::Stochastic(est) => Some(b.download(est.w())?),
-        // A deterministic one keeps the last step's solution: it says nothing here.
-        Estimator::Deterministic { .. } => None,
-    };
-    Ok(match w.as_deref().and_then(|w| non_finite_entry("w", w)) {
+    Ok(match non_finite_iterate(estimator, b, None)? {
         Some(bad) => format!(
             "outer step {step}: the inner iterate is not finite ({bad}); lower {} (what failed \
              then: {message})",
