@@ -12,14 +12,15 @@
 #   3 main       the main job on the GPU, and on this machine's CPU in f64; the CPU f64 run
 #                of the machine that built the bundle (.bin/main_job_cpu_build_host.json)
 #   4 kernels    hypergrad bench kernels at the GPU sizes (copy and GEMM ceilings, same run)
-#   5 nhgd       hypergrad bench nhgd --dense on MNIST's shape, and the PyTorch peer
+#   5 nhgd       hypergrad bench nhgd --dense on MNIST's shape, and the PyTorch peer, eager
+#                and captured with torch.cuda.graph (--graph), side by side
 #   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
 #                that use shared memory)
 #   8 distill    dataset distillation on the GPU against the CPU: CG and unroll hypergradients,
 #                a short warm-start run with --retrain (runs before 7, the slowest stage)
 #   9 mlp        networks (issue 12): the MLP parity suite (tests/mlp_cuda_parity.rs), then
 #                hypergrad bench nhgd --model mlp:300 on MNIST's shape and the PyTorch peer
-#                (benches/peers/nhgd_mlp_torch.py) on the same card; targets: the kfac outer
+#                (benches/peers/nhgd_mlp_torch.py, eager and --graph) on the same card; targets: the kfac outer
 #                step ≤ 1.5× the plain SGD loop, ≥ 2× faster than the peer's; last, the NHGD
 #                loops' two streams under memcheck --track-stream-ordered-races all
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
@@ -257,7 +258,7 @@ if want 5; then
     cat "$detail/nhgd.json" >> "$log"
     run_logged "$(stage_limit 120)" "$detail/nhgd_torch.json" env PYTHONUNBUFFERED=1 "$python" \
         benches/peers/nhgd_torch.py --device cuda --n 50000 --d 785 --c 10 --m 10000 --T 100 \
-        --b 64 --rank 64 --curvature none,kfac,lowrank,dense-accumulate,dense --repeats 5
+        --b 64 --rank 64 --curvature none,kfac,lowrank,dense-accumulate,dense --repeats 5 --graph
     rc_torch=$?
     cat "$detail/nhgd_torch.json" >> "$log"
     line=$("$python" - "$detail/nhgd.json" "$detail/nhgd_torch.json" <<'EOF' 2>> "$log"
@@ -269,18 +270,20 @@ for l in open(sys.argv[1]):
 for l in open(sys.argv[2]):
     if l.startswith("{"):
         r = json.loads(l)
-        peer[r["curvature"]] = r["outer_step_seconds_median"]
+        peer[r["curvature"]] = (r["outer_step_seconds_median"],
+                                r.get("graph_outer_step_seconds_median"))
 names = {"sgd loop only": "none", "nhgd kfac": "kfac", "nhgd lowrank": "lowrank",
          "nhgd dense woodbury": "dense", "nhgd dense accumulate": "dense-accumulate"}
 parts = []
 for case in (ours or {}).get("cases", []):
     key = names.get(case["case"], case["case"])
     s = case["outer_step_seconds"]
-    torch_s = peer.get(key)
+    torch_s, graph_s = peer.get(key, (None, None))
     vs = f" torch {1e3 * torch_s:.1f}ms ({torch_s / s:.1f}x)" if torch_s else ""
+    vs += f" graphed {1e3 * graph_s:.2f}ms ({graph_s / s:.1f}x)" if graph_s else ""
     parts.append(f"{key} {1e3 * s:.1f}ms sgd×{case['ratio_to_sgd_loop']:.2f}{vs}")
 print("; ".join(parts) if parts else "no hypergrad result; torch: " +
-      ", ".join(f"{k} {1e3 * v:.1f}ms" for k, v in peer.items()))
+      ", ".join(f"{k} {1e3 * v[0]:.1f}ms" for k, v in peer.items()))
 EOF
     )
     worst=$rc
@@ -477,7 +480,7 @@ if want 9; then
     rc=$?
     run_logged "$(stage_limit 150)" "$detail/nhgd_mlp_torch.json" env PYTHONUNBUFFERED=1 "$python" \
         benches/peers/nhgd_mlp_torch.py --device cuda --hidden 300 --n 50000 --m 10000 --d 785 \
-        --T 100 --b 64 --repeats 5 --cases none,kfac
+        --T 100 --b 64 --repeats 5 --cases none,kfac --graph
     rc_torch=$?
     # The same bench with the memory pool handing freed memory back at every sync (the
     # driver's default; hypergrad keeps it, src/backend/cuda/mod.rs keep_pool_memory).
@@ -501,7 +504,9 @@ for case in (ours or {}).get("cases", []):
     key = names.get(case["case"], case["case"])
     s = case["outer_step_seconds"]
     torch_s = (peer_cases.get(key) or {}).get("outer_step_seconds")
+    graph_s = (peer_cases.get(key) or {}).get("graph_outer_step_seconds")
     vs = f" torch {1e3 * torch_s:.1f}ms ({torch_s / s:.1f}x)" if torch_s else ""
+    vs += f" graphed {1e3 * graph_s:.2f}ms ({graph_s / s:.1f}x)" if graph_s else ""
     parts.append(f"{key} {1e3 * s:.1f}ms sgd×{case['ratio_to_sgd_loop']:.2f}{vs}")
 trim = {c["case"]: c["outer_step_seconds"] for c in (last_json(sys.argv[3]) or {}).get("cases", [])}
 kept = {c["case"]: c["outer_step_seconds"] for c in (ours or {}).get("cases", [])}

@@ -98,8 +98,8 @@ if [ "\${1:-}" = - ]; then exec python3 "\$@"; fi
 me=torch
 $misbehave
 case "\${1:-}" in
-    *nhgd_mlp_torch.py) echo '{"device":"cuda","cases":{"none":{"outer_step_seconds":0.04},"kfac":{"outer_step_seconds":0.05}}}' ;;
-    *) for c in none kfac; do echo '{"curvature":"'\$c'","outer_step_seconds_median":0.05}'; done ;;
+    *nhgd_mlp_torch.py) echo '{"device":"cuda","cases":{"none":{"outer_step_seconds":0.04,"graph_outer_step_seconds":0.004},"kfac":{"outer_step_seconds":0.05,"graph_outer_step_seconds":0.006}}}' ;;
+    *) for c in none kfac; do echo '{"curvature":"'\$c'","outer_step_seconds_median":0.05,"graph_outer_step_seconds_median":0.003}'; done ;;
 esac
 EOF
 chmod +x "$fake/bin/"* "$fake/path/"*
@@ -181,10 +181,19 @@ done
 # The mlp stage's summary line carries the parity count, kfac's ratio to the SGD loop and the
 # peer's time over ours, and the same bench with the pool trimmed (the fake binaries' numbers).
 line=$(grep -E '^mlp ' "$work/out-all-pass/summary.txt" || true)
-for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x)" "none 10.0ms" \
+for needle in "parity 2/2 passed" "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x) graphed 6.00ms (0.5x)" "none 10.0ms" \
     "pool trim: none 10.0ms (kept 10.0), kfac 12.0ms (kept 12.0)" "streams: memcheck ok, 0 errors"; do
     if [[ $line != *"$needle"* ]]; then
         echo "FAIL mlp summary: '$needle' missing from: ${line:-no mlp line}"
+        failures=$((failures + 1))
+    fi
+done
+
+# The nhgd stage's summary line puts the peer's eager and graphed times beside ours.
+line=$(grep -E '^nhgd ' "$work/out-all-pass/summary.txt" || true)
+for needle in "kfac 12.0ms sgd×1.20 torch 50.0ms (4.2x) graphed 3.00ms (0.2x)"; do
+    if [[ $line != *"$needle"* ]]; then
+        echo "FAIL nhgd summary: '$needle' missing from: ${line:-no nhgd line}"
         failures=$((failures + 1))
     fi
 done

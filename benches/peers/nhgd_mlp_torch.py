@@ -25,7 +25,14 @@ What is matched (src/hypergrad/nhgd_mlp.rs, src/cli/bench_nhgd.rs)
   ⟨∇ℓ_i, q⟩ for all n training rows by one forward-mode pass (torch.func.jvp of the logits
   along q: ⟨∇ℓ_i, q⟩ = (p_i − e_{y_i})ᵀ R z_i), as the Rust side's forward R-pass does.
 * Timing: one warm-up outer step, then --repeats timed ones; medians; on CUDA the clock
-  stops after a synchronisation.
+  stops after a synchronisation. The timed step makes no host synchronisation (π stays a
+  tensor, `cholesky_ex`, triangular solves).
+* `--graph` (CUDA only): the outer step after the row draw is also captured once with
+  torch.cuda.graph (forward, backward, the SGD update, the K-FAC factors, a, the solves and
+  the jvp, into static buffers) and replayed; the rows are drawn eagerly into a fixed buffer
+  before each replay, inside the timing. The JSON gives the graphed medians beside the eager
+  ones and the relative difference of h between a replay and an eager step from the same
+  weights and rows.
 
 `--check` verifies, on a small problem, that the K-FAC factors' per-sample gradient
 structure δ ⊗ ã is the per-sample gradient torch.func.vmap(grad) computes, and that the jvp
@@ -91,6 +98,45 @@ class MLP(torch.nn.Module):
         return x, inputs, pre
 
 
+def chol_solve(B, L):
+    """(L Lᵀ)⁻¹ B by two triangular solves (cuBLAS trsm), which capture into a CUDA graph."""
+    Z = torch.linalg.solve_triangular(L, B, upper=False)
+    return torch.linalg.solve_triangular(L.mT, Z, upper=True)
+
+
+class Graphed:
+    """`Outer.step(case)` captured once with torch.cuda.graph and replayed: the rows go into a
+    fixed buffer (drawn eagerly before each replay), the weights and factors are updated in
+    place, h is a static output."""
+
+    def __init__(self, outer, case):
+        self.outer, self.case = outer, case
+        device = outer.device
+        self.rows = outer.batches().clone()
+        saved = [p.detach().clone() for p in outer.params]
+        warm = torch.cuda.Stream(device)
+        warm.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(warm):
+            for _ in range(3):
+                outer.step(case, self.rows)
+        torch.cuda.current_stream(device).wait_stream(warm)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.h = outer.step(case, self.rows)
+        torch.cuda.synchronize(device)
+        self.restore(saved)
+
+    def restore(self, values):
+        with torch.no_grad():
+            for p, v in zip(self.outer.params, values):
+                p.copy_(v)
+
+    def __call__(self, rows=None):
+        self.rows.copy_(self.outer.batches() if rows is None else rows)
+        self.graph.replay()
+        return self.h
+
+
 def per_sample_loss(model, params, x, y):
     z = functional_call(model, params, (x[None],))
     return F.cross_entropy(z, y[None])
@@ -110,6 +156,11 @@ class Outer:
         self.weights = [l.weight for l in self.model.layers]
         self.params = [p for l in self.model.layers for p in (l.weight, l.bias)]
         self.gen = torch.Generator(device=device).manual_seed(args.seed)
+        layers = self.model.layers
+        kw = dict(device=device, dtype=dtype)
+        # The K-FAC factors, allocated once and zeroed at the start of every outer step.
+        self.AA = [torch.zeros(l.in_features + 1, l.in_features + 1, **kw) for l in layers]
+        self.GG = [torch.zeros(l.out_features, l.out_features, **kw) for l in layers]
 
     def batches(self):
         n, T, b = self.args.n, self.args.T, self.args.b
@@ -118,18 +169,18 @@ class Outer:
                            for _ in range(perms)])
         return order[: T * b].view(T, b)
 
-    def step(self, curvature):
-        """One outer step: T SGD steps (with the K-FAC factors for `kfac`), a = ∇_w f, q, h."""
+    def step(self, curvature, batches=None):
+        """One outer step: T SGD steps (with the K-FAC factors for `kfac`), a = ∇_w f, q, h.
+        `batches` (T×b) are the rows; drawn here when not given."""
         a, T, b, C = self.args, self.args.T, self.args.b, self.args.l2
         N = T * b
         eta = a.inner_lr
         layers = self.model.layers
+        AA, GG = self.AA, self.GG
         if curvature == "kfac":
-            AA = [torch.zeros(l.in_features + 1, l.in_features + 1, device=self.device,
-                              dtype=self.dtype) for l in layers]
-            GG = [torch.zeros(l.out_features, l.out_features, device=self.device,
-                              dtype=self.dtype) for l in layers]
-        for idx in self.batches():
+            for M in AA + GG:
+                M.zero_()
+        for idx in (self.batches() if batches is None else batches):
             xb, yb, sb = self.X[idx], self.y[idx], self.s[idx]
             z, inputs, pre = self.model.forward_tape(xb)
             loss = (sb * F.cross_entropy(z, yb, reduction="none")).sum()
@@ -155,13 +206,14 @@ class Outer:
                 for l, layer in enumerate(layers):
                     V = torch.cat([avec[2 * l], avec[2 * l + 1][:, None]], dim=1)
                     dA, dG = AA[l].shape[0], GG[l].shape[0]
-                    pi = math.sqrt(C * (AA[l].trace() / dA) / (GG[l].trace() / dG))
+                    # π stays on the device: no host synchronisation inside the step
+                    pi = torch.sqrt(C * (AA[l].trace() / dA) / (GG[l].trace() / dG))
                     eyeA = torch.eye(dA, device=self.device, dtype=self.dtype)
                     eyeG = torch.eye(dG, device=self.device, dtype=self.dtype)
-                    LA = torch.linalg.cholesky(AA[l] + pi * eyeA)
-                    LG = torch.linalg.cholesky(GG[l] + (C / pi) * eyeG)
-                    VX = torch.cholesky_solve(V.T, LA).T          # V (AA + πI)⁻¹
-                    Q = torch.cholesky_solve(VX, LG)              # (GG + λ/π I)⁻¹ · that
+                    LA = torch.linalg.cholesky_ex(AA[l] + pi * eyeA)[0]
+                    LG = torch.linalg.cholesky_ex(GG[l] + (C / pi) * eyeG)[0]
+                    VX = chol_solve(V.T, LA).T                    # V (AA + πI)⁻¹
+                    Q = chol_solve(VX, LG)                        # (GG + λ/π I)⁻¹ · that
                     q += [Q[:, :-1], Q[:, -1]]
             else:
                 q = [torch.zeros_like(p) for p in self.params]
@@ -199,6 +251,30 @@ def check(device):
     print("check passed: vmap(grad) per-sample gradients = δ ⊗ ã per layer; jvp = ⟨∇ℓ_i, q⟩")
 
 
+def graphed_case(o, case, repeats, sync):
+    """The graphed step's median (same warm-up and repeats as the eager one), and a replay's h
+    against an eager step's from the same weights and rows."""
+    g = Graphed(o, case)
+    g()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        h = g()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if not torch.isfinite(h).all():
+            raise SystemExit(f"{case} (graph): non-finite hypergradient")
+    start = [p.detach().clone() for p in o.params]
+    rows = o.batches().clone()
+    h_graph = g(rows).clone()
+    g.restore(start)
+    h_eager = o.step(case, rows)
+    err = (torch.linalg.norm(h_graph - h_eager) / torch.linalg.norm(h_eager)).item()
+    return {"graph_outer_step_seconds": statistics.median(times),
+            "graph_outer_step_seconds_all": times, "graph_vs_eager_rel_err": err}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", default="300", help="hidden widths, e.g. 300 or 128,64")
@@ -217,8 +293,12 @@ def main():
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     p.add_argument("--cases", default="none,kfac")
+    p.add_argument("--graph", action="store_true",
+                   help="also time the step captured with torch.cuda.graph (CUDA only)")
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
+    if args.graph and args.device != "cuda" and not args.device.startswith("cuda:"):
+        raise SystemExit("--graph needs --device cuda (torch.cuda.graph)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -243,6 +323,8 @@ def main():
                 raise SystemExit(f"{case}: non-finite hypergradient")
         results[case] = {"outer_step_seconds": statistics.median(times),
                          "outer_step_seconds_all": times}
+        if args.graph:
+            results[case].update(graphed_case(o, case, args.repeats, sync))
     P = sum(p.numel() for p in o.params)
     print(json.dumps({
         "peer": "pytorch", "torch": torch.__version__, "device": str(device),

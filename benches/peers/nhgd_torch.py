@@ -46,9 +46,20 @@ Matmuls run in full float32 (PyTorch's default, no TF32). By default everything 
 CUDA stream; --side-stream runs the curvature update on a second stream, overlapping the
 next SGD step, as the Rust loop does.
 
+`--graph` (CUDA only) is the peer a PyTorch user who cares about speed would write: the whole
+outer step after the row draw (T SGD steps, the curvature update, a, q and h) is captured once
+with torch.cuda.graph into static buffers and replayed every outer step; the row indices and
+sketch signs are drawn eagerly (randperm) into fixed buffers before each replay, and the
+timing includes that draw. The plain SGD loop is captured the same way. Every solve is
+`cholesky_ex` plus two triangular solves (cuBLAS trsm), which capture; the curvature state is
+reset inside the graph. The JSON reports the graphed and the eager timings side by side, and
+`graph_vs_eager_rel_err`: the relative difference of h between a replay and an eager outer
+step from the same W and the same rows.
+
 Commands
 --------
     python3 benches/peers/nhgd_torch.py --check
+    python3 benches/peers/nhgd_torch.py --graph --curvature none,kfac,lowrank,dense,dense-accumulate
     python3 benches/peers/nhgd_torch.py --n 50000 --d 785 --c 10 --m 10000 --T 100 --b 64 \\
         --curvature dense --rank 64 --repeats 5 --device cuda --seed 0 \\
         [--data FILE.npz] [--save-data FILE.npz] [--out results.json] [--side-stream]
@@ -175,8 +186,11 @@ def per_sample_rows(xb, G, sb):
     return (sb.sqrt()[:, None, None] * G[:, :, None] * xb[:, None, :]).flatten(1)
 
 
-def inner_loop(prob, W, batches, signs, trackers, side_stream=None):
-    """T SGD steps on W (in place), each step's factors handed to every tracker."""
+def inner_loop(prob, W, batches, signs, trackers, side_stream=None, record_streams=True):
+    """T SGD steps on W (in place), each step's factors handed to every tracker.
+
+    `record_streams=False` inside a CUDA graph capture: the graph's memory comes from its own
+    pool and is not reused while the graph lives, so the side stream needs no record."""
     main = torch.cuda.current_stream() if side_stream is not None else None
     for t in range(batches.shape[0]):
         idx = batches[t]
@@ -194,8 +208,9 @@ def inner_loop(prob, W, batches, signs, trackers, side_stream=None):
             with torch.cuda.stream(side_stream):
                 for tr in trackers:
                     tr.update(xb, G, sb, sign)
-            for tensor in (xb, G, sb) + (() if sign is None else (sign,)):
-                tensor.record_stream(side_stream)
+            if record_streams:
+                for tensor in (xb, G, sb) + (() if sign is None else (sign,)):
+                    tensor.record_stream(side_stream)
     if side_stream is not None:
         main.wait_stream(side_stream)
     return W
@@ -209,9 +224,19 @@ def chol(M):
     return torch.linalg.cholesky_ex(M)[0]
 
 
+def chol_solve(B, L):
+    """(L Lᵀ)⁻¹ B by two triangular solves (cuBLAS trsm): unlike torch.cholesky_solve, which may
+    take a MAGMA path on CUDA, these capture into a CUDA graph."""
+    Z = torch.linalg.solve_triangular(L, B, upper=False)
+    return torch.linalg.solve_triangular(L.mT, Z, upper=True)
+
+
 class NoCurvature:
     def __init__(self, prob, N):
         self.C = prob.C
+
+    def reset(self):
+        pass
 
     def update(self, xb, G, sb, sign):
         pass
@@ -225,14 +250,18 @@ class DenseWoodbury:
 
     def __init__(self, prob, N):
         self.N = float(N)
-        self.A = torch.eye(prob.P, dtype=prob.X.dtype, device=prob.X.device) / prob.C
+        self.A0 = torch.eye(prob.P, dtype=prob.X.dtype, device=prob.X.device) / prob.C
+        self.A = self.A0.clone()
+
+    def reset(self):
+        self.A.copy_(self.A0)
 
     def update(self, xb, G, sb, sign):
         U = per_sample_rows(xb, G, sb)  # b×P
         AU = self.A @ U.T  # P×b (A symmetric, so U A = AUᵀ)
         M = U @ AU
         M.diagonal().add_(self.N)  # N I + U A Uᵀ
-        Z = torch.cholesky_solve(AU.T, chol(M))  # b×P
+        Z = chol_solve(AU.T, chol(M))  # b×P
         self.A.addmm_(AU, Z, alpha=-1.0)
 
     def solve(self, a):
@@ -247,6 +276,9 @@ class DenseAccumulate:
         self.C = prob.C
         self.F = torch.zeros(prob.P, prob.P, dtype=prob.X.dtype, device=prob.X.device)
 
+    def reset(self):
+        self.F.zero_()
+
     def update(self, xb, G, sb, sign):
         U = per_sample_rows(xb, G, sb)
         self.F.addmm_(U.T, U, alpha=1.0 / self.N)
@@ -254,7 +286,7 @@ class DenseAccumulate:
     def solve(self, a):
         H = self.F.clone()
         H.diagonal().add_(self.C)
-        return torch.cholesky_solve(a[:, None], chol(H))[:, 0]
+        return chol_solve(a[:, None], chol(H))[:, 0]
 
 
 class Kfac:
@@ -267,6 +299,10 @@ class Kfac:
         kw = dict(dtype=prob.X.dtype, device=prob.X.device)
         self.XX = torch.zeros(self.d, self.d, **kw)
         self.GG = torch.zeros(self.c, self.c, **kw)
+
+    def reset(self):
+        self.XX.zero_()
+        self.GG.zero_()
 
     def update(self, xb, G, sb, sign):
         self.XX.addmm_(xb.T, xb, alpha=1.0 / self.N)
@@ -281,8 +317,8 @@ class Kfac:
     def solve(self, a):
         Gd, Xd = self.damped_factors()
         V = a.view(self.c, self.d)
-        Q = torch.cholesky_solve(V, chol(Gd))  # Gd⁻¹ V
-        Q = torch.cholesky_solve(Q.T, chol(Xd)).T  # (Gd⁻¹ V) Xd⁻¹, Xd symmetric
+        Q = chol_solve(V, chol(Gd))  # Gd⁻¹ V
+        Q = chol_solve(Q.T, chol(Xd)).T  # (Gd⁻¹ V) Xd⁻¹, Xd symmetric
         return Q.reshape(-1)
 
 
@@ -294,6 +330,9 @@ class Lowrank:
         self.C = prob.C
         self.U = torch.zeros(rank, prob.P, dtype=prob.X.dtype, device=prob.X.device)
 
+    def reset(self):
+        self.U.zero_()
+
     def update(self, xb, G, sb, sign):
         U_t = per_sample_rows(xb, G, sb)
         self.U.addmm_(sign, U_t, alpha=self.scale)
@@ -302,7 +341,7 @@ class Lowrank:
         U, C = self.U, self.C
         K = (U @ U.T) / C
         K.diagonal().add_(1.0)  # I + U R⁻¹ Uᵀ
-        z = torch.cholesky_solve((U @ a)[:, None] / C, chol(K))[:, 0]
+        z = chol_solve((U @ a)[:, None] / C, chol(K))[:, 0]
         return a / C - (U.T @ z) / C
 
 
@@ -348,6 +387,69 @@ def outer_step(prob, W, args, step, side_stream=None):
     q = tracker.solve(a.reshape(-1))
     h = hypergradient(prob, W, q.view(prob.c, prob.d))
     return h, loss
+
+
+class GraphedOuterStep:
+    """The outer step (or, with `curvature=None`, the plain SGD loop) captured once as a CUDA
+    graph into static buffers and replayed; what changes between replays (W, the rows, the
+    sketch signs) lives in device memory.
+
+    Per call: the rows and signs are drawn eagerly from the step's generator (the same draws,
+    in the same order, as `outer_step`) into the fixed buffers, then the graph is replayed.
+    """
+
+    def __init__(self, prob, W, args, curvature, side_stream=None):
+        device, dtype = prob.X.device, prob.X.dtype
+        self.prob, self.W, self.args, self.curvature = prob, W, args, curvature
+        self.side = side_stream
+        self.batches = torch.zeros(args.T, args.b, dtype=torch.long, device=device)
+        self.signs = None
+        if curvature == "lowrank":
+            self.signs = torch.zeros(args.T, args.rank, args.b, dtype=dtype, device=device)
+        self.trackers = []
+        if curvature is not None:
+            self.trackers = [make_tracker(curvature, prob, args.T * args.b, args.rank)]
+        # Warm up on a side stream (as torch.cuda.graph asks: lazy initialisations, cuBLAS and
+        # cuSOLVER handles and workspaces happen outside the capture), then restore W.
+        saved = W.clone()
+        self.draw(999_999)  # any step: the warm-up's rows are thrown away
+        warm = torch.cuda.Stream(device)
+        warm.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(warm):
+            for _ in range(3):
+                self.body()
+        torch.cuda.current_stream(device).wait_stream(warm)
+        W.copy_(saved)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.body()
+        torch.cuda.synchronize(device)
+        W.copy_(saved)
+
+    def draw(self, step):
+        args, prob = self.args, self.prob
+        gen = step_generator(args.seed, step, prob.X.device)
+        self.batches.copy_(draw_batches(prob.n, args.T, args.b, gen, prob.X.device))
+        if self.signs is not None:
+            self.signs.copy_(draw_signs(args.T, args.rank, args.b, gen, prob.X.device,
+                                        prob.X.dtype))
+
+    def body(self):
+        prob, W = self.prob, self.W
+        for tr in self.trackers:
+            tr.reset()
+        inner_loop(prob, W, self.batches, self.signs, self.trackers, self.side,
+                   record_streams=False)
+        if self.curvature is None:
+            return W
+        a, loss = outer_grad_and_value(W, prob.Xv, prob.yv)
+        q = self.trackers[0].solve(a.reshape(-1))
+        return hypergradient(prob, W, q.view(prob.c, prob.d)), loss
+
+    def __call__(self, step):
+        self.draw(step)
+        self.graph.replay()
+        return self.out
 
 
 def sgd_loop(prob, W, args, step):
@@ -406,6 +508,10 @@ def benchmark(args):
     outer_s, (h, loss) = timed(lambda i: outer_step(prob, W, args, i, side), args.repeats, device)
     W_sgd = W0.clone()
     sgd_s, _ = timed(lambda i: sgd_loop(prob, W_sgd, args, i), args.repeats, device)
+    graphed = {}
+    if args.graph:
+        graphed = graphed_timings(prob, W0, args, side, device)
+        graphed["graph_speedup_outer"] = outer_s / graphed["graph_outer_step_seconds_median"]
 
     return {
         "peer": "pytorch",
@@ -430,6 +536,35 @@ def benchmark(args):
         "eta": prob.eta,
         "side_stream": side is not None,
         "seed": args.seed,
+        "graph": bool(args.graph),
+        **graphed,
+    }
+
+
+def graphed_timings(prob, W0, args, side, device):
+    """The graphed outer step and SGD loop, timed as the eager ones are (interleaving is the
+    caller's: the eager timings were taken just before, on the same data), and a replay's h
+    against an eager step's from the same W and rows."""
+    if device.type != "cuda":
+        raise SystemExit("--graph needs --device cuda (torch.cuda.graph)")
+    W = W0.clone()
+    step = GraphedOuterStep(prob, W, args, args.curvature, side)
+    outer_s, _ = timed(lambda i: step(i), args.repeats, device)
+    W_sgd = W0.clone()
+    loop = GraphedOuterStep(prob, W_sgd, args, None)
+    sgd_s, _ = timed(lambda i: loop(i), args.repeats, device)
+    # Same W, same rows: a replay against the eager step.
+    start = W.clone()
+    h_graph, loss_graph = (t.clone() for t in step(10_000))
+    W_eager = start.clone()
+    h_eager, loss_eager = outer_step(prob, W_eager, args, 10_000, side)
+    return {
+        "graph_outer_step_seconds_median": outer_s,
+        "graph_sgd_loop_seconds_median": sgd_s,
+        "graph_speedup_outer": None,  # filled below, eager / graphed
+        "graph_vs_eager_rel_err": rel_err(h_graph, h_eager),
+        "graph_vs_eager_loss_diff": abs(loss_graph.item() - loss_eager.item()),
+        "graph_w_rel_err": rel_err(W, W_eager),
     }
 
 
@@ -597,6 +732,9 @@ def parse_args(argv=None):
     p.add_argument("--out", help="also write the JSON line to this file")
     p.add_argument("--side-stream", action="store_true",
                    help="run the curvature update on a second CUDA stream (as the Rust loop does)")
+    p.add_argument("--graph", action="store_true",
+                   help="also time the outer step and the SGD loop captured with torch.cuda.graph "
+                        "(CUDA only; see the module doc)")
     p.add_argument("--check", action="store_true", help="run the float64 CPU self-check and exit")
     return p.parse_args(argv)
 
