@@ -29,6 +29,7 @@ mod bundled;
 mod csv;
 mod libsvm;
 pub mod rng;
+pub mod row_stream;
 pub mod sparse;
 mod split;
 pub mod synthetic;
