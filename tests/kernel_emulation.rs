@@ -52,7 +52,7 @@ fn cuda_kernels_match_their_cpu_twins_under_emulation() {
     }
     let work = std::env::temp_dir().join(format!("hypergrad-kernel-emu-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("temp dir");
-    for kernel in ["blas1", "glm_rows", "glm_batch", "fisher", "mlp"] {
+    for kernel in ["blas1", "glm_rows", "glm_batch", "fisher", "mlp", "rows"] {
         emulation_copy(&root.join("cuda").join(format!("{kernel}.cu")), &work);
     }
     std::fs::copy(root.join("tests/kernel_emu/shim.h"), work.join("shim.h")).expect("copy shim");
@@ -82,7 +82,9 @@ fn cuda_kernels_match_their_cpu_twins_under_emulation() {
         .output()
         .expect("run the emulation");
     let stdout = String::from_utf8_lossy(&run.stdout);
+    let rows_mismatch = device_rows_mismatch(&binary);
     let _ = std::fs::remove_dir_all(&work);
+    assert!(rows_mismatch.is_empty(), "{}", rows_mismatch.join("\n"));
     assert!(run.status.success(), "kernel emulation failed:\n{stdout}");
     let total = stdout
         .lines()
@@ -90,4 +92,55 @@ fn cuda_kernels_match_their_cpu_twins_under_emulation() {
         .unwrap_or("no TOTAL line");
     assert!(total.ends_with(" 0 fails"), "{stdout}");
     eprintln!("kernel_emulation ({mode}): {total}");
+}
+
+/// The row stream's kernel (`cuda/rows.cu`, run by the emulation's `rows` mode) against its
+/// CPU twin `hypergrad::data::row_stream::fill`, bit for bit: small n (cycle walking over a
+/// domain 4× larger), n not a power of 4, offsets that cross epochs, a large seed. Returns
+/// one line per disagreement.
+fn device_rows_mismatch(binary: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (seed, n, k0, count) in [
+        (0u64, 1u32, 0u64, 5u32),
+        (1, 3, 2, 40),
+        (7, 17, 10, 1000),
+        (42, 1000, 950, 2000),
+        (u64::MAX - 5, 65_537, 3 * 65_537 - 100, 900),
+        (9, 50_000, 12_345_678_901, 1500),
+    ] {
+        let run = Command::new(binary)
+            .args([
+                "rows",
+                &seed.to_string(),
+                &n.to_string(),
+                &k0.to_string(),
+                &count.to_string(),
+            ])
+            .output()
+            .expect("run the emulation's rows mode");
+        let text = String::from_utf8_lossy(&run.stdout);
+        let mut lines = text.lines();
+        let device: Vec<u32> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|v| v.parse().expect("a row index"))
+            .collect();
+        let mut cpu = vec![0u32; count as usize];
+        hypergrad::data::row_stream::fill(seed, n, k0, &mut cpu);
+        if device != cpu {
+            let first = device.iter().zip(&cpu).position(|(a, b)| a != b);
+            bad.push(format!(
+                "rows (seed {seed}, n {n}, k0 {k0}): device {} rows, first difference at {first:?}",
+                device.len()
+            ));
+        }
+        let advanced = format!("offset {}", k0 + u64::from(count));
+        if lines.next() != Some(advanced.as_str()) {
+            bad.push(format!(
+                "rows (seed {seed}, n {n}): offset not advanced to {advanced}"
+            ));
+        }
+    }
+    bad
 }

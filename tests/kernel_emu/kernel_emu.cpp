@@ -24,6 +24,9 @@ namespace kgb {
 namespace km {
 #include "emu_mlp.cu"
 }
+namespace kr {
+#include "emu_rows.cu"
+}
 static std::mt19937_64 rng(12345);
 static double unif(double a = -1, double b = 1) { return std::uniform_real_distribution<double>(a, b)(rng); }
 static int fails = 0, checks = 0;
@@ -449,7 +452,24 @@ static void test_mlp() {
     }
 }
 
+// "rows SEED N K0 COUNT": the row stream's kernel (cuda/rows.cu) prints rows k0..k0+count−1
+// (and the advanced offset), for tests/kernel_emulation.rs to compare with
+// src/data/row_stream.rs bit for bit. Grid 3 × 256 threads, so the grid-stride loop wraps.
+static int print_rows(char** argv) {
+    const unsigned long long seed = std::stoull(argv[2]);
+    const unsigned n = (unsigned)std::stoul(argv[3]);
+    unsigned long long offset = std::stoull(argv[4]);
+    const unsigned count = (unsigned)std::stoul(argv[5]);
+    std::vector<unsigned> rows(count, 0xffffffffu);
+    launch(g1(3), g1(256), [&] { kr::hg_stream_rows(seed, n, &offset, count, rows.data()); });
+    launch(g1(1), g1(32), [&] { kr::hg_stream_advance(&offset, count); });
+    for (unsigned r : rows) printf("%u ", r);
+    printf("\noffset %llu\n", offset);
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 6 && std::string(argv[1]) == "rows") return print_rows(argv);
     bool quick = argc > 1 && std::string(argv[1]) == "quick";
     test_blas1(); printf("blas1: %d checks, %d fails\n", checks, fails);
     test_fisher(); printf("fisher: %d checks, %d fails\n", checks, fails);
