@@ -272,7 +272,10 @@ impl CudaBackend {
         let max_shared_bytes = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(driver_error)? as usize;
-        let stream = ctx.default_stream();
+        // A created (non-blocking) stream, not the legacy default stream: CUDA cannot capture
+        // work on the legacy stream into a graph, and the legacy stream synchronises with every
+        // other blocking stream of the context (issue 23).
+        let stream = ctx.new_stream().map_err(driver_error)?;
         let blas = CudaBlas::new(stream.clone()).map_err(driver_error)?;
         let kernels = Kernels::load(&ctx)?;
         let health = stream.alloc_zeros::<i32>(1).map_err(driver_error)?;
