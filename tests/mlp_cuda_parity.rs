@@ -7,7 +7,7 @@
 //! hypergradients of small softmax and hyper-cleaning networks end to end; then NHGD's inner
 //! loop with every curvature representation, which runs the curvature update on a second
 //! queue (stream): it makes no host sync or copy, and its result is that of the same loop on
-//! one queue ([`MlpNhgd::on_one_queue`]).
+//! one queue ([`StochasticEstimator::on_one_queue`]).
 //!
 //! **Without a usable GPU every CUDA test returns at once**, after one line on stderr:
 //! `mlp_cuda_parity: SKIPPED — no usable CUDA device (<reason>)`, written to the process's
@@ -63,7 +63,7 @@ use hypergrad::backend::{Backend, FisherOps, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::Dataset;
 use hypergrad::hypergrad::fisher::{DenseUpdate, Representation};
-use hypergrad::hypergrad::nhgd_mlp::MlpNhgd;
+use hypergrad::hypergrad::stochastic::StochasticEstimator;
 use hypergrad::hypergrad::stochastic::StochasticOptions;
 use hypergrad::hypergrad::{compute, Method, Options};
 use hypergrad::problem::{Bilevel, HyperLayout, MlpBilevel, ProblemKind};
@@ -446,12 +446,29 @@ mod checks {
     // ---- estimators end to end ----
 
     /// A small network problem from a teacher network of its shape, data rounded to f32.
-    pub fn problem<B: MlpOps>(b: B, kind: ProblemKind, act: Activation) -> MlpBilevel<B> {
+    /// The teacher's rows of [`problem`]: 24 training rows, then 16 validation rows.
+    fn teacher_rows(act: Activation) -> (Dataset, Dataset) {
         let sizes = [3, 5, 3];
         let (all, _) = teacher_data(&RefNet::new(&sizes, act), 40, 2.0, 21);
         let all = Dataset::new(all.x.mapv(r32), all.y, "teacher").unwrap();
-        let train = all.select(&(0..24).collect::<Vec<_>>());
-        let val = all.select(&(24..40).collect::<Vec<_>>());
+        (
+            all.select(&(0..24).collect::<Vec<_>>()),
+            all.select(&(24..40).collect::<Vec<_>>()),
+        )
+    }
+
+    /// NHGD on `p` (built by [`problem`] with `act`).
+    fn nhgd<B: MlpOps + FisherOps>(
+        p: &MlpBilevel<B>,
+        act: Activation,
+        opts: StochasticOptions,
+    ) -> StochasticEstimator<MlpBilevel<B>> {
+        StochasticEstimator::new(p, &teacher_rows(act).0, opts).unwrap()
+    }
+
+    pub fn problem<B: MlpOps>(b: B, kind: ProblemKind, act: Activation) -> MlpBilevel<B> {
+        let sizes = [3, 5, 3];
+        let (train, val) = teacher_rows(act);
         let layout = match kind {
             ProblemKind::Hyperclean => HyperLayout::PerSample,
             _ => HyperLayout::Shared,
@@ -510,8 +527,8 @@ mod checks {
             opts.inner_steps = 30;
             opts.batch = 8;
             opts.inner_lr = Some(0.1);
-            let mut est_u = MlpNhgd::new(&under, opts).unwrap();
-            let mut est_r = MlpNhgd::new(&reference, opts).unwrap();
+            let mut est_u = nhgd(&under, Activation::Tanh, opts);
+            let mut est_r = nhgd(&reference, Activation::Tanh, opts);
             let (got, _) = est_u.estimate(&under, 0).unwrap();
             let (want, _) = est_r.estimate(&reference, 0).unwrap();
             assert_close(
@@ -568,7 +585,7 @@ mod checks {
     ) {
         let p = problem(b.clone(), ProblemKind::Hyperclean, Activation::Tanh);
         for (name, opts) in nhgd_cases() {
-            let mut est = MlpNhgd::new(&p, opts).unwrap();
+            let mut est = nhgd(&p, Activation::Tanh, opts);
             for step in 0..2 {
                 let (_, stats) = est.estimate(&p, step).unwrap();
                 assert_eq!(
@@ -590,8 +607,8 @@ mod checks {
     ) {
         let p = problem(b.clone(), ProblemKind::Hyperclean, Activation::Tanh);
         for (name, opts) in nhgd_cases() {
-            let mut two = MlpNhgd::new(&p, opts).unwrap();
-            let mut one = MlpNhgd::new(&p, opts).unwrap().on_one_queue();
+            let mut two = nhgd(&p, Activation::Tanh, opts);
+            let mut one = nhgd(&p, Activation::Tanh, opts).on_one_queue();
             for step in 0..2 {
                 let (h_two, _) = two.estimate(&p, step).unwrap();
                 let (h_one, _) = one.estimate(&p, step).unwrap();

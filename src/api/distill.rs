@@ -18,12 +18,13 @@ use super::settings::{DeviceSpec, Settings};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpInputOps;
 use crate::backend::{Backend, FisherOps, GlmOps};
-use crate::hypergrad::nhgd_mlp::MlpNhgd;
-use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator, StochasticOptions};
-use crate::hypergrad::{self, Hypergradient};
-use crate::outer::{Estimator, OuterProblem, StochasticEstimate, MAID_START_TOL};
+use crate::hypergrad;
+use crate::hypergrad::stochastic::{StochasticEstimator, StochasticOptions};
+use crate::outer::{
+    DistillEstimator, Distillation, Estimator, OuterProblem, StochasticEstimate, MAID_START_TOL,
+};
 use crate::problem::distill::{initial_theta, DistillInit, Synthetic};
-use crate::problem::{Bilevel, DistillBilevel, InnerProblem, MlpDistillBilevel};
+use crate::problem::{DistillBilevel, InnerProblem, MlpDistillBilevel};
 use crate::solver::{self, InnerOptions};
 use crate::{Error, Result};
 
@@ -80,12 +81,17 @@ impl Start {
 }
 
 /// What `grad` and `run` need of either distillation problem beyond [`Bilevel`].
-trait Distilled: OuterProblem + Sized + 'static {
+trait Distilled: OuterProblem + Distillation + Sized + 'static {
     fn set(&self) -> &Synthetic;
     /// The network of `--model mlp:…` for the reports (`None`: the linear model).
     fn network_info(&self, settings: &Settings) -> Option<NetworkInfo>;
-    /// NHGD on this problem with the given options.
-    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>>;
+    /// NHGD on this problem with the given options: the inner model's estimator on the
+    /// synthetic rows, with distillation's θ and `B`.
+    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>> {
+        let rows = self.set().dataset()?;
+        let estimator = StochasticEstimator::new(self.inner_model(), &rows, opts)?;
+        Ok(Box::new(DistillEstimator(estimator)))
+    }
 }
 
 impl<B: GlmOps + FisherOps + Clone + 'static> Distilled for DistillBilevel<B> {
@@ -94,9 +100,6 @@ impl<B: GlmOps + FisherOps + Clone + 'static> Distilled for DistillBilevel<B> {
     }
     fn network_info(&self, _settings: &Settings) -> Option<NetworkInfo> {
         None
-    }
-    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>> {
-        Ok(Box::new(DistillNhgd::new(self, opts)?))
     }
 }
 
@@ -112,9 +115,6 @@ impl<B: MlpInputOps + FisherOps + Clone + 'static> Distilled for MlpDistillBilev
             parameters: self.inner_dim(),
             sizes: net.sizes().to_vec(),
         })
-    }
-    fn nhgd(&self, opts: StochasticOptions) -> Result<Box<dyn StochasticEstimate<Self>>> {
-        Ok(Box::new(MlpNhgd::new(self.network_problem(), opts)?))
     }
 }
 
@@ -341,47 +341,6 @@ where
         network: problem.network_info(settings),
         result,
     })
-}
-
-/// NHGD on distill: the GLM's stochastic estimator runs SGD and tracks the Fisher on the
-/// current synthetic rows; the hypergradient is `−Bᵀq` with distill's B.
-struct DistillNhgd<B: GlmOps + FisherOps> {
-    inner: StochasticEstimator<B>,
-}
-
-impl<B: GlmOps + FisherOps + Clone> DistillNhgd<B> {
-    fn new(problem: &DistillBilevel<B>, opts: StochasticOptions) -> Result<Self> {
-        let synthetic = problem.synthetic()?;
-        Ok(DistillNhgd {
-            inner: StochasticEstimator::new(problem.glm(), &synthetic, opts)?,
-        })
-    }
-}
-
-impl<B: GlmOps + FisherOps + Clone> StochasticEstimate<DistillBilevel<B>> for DistillNhgd<B> {
-    fn estimate(
-        &mut self,
-        problem: &DistillBilevel<B>,
-        step: u64,
-    ) -> Result<(Hypergradient, LoopStats)> {
-        // θ moved the rows: the default SGD step follows their curvature.
-        self.inner.refresh_curvature(problem.glm())?;
-        self.inner.estimate_with(
-            problem.glm(),
-            step,
-            &|w, q| problem.cross_t(w, q),
-            problem.theta(),
-        )
-    }
-    fn w(&self) -> &B::Buf {
-        self.inner.w()
-    }
-    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
-        self.inner.state(backend)
-    }
-    fn restore(&mut self, backend: &B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
-        self.inner.restore(backend, w, q)
-    }
 }
 
 pub fn run(

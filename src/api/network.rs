@@ -15,7 +15,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpOps;
 use crate::backend::FisherOps;
 use crate::hypergrad;
-use crate::hypergrad::nhgd_mlp::MlpNhgd;
+use crate::hypergrad::stochastic::StochasticEstimator;
 use crate::outer::Estimator;
 use crate::problem::{Bilevel, InnerProblem, MlpBilevel, ProblemKind};
 use crate::solver;
@@ -187,7 +187,11 @@ fn grad_on<B: MlpOps + FisherOps + Clone>(
     let opts = plan.options(settings, problem.backend().precision());
     let result = if opts.method.is_stochastic() {
         // One estimate from a cold start: T SGD steps from w₀.
-        let mut estimator = MlpNhgd::new(&problem, plan.stochastic(settings, opts.linear_tol))?;
+        let mut estimator = StochasticEstimator::new(
+            &problem,
+            &splits.train,
+            plan.stochastic(settings, opts.linear_tol),
+        )?;
         estimator.estimate(&problem, 0)?.0
     } else {
         hypergrad::compute(&problem, &opts, None)?
@@ -281,7 +285,11 @@ fn run_on<B: MlpOps + FisherOps + Clone + 'static>(
         let mut stochastic = plan.stochastic(settings, opts.linear_tol);
         stochastic.warm_start = warm;
         stochastic.diagnostics = false;
-        Estimator::Stochastic(Box::new(MlpNhgd::new(&problem, stochastic)?))
+        Estimator::Stochastic(Box::new(StochasticEstimator::new(
+            &problem,
+            &splits.train,
+            stochastic,
+        )?))
     } else {
         Estimator::Deterministic {
             opts,

@@ -23,7 +23,6 @@ use crate::backend::{FisherOps, GlmOps};
 use crate::bench::time_calls;
 use crate::data::synthetic;
 use crate::hypergrad::fisher::{DenseUpdate, Representation};
-use crate::hypergrad::nhgd_mlp::MlpNhgd;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator, StochasticOptions};
 use crate::hypergrad::Method;
 use crate::problem::{GlmBilevel, HyperLayout, MlpBilevel, ProblemKind};
@@ -115,7 +114,7 @@ enum MlpCurvatureRun {
     None,
     /// On the second queue, overlapping SGD (what `run` and `grad` do).
     SecondQueue,
-    /// On the main queue after each backward pass ([`MlpNhgd::on_one_queue`]): what the
+    /// On the main queue after each backward pass ([`StochasticEstimator::on_one_queue`]): what the
     /// second queue saves, on a GPU (on the CPU both are the same sequential work).
     OneQueue,
 }
@@ -177,7 +176,7 @@ fn bench_mlp<B: MlpOps + FisherOps + Clone>(
         opts.inner_lr = Some(args.inner_lr);
         opts.representation = representation;
         opts.diagnostics = false;
-        let est = MlpNhgd::new(&problem, opts)?;
+        let est = StochasticEstimator::new(&problem, &train, opts)?;
         let mut est = match run {
             MlpCurvatureRun::None => est.without_curvature(),
             MlpCurvatureRun::SecondQueue => est,

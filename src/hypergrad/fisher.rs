@@ -149,7 +149,7 @@ pub struct FisherSpec {
     pub steps: usize,
     /// `(c, d)`: outputs and features of the linear model (`P = c·d`). A network's dense and
     /// lowrank curvature, which see only `P`, use `(1, P)` (its K-FAC is per layer, in
-    /// [`super::nhgd_mlp`]).
+    /// [`super::stochastic::mlp`]).
     pub shape: (usize, usize),
 }
 
@@ -277,7 +277,7 @@ impl<B: FisherOps> FisherTracker<B> {
 
     /// Adds one step's per-sample gradient rows `U` (b×P, row `p` = `√s_p g_p`) to a dense or
     /// lowrank state (`sketch`: the r×b sketch of `lowrank`). Any model that can write its
-    /// per-sample gradients out (a network, [`super::nhgd_mlp`]) feeds these representations
+    /// per-sample gradients out (a network, [`super::stochastic::mlp`]) feeds these representations
     /// through here.
     pub fn update_rows(
         &mut self,

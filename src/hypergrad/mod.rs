@@ -6,8 +6,7 @@
 //! | `exact`, `cg`, `neumann`, `fixed-point` | [`implicit`] with the linear solver of [`exact`], [`cg`], [`neumann`], [`fixed_point`] |
 //! | `unroll` | [`unroll`] (reverse mode through T steps) |
 //! | `forward` | [`forward`] (forward mode through the same T steps) |
-//! | `nhgd`, `stocbio`, `amigo`, `soba` | [`stochastic`] (mini-batch SGD; NHGD's curvature in [`fisher`]) |
-//! | `nhgd` for networks | [`nhgd_mlp`] (per-layer K-FAC, dense, lowrank) |
+//! | `nhgd`, `stocbio`, `amigo`, `soba` | [`stochastic`], once for every inner model ([`stochastic::model::StochasticModel`]: linear models and networks); NHGD's curvature in [`fisher`] |
 
 pub mod bound;
 pub mod cg;
@@ -17,7 +16,6 @@ pub mod fixed_point;
 pub mod forward;
 pub mod implicit;
 pub mod neumann;
-pub mod nhgd_mlp;
 pub mod refine;
 pub mod stochastic;
 pub mod unroll;

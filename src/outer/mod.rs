@@ -36,7 +36,7 @@ use crate::backend::mlp::{MlpInputOps, MlpOps};
 use crate::backend::{Backend, FisherOps, GlmOps};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::hypergrad::nhgd_mlp::MlpNhgd;
+use crate::hypergrad::stochastic::model::StochasticModel;
 use crate::hypergrad::stochastic::{LoopStats, StochasticEstimator};
 use crate::hypergrad::{self, Hypergradient, Options};
 use crate::problem::{
@@ -147,70 +147,63 @@ pub trait StochasticEstimate<P: Bilevel> {
     fn restore(&mut self, backend: &P::B, w: &[f64], q: Option<&[f64]>) -> Result<()>;
 }
 
-impl<B: GlmOps + FisherOps + Clone> StochasticEstimate<GlmBilevel<B>> for StochasticEstimator<B> {
-    fn estimate(
-        &mut self,
-        problem: &GlmBilevel<B>,
-        step: u64,
-    ) -> Result<(Hypergradient, LoopStats)> {
+/// A model's own estimator: every inner model of [`StochasticModel`] (the linear models and
+/// networks).
+impl<M: StochasticModel> StochasticEstimate<M> for StochasticEstimator<M> {
+    fn estimate(&mut self, problem: &M, step: u64) -> Result<(Hypergradient, LoopStats)> {
         StochasticEstimator::estimate(self, problem, step)
     }
-    fn w(&self) -> &B::Buf {
+    fn w(&self) -> &Buf<M> {
         StochasticEstimator::w(self)
     }
-    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    fn state(&self, backend: &M::B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
         StochasticEstimator::state(self, backend)
     }
-    fn restore(&mut self, backend: &B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
+    fn restore(&mut self, backend: &M::B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
         StochasticEstimator::restore(self, backend, w, q)
     }
 }
 
-impl<B: MlpOps + FisherOps> StochasticEstimate<MlpBilevel<B>> for MlpNhgd<B> {
-    fn estimate(
-        &mut self,
-        problem: &MlpBilevel<B>,
-        step: u64,
-    ) -> Result<(Hypergradient, LoopStats)> {
-        MlpNhgd::estimate(self, problem, step)
-    }
-    fn w(&self) -> &B::Buf {
-        MlpNhgd::w(self)
-    }
-    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
-        Ok((backend.download(MlpNhgd::w(self))?, None))
-    }
-    fn restore(&mut self, backend: &B, w: &[f64], _q: Option<&[f64]>) -> Result<()> {
-        MlpNhgd::restore(self, backend, w)
+/// NHGD on dataset distillation: the estimator of the inner model on the current synthetic
+/// rows, with distillation's θ and cross derivative; the default SGD step follows the rows'
+/// curvature, so it is recomputed as θ moves them.
+pub struct DistillEstimator<M: StochasticModel>(pub StochasticEstimator<M>);
+
+/// A distillation problem: its inner model on the synthetic rows.
+pub trait Distillation: Bilevel + crate::problem::InnerProblem<B: FisherOps> {
+    type Inner: StochasticModel<B = Self::B>;
+    fn inner_model(&self) -> &Self::Inner;
+}
+
+impl<B: GlmOps + FisherOps> Distillation for DistillBilevel<B> {
+    type Inner = GlmBilevel<B>;
+    fn inner_model(&self) -> &GlmBilevel<B> {
+        self.glm()
     }
 }
 
-/// NHGD on dataset distillation with a network: the network estimator on the network problem
-/// of the current synthetic rows, with distillation's θ and cross derivative; the default SGD
-/// step follows the rows' curvature, so it is recomputed as θ moves them.
-impl<B: MlpInputOps + FisherOps> StochasticEstimate<MlpDistillBilevel<B>> for MlpNhgd<B> {
-    fn estimate(
-        &mut self,
-        problem: &MlpDistillBilevel<B>,
-        step: u64,
-    ) -> Result<(Hypergradient, LoopStats)> {
-        let network = problem.network_problem();
-        self.refresh_inner_lr(network)?;
-        self.estimate_with(
-            network,
-            step,
-            &|w, q| problem.cross_t(w, q),
-            problem.theta(),
-        )
+impl<B: MlpInputOps + FisherOps> Distillation for MlpDistillBilevel<B> {
+    type Inner = MlpBilevel<B>;
+    fn inner_model(&self) -> &MlpBilevel<B> {
+        self.network_problem()
     }
-    fn w(&self) -> &B::Buf {
-        MlpNhgd::w(self)
+}
+
+impl<D: Distillation> StochasticEstimate<D> for DistillEstimator<D::Inner> {
+    fn estimate(&mut self, problem: &D, step: u64) -> Result<(Hypergradient, LoopStats)> {
+        let inner = problem.inner_model();
+        self.0.refresh_step(inner)?;
+        self.0
+            .estimate_with(inner, step, &|w, q| problem.cross_t(w, q), problem.theta())
     }
-    fn state(&self, backend: &B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
-        Ok((backend.download(MlpNhgd::w(self))?, None))
+    fn w(&self) -> &Buf<D> {
+        self.0.w()
     }
-    fn restore(&mut self, backend: &B, w: &[f64], _q: Option<&[f64]>) -> Result<()> {
-        MlpNhgd::restore(self, backend, w)
+    fn state(&self, backend: &D::B) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+        self.0.state(backend)
+    }
+    fn restore(&mut self, backend: &D::B, w: &[f64], q: Option<&[f64]>) -> Result<()> {
+        self.0.restore(backend, w, q)
     }
 }
 
