@@ -680,7 +680,10 @@ fn check_softmax_curvature_rows<G: GlmOps>(g: &G, ctx: &Ctx) {
     let cpu = Cpu::new();
     let mut rng = Rng::new(900);
     for c in [2, 3, 10] {
-        for n in small_only(&[(1, 0), (37, 0), (20_003, 0)]).into_iter().map(|(n, _)| n) {
+        for n in small_only(&[(1, 0), (37, 0), (20_003, 0)])
+            .into_iter()
+            .map(|(n, _)| n)
+        {
             let mut probs = Vec::with_capacity(n * c);
             for _ in 0..n {
                 let z: Vec<f64> = (0..c).map(|_| 2.0 * rng.normal()).collect();

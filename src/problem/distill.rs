@@ -505,15 +505,42 @@ impl<B: GlmOps> Bilevel for DistillBilevel<B> {
         let mut wt = b.zeros(d * c)?;
         b.gemm(true, false, (d, c, c), 1.0, w, &form.eye, 0.0, &mut wt)?;
         let mut g = b.zeros(n * d * c)?;
-        b.gemm(false, false, (n, d * c, 1), 1.0, &form.ones, &wt, 0.0, &mut g)?;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, 1),
+            1.0,
+            &form.ones,
+            &wt,
+            0.0,
+            &mut g,
+        )?;
         let mut probs_rep = b.zeros(n * d * c)?;
-        b.gemm(false, false, (n, d * c, c), 1.0, &probs, &form.repeat, 0.0, &mut probs_rep)?;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, c),
+            1.0,
+            &probs,
+            &form.repeat,
+            0.0,
+            &mut probs_rep,
+        )?;
         b.glm_softmax_curvature_rows(&probs_rep, c, &mut g)?;
         let t = self.glm.train_view();
         b.glm_add_row_outer(t.x, &vec![alpha / n as f64; n], &g, batch)?;
         // R J: row j d + l is r_j, paired with e_l.
         let mut r_rep = probs_rep;
-        b.gemm(false, false, (n, d * c, c), 1.0, &r, &form.repeat, 0.0, &mut r_rep)?;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, c),
+            1.0,
+            &r,
+            &form.repeat,
+            0.0,
+            &mut r_rep,
+        )?;
         b.glm_add_row_outer(&form.units, &vec![alpha / n as f64; n * d], &r_rep, batch)
     }
 

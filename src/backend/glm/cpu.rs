@@ -457,10 +457,19 @@ impl<T: Real> GlmOps for CpuBackend<T> {
         Ok(())
     }
 
-    fn glm_softmax_curvature_rows(&self, probs: &Vec<T>, classes: usize, a: &mut Vec<T>) -> Result<()> {
+    fn glm_softmax_curvature_rows(
+        &self,
+        probs: &Vec<T>,
+        classes: usize,
+        a: &mut Vec<T>,
+    ) -> Result<()> {
         check_softmax_rows(classes, probs.len(), a.len())?;
         for (p, r) in probs.chunks_exact(classes).zip(a.chunks_exact_mut(classes)) {
-            let pa: f64 = p.iter().zip(r.iter()).map(|(pk, rk)| pk.to_f64() * rk.to_f64()).sum();
+            let pa: f64 = p
+                .iter()
+                .zip(r.iter())
+                .map(|(pk, rk)| pk.to_f64() * rk.to_f64())
+                .sum();
             for (rk, pk) in r.iter_mut().zip(p) {
                 *rk = T::from_f64(pk.to_f64() * (rk.to_f64() - pa));
             }

@@ -78,9 +78,7 @@ pub(crate) fn check_per_sample(
 /// `c ≥ 1`. Returns `n`.
 pub(crate) fn check_softmax_rows(classes: usize, probs_len: usize, a_len: usize) -> Result<usize> {
     if classes == 0 {
-        return Err(Error::Dimension(
-            "softmax curvature rows: 0 classes".into(),
-        ));
+        return Err(Error::Dimension("softmax curvature rows: 0 classes".into()));
     }
     let n = per_part("softmax probabilities", probs_len, classes)?;
     check_len("softmax curvature rows", a_len, probs_len)?;
