@@ -16,8 +16,10 @@
 #                and captured with torch.cuda.graph (--graph), side by side
 #   6 sanitizer  compute-sanitizer memcheck (kernel tests, small shapes), racecheck (kernels
 #                that use shared memory)
-#   8 distill    dataset distillation on the GPU against the CPU: CG and unroll hypergradients,
-#                a short warm-start run with --retrain (runs before 7, the slowest stage)
+#   8 distill    dataset distillation on the GPU against the CPU: CG and unroll hypergradients
+#                with the linear model and with a network (mlp:16, issue 22: MlpInputOps and
+#                the linear B products on the device), a short warm-start run with --retrain
+#                (runs before 7, the slowest stage)
 #   9 mlp        networks (issue 12): the MLP parity suite (tests/mlp_cuda_parity.rs), then
 #                hypergrad bench nhgd --model mlp:300 on MNIST's shape and the PyTorch peer
 #                (benches/peers/nhgd_mlp_torch.py, eager and --graph) on the same card; targets: the kfac outer
@@ -377,8 +379,10 @@ fi
 # launch of each kernel of the kernel benchmark at its GPU sizes (the others run unprofiled).
 # ---- 8 distill --------------------------------------------------------------------------
 # Dataset distillation (SPEC §9) on the GPU against this machine's CPU in f64: the CG and
-# unroll hypergradients of digits with K = 1 (relative difference), and a 50-step warm-start
-# run with --retrain (final F, test and retrain accuracy). Its log goes into details.tar.gz.
+# unroll hypergradients of digits with K = 1 (relative difference), with the linear model (its
+# B products on the device) and with an mlp:16 network (the input derivatives, MlpInputOps, on
+# the device), and a 50-step warm-start run with --retrain (final F, test and retrain
+# accuracy). Its log goes into details.tar.gz.
 if want 8; then
     dlog="$detail/distill.log"
     : > "$dlog"
@@ -386,10 +390,13 @@ if want 8; then
     common=(--problem distill --train digits --standardize)
     for dev in cuda cpu; do
         for method in cg unroll; do
-            run_logged "$(stage_limit 30)" "$detail/distill_grad_${method}_$dev.json" \
-                "$bin/hypergrad" grad "${common[@]}" --method "$method" --device "$dev" --json
-            r=$?
-            ((r != 0 && rc == 0)) && rc=$r
+            for model in linear mlp:16; do
+                run_logged "$(stage_limit 30)" "$detail/distill_grad_${method}_${model/:/}_$dev.json" \
+                    "$bin/hypergrad" grad "${common[@]}" --model "$model" --method "$method" \
+                    --device "$dev" --json
+                r=$?
+                ((r != 0 && rc == 0)) && rc=$r
+            done
         done
         run_logged "$(stage_limit 60)" "$detail/distill_run_$dev.json" "$bin/hypergrad" run \
             "${common[@]}" --images-per-class 10 --method unroll --unroll-steps 10 \
@@ -407,15 +414,17 @@ def load(name):
     except OSError:
         return None
 parts = []
-for method in ("cg", "unroll"):
-    g, c = load(f"distill_grad_{method}_cuda"), load(f"distill_grad_{method}_cpu")
-    if g is None or c is None:
-        parts.append(f"{method}: no result")
-        continue
-    a, b = g["hypergradient"], c["hypergradient"]
-    diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
-    norm = math.sqrt(sum(y * y for y in b)) or 1.0
-    parts.append(f"{method} grad rel diff {diff / norm:.1e}")
+for model in ("linear", "mlp16"):
+    for method in ("cg", "unroll"):
+        g = load(f"distill_grad_{method}_{model}_cuda")
+        c = load(f"distill_grad_{method}_{model}_cpu")
+        if g is None or c is None:
+            parts.append(f"{model} {method}: no result")
+            continue
+        a, b = g["hypergradient"], c["hypergradient"]
+        diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+        norm = math.sqrt(sum(y * y for y in b)) or 1.0
+        parts.append(f"{model} {method} grad rel diff {diff / norm:.1e}")
 for dev in ("cuda", "cpu"):
     r = load(f"distill_run_{dev}")
     if r is None:

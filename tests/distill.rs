@@ -1,5 +1,6 @@
-//! `distill` (SPEC §9): the cross derivative B against central differences of the inner
-//! gradient, `exact` against central differences of F(θ), every method against `exact`, and
+//! `distill` (SPEC §9): the cross derivative B (computed on the backend) against central
+//! differences of the inner gradient and against its closed form evaluated row by row on the
+//! host, `exact` against central differences of F(θ), every method against `exact`, and
 //! the command line (`--distill-init`, `--images-per-class`, `--retrain`, bad input).
 
 mod cli_common;
@@ -70,9 +71,76 @@ fn inner_grad(p: &mut DistillBilevel<CpuBackend<f64>>, theta: &[f64], w: &[f64])
     b.download(&g).unwrap()
 }
 
+/// The closed forms of the module docs of `problem::distill`, row by row on the host in f64:
+/// an independent reference for the backend's GEMM formulation. With `p_j = softmax(W x_j)`,
+/// `r_j = p_j − e_{ỹ_j}`, `S_j = diag p_j − p_j p_jᵀ`:
+/// `B v = (1/N) Σ_j ((S_j W u_j) x_jᵀ + r_j u_jᵀ)`, `(Bᵀq)_j = (1/N)(Wᵀ S_j Q x_j + Qᵀ r_j)`.
+mod closed_form {
+    use super::{dot, C, D, K};
+
+    const N: usize = K * C;
+
+    fn row(theta: &[f64], j: usize) -> &[f64] {
+        &theta[j * D..(j + 1) * D]
+    }
+
+    /// `(p_j, r_j)`.
+    fn probs(w: &[f64], x: &[f64], label: usize) -> (Vec<f64>, Vec<f64>) {
+        let z: Vec<f64> = (0..C).map(|k| dot(&w[k * D..(k + 1) * D], x)).collect();
+        let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = z.iter().map(|zk| (zk - zmax).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        let p: Vec<f64> = e.iter().map(|ek| ek / sum).collect();
+        let mut r = p.clone();
+        r[label] -= 1.0;
+        (p, r)
+    }
+
+    /// `S a`.
+    fn hess(p: &[f64], a: &[f64]) -> Vec<f64> {
+        let pa = dot(p, a);
+        p.iter().zip(a).map(|(pk, ak)| pk * (ak - pa)).collect()
+    }
+
+    pub fn cross_apply(theta: &[f64], w: &[f64], v: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; C * D];
+        for j in 0..N {
+            let (x, u) = (row(theta, j), row(v, j));
+            let (p, r) = probs(w, x, j / K);
+            let a: Vec<f64> = (0..C).map(|k| dot(&w[k * D..(k + 1) * D], u)).collect();
+            let s = hess(&p, &a);
+            for k in 0..C {
+                for l in 0..D {
+                    out[k * D + l] += (s[k] * x[l] + r[k] * u[l]) / N as f64;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn cross_transpose(theta: &[f64], w: &[f64], q: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; N * D];
+        for j in 0..N {
+            let x = row(theta, j);
+            let (p, r) = probs(w, x, j / K);
+            let t: Vec<f64> = (0..C).map(|k| dot(&q[k * D..(k + 1) * D], x)).collect();
+            let s = hess(&p, &t);
+            for k in 0..C {
+                for l in 0..D {
+                    out[j * D + l] += (w[k * D + l] * s[k] + q[k * D + l] * r[k]) / N as f64;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// B v against the central difference `(∇g(θ + εv) − ∇g(θ − εv)) / 2ε` at a random W (the
-/// difference is exact up to O(ε²) and rounding: 1e-6 relative with ε = 1e-5); Bᵀq against
-/// B by the adjoint identity ⟨q, Bv⟩ = ⟨Bᵀq, v⟩; cross_add's columns against B e_i.
+/// difference is exact up to O(ε²) and rounding: 1e-6 relative with ε = 1e-5); B v, Bᵀq and
+/// every column of `cross_add` against the host's closed forms to f64 rounding (1e-13: sums of
+/// at most N = 6 rows of O(1) terms, in another order; 1e-12 for what `cross_add` added to a
+/// batch of O(1) entries); Bᵀq against B by the adjoint identity
+/// ⟨q, Bv⟩ = ⟨Bᵀq, v⟩.
 #[test]
 fn cross_derivative_matches_central_differences_of_the_inner_gradient() {
     for seed in 0..3 {
@@ -83,6 +151,8 @@ fn cross_derivative_matches_central_differences_of_the_inner_gradient() {
         assert_eq!(small_p, K * C * D);
         let w = random(big_p, &mut rng);
         let theta = p.theta().to_vec();
+        let b = p.backend().clone();
+        let wb = b.upload(&w).unwrap();
         for _ in 0..3 {
             let v = random(small_p, &mut rng);
             let eps = 1e-5;
@@ -95,42 +165,51 @@ fn cross_derivative_matches_central_differences_of_the_inner_gradient() {
                 .zip(&gm)
                 .map(|(a, b)| (a - b) / (2.0 * eps))
                 .collect();
-            let bv = p.cross_apply(&w, &v).unwrap();
+            let bv = p.cross_apply(&wb, &v).unwrap();
             let e = rel_err(&bv, &fd);
             assert!(e < 1e-6, "seed {seed}: B v vs central differences: {e:.2e}");
+            let e = rel_err(&bv, &closed_form::cross_apply(&theta, &w, &v));
+            assert!(e < 1e-13, "seed {seed}: B v vs the closed form: {e:.2e}");
 
             let q = random(big_p, &mut rng);
-            let btq = p.cross_transpose(&w, &q).unwrap();
+            let btq = p.cross_t(&wb, &b.upload(&q).unwrap()).unwrap();
+            let e = rel_err(&btq, &closed_form::cross_transpose(&theta, &w, &q));
+            assert!(e < 1e-13, "seed {seed}: Bᵀq vs the closed form: {e:.2e}");
             let (lhs, rhs) = (dot(&q, &bv), dot(&btq, &v));
             assert!(
                 (lhs - rhs).abs() <= 1e-12 * (lhs.abs() + rhs.abs() + 1.0),
                 "seed {seed}: ⟨q, Bv⟩ = {lhs} but ⟨Bᵀq, v⟩ = {rhs}"
             );
-            // Through the Bilevel trait (backend buffers) too.
-            let b = p.backend().clone();
-            let via_trait = p
-                .cross_t(&b.upload(&w).unwrap(), &b.upload(&q).unwrap())
-                .unwrap();
-            assert!(rel_err(&via_trait, &btq) < 1e-14);
         }
-        // cross_add: α B as p columns of length P.
-        let b = p.backend().clone();
-        let mut batch = b.zeros(big_p * small_p).unwrap();
-        p.cross_add(&b.upload(&w).unwrap(), 2.0, &mut batch)
-            .unwrap();
+        // cross_add: batch + α B as p columns of length P, onto a batch that is not zero.
+        let start = random(big_p * small_p, &mut rng);
+        let mut batch = b.upload(&start).unwrap();
+        p.cross_add(&wb, 2.0, &mut batch).unwrap();
+        p.cross_add(&wb, -0.5, &mut batch).unwrap();
         let batch = b.download(&batch).unwrap();
-        for i in [0, 5, small_p - 1] {
+        for i in 0..small_p {
             let mut e_i = vec![0.0; small_p];
             e_i[i] = 1.0;
-            let col: Vec<f64> = p
-                .cross_apply(&w, &e_i)
-                .unwrap()
+            let col: Vec<f64> = closed_form::cross_apply(&theta, &w, &e_i)
                 .iter()
-                .map(|x| 2.0 * x)
+                .map(|x| 1.5 * x)
                 .collect();
-            let got = &batch[i * big_p..(i + 1) * big_p];
-            assert!(rel_err(got, &col) < 1e-14, "column {i} of B");
+            // What the two calls added (the start's O(1) entries cost ~1e-16 absolute each).
+            let added: Vec<f64> = batch[i * big_p..(i + 1) * big_p]
+                .iter()
+                .zip(&start[i * big_p..(i + 1) * big_p])
+                .map(|(g, s)| g - s)
+                .collect();
+            let e = rel_err(&added, &col);
+            assert!(e < 1e-12, "seed {seed}: column {i} of B: {e:.2e}");
         }
+        // Wrong lengths are one clear error, not a panic.
+        let short = b.upload(&vec![0.0; big_p - 1]).unwrap();
+        assert!(p.cross_apply(&short, &vec![0.0; small_p]).is_err());
+        assert!(p.cross_apply(&wb, &vec![0.0; small_p + 1]).is_err());
+        assert!(p.cross_t(&wb, &short).is_err());
+        let mut wrong = b.zeros(big_p * small_p - 1).unwrap();
+        assert!(p.cross_add(&wb, 1.0, &mut wrong).is_err());
     }
 }
 

@@ -2,7 +2,8 @@
 //! network estimators on CUDA with the CPU reference `CpuBackend<f64>` on the same inputs:
 //! every `MlpOps` method (forward and loss, backward, gradient, per-sample gradients,
 //! directional derivatives, HVPs with and without the softmax shift, K-FAC factors with α/β,
-//! `copy_range`, and the bad passes every backend refuses alike), over the whole design and over a mini-batch of rows (with repeats), with and
+//! `copy_range`, and the bad passes every backend refuses alike) and both input-derivative
+//! products of [`MlpInputOps`] (dataset distillation's `∂_x ∇_w ℓ [u]` and its transpose), over the whole design and over a mini-batch of rows (with repeats), with and
 //! without row weights, tanh and relu, one and two hidden layers; then `cg` and `nhgd` (kfac)
 //! hypergradients of small softmax and hyper-cleaning networks end to end; then NHGD's inner
 //! loop with every curvature representation, which runs the curvature update on a second
@@ -58,7 +59,7 @@ mod mlp_common;
 
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{CudaBackend, Storage};
-use hypergrad::backend::mlp::{Activation, Deltas, MlpData, MlpOps, Network, Tape};
+use hypergrad::backend::mlp::{Activation, Deltas, MlpData, MlpInputOps, MlpOps, Network, Tape};
 use hypergrad::backend::{Backend, FisherOps, Precision};
 use hypergrad::data::rng::Rng;
 use hypergrad::data::Dataset;
@@ -349,6 +350,40 @@ mod checks {
                     );
                 }
             }
+        });
+    }
+
+    /// Both input-derivative products (the R-pass with the input moved, and the R-pass along
+    /// `q` continued through the first layer): every entry of the output is written (it
+    /// starts at 9), scaled, and the rows' weights applied.
+    pub fn input_cross<B: MlpInputOps>(b: &B, tag: &str, bf16: bool) {
+        let cpu = Cpu::new();
+        each(b, tag, bf16, |u, r, weighted, batch, what| {
+            let (du, dr) = (data(u, weighted, batch), data(r, weighted, batch));
+            let (tu, eu) = pass(b, u, du);
+            let (tr, er) = pass(&cpu, r, dr);
+            let (n, d, dim) = (tr.n, r.net.inputs(), r.net.dim());
+            let mut rng = Rng::new(13 + dim as u64);
+            let v = normals(&mut rng, n * d);
+            let vu = b.upload(&v).unwrap();
+            let mut ou = b.upload(&vec![9.0; dim]).unwrap();
+            let mut or = vec![9.0; dim];
+            b.mlp_input_cross(&u.net, du, &tu, &eu, &u.w, 0.7, &vu, &mut ou)
+                .unwrap();
+            cpu.mlp_input_cross(&r.net, dr, &tr, &er, &r.w, 0.7, &v, &mut or)
+                .unwrap();
+            let ou = b.download(&ou).unwrap();
+            assert_close(&ou, &or, TOL_PRIMITIVES, &format!("{what}: ∂x∇wℓ[u]"));
+            let q = normals(&mut rng, dim);
+            let qu = b.upload(&q).unwrap();
+            let mut ou = b.upload(&vec![9.0; n * d]).unwrap();
+            let mut or = vec![9.0; n * d];
+            b.mlp_input_cross_t(&u.net, du, &tu, &eu, &u.w, 0.7, &qu, &mut ou)
+                .unwrap();
+            cpu.mlp_input_cross_t(&r.net, dr, &tr, &er, &r.w, 0.7, &q, &mut or)
+                .unwrap();
+            let ou = b.download(&ou).unwrap();
+            assert_close(&ou, &or, TOL_PRIMITIVES, &format!("{what}: ∇x⟨∇wℓ, q⟩"));
         });
     }
 
@@ -665,6 +700,12 @@ fn hvp() {
 }
 
 #[test]
+fn input_cross() {
+    let Some(b) = gpu() else { return };
+    checks::input_cross(&b, "cuda", false);
+}
+
+#[test]
 fn kfac_factors() {
     let Some(b) = gpu() else { return };
     checks::kfac_factors(&b, "cuda", false);
@@ -692,6 +733,7 @@ fn bf16_storage() {
     checks::forward_and_loss(&b, "cuda-bf16", true);
     checks::backward_and_gradient(&b, "cuda-bf16", true);
     checks::hvp(&b, "cuda-bf16", true);
+    checks::input_cross(&b, "cuda-bf16", true);
 }
 
 /// The inner loop of NHGD (forward, backward, gradient, SGD step; the curvature update on the
@@ -748,6 +790,11 @@ mod cpu_f32_stand_in {
     #[test]
     fn hvp() {
         checks::hvp(&b(), "cpu-f32", false);
+    }
+
+    #[test]
+    fn input_cross() {
+        checks::input_cross(&b(), "cpu-f32", false);
     }
 
     #[test]

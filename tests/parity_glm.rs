@@ -1,7 +1,9 @@
 //! Parity of the CUDA backend with the CPU reference, GLM family (`GlmOps`, `cuda/glm.cu`): value
 //! and gradient, curvature and HVP on both row paths, the row kernels, the SGD step, per-sample
 //! gradients and K-FAC factors, bad operands, designs wider than the fused kernel's
-//! shared-memory accumulator, and designs stored as bf16. The harness, the tolerances and the
+//! shared-memory accumulator, and designs stored as bf16; the softmax Hessian row by row and
+//! the linear distillation's cross-derivative products built on it (`problem::distill`: Bv,
+//! Bᵀq and the formation of B, GEMMs and per-row passes on the backend). The harness, the tolerances and the
 //! SKIPPED line are in `tests/parity_common/mod.rs`.
 
 mod common;
@@ -13,6 +15,8 @@ use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::Storage;
 use hypergrad::backend::{Backend, GlmOps, Loss};
 use hypergrad::data::rng::Rng;
+use hypergrad::data::synthetic;
+use hypergrad::problem::{Bilevel, DistillBilevel};
 use ndarray::Array2;
 use parity_common::*;
 
@@ -670,6 +674,82 @@ fn check_wide_features<G: GlmOps>(g: &G, ctx: &Ctx) {
     }
 }
 
+/// `glm_softmax_curvature_rows` against the f64 reference on the same f32 probabilities (a
+/// softmax of random logits, rounded) for 2, 3 and 10 classes; bad operands refused alike.
+fn check_softmax_curvature_rows<G: GlmOps>(g: &G, ctx: &Ctx) {
+    let cpu = Cpu::new();
+    let mut rng = Rng::new(900);
+    for c in [2, 3, 10] {
+        for n in small_only(&[(1, 0), (37, 0), (20_003, 0)])
+            .into_iter()
+            .map(|(n, _)| n)
+        {
+            let mut probs = Vec::with_capacity(n * c);
+            for _ in 0..n {
+                let z: Vec<f64> = (0..c).map(|_| 2.0 * rng.normal()).collect();
+                let sum: f64 = z.iter().map(|v| v.exp()).sum();
+                probs.extend(z.iter().map(|v| r32(v.exp() / sum)));
+            }
+            let a = normals(&mut rng, n * c, 1.0);
+            let mut a_g = g.upload(&a).unwrap();
+            let mut a_c = a.clone();
+            let what = format!("{} glm_softmax_curvature_rows c={c} n={n}", ctx.tag);
+            g.glm_softmax_curvature_rows(&g.upload(&probs).unwrap(), c, &mut a_g)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            cpu.glm_softmax_curvature_rows(&probs, c, &mut a_c).unwrap();
+            assert_close(&down(g, &a_g), &a_c, ctx.tol, &what);
+        }
+    }
+    let probs = g.upload(&[0.5; 6]).unwrap();
+    for (classes, len) in [(0, 6), (4, 6), (3, 5)] {
+        let mut a = g.upload(&vec![1.0; len]).unwrap();
+        let err = g
+            .glm_softmax_curvature_rows(&probs, classes, &mut a)
+            .expect_err("bad softmax rows");
+        let want = cpu
+            .glm_softmax_curvature_rows(&vec![0.5; 6], classes, &mut vec![1.0; len])
+            .expect_err("bad softmax rows");
+        assert_eq!(err.to_string(), want.to_string(), "{}", ctx.tag);
+    }
+}
+
+/// Linear distillation's cross-derivative products on the backend under test against the
+/// f64 reference, same f32 θ and W: Bv, Bᵀq, and `cross_add` onto a batch that is not zero
+/// (K = 2 rows per class; c = 3, d = 5 and c = 10, d = 33, a width that is not a multiple of
+/// 32). Sums are over at most N = 20 rows or d = 33 features, so the f32 tolerance holds.
+fn check_distill_cross<G: GlmOps + Clone>(g: &G, ctx: &Ctx) {
+    let cpu = Cpu::new();
+    let k = 2;
+    for (c, d) in [(3, 5), (10, 33)] {
+        let (val, _) = synthetic::softmax(40, d, c, 0.3, 2.0, 77);
+        let mut rng = Rng::new(31 + d as u64);
+        let theta = normals(&mut rng, k * c * d, 1.0);
+        let pg = DistillBilevel::new(g.clone(), c, k, &val, 0.1, &theta).unwrap();
+        let pc = DistillBilevel::new(cpu.clone(), c, k, &val, 0.1, &theta).unwrap();
+        let (big_p, p) = (c * d, theta.len());
+        let w = normals(&mut rng, big_p, 1.0 / (d as f64).sqrt());
+        let (wg, wc) = (g.upload(&w).unwrap(), w.clone());
+        let tag = format!("{} distill c={c} d={d}", ctx.tag);
+
+        let v = normals(&mut rng, p, 1.0);
+        let got = pg.cross_apply(&wg, &v).unwrap();
+        let want = pc.cross_apply(&wc, &v).unwrap();
+        assert_close(&got, &want, ctx.tol, &format!("{tag} Bv"));
+
+        let q = normals(&mut rng, big_p, 1.0);
+        let got = pg.cross_t(&wg, &g.upload(&q).unwrap()).unwrap();
+        let want = pc.cross_t(&wc, &q).unwrap();
+        assert_close(&got, &want, ctx.tol, &format!("{tag} Bᵀq"));
+
+        let start = normals(&mut rng, big_p * p, 0.1);
+        let mut bg = g.upload(&start).unwrap();
+        let mut bc = start.clone();
+        pg.cross_add(&wg, 0.7, &mut bg).unwrap();
+        pc.cross_add(&wc, 0.7, &mut bc).unwrap();
+        assert_close(&down(g, &bg), &bc, ctx.tol, &format!("{tag} cross_add"));
+    }
+}
+
 // ---- the CUDA tests -------------------------------------------------------------------------
 
 #[test]
@@ -714,6 +794,14 @@ fn glm_sgd_step_with_rows() {
 fn glm_per_sample_gradients_and_kfac_factors() {
     let Some(gpu) = gpu() else { return };
     check_per_sample_kfac(&gpu, &Ctx::f32(gpu.name()), &sizes());
+}
+
+#[test]
+fn softmax_curvature_rows_and_distill_cross() {
+    let Some(gpu) = gpu() else { return };
+    let ctx = Ctx::f32(gpu.name());
+    check_softmax_curvature_rows(&gpu, &ctx);
+    check_distill_cross(&gpu, &ctx);
 }
 
 #[test]
@@ -825,6 +913,12 @@ mod cpu_f32_stand_in {
     #[test]
     fn per_sample_and_kfac() {
         check_per_sample_kfac(&f32(), &ctx(), &sizes());
+    }
+
+    #[test]
+    fn softmax_curvature_rows_and_distill_cross() {
+        check_softmax_curvature_rows(&f32(), &ctx());
+        check_distill_cross(&f32(), &ctx());
     }
 
     #[test]

@@ -1,20 +1,20 @@
 //! `grad` and `run` for `distill` (SPEC §9): θ is K synthetic rows per class, the outer loss
 //! the validation rows' CE, the inner model trained on θ either
 //!
-//! * the linear softmax model ([`DistillBilevel`]), on whichever backend the device opened
-//!   (the cross derivative is computed on the host), or
-//! * a network (`--model mlp:…`, [`MlpDistillBilevel`]), on the CPU: the derivatives with
-//!   respect to the input rows ([`MlpInputOps`]) have a CPU implementation only, so `auto`
-//!   runs it on the CPU and says so, and `--device cuda` is refused.
+//! * the linear softmax model ([`DistillBilevel`]), or
+//! * a network (`--model mlp:…`, [`MlpDistillBilevel`]; the derivatives with respect to the
+//!   input rows are [`MlpInputOps`]),
+//!
+//! each on whichever backend the device opened, its cross derivative included.
 //!
 //! Both go through the same [`grad_on`] and [`run_on`] once the problem is built.
 
 use super::data::{DenseSplits, Input};
 use super::device::{Backend as DeviceBackend, Device, OnBackend};
-use super::names::{DeviceName, DistillInitName};
+use super::names::DistillInitName;
 use super::outcome::{drive, NetworkInfo, SmoothOutcome, SmoothReport};
 use super::plan::{NetworkPlan, SmoothPlan};
-use super::settings::{DeviceSpec, Settings};
+use super::settings::Settings;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::mlp::MlpInputOps;
 use crate::backend::{Backend, FisherOps, GlmOps};
@@ -170,32 +170,7 @@ impl<T: Task> OnBackend for Linear<'_, T> {
     }
 }
 
-/// The device for a network: the CPU at the precision asked for; `auto` says why it is not a
-/// GPU, and `cuda` is refused.
-fn open_cpu_for_network(spec: &DeviceSpec) -> Result<(Device, Option<String>)> {
-    match spec.device {
-        DeviceName::Cuda => Err(Error::option(
-            "--device",
-            "distill with a network (--model mlp:…) runs on the CPU only for now; use --device cpu",
-        )),
-        DeviceName::Cpu => Ok((Device::open(spec)?, None)),
-        DeviceName::Auto => {
-            let cpu = DeviceSpec {
-                device: DeviceName::Cpu,
-                ..spec.clone()
-            };
-            Ok((
-                Device::open(&cpu)?,
-                Some(
-                    "auto chose the CPU: distill with a network (--model mlp:…) runs on the CPU"
-                        .into(),
-                ),
-            ))
-        }
-    }
-}
-
-/// The network of `--model mlp:…` on the CPU backend of `device`.
+/// The network of `--model mlp:…` on the backend of `device`.
 fn on_network<T: Task>(
     task: T,
     device: Device,
@@ -233,9 +208,10 @@ fn on_network<T: Task>(
             build(CpuBackend::<f32>::new(), network, start, settings, splits)?,
             device_note,
         ),
-        DeviceBackend::Cuda(_) => Err(Error::Backend(
-            "internal: distill with a network was given a CUDA backend".into(),
-        )),
+        DeviceBackend::Cuda(backend) => task.on(
+            build(backend, network, start, settings, splits)?,
+            device_note,
+        ),
     }
 }
 
@@ -260,7 +236,8 @@ fn dispatch<T: Task>(
             })
         }
         Some(network) => {
-            let (device, device_note) = open_cpu_for_network(&settings.device)?;
+            let device = Device::open(&settings.device)?;
+            let device_note = device.note();
             on_network(task, device, network, start, settings, splits, device_note)
         }
     }

@@ -11,7 +11,8 @@
 //! For a fixed θ the inner problem is exactly `softmax` with a shared λ = C on the training
 //! rows θ, so [`DistillBilevel`] keeps a [`GlmBilevel`] of that kind whose training rows it
 //! replaces whenever θ changes: g, ∇g, H v and f are the GLM's (on any backend). Only the
-//! cross derivative B = ∂(∇_W g)/∂θ is new, and it is computed here on the host.
+//! cross derivative B = ∂(∇_W g)/∂θ is new; its products are computed here on the same
+//! backend, from the rows θ kept there as an N×d matrix `X`.
 //!
 //! # The cross derivative B = ∇²_{Wθ} g
 //!
@@ -35,14 +36,31 @@
 //! (Bᵀ q)_j = (1/N) ( Wᵀ S_j (Q x_j) + Qᵀ r_j )                            (d entries)
 //! ```
 //!
-//! Both cost O(N c d), like one gradient; B itself (P × p = c d × N d) is formed only by
-//! [`Bilevel::cross_add`], which the forward-mode Jacobian recursion needs (small problems).
+//! # On the backend
+//!
+//! With `P_r` and `R` the N×c matrices of rows `p_j` and `r_j` (the GLM's curvature
+//! probabilities and row factors) and `S ∘ A` the row-wise product `(S ∘ A)_j = S_j A_j`
+//! ([`GlmOps::glm_softmax_curvature_rows`]), both products are GEMMs around one row step:
+//!
+//! ```text
+//! B v  = (1/N) ( (S ∘ (U Wᵀ))ᵀ X + Rᵀ U )          (U: v as N×d)
+//! Bᵀ q = (1/N) ( (S ∘ (X Qᵀ)) W + R Q )             (N×d, θ's layout)
+//! ```
+//!
+//! Both cost O(N c d), like one gradient, and only their result crosses to the host (θ lives
+//! there). B itself (P × p = c d × N d) is formed only by [`Bilevel::cross_add`], which the
+//! forward-mode Jacobian recursion needs (small problems): its column (j, l) is
+//! `(1/N) ( g_{jl} ⊗ x_j + r_j ⊗ e_l )` with `g_{jl} = S_j W e_l`, two sums of per-row outer
+//! products of the kind [`GlmOps::glm_add_row_outer`] adds to a batch (module docs of
+//! [`FormB`]).
 //!
 //! No constants of SPEC §4's a posteriori bound are derived for B here (its Lipschitz constant
 //! in W grows with ‖W‖), so `error_bound` is null.
 //!
 //! θ's layout and labels ([`Synthetic`]) and its starting point ([`initial_theta`]) are
 //! shared with the network's twin ([`super::distill_mlp`]).
+
+use std::sync::OnceLock;
 
 use ndarray::Array2;
 
@@ -201,6 +219,52 @@ pub struct DistillBilevel<B: GlmOps> {
     /// `softmax` with a shared λ = C on the synthetic rows (the current θ).
     glm: GlmBilevel<B>,
     set: Synthetic,
+    /// θ on the backend as the N×d matrix `X` of the products' GEMMs.
+    rows: B::Buf,
+    /// The constants that form B ([`Bilevel::cross_add`]), made on first use.
+    form_b: OnceLock<FormB<B>>,
+}
+
+/// The constant operands that form B on the backend ([`Bilevel::cross_add`]). Its column
+/// (j, l), vector `j d + l` of the batch (`c×d` class-major), is
+/// `(1/N) ( g_{jl} ⊗ x_j + r_j ⊗ e_l )` with `g_{jl} = S_j W e_l`:
+///
+/// * the first term over the N rows `x_j` at once: [`GlmOps::glm_add_row_outer`] with the
+///   design X and the factors `G` (N × d c) whose row j is `[g_{j0}, …, g_{j,d−1}]` (then
+///   vector j of that call, `G_j ⊗ x_j`, is exactly B's d columns of row j);
+///   `G = S ∘ (1_N vec(Wᵀ)ᵀ)` with each `c`-block of row j taking `S_j`, i.e. the rows'
+///   probabilities repeated d times, `P_r J` with `J = [I_c … I_c]` (c × d c);
+/// * the second over the `N d` rows `e_l` of `E` (row `j d + l` is `e_l`) with the factors
+///   `R J` (row `j d + l` is `r_j`). `E` is a tenth of the batch's size for c = 10.
+struct FormB<B: GlmOps> {
+    /// `I_c`, to transpose W by a GEMM.
+    eye: B::Buf,
+    /// `J = [I_c … I_c]`, c × d c.
+    repeat: B::Buf,
+    /// `1_N`.
+    ones: B::Buf,
+    /// `E`, the N d unit rows `e_l`.
+    units: B::Design,
+}
+
+impl<B: GlmOps> FormB<B> {
+    fn new(b: &B, (n, c, d): (usize, usize, usize)) -> Result<Self> {
+        let mut eye = vec![0.0; c * c];
+        let mut repeat = vec![0.0; c * d * c];
+        for k in 0..c {
+            eye[k * c + k] = 1.0;
+            for l in 0..d {
+                repeat[k * d * c + l * c + k] = 1.0;
+            }
+        }
+        let units = Array2::from_shape_fn((n * d, d), |(jl, m)| f64::from(u8::from(jl % d == m)));
+        Ok(FormB {
+            eye: b.upload(&eye)?,
+            repeat: b.upload(&repeat)?,
+            ones: b.upload(&vec![1.0; n])?,
+            units: b.upload_design(&units)?,
+        })
+    }
 }
 
 impl<B: GlmOps> DistillBilevel<B> {
@@ -225,7 +289,13 @@ impl<B: GlmOps> DistillBilevel<B> {
         )?;
         // λ = exp(θ_glm) = C, fixed.
         glm.set_theta(&[l2.ln()])?;
-        Ok(DistillBilevel { glm, set })
+        let rows = glm.backend().upload(set.theta())?;
+        Ok(DistillBilevel {
+            glm,
+            set,
+            rows,
+            form_b: OnceLock::new(),
+        })
     }
 
     /// The softmax GLM on the current synthetic rows.
@@ -258,95 +328,60 @@ impl<B: GlmOps> DistillBilevel<B> {
         self.glm.evaluate(w, data)
     }
 
-    /// `p_j`, `r_j = p_j − e_{ỹ_j}` of row j at the host model `w` (c×d).
-    fn probs(&self, w: &[f64], j: usize) -> (Vec<f64>, Vec<f64>) {
-        let (c, d) = (self.set.c, self.set.d);
-        let x = self.set.row(j);
-        let z: Vec<f64> = (0..c).map(|k| dot(&w[k * d..(k + 1) * d], x)).collect();
-        let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = z.iter().map(|zk| (zk - zmax).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        let p: Vec<f64> = e.iter().map(|ek| ek / sum).collect();
-        let mut r = p.clone();
-        r[self.set.label(j)] -= 1.0;
-        (p, r)
+    /// `(N, c, d)`.
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.set.rows(), self.set.c, self.set.d)
     }
 
-    /// `B v` (P = c·d entries) at the host model `w`, for `v` of p entries (module docs).
-    pub fn cross_apply(&self, w: &[f64], v: &[f64]) -> Result<Vec<f64>> {
-        let (c, d) = (self.set.c, self.set.d);
-        self.check(w, v, "v")?;
-        let n = self.set.rows() as f64;
-        let mut out = vec![0.0; c * d];
-        for j in 0..self.set.rows() {
-            let x = self.set.row(j);
-            let u = &v[j * d..(j + 1) * d];
-            let (p, r) = self.probs(w, j);
-            // s = S_j (W u_j)
-            let a: Vec<f64> = (0..c).map(|k| dot(&w[k * d..(k + 1) * d], u)).collect();
-            let s = softmax_hessian_apply(&p, &a);
-            for k in 0..c {
-                let row = &mut out[k * d..(k + 1) * d];
-                for l in 0..d {
-                    row[l] += (s[k] * x[l] + r[k] * u[l]) / n;
-                }
-            }
-        }
-        Ok(out)
+    /// `P_r` and `R` (both N×c, rows `p_j` and `r_j = p_j − e_{ỹ_j}`) at `w`, on the backend.
+    fn row_factors(&self, w: &B::Buf) -> Result<(B::Buf, B::Buf)> {
+        let b = self.backend();
+        let t = self.glm.train_view();
+        let probs = b
+            .glm_curvature(t.x, t.loss, t.y, None, w, 1.0)?
+            .probs
+            .ok_or_else(|| Error::Backend("internal: softmax curvature without p".into()))?;
+        let r = b.glm_row_factors(t.x, t.loss, t.y, w)?;
+        Ok((probs, r))
     }
 
-    /// `Bᵀ q` (p entries) at the host model `w`, for `q` of P = c·d entries (module docs).
-    pub fn cross_transpose(&self, w: &[f64], q: &[f64]) -> Result<Vec<f64>> {
-        let (c, d) = (self.set.c, self.set.d);
-        if w.len() != c * d || q.len() != c * d {
-            return Err(Error::Dimension(format!(
-                "distill: w has {} and q {} entries, P = c·d = {}",
-                w.len(),
-                q.len(),
-                c * d
-            )));
-        }
-        let n = self.set.rows() as f64;
-        let mut out = vec![0.0; self.set.theta.len()];
-        for j in 0..self.set.rows() {
-            let x = self.set.row(j);
-            let (p, r) = self.probs(w, j);
-            // t = Q x_j, s = S_j t; row j = (Wᵀ s + Qᵀ r_j) / N.
-            let t: Vec<f64> = (0..c).map(|k| dot(&q[k * d..(k + 1) * d], x)).collect();
-            let s = softmax_hessian_apply(&p, &t);
-            let o = &mut out[j * d..(j + 1) * d];
-            for k in 0..c {
-                let (wk, qk) = (&w[k * d..(k + 1) * d], &q[k * d..(k + 1) * d]);
-                for l in 0..d {
-                    o[l] += (wk[l] * s[k] + qk[l] * r[k]) / n;
-                }
-            }
-        }
-        Ok(out)
+    /// `S ∘ (M Zᵀ)` (N×c) for the N×d matrix `M` and the c×d matrix `Z`: each row's logits
+    /// moved by `Z m_j`, through its softmax Hessian.
+    fn moved_logits(&self, probs: &B::Buf, m: &B::Buf, z: &B::Buf) -> Result<B::Buf> {
+        let b = self.backend();
+        let (n, c, d) = self.dims();
+        let mut a = b.zeros(n * c)?;
+        b.gemm(false, true, (n, c, d), 1.0, m, z, 0.0, &mut a)?;
+        b.glm_softmax_curvature_rows(probs, c, &mut a)?;
+        Ok(a)
     }
 
-    fn check(&self, w: &[f64], v: &[f64], what: &str) -> Result<()> {
+    /// `B v` (P = c·d entries) at `w`, for `v` of p entries (module docs):
+    /// `(1/N) ( (S ∘ (U Wᵀ))ᵀ X + Rᵀ U )`.
+    pub fn cross_apply(&self, w: &B::Buf, v: &[f64]) -> Result<Vec<f64>> {
+        let b = self.backend();
+        let (n, c, d) = self.dims();
+        self.check(b.len(w), v.len(), "v")?;
+        let u = b.upload(v)?;
+        let (probs, r) = self.row_factors(w)?;
+        let a = self.moved_logits(&probs, &u, w)?;
+        let inv_n = 1.0 / n as f64;
+        let mut out = b.zeros(c * d)?;
+        b.gemm(true, false, (c, d, n), inv_n, &a, &self.rows, 0.0, &mut out)?;
+        b.gemm(true, false, (c, d, n), inv_n, &r, &u, 1.0, &mut out)?;
+        b.download(&out)
+    }
+
+    fn check(&self, w_len: usize, v_len: usize, what: &str) -> Result<()> {
         let big_p = self.set.c * self.set.d;
-        if w.len() != big_p || v.len() != self.set.theta.len() {
+        if w_len != big_p || v_len != self.set.theta.len() {
             return Err(Error::Dimension(format!(
-                "distill: w has {} entries (P = {big_p}) and {what} {} (p = {})",
-                w.len(),
-                v.len(),
+                "distill: w has {w_len} entries (P = {big_p}) and {what} {v_len} (p = {})",
                 self.set.theta.len()
             )));
         }
         Ok(())
     }
-}
-
-/// `S a = p ⊙ a − p (pᵀ a)`, the softmax cross-entropy Hessian in the logits times `a`.
-fn softmax_hessian_apply(p: &[f64], a: &[f64]) -> Vec<f64> {
-    let pa = dot(p, a);
-    p.iter().zip(a).map(|(pk, ak)| pk * (ak - pa)).collect()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// θ as the K·c×d synthetic dataset; errors when θ has the wrong length or a non-finite entry.
@@ -410,52 +445,103 @@ impl<B: GlmOps> Bilevel for DistillBilevel<B> {
     }
 
     fn set_theta(&mut self, theta: &[f64]) -> Result<()> {
-        let glm = &mut self.glm;
-        self.set.set(theta, |rows| glm.replace_train(rows))
+        let (glm, on_backend) = (&mut self.glm, &mut self.rows);
+        self.set.set(theta, |rows| {
+            let uploaded = glm.backend().upload(theta)?;
+            glm.replace_train(rows)?;
+            *on_backend = uploaded;
+            Ok(())
+        })
     }
 
     fn outer_value_grad(&self, w: &B::Buf, grad: Option<&mut B::Buf>) -> Result<f64> {
         self.glm.outer_value_grad(w, grad)
     }
 
+    /// `Bᵀ q = (1/N) ( (S ∘ (X Qᵀ)) W + R Q )`, N×d in θ's layout (module docs).
     fn cross_t(&self, w: &B::Buf, q: &B::Buf) -> Result<Vec<f64>> {
         let b = self.backend();
-        self.cross_transpose(&b.download(w)?, &b.download(q)?)
-    }
-
-    /// `batch ← batch + α B`: column (j, l) of B is `(1/N) ( (S_j W e_l) x_jᵀ + r_j e_lᵀ )`.
-    fn cross_add(&self, w: &B::Buf, alpha: f64, batch: &mut B::Buf) -> Result<()> {
-        let b = self.backend();
-        let (c, d) = (self.set.c, self.set.d);
-        let big_p = c * d;
-        let p = self.set.theta.len();
-        let mut host = b.download(batch)?;
-        if host.len() != big_p * p {
+        let (n, c, d) = self.dims();
+        if b.len(w) != c * d || b.len(q) != c * d {
             return Err(Error::Dimension(format!(
-                "distill: the batch of B's columns has {} entries, P·p = {}",
-                host.len(),
-                big_p * p
+                "distill: w has {} and q {} entries, P = c·d = {}",
+                b.len(w),
+                b.len(q),
+                c * d
             )));
         }
-        let w = b.download(w)?;
-        let n = self.set.rows() as f64;
-        for j in 0..self.set.rows() {
-            let x = self.set.row(j);
-            let (prob, r) = self.probs(&w, j);
-            for l in 0..d {
-                let col = &mut host[(j * d + l) * big_p..(j * d + l + 1) * big_p];
-                let a: Vec<f64> = (0..c).map(|k| w[k * d + l]).collect();
-                let s = softmax_hessian_apply(&prob, &a);
-                for k in 0..c {
-                    for m in 0..d {
-                        col[k * d + m] += alpha * s[k] * x[m] / n;
-                    }
-                    col[k * d + l] += alpha * r[k] / n;
-                }
-            }
+        let (probs, r) = self.row_factors(w)?;
+        let a = self.moved_logits(&probs, &self.rows, q)?;
+        let inv_n = 1.0 / n as f64;
+        let mut out = b.zeros(n * d)?;
+        b.gemm(false, false, (n, d, c), inv_n, &a, w, 0.0, &mut out)?;
+        b.gemm(false, false, (n, d, c), inv_n, &r, q, 1.0, &mut out)?;
+        b.download(&out)
+    }
+
+    /// `batch ← batch + α B`: column (j, l) of B is `(1/N) ( g_{jl} ⊗ x_j + r_j ⊗ e_l )`,
+    /// `g_{jl} = S_j W e_l`, added by two per-row outer-product passes ([`FormB`]).
+    fn cross_add(&self, w: &B::Buf, alpha: f64, batch: &mut B::Buf) -> Result<()> {
+        let b = self.backend();
+        let (n, c, d) = self.dims();
+        let (big_p, p) = (c * d, self.set.theta.len());
+        if b.len(batch) != big_p * p || b.len(w) != big_p {
+            return Err(Error::Dimension(format!(
+                "distill: the batch of B's columns has {} entries, P·p = {}, and w {} (P = {big_p})",
+                b.len(batch),
+                big_p * p,
+                b.len(w)
+            )));
         }
-        *batch = b.upload(&host)?;
-        Ok(())
+        let form = match self.form_b.get() {
+            Some(form) => form,
+            None => {
+                let made = FormB::new(b, (n, c, d))?;
+                self.form_b.get_or_init(|| made)
+            }
+        };
+        let (probs, r) = self.row_factors(w)?;
+        // G = S ∘ (1_N vec(Wᵀ)ᵀ), each row's d blocks of c through its S_j.
+        let mut wt = b.zeros(d * c)?;
+        b.gemm(true, false, (d, c, c), 1.0, w, &form.eye, 0.0, &mut wt)?;
+        let mut g = b.zeros(n * d * c)?;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, 1),
+            1.0,
+            &form.ones,
+            &wt,
+            0.0,
+            &mut g,
+        )?;
+        let mut probs_rep = b.zeros(n * d * c)?;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, c),
+            1.0,
+            &probs,
+            &form.repeat,
+            0.0,
+            &mut probs_rep,
+        )?;
+        b.glm_softmax_curvature_rows(&probs_rep, c, &mut g)?;
+        let t = self.glm.train_view();
+        b.glm_add_row_outer(t.x, &vec![alpha / n as f64; n], &g, batch)?;
+        // R J: row j d + l is r_j, paired with e_l.
+        let mut r_rep = probs_rep;
+        b.gemm(
+            false,
+            false,
+            (n, d * c, c),
+            1.0,
+            &r,
+            &form.repeat,
+            0.0,
+            &mut r_rep,
+        )?;
+        b.glm_add_row_outer(&form.units, &vec![alpha / n as f64; n * d], &r_rep, batch)
     }
 
     fn bound_constants(&self, _w: &B::Buf) -> Result<Option<BoundConstants>> {

@@ -15,7 +15,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use super::{check_operands, check_per_sample, check_sgd_operands};
+use super::{check_operands, check_per_sample, check_sgd_operands, check_softmax_rows};
 use super::{Curvature, GlmOps, Loss};
 use crate::backend::cpu::{
     axpy, class_of, sigmoid, softmax_into, softplus, CpuBackend, CpuMatrix, Real, PARALLEL_MIN_WORK,
@@ -454,6 +454,26 @@ impl<T: Real> GlmOps for CpuBackend<T> {
                 axpy(T::from_f64(a), x.row(i), &mut vi[k * d..(k + 1) * d]);
             }
         });
+        Ok(())
+    }
+
+    fn glm_softmax_curvature_rows(
+        &self,
+        probs: &Vec<T>,
+        classes: usize,
+        a: &mut Vec<T>,
+    ) -> Result<()> {
+        check_softmax_rows(classes, probs.len(), a.len())?;
+        for (p, r) in probs.chunks_exact(classes).zip(a.chunks_exact_mut(classes)) {
+            let pa: f64 = p
+                .iter()
+                .zip(r.iter())
+                .map(|(pk, rk)| pk.to_f64() * rk.to_f64())
+                .sum();
+            for (rk, pk) in r.iter_mut().zip(p) {
+                *rk = T::from_f64(pk.to_f64() * (rk.to_f64() - pa));
+            }
+        }
         Ok(())
     }
 

@@ -6,7 +6,10 @@
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 
-use super::{check_operands, check_per_sample, check_sgd_operands, Curvature, GlmOps, Loss};
+use super::{
+    check_operands, check_per_sample, check_sgd_operands, check_softmax_rows, Curvature, GlmOps,
+    Loss,
+};
 use crate::backend::cuda::{
     driver_error, grid_1d, int, Arg, CudaBackend, CudaDesign, CudaRows, DesignData, RowPath, NULL,
 };
@@ -500,6 +503,30 @@ impl GlmOps for CudaBackend {
                 Arg::Ptr(self.ptr(g)),
                 Arg::I32(c as i32),
                 Arg::Ptr(self.ptr(batch)),
+            ],
+        )
+    }
+
+    /// The R-operator's softmax step of the network family (`hg_mlp_softmax_r`, one thread
+    /// per row, in place): the same row product, so no kernel of its own.
+    fn glm_softmax_curvature_rows(
+        &self,
+        probs: &CudaSlice<f32>,
+        classes: usize,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = check_softmax_rows(classes, probs.len(), a.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch(
+            "hg_mlp_softmax_r",
+            grid_1d(n),
+            &[
+                Arg::Ptr(self.ptr(probs)),
+                Arg::Ptr(self.ptr(a)),
+                Arg::I32(int("rows", n)?),
+                Arg::I32(int("classes", classes)?),
             ],
         )
     }

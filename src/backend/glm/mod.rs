@@ -74,6 +74,17 @@ pub(crate) fn check_per_sample(
     Ok(c)
 }
 
+/// The operands of [`GlmOps::glm_softmax_curvature_rows`]: `probs` and `a` both `n×c` with
+/// `c ≥ 1`. Returns `n`.
+pub(crate) fn check_softmax_rows(classes: usize, probs_len: usize, a_len: usize) -> Result<usize> {
+    if classes == 0 {
+        return Err(Error::Dimension("softmax curvature rows: 0 classes".into()));
+    }
+    let n = per_part("softmax probabilities", probs_len, classes)?;
+    check_len("softmax curvature rows", a_len, probs_len)?;
+    Ok(n)
+}
+
 /// The per-row loss `ℓ(z_i, y_i)` of a GLM, `z_i = W x_i ∈ R^c`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
@@ -196,6 +207,18 @@ pub trait GlmOps: Backend {
         coef: &[f64],
         g: &Self::Buf,
         batch: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `a_i ← (diag p_i − p_i p_iᵀ) a_i = p_i ⊙ (a_i − (p_iᵀ a_i) 1)` for every row `i` of the
+    /// `n×c` matrices `a` and `probs` (the `p_i` of [`Curvature::probs`]): the softmax
+    /// cross-entropy's Hessian in the logits, applied row by row and not summed over rows as
+    /// in [`GlmOps::glm_hvp`] (the cross derivative of dataset distillation moves each row's
+    /// logits by its own vector). `p_iᵀ a_i` accumulates in f64.
+    fn glm_softmax_curvature_rows(
+        &self,
+        probs: &Self::Buf,
+        classes: usize,
+        a: &mut Self::Buf,
     ) -> Result<()>;
 
     // ---- mini-batches (the stochastic inner loops) --------------------------------------

@@ -49,7 +49,7 @@ const ONE_WARP: LaunchConfig = LaunchConfig {
 
 impl CudaBackend {
     /// The shapes every primitive checks (as the CPU twin), and the rows of the pass.
-    fn mlp_check(&self, net: &Network, data: Data<'_>, w: &Buf) -> Result<usize> {
+    pub(super) fn mlp_check(&self, net: &Network, data: Data<'_>, w: &Buf) -> Result<usize> {
         let x = data.x;
         check_pass_shapes(
             net,
@@ -124,7 +124,7 @@ impl CudaBackend {
     }
 
     /// `s ⊙ δ_l` when the loss is weighted, else `None` (use `δ_l`).
-    fn mlp_weighted(
+    pub(super) fn mlp_weighted(
         &self,
         data: Data<'_>,
         delta: &Buf,
@@ -179,15 +179,20 @@ impl CudaBackend {
         Ok(t)
     }
 
-    /// The forward R-pass along the vector at `v` (P entries): `R z_l` (n×n_l) for every
-    /// layer and `R a_l = φ'(z_l) ⊙ R z_l` (n×n_l) for the hidden ones.
+    /// The forward R-pass along a joint direction of the weights (the vector at `v`, P
+    /// entries) and of the input rows (the matrix at `u`, n×d, the appended 1 not included);
+    /// `None` is 0, and at least one must be given:
+    /// `R z_l = Ã_{l−1} V_lᵀ + R a_{l−1} Θ_l[:, :n_{l−1}]ᵀ` with `R a_0 = U`,
+    /// `R a_l = φ'(z_l) ⊙ R z_l`. Returns `R z_l` (n×n_l) for every layer and `R a_l` (n×n_l)
+    /// for the hidden ones.
     fn mlp_forward_r(
         &self,
         net: &Network,
         x: &CudaDesign,
         tape: &Tape<Self>,
         w: &Buf,
-        v: u64,
+        v: Option<u64>,
+        u: Option<u64>,
     ) -> Result<(Vec<Buf>, Vec<Buf>)> {
         let n = tape.n;
         let layers = net.layers();
@@ -196,28 +201,42 @@ impl CudaBackend {
         for l in 0..layers {
             let (fi, fo) = net.fans(l);
             let z = self.alloc_written_f32(n * fo)?;
-            // R z_l = Ã_{l−1} V_lᵀ + R a_{l−1} Θ_l[:, :n_{l−1}]ᵀ.
-            self.gemm_strided(
-                false,
-                true,
-                (n, fo, fi + 1),
-                1.0,
-                (self.mlp_input(x, tape, l)?, fi + 1),
-                (v + 4 * net.offset(l) as u64, fi + 1),
-                0.0,
-                (self.ptr(&z), fo),
-            )?;
-            if l > 0 {
+            let mut beta = 0.0;
+            if let Some(v) = v {
                 self.gemm_strided(
+                    false,
+                    true,
+                    (n, fo, fi + 1),
+                    1.0,
+                    (self.mlp_input(x, tape, l)?, fi + 1),
+                    (v + 4 * net.offset(l) as u64, fi + 1),
+                    0.0,
+                    (self.ptr(&z), fo),
+                )?;
+                beta = 1.0;
+            }
+            let r_input = if l == 0 {
+                u
+            } else {
+                Some(self.ptr(&ra[l - 1]))
+            };
+            match r_input {
+                Some(r_input) => self.gemm_strided(
                     false,
                     true,
                     (n, fo, fi),
                     1.0,
-                    (self.ptr(&ra[l - 1]), fi),
+                    (r_input, fi),
                     (self.ptr_at(w, net.offset(l)), fi + 1),
-                    1.0,
+                    beta,
                     (self.ptr(&z), fo),
-                )?;
+                )?,
+                None if beta == 0.0 => {
+                    return Err(Error::Backend(
+                        "internal: an R-pass along no direction".into(),
+                    ))
+                }
+                None => {}
             }
             if l + 1 < layers {
                 let r = self.alloc_written_f32(n * fo)?;
@@ -235,6 +254,152 @@ impl CudaBackend {
         }
         Ok((rz, ra))
     }
+
+    /// What the backward R-pass reuses for every direction: `s ⊙ δ_l` (`None`: unweighted,
+    /// use `δ_l`) and `T_l = δ_l Θ_l[:, :n_{l−1}]` for `l ≥ 1` (`sent[l − 1]`).
+    pub(super) fn mlp_r_fixed(
+        &self,
+        net: &Network,
+        data: Data<'_>,
+        deltas: &Deltas<Self>,
+        w: &Buf,
+        n: usize,
+    ) -> Result<RPassFixed> {
+        let weighted = (0..net.layers())
+            .map(|l| self.mlp_weighted(data, &deltas.layers[l], n, net.fans(l).1))
+            .collect::<Result<Vec<_>>>()?;
+        let sent = (1..net.layers())
+            .map(|l| self.mlp_sent_down(net, w, self.ptr(&deltas.layers[l]), n, l))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RPassFixed { weighted, sent })
+    }
+
+    /// The R-pass of the per-row gradients along the weights `v` and the input rows `u` (the
+    /// CPU twin's `r_pass`): the forward R-pass, `R δ_L = (diag p − p pᵀ) R z_L`, then down
+    /// the layers `R δ_{l−1} = R T_l ⊙ φ'(a_{l−1}) + T_l ⊙ φ''(a_{l−1}) ⊙ R z_{l−1}` with
+    /// `R T_l = R δ_l Θ_l + δ_l V_l` (bias columns left out). With `out = (α, o)` it writes
+    /// `o_{Θ_l} ← α Σ_i s_i (R δ_l ⊗ ã_{l−1} + δ_l ⊗ [R a_{l−1}; 0])` (P entries at `o`,
+    /// `R a_0 = U`). Returns `R δ_1` (n×n₁), where the input's derivatives start.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mlp_r_pass(
+        &self,
+        net: &Network,
+        data: Data<'_>,
+        tape: &Tape<Self>,
+        deltas: &Deltas<Self>,
+        w: &Buf,
+        fixed: &RPassFixed,
+        (v, u): (Option<u64>, Option<u64>),
+        out: Option<(f64, u64)>,
+    ) -> Result<Buf> {
+        let n = tape.n;
+        let layers = net.layers();
+        let c = net.outputs();
+        let (mut rz, ra) = self.mlp_forward_r(net, data.x, tape, w, v, u)?;
+        // R δ_L = (diag p − p pᵀ) R z_L, in place, row by row.
+        let mut rd = rz
+            .pop()
+            .ok_or_else(|| Error::Backend("internal: no layers".into()))?;
+        self.launch(
+            "hg_mlp_softmax_r",
+            grid_1d(n),
+            &[
+                Arg::Ptr(self.ptr(&tape.probs)),
+                Arg::Ptr(self.ptr(&rd)),
+                Arg::I32(n as i32),
+                Arg::I32(int("classes", c)?),
+            ],
+        )?;
+        for l in (0..layers).rev() {
+            let (fi, fo) = net.fans(l);
+            if let Some((scale, o)) = out {
+                let block = o + 4 * net.offset(l) as u64;
+                // (R ∇ℓ)_{Θ_l} = Rδ_l ⊗ ã_{l−1} + δ_l ⊗ [R a_{l−1}; 0], rows weighted by s.
+                let rd_weighted = self.mlp_weighted(data, &rd, n, fo)?;
+                self.gemm_strided(
+                    true,
+                    false,
+                    (fo, fi + 1, n),
+                    scale,
+                    (self.ptr(rd_weighted.as_ref().unwrap_or(&rd)), fo),
+                    (self.mlp_input(data.x, tape, l)?, fi + 1),
+                    0.0,
+                    (block, fi + 1),
+                )?;
+                let r_input = if l == 0 {
+                    u
+                } else {
+                    Some(self.ptr(&ra[l - 1]))
+                };
+                if let Some(r_input) = r_input {
+                    let delta = fixed.weighted[l].as_ref().unwrap_or(&deltas.layers[l]);
+                    // The [R a; 0] term leaves the bias column alone: only the first n_{l−1}.
+                    self.gemm_strided(
+                        true,
+                        false,
+                        (fo, fi, n),
+                        scale,
+                        (self.ptr(delta), fo),
+                        (r_input, fi),
+                        1.0,
+                        (block, fi + 1),
+                    )?;
+                }
+            }
+            if l == 0 {
+                break;
+            }
+            // R T = Rδ_l Θ_l + δ_l V_l (without bias columns), then in place
+            // R δ_{l−1} = R T ⊙ φ'(a) + T ⊙ φ''(a) ⊙ R z_{l−1}.
+            let rt = self.alloc_written_f32(n * fi)?;
+            self.gemm_strided(
+                false,
+                false,
+                (n, fi, fo),
+                1.0,
+                (self.ptr(&rd), fo),
+                (self.ptr_at(w, net.offset(l)), fi + 1),
+                0.0,
+                (self.ptr(&rt), fi),
+            )?;
+            if let Some(v) = v {
+                self.gemm_strided(
+                    false,
+                    false,
+                    (n, fi, fo),
+                    1.0,
+                    (self.ptr(&deltas.layers[l]), fo),
+                    (v + 4 * net.offset(l) as u64, fi + 1),
+                    1.0,
+                    (self.ptr(&rt), fi),
+                )?;
+            }
+            self.launch(
+                "hg_mlp_backprop_r",
+                grid_1d(n * fi),
+                &[
+                    Arg::Ptr(self.ptr(&rt)),
+                    Arg::Ptr(self.ptr(&fixed.sent[l - 1])),
+                    Arg::Ptr(self.ptr(&tape.hidden[l - 1])),
+                    Arg::Ptr(self.ptr(&rz[l - 1])),
+                    Arg::I32(n as i32),
+                    Arg::I32(int("layer width", fi)?),
+                    Arg::I32(act_code(net.activation())),
+                    Arg::Ptr(self.ptr(&rt)),
+                ],
+            )?;
+            rd = rt;
+        }
+        Ok(rd)
+    }
+}
+
+/// What the backward R-pass reuses for every direction ([`CudaBackend::mlp_r_fixed`]).
+pub(super) struct RPassFixed {
+    /// `s ⊙ δ_l` per layer, `None` when the loss is unweighted.
+    pub(super) weighted: Vec<Option<Buf>>,
+    /// `T_l = δ_l Θ_l[:, :n_{l−1}]` for `l = 1, …, L−1` (index `l − 1`).
+    pub(super) sent: Vec<Buf>,
 }
 
 impl MlpOps for CudaBackend {
@@ -444,7 +609,7 @@ impl MlpOps for CudaBackend {
         let n = self.mlp_check(net, data, w)?;
         check_len("direction", q.len(), net.dim())?;
         let c = net.outputs();
-        let (rz, _) = self.mlp_forward_r(net, data.x, tape, w, self.ptr(q))?;
+        let (rz, _) = self.mlp_forward_r(net, data.x, tape, w, Some(self.ptr(q)), None)?;
         let out = self.alloc_f64_zeros(n)?;
         self.launch(
             "hg_mlp_directional",
@@ -486,105 +651,21 @@ impl MlpOps for CudaBackend {
             )));
         }
         check_deltas(net, deltas, n)?;
-        let layers = net.layers();
         let c = net.outputs();
-        let act = net.activation();
-        // Independent of the direction: s ⊙ δ_l and T_l = δ_l Θ_l[:, :n_{l−1}].
-        let weighted = (0..layers)
-            .map(|l| self.mlp_weighted(data, &deltas.layers[l], n, net.fans(l).1))
-            .collect::<Result<Vec<_>>>()?;
-        let sent = (1..layers)
-            .map(|l| self.mlp_sent_down(net, w, self.ptr(&deltas.layers[l]), n, l))
-            .collect::<Result<Vec<_>>>()?;
+        let fixed = self.mlp_r_fixed(net, data, deltas, w, n)?;
         let (bias_start, bias_stride) = net.output_bias();
         for b in 0..v.len() / dim {
             let (vb, ob) = (self.ptr_at(v, b * dim), self.ptr_at(out, b * dim));
-            let (mut rz, ra) = self.mlp_forward_r(net, data.x, tape, w, vb)?;
-            // R δ_L = (diag p − p pᵀ) R z_L, in place, row by row.
-            let mut rd = rz
-                .pop()
-                .ok_or_else(|| Error::Backend("internal: no layers".into()))?;
-            self.launch(
-                "hg_mlp_softmax_r",
-                grid_1d(n),
-                &[
-                    Arg::Ptr(self.ptr(&tape.probs)),
-                    Arg::Ptr(self.ptr(&rd)),
-                    Arg::I32(n as i32),
-                    Arg::I32(int("classes", c)?),
-                ],
+            self.mlp_r_pass(
+                net,
+                data,
+                tape,
+                deltas,
+                w,
+                &fixed,
+                (Some(vb), None),
+                Some((scale, ob)),
             )?;
-            for l in (0..layers).rev() {
-                let (fi, fo) = net.fans(l);
-                let block = ob + 4 * net.offset(l) as u64;
-                // (∇²ℓ v)_{Θ_l} = Rδ_l ⊗ ã_{l−1} + δ_l ⊗ [R a_{l−1}; 0], rows weighted by s.
-                let rd_weighted = self.mlp_weighted(data, &rd, n, fo)?;
-                self.gemm_strided(
-                    true,
-                    false,
-                    (fo, fi + 1, n),
-                    scale,
-                    (self.ptr(rd_weighted.as_ref().unwrap_or(&rd)), fo),
-                    (self.mlp_input(data.x, tape, l)?, fi + 1),
-                    0.0,
-                    (block, fi + 1),
-                )?;
-                if l == 0 {
-                    break;
-                }
-                let delta = weighted[l].as_ref().unwrap_or(&deltas.layers[l]);
-                // The [R a; 0] term leaves the bias column alone: only the first n_{l−1}.
-                self.gemm_strided(
-                    true,
-                    false,
-                    (fo, fi, n),
-                    scale,
-                    (self.ptr(delta), fo),
-                    (self.ptr(&ra[l - 1]), fi),
-                    1.0,
-                    (block, fi + 1),
-                )?;
-                // R T = Rδ_l Θ_l + δ_l V_l (without bias columns), then in place
-                // R δ_{l−1} = R T ⊙ φ'(a) + T ⊙ φ''(a) ⊙ R z_{l−1}.
-                let rt = self.alloc_written_f32(n * fi)?;
-                let theta = (self.ptr_at(w, net.offset(l)), fi + 1);
-                let vl = (vb + 4 * net.offset(l) as u64, fi + 1);
-                self.gemm_strided(
-                    false,
-                    false,
-                    (n, fi, fo),
-                    1.0,
-                    (self.ptr(&rd), fo),
-                    theta,
-                    0.0,
-                    (self.ptr(&rt), fi),
-                )?;
-                self.gemm_strided(
-                    false,
-                    false,
-                    (n, fi, fo),
-                    1.0,
-                    (self.ptr(&deltas.layers[l]), fo),
-                    vl,
-                    1.0,
-                    (self.ptr(&rt), fi),
-                )?;
-                self.launch(
-                    "hg_mlp_backprop_r",
-                    grid_1d(n * fi),
-                    &[
-                        Arg::Ptr(self.ptr(&rt)),
-                        Arg::Ptr(self.ptr(&sent[l - 1])),
-                        Arg::Ptr(self.ptr(&tape.hidden[l - 1])),
-                        Arg::Ptr(self.ptr(&rz[l - 1])),
-                        Arg::I32(n as i32),
-                        Arg::I32(int("layer width", fi)?),
-                        Arg::I32(act_code(act)),
-                        Arg::Ptr(self.ptr(&rt)),
-                    ],
-                )?;
-                rd = rt;
-            }
             if shift != 0.0 {
                 // shift (uᵀv) u with u = 1/√c on the output bias.
                 self.launch(
@@ -686,7 +767,7 @@ impl MlpOps for CudaBackend {
 }
 
 /// The deltas of a pass: one buffer of n×n_l per layer.
-fn check_deltas(net: &Network, deltas: &Deltas<CudaBackend>, n: usize) -> Result<()> {
+pub(super) fn check_deltas(net: &Network, deltas: &Deltas<CudaBackend>, n: usize) -> Result<()> {
     if deltas.layers.len() != net.layers() {
         return Err(Error::Dimension(format!(
             "{} layers of pre-activation gradients for a network of {}",

@@ -2,7 +2,8 @@
 //! [`Backend`]: a trait here, its CPU twin in [`cpu`], its CUDA implementation in [`cuda`]
 //! (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`; parity with the CPU in
 //! `tests/mlp_cuda_parity.rs`). The derivatives with respect to the input rows (dataset
-//! distillation) are a second family, [`input::MlpInputOps`], on the CPU only so far.
+//! distillation) are a second family, [`input::MlpInputOps`], with the same two
+//! implementations (`input_cpu.rs`, `input_cuda.rs`).
 //!
 //! # The network
 //!
@@ -51,6 +52,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod input;
 mod input_cpu;
+mod input_cuda;
 
 pub use input::MlpInputOps;
 
