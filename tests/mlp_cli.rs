@@ -245,52 +245,6 @@ fn combinations_a_network_does_not_have_are_one_line_errors() {
     assert_one_line_error(&out, &["theta.txt"]);
 }
 
-/// The stochastic baselines run on networks (one estimator family with the linear models):
-/// every problem a network takes × stocbio, amigo, soba gives a finite hypergradient of the
-/// problem's θ; on a machine without a GPU, `--device cuda` fails only for want of a device.
-#[test]
-fn the_stochastic_baselines_run_on_networks() {
-    for problem in ["softmax", "hyperclean"] {
-        for method in ["stocbio", "amigo", "soba"] {
-            let args = [
-                "grad",
-                "--train",
-                DATA,
-                "--problem",
-                problem,
-                "--model",
-                "mlp:4",
-                "--method",
-                method,
-                "--batch-size",
-                "16",
-                "--inner-steps",
-                "20",
-                "--json",
-            ];
-            let out = hypergrad(&args);
-            assert!(
-                out.status.success(),
-                "{problem} {method}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let h = json["hypergradient"].as_array().unwrap();
-            assert!(!h.is_empty(), "{problem} {method}: no hypergradient");
-            assert!(
-                h.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)),
-                "{problem} {method}: {h:?}"
-            );
-            assert_eq!(json["method"], method, "{problem} {method}");
-            if no_gpu() {
-                let mut on_cuda = args.to_vec();
-                on_cuda.extend(["--device", "cuda"]);
-                assert_one_line_error(&hypergrad(&on_cuda), &["--device cuda"]);
-            }
-        }
-    }
-}
-
 #[test]
 fn settings_set_knows_the_new_names() {
     let mut s = Settings::default();
