@@ -243,9 +243,55 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     return _arrays(json.loads(text))
 
 
+class _Progress:
+    """The progress of a run on ``stream`` (stderr): one bar redrawn in place on a terminal,
+    as the command line draws it, or one line per step elsewhere (a log, a notebook)."""
+
+    WIDTH = 24
+
+    def __init__(self, total, stream=None):
+        self.total = max(int(total), 0)
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.drawn = False
+
+    def update(self, record):
+        step = int(record.get("step", 0))
+        done = min((step + 1) / (self.total + 1), 1.0)
+        bar = "#" * int(round(self.WIDTH * done))
+        loss = record.get("outer_loss")
+        loss = "nan" if loss is None else f"{loss:.6g}"
+        line = (f"[{bar:<{self.WIDTH}}] step {step}/{self.total}  outer loss {loss}  "
+                f"{record.get('seconds', 0.0):.1f} s")
+        if self.tty:
+            self.stream.write("\r" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self):
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _best_record(trace):
+    """The record of the best θ an ℓ1 search met, by its own rule: the lowest criterion over
+    the evaluations at the final tolerance once there are any (``phase == "refine"``), over
+    every evaluation but the refinement's intermediate ones otherwise."""
+    usable = [r for r in trace if r.get("phase") != "refine-intermediate"]
+    refined = [r for r in usable if r.get("phase") == "refine"]
+    candidates = refined or usable
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: r["outer_loss"])
+
+
 def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hyper=None,
         method=None, outer_steps=20, outer_opt=None, device="auto", trace=None,
-        checkpoint=None, **options):
+        checkpoint=None, callback=None, verbose=False, **options):
     """Bilevel optimisation (SPEC §6 ``hypergrad run``) on arrays.
 
     Arguments as for :func:`hypergradient`, plus the outer loop's: ``outer_steps``,
@@ -259,6 +305,12 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
     Returns the dict of ``run --json`` plus ``"trace"`` (the list of per-step records),
     ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
     ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
+
+    ``callback(record)`` is called after every outer step (every evaluation of an ℓ1 search)
+    with that step's trace record, a dict, as the run goes; it returning ``False`` (not
+    ``None``) ends the run there, with a result as if that step were the last (``"stopped_by_callback":
+    True`` in it); an exception it raises ends the run and propagates. ``verbose=True`` draws
+    a progress bar on stderr. The GIL is taken only to call ``callback``.
     """
     _check_problem(problem)
     if (X_test is None) != (y_test is None):
@@ -273,19 +325,54 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
         # silently report no test_loss.
         raise ValueError("dimension mismatch: X_test has no rows (give test rows, or no X_test)")
     _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
-    text, trace_text = _native.run(
-        problem,
-        x,
-        _labels(y, "y"),
-        x_val,
-        _labels(y_val, "y_val"),
-        x_test,
-        None if y_test is None else _labels(y_test, "y_test"),
-        _theta(theta),
-        opts,
-    )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    progress = _Progress(outer_steps) if verbose else None
+    said_stop = []
+
+    def on_step(text):
+        record = json.loads(text)
+        if progress is not None:
+            progress.update(record)
+        if callback is None:
+            return None
+        answer = callback(record)
+        if answer is False:
+            said_stop.append(record)
+        return answer is not False
+
+    labels = _labels(y, "y")
+    labels_val = _labels(y_val, "y_val")
+    labels_test = None if y_test is None else _labels(y_test, "y_test")
+    try:
+        text, trace_text = _native.run(
+            problem, x, labels, x_val, labels_val, x_test, labels_test, _theta(theta), opts,
+            on_step if (callback is not None or verbose) else None,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     result = json.loads(text)
-    result["trace"] = json.loads(trace_text)
+    records = json.loads(trace_text)
+    if result is None:
+        # An ℓ1 search the callback stopped: it has no early end of its own, so the result
+        # is its best θ so far (its rule), with the model trained there by a search of no
+        # steps started at that θ.
+        best = _best_record(records)
+        if best is None:
+            raise RuntimeError("the callback stopped the run before its first evaluation")
+        finish = dict(opts, outer_steps=0, trace=None)
+        finish.pop("checkpoint", None)
+        text, _ = _native.run(problem, x, labels, x_val, labels_val, x_test, labels_test,
+                              np.asarray(best["theta"], dtype=np.float64), finish, None)
+        result = json.loads(text)
+        result["best_theta"] = best["theta"]
+        result["best_loss"] = best["outer_loss"]
+        result["outer_loss"] = best["outer_loss"]
+        result["evaluations"] = len(records)
+        result.pop("final", None)
+    result["trace"] = records
+    result["stopped_by_callback"] = bool(said_stop)
     if result.get("saturation_warning"):
         # Saturated weights σ(θ) do not stop a run; the command line warns on stderr.
         warnings.warn(result["saturation_warning"], RuntimeWarning, stacklevel=2)
