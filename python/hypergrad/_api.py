@@ -1,10 +1,11 @@
-"""The functions of SPEC §7: ``info``, ``hypergradient`` and ``run``.
+"""The functions ``info``, ``hypergradient`` and ``run``.
 
 This layer checks the *types* of the arguments (NumPy arrays of float32/float64 in C or
 Fortran order, SciPy sparse matrices, labels) and hands them to the Rust extension
 ``hypergrad._native``; the *values* (shapes, finiteness, labels that fit the problem, option
 names and ranges) are checked by the Rust library, so a bad input raises ``ValueError`` or
-``TypeError`` with the one-line message the command line gives for it.
+``TypeError`` with the one-line message the command line gives for it, rows and columns
+counted from 0 and the argument named as here.
 """
 
 import json
@@ -210,22 +211,67 @@ def _arrays(result):
 
 
 def info():
-    """What ``hypergrad info --json`` shows: version, build, kernels, devices (a dict)."""
+    """What ``hypergrad info --json`` shows.
+
+    Returns
+    -------
+    dict
+        ``version``, the build, the kernels, and the ``backends`` (CPU threads and
+        precisions; the CUDA devices found, if any).
+    """
     return json.loads(_native.info())
 
 
 def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method=None,
                   device="auto", **options):
-    """One hypergradient ∇F(θ) (SPEC §6 ``hypergrad grad``) on arrays.
+    """One hypergradient ∇F(θ) of the validation loss, ``hypergrad grad --json`` on arrays.
 
-    ``problem`` and ``method`` take the command line's values (``ridge``, ``logreg``,
-    ``softmax``, ``hyperclean``, ``lasso``, ``enet``, ``wlasso``; ``exact``, ``cg``, …);
-    ``**options`` the command line's long options with ``_`` for ``-`` (``inner_tol=1e-8``,
-    ``l2=1e-3``, ``model="mlp:300"``, ``activation="relu"``, …). ``theta`` is a number (every entry of θ) or a 1-D array of all p entries;
-    ``None`` is the command line's default without ``--theta`` (0 for the smooth problems,
-    log(λ_max/10) for the ℓ1 problems). ``X`` is a float32/float64 NumPy array or, for the ℓ1
-    problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and
-    ``hypergradient`` as NumPy arrays).
+    F(θ) = f(ŵ(θ); X_val, y_val) with ŵ(θ) = argmin_w g(w, θ; X, y), and
+    ∇F(θ) = ∂_θF − ∂²_{θw}g [∂²_{ww}g]⁻¹ ∇_w f, computed by ``method``.
+
+    Parameters
+    ----------
+    problem : str
+        ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
+        ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
+    X, X_val : ndarray of shape (n, d) or sparse matrix
+        Training and validation rows: float32 or float64 (a float32 array is passed without
+        a float64 copy on the Python side), C or Fortran order; SciPy CSR/CSC matrices stay
+        sparse for the ℓ1 problems.
+    y, y_val : array-like of shape (n,)
+        Their labels: targets (ridge, ℓ1), ±1 (logreg), class indices 0…c−1 (softmax,
+        hyperclean).
+    theta : float, array-like of shape (p,) or None, default=None
+        The hyperparameters θ (λ = exp(θ)): a number sets every entry. ``None``: 0 for the
+        smooth problems, log(λ_max/10) for the ℓ1 problems, with λ_max = ‖Xᵀy‖∞/n.
+    hyper : str or None, default=None
+        The hyperparameter's shape for the smooth problems: ``"scalar"`` (one λ),
+        ``"per-feature"`` or ``"per-class"``; the inner objective is
+        L(w) + ½ Σ_j λ_j w_j². ``None``: the problem's default.
+    method : str or None, default=None
+        How ∇F(θ) is computed: ``"exact"`` (dense solve), ``"cg"``, ``"neumann"``,
+        ``"unroll"``, ``"nhgd"``, ``"stocbio"``, ``"amigo"``, ``"soba"`` (smooth problems),
+        ``"implicit-forward"``, ``"implicit"``, ``"forward"`` (ℓ1). ``None``: the
+        problem's default.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where it runs; ``"auto"`` takes CUDA when a device is usable and says why not in
+        ``device_note`` otherwise.
+    **options
+        The command line's other long options with ``_`` for ``-``, e.g. ``inner_tol``
+        (the inner solve's gradient-norm tolerance), ``inner_solver``, ``l2`` (the fixed
+        ridge weight of hyperclean), ``batch_size`` and ``inner_steps`` (the stochastic
+        methods' mini-batch and SGD steps), ``curvature`` (NHGD: ``kfac``, ``dense``,
+        ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
+        ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
+        ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
+        listing every name; ``None`` keeps an option's default.
+
+    Returns
+    -------
+    dict
+        ``outer_loss`` F(θ), ``theta`` and ``hypergradient`` (NumPy arrays), the inner
+        solve's diagnostics (``inner_grad_norm``, ``inner_iters``, …) and, where the method
+        has one, ``error_bound`` (a bound on ‖∇F − ĥ‖).
     """
     _check_problem(problem)
     opts = _options(dict(options, hyper=hyper, method=method, device=device))
@@ -292,25 +338,87 @@ def _best_record(trace):
 def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hyper=None,
         method=None, outer_steps=20, outer_opt=None, device="auto", trace=None,
         checkpoint=None, callback=None, verbose=False, **options):
-    """Bilevel optimisation (SPEC §6 ``hypergrad run``) on arrays.
+    """Bilevel optimisation, ``hypergrad run --json`` on arrays.
 
-    Arguments as for :func:`hypergradient`, plus the outer loop's: ``outer_steps``,
-    ``outer_opt`` (``sgd``, ``adam``, ``maid``; ``hoag``, ``adam``, ``grid``, ``random`` for the
-    ℓ1 problems), ``trace`` (a JSONL file written as the run goes), ``checkpoint``, and test
-    rows. Ctrl-C stops the run within about a second (``KeyboardInterrupt``). A run that
-    diverges (a non-finite θ, hypergradient, loss or inner iterate) raises ``RuntimeError``
-    with the command line's one-line message, naming the step and the option to lower; weights
-    σ(θ) that saturate (hyperclean) give a ``RuntimeWarning``.
+    θ is updated ``outer_steps`` times from the hypergradients, θ ← θ − lr·ĥ(θ) (or Adam, or
+    MAID); the ℓ1 problems run a search instead (HOAG, Adam, grid, random).
 
-    Returns the dict of ``run --json`` plus ``"trace"`` (the list of per-step records),
-    ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
-    ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
+    Parameters
+    ----------
+    problem : str
+        ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
+        ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
+    X, X_val : ndarray of shape (n, d) or sparse matrix
+        Training and validation rows: float32 or float64 (a float32 array is passed without
+        a float64 copy on the Python side), C or Fortran order; SciPy CSR/CSC matrices stay
+        sparse for the ℓ1 problems.
+    y, y_val : array-like of shape (n,)
+        Their labels: targets (ridge, ℓ1), ±1 (logreg), class indices 0…c−1 (softmax,
+        hyperclean).
+    theta : float, array-like of shape (p,) or None, default=None
+        The hyperparameters θ (λ = exp(θ)): a number sets every entry. ``None``: 0 for the
+        smooth problems, log(λ_max/10) for the ℓ1 problems, with λ_max = ‖Xᵀy‖∞/n.
+    hyper : str or None, default=None
+        The hyperparameter's shape for the smooth problems: ``"scalar"`` (one λ),
+        ``"per-feature"`` or ``"per-class"``; the inner objective is
+        L(w) + ½ Σ_j λ_j w_j². ``None``: the problem's default.
+    method : str or None, default=None
+        How ∇F(θ) is computed: ``"exact"`` (dense solve), ``"cg"``, ``"neumann"``,
+        ``"unroll"``, ``"nhgd"``, ``"stocbio"``, ``"amigo"``, ``"soba"`` (smooth problems),
+        ``"implicit-forward"``, ``"implicit"``, ``"forward"`` (ℓ1). ``None``: the
+        problem's default.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where it runs; ``"auto"`` takes CUDA when a device is usable and says why not in
+        ``device_note`` otherwise.
+    **options
+        The command line's other long options with ``_`` for ``-``, e.g. ``inner_tol``
+        (the inner solve's gradient-norm tolerance), ``inner_solver``, ``l2`` (the fixed
+        ridge weight of hyperclean), ``batch_size`` and ``inner_steps`` (the stochastic
+        methods' mini-batch and SGD steps), ``curvature`` (NHGD: ``kfac``, ``dense``,
+        ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
+        ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
+        ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
+        listing every name; ``None`` keeps an option's default.
+    X_test, y_test : array-like or None, default=None
+        Test rows, scored at every step (``test_loss``, ``test_accuracy``).
+    outer_steps : int, default=20
+        Outer steps T (T + 1 hypergradients), or the search's evaluations.
+    outer_opt : str or None, default=None
+        ``"sgd"``, ``"adam"``, ``"maid"``; ``"hoag"``, ``"adam"``, ``"grid"``,
+        ``"random"`` for the ℓ1 problems. ``None``: the problem's default.
+    trace : str, path or None, default=None
+        A JSONL file written as the run goes, one record per step.
+    checkpoint : str, path or None, default=None
+        A file the run saves after every step and resumes from.
+    callback : callable or None, default=None
+        ``callback(record)`` after every outer step (every evaluation of an ℓ1 search) with
+        that step's trace record, a dict, as the run goes. Returning ``False`` (not
+        ``None``) ends the run there, with a result as if that step were the last
+        (``"stopped_by_callback": True``; an ℓ1 search returns its best θ so far); an
+        exception it raises ends the run and propagates. The GIL is taken only to call it.
+    verbose : bool, default=False
+        Draw a progress bar on stderr (one line per step where stderr is not a terminal).
 
-    ``callback(record)`` is called after every outer step (every evaluation of an ℓ1 search)
-    with that step's trace record, a dict, as the run goes; it returning ``False`` (not
-    ``None``) ends the run there, with a result as if that step were the last (``"stopped_by_callback":
-    True`` in it); an exception it raises ends the run and propagates. ``verbose=True`` draws
-    a progress bar on stderr. The GIL is taken only to call ``callback``.
+    Returns
+    -------
+    dict
+        That of ``run --json``, plus ``trace`` (the list of per-step records), ``theta``
+        (the final θ, a NumPy array), ``coef`` (the inner solution at that θ),
+        ``outer_loss``, ``stopped_by_callback`` and, with test rows, ``test_loss`` and
+        ``test_accuracy``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C, within about a second.
+    RuntimeError
+        A run that diverges (a non-finite θ, hypergradient, loss or inner iterate), with a
+        one-line message naming the step and the option to lower.
+
+    Warns
+    -----
+    RuntimeWarning
+        Weights σ(θ) that saturate (hyperclean).
     """
     _check_problem(problem)
     if (X_test is None) != (y_test is None):

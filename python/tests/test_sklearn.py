@@ -293,3 +293,41 @@ def test_cv_folds_are_the_libraries(regression):
 
     np.testing.assert_allclose(np.mean([fold_mse(f, h) for f, h in folds]), est.best_loss_,
                                rtol=1e-4)
+
+
+# ---- documentation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("obj", [hg.LassoHO, hg.ElasticNetHO, hg.WeightedLassoHO, hg.HyperCleaner,
+                                 hg.run, hg.hypergradient, holdout_indices, cv_folds],
+                         ids=lambda o: o.__name__)
+def test_docstrings_document_every_parameter(obj):
+    """numpy-style: a Parameters section naming every parameter with its default, and no
+    reference to files a user does not have."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj)
+    assert "SPEC" not in doc and ".rs" not in doc
+    assert "Parameters\n----------" in doc
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    for name, param in inspect.signature(target).parameters.items():
+        if name in ("self",):
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            assert f"**{name}" in doc, name
+            continue
+        line = re.search(rf"^\s*(\w+, )*{name}(, \w+)* :(.*)$", doc, re.M)
+        assert line, f"{obj.__name__}: {name} is not documented"
+        if param.default is not inspect.Parameter.empty:
+            assert "default=" in line.group(3), f"{obj.__name__}: {name} has no default"
+
+
+def test_package_has_type_information():
+    import os
+
+    import hypergrad
+
+    root = os.path.dirname(hypergrad.__file__)
+    for name in ("py.typed", "__init__.pyi", "_api.pyi", "estimators.pyi", "_native.pyi"):
+        assert os.path.isfile(os.path.join(root, name)), name
