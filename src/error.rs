@@ -58,6 +58,12 @@ pub enum Error {
     /// The caller asked a run to stop (Ctrl-C in Python), between two steps.
     #[error("interrupted")]
     Interrupted,
+
+    /// A run's per-step sink asked the outer loop to end after the step it was handed (a
+    /// Python `callback` that returned False). The outer loop ends there with a result, as if
+    /// that step were the last; a sink that returns it elsewhere ends the call with this error.
+    #[error("stopped by the caller's callback")]
+    Stopped,
 }
 
 /// `Result` with the library's [`Error`].

@@ -233,6 +233,51 @@ fn a_sink_error_stops_the_run() {
     assert_eq!(seen, 2);
 }
 
+/// A sink that answers [`Error::Stopped`] ends the outer loop after the step it saw, with a
+/// result: the same θ, coefficients and trace as a run whose last step that was.
+#[test]
+fn a_sink_that_stops_ends_the_run_with_a_result() {
+    let run = |outer_steps: i64, stop_at: Option<usize>| {
+        let mut settings = cpu_settings();
+        for (name, value) in [
+            ("method", OptionValue::Str("cg".into())),
+            ("outer_steps", OptionValue::Int(outer_steps)),
+            ("outer_opt", OptionValue::Str("adam".into())),
+            ("standardize", OptionValue::Bool(true)),
+        ] {
+            settings.set(name, &value).unwrap();
+        }
+        let request = Request::new("hyperclean", settings).unwrap();
+        let mut seen = 0;
+        let outcome = api::run(&request, &digits_source(), &mut |_| {
+            seen += 1;
+            if Some(seen) == stop_at {
+                Err(Error::Stopped)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        (outcome.to_json(), outcome.trace().to_vec(), seen)
+    };
+    // Stopped on its 3rd record (step 2) of 10, and stopped on the last record of 2 steps.
+    let (stopped, stopped_trace, seen) = run(10, Some(3));
+    let (short, short_trace, _) = run(2, None);
+    assert_eq!(seen, 3);
+    assert_eq!(stopped_trace.len(), 3);
+    for key in ["theta", "coef"] {
+        assert_eq!(stopped[key], short[key], "{key}");
+    }
+    let losses = |t: &[serde_json::Value]| {
+        t.iter()
+            .map(|r| r["outer_loss"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&stopped_trace), losses(&short_trace));
+    let (last, _, _) = run(2, Some(3));
+    assert_eq!(last["theta"], short["theta"]);
+}
+
 /// A finished run returns its trace and the model its final θ trains.
 #[test]
 fn a_run_returns_its_trace_and_coefficients() {

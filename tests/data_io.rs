@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hypergrad::data::rng::Rng;
 use hypergrad::data::{
-    self, bundled_names, corrupt_labels, load, parse_split, read_csv, read_libsvm, split,
-    standardize, synthetic, Dataset,
+    self, bundled_names, corrupt_labels, fold_indices, load, parse_split, read_csv, read_libsvm,
+    split, split_indices, standardize, synthetic, Dataset,
 };
 use hypergrad::Error;
 use ndarray::{array, Array2};
@@ -477,6 +477,60 @@ fn split_sizes_two_parts_and_rounding() {
     let ds = indexed(3);
     let p = split(&ds, &[0.34, 0.33, 0.33], 0).unwrap();
     assert_eq!((p[0].n(), p[1].n(), p[2].n()), (1, 1, 1));
+}
+
+#[test]
+fn split_indices_are_the_rows_of_split() {
+    // What Python's held-out split takes: the rows `split` puts in each part, in its order.
+    for (n, fractions, seed) in [
+        (101, &[0.6, 0.2, 0.2][..], 42u64),
+        (10, &[0.75, 0.25][..], 1),
+        (240, &[0.75, 0.25][..], 0),
+    ] {
+        let parts = split(&indexed(n), fractions, seed).unwrap();
+        let rows = split_indices(n, fractions, seed).unwrap();
+        assert_eq!(rows, parts.iter().map(ids).collect::<Vec<_>>());
+    }
+    let err = split_indices(2, &[0.5, 0.3, 0.2], 0).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::InvalidOption {
+            option: "--split",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn fold_indices_are_the_folds_of_the_l1_criterion() {
+    // Python's cv_folds: the same folds as the ℓ1 cross-validation criterion draws, checked
+    // by the labels (row i has label i) of each fold that `l1::kfold` selects.
+    use hypergrad::l1::{kfold, Design, L1Data};
+    for (n, k, seed) in [(240, 5, 0u64), (37, 3, 9), (10, 10, 1)] {
+        let ds = indexed(n);
+        let data = L1Data::new(Design::dense(&ds.x).unwrap(), ds.y.to_vec()).unwrap();
+        let folds = kfold(&data, k, seed).unwrap();
+        let rows = fold_indices(n, k, seed).unwrap();
+        assert_eq!(rows.len(), k);
+        for ((fit, held), (fit_rows, held_rows)) in folds.iter().zip(&rows) {
+            let labels = |d: &L1Data| d.y.iter().map(|&v| v as usize).collect::<Vec<_>>();
+            assert_eq!(&labels(fit), fit_rows);
+            assert_eq!(&labels(held), held_rows);
+        }
+        let mut all: Vec<usize> = rows.iter().flat_map(|(_, h)| h.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+    }
+    for (n, k) in [(5, 1), (5, 6)] {
+        let err = fold_indices(n, k, 0).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidOption {
+                option: "--folds",
+                ..
+            }
+        ));
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 """hypergrad: hypergradients and bilevel optimisation, from Python.
 
-The functions mirror the command line (SPEC §6, §7)::
+The functions mirror the command line ``hypergrad``::
 
     import hypergrad as hg
     hg.info()                                            # `hypergrad info --json`

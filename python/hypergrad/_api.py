@@ -1,10 +1,11 @@
-"""The functions of SPEC §7: ``info``, ``hypergradient`` and ``run``.
+"""The functions ``info``, ``hypergradient`` and ``run``.
 
 This layer checks the *types* of the arguments (NumPy arrays of float32/float64 in C or
 Fortran order, SciPy sparse matrices, labels) and hands them to the Rust extension
 ``hypergrad._native``; the *values* (shapes, finiteness, labels that fit the problem, option
 names and ranges) are checked by the Rust library, so a bad input raises ``ValueError`` or
-``TypeError`` with the one-line message the command line gives for it.
+``TypeError`` with the one-line message the command line gives for it, rows and columns
+counted from 0 and the argument named as here.
 """
 
 import json
@@ -210,22 +211,67 @@ def _arrays(result):
 
 
 def info():
-    """What ``hypergrad info --json`` shows: version, build, kernels, devices (a dict)."""
+    """What ``hypergrad info --json`` shows.
+
+    Returns
+    -------
+    dict
+        ``version``, the build, the kernels, and the ``backends`` (CPU threads and
+        precisions; the CUDA devices found, if any).
+    """
     return json.loads(_native.info())
 
 
 def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method=None,
                   device="auto", **options):
-    """One hypergradient ∇F(θ) (SPEC §6 ``hypergrad grad``) on arrays.
+    """One hypergradient ∇F(θ) of the validation loss, ``hypergrad grad --json`` on arrays.
 
-    ``problem`` and ``method`` take the command line's values (``ridge``, ``logreg``,
-    ``softmax``, ``hyperclean``, ``lasso``, ``enet``, ``wlasso``; ``exact``, ``cg``, …);
-    ``**options`` the command line's long options with ``_`` for ``-`` (``inner_tol=1e-8``,
-    ``l2=1e-3``, ``model="mlp:300"``, ``activation="relu"``, …). ``theta`` is a number (every entry of θ) or a 1-D array of all p entries;
-    ``None`` is the command line's default without ``--theta`` (0 for the smooth problems,
-    log(λ_max/10) for the ℓ1 problems). ``X`` is a float32/float64 NumPy array or, for the ℓ1
-    problems, also a SciPy CSR/CSC matrix. Returns the dict of ``grad --json`` (``theta`` and
-    ``hypergradient`` as NumPy arrays).
+    F(θ) = f(ŵ(θ); X_val, y_val) with ŵ(θ) = argmin_w g(w, θ; X, y), and
+    ∇F(θ) = ∂_θF − ∂²_{θw}g [∂²_{ww}g]⁻¹ ∇_w f, computed by ``method``.
+
+    Parameters
+    ----------
+    problem : str
+        ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
+        ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
+    X, X_val : ndarray of shape (n, d) or sparse matrix
+        Training and validation rows: float32 or float64 (a float32 array is passed without
+        a float64 copy on the Python side), C or Fortran order; SciPy CSR/CSC matrices stay
+        sparse for the ℓ1 problems.
+    y, y_val : array-like of shape (n,)
+        Their labels: targets (ridge, ℓ1), ±1 (logreg), class indices 0…c−1 (softmax,
+        hyperclean).
+    theta : float, array-like of shape (p,) or None, default=None
+        The hyperparameters θ (λ = exp(θ)): a number sets every entry. ``None``: 0 for the
+        smooth problems, log(λ_max/10) for the ℓ1 problems, with λ_max = ‖Xᵀy‖∞/n.
+    hyper : str or None, default=None
+        The hyperparameter's shape for the smooth problems: ``"scalar"`` (one λ),
+        ``"per-feature"`` or ``"per-class"``; the inner objective is
+        L(w) + ½ Σ_j λ_j w_j². ``None``: the problem's default.
+    method : str or None, default=None
+        How ∇F(θ) is computed: ``"exact"`` (dense solve), ``"cg"``, ``"neumann"``,
+        ``"unroll"``, ``"nhgd"``, ``"stocbio"``, ``"amigo"``, ``"soba"`` (smooth problems),
+        ``"implicit-forward"``, ``"implicit"``, ``"forward"`` (ℓ1). ``None``: the
+        problem's default.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where it runs; ``"auto"`` takes CUDA when a device is usable and says why not in
+        ``device_note`` otherwise.
+    **options
+        The command line's other long options with ``_`` for ``-``, e.g. ``inner_tol``
+        (the inner solve's gradient-norm tolerance), ``inner_solver``, ``l2`` (the fixed
+        ridge weight of hyperclean), ``batch_size`` and ``inner_steps`` (the stochastic
+        methods' mini-batch and SGD steps), ``curvature`` (NHGD: ``kfac``, ``dense``,
+        ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
+        ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
+        ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
+        listing every name; ``None`` keeps an option's default.
+
+    Returns
+    -------
+    dict
+        ``outer_loss`` F(θ), ``theta`` and ``hypergradient`` (NumPy arrays), the inner
+        solve's diagnostics (``inner_grad_norm``, ``inner_iters``, …) and, where the method
+        has one, ``error_bound`` (a bound on ‖∇F − ĥ‖).
     """
     _check_problem(problem)
     opts = _options(dict(options, hyper=hyper, method=method, device=device))
@@ -243,22 +289,136 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
     return _arrays(json.loads(text))
 
 
+class _Progress:
+    """The progress of a run on ``stream`` (stderr): one bar redrawn in place on a terminal,
+    as the command line draws it, or one line per step elsewhere (a log, a notebook)."""
+
+    WIDTH = 24
+
+    def __init__(self, total, stream=None):
+        self.total = max(int(total), 0)
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.drawn = False
+
+    def update(self, record):
+        step = int(record.get("step", 0))
+        done = min((step + 1) / (self.total + 1), 1.0)
+        bar = "#" * int(round(self.WIDTH * done))
+        loss = record.get("outer_loss")
+        loss = "nan" if loss is None else f"{loss:.6g}"
+        line = (f"[{bar:<{self.WIDTH}}] step {step}/{self.total}  outer loss {loss}  "
+                f"{record.get('seconds', 0.0):.1f} s")
+        if self.tty:
+            self.stream.write("\r" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self):
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _best_record(trace):
+    """The record of the best θ an ℓ1 search met, by its own rule: the lowest criterion over
+    the evaluations at the final tolerance once there are any (``phase == "refine"``), over
+    every evaluation but the refinement's intermediate ones otherwise."""
+    usable = [r for r in trace if r.get("phase") != "refine-intermediate"]
+    refined = [r for r in usable if r.get("phase") == "refine"]
+    candidates = refined or usable
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: r["outer_loss"])
+
+
 def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hyper=None,
         method=None, outer_steps=20, outer_opt=None, device="auto", trace=None,
-        checkpoint=None, **options):
-    """Bilevel optimisation (SPEC §6 ``hypergrad run``) on arrays.
+        checkpoint=None, callback=None, verbose=False, **options):
+    """Bilevel optimisation, ``hypergrad run --json`` on arrays.
 
-    Arguments as for :func:`hypergradient`, plus the outer loop's: ``outer_steps``,
-    ``outer_opt`` (``sgd``, ``adam``, ``maid``; ``hoag``, ``adam``, ``grid``, ``random`` for the
-    ℓ1 problems), ``trace`` (a JSONL file written as the run goes), ``checkpoint``, and test
-    rows. Ctrl-C stops the run within about a second (``KeyboardInterrupt``). A run that
-    diverges (a non-finite θ, hypergradient, loss or inner iterate) raises ``RuntimeError``
-    with the command line's one-line message, naming the step and the option to lower; weights
-    σ(θ) that saturate (hyperclean) give a ``RuntimeWarning``.
+    θ is updated ``outer_steps`` times from the hypergradients, θ ← θ − lr·ĥ(θ) (or Adam, or
+    MAID); the ℓ1 problems run a search instead (HOAG, Adam, grid, random).
 
-    Returns the dict of ``run --json`` plus ``"trace"`` (the list of per-step records),
-    ``"theta"`` (the final θ, a NumPy array), ``"coef"`` (the inner solution at that θ),
-    ``"outer_loss"`` and, with test rows, ``"test_loss"`` and ``"test_accuracy"``.
+    Parameters
+    ----------
+    problem : str
+        ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
+        ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
+    X, X_val : ndarray of shape (n, d) or sparse matrix
+        Training and validation rows: float32 or float64 (a float32 array is passed without
+        a float64 copy on the Python side), C or Fortran order; SciPy CSR/CSC matrices stay
+        sparse for the ℓ1 problems.
+    y, y_val : array-like of shape (n,)
+        Their labels: targets (ridge, ℓ1), ±1 (logreg), class indices 0…c−1 (softmax,
+        hyperclean).
+    theta : float, array-like of shape (p,) or None, default=None
+        The hyperparameters θ (λ = exp(θ)): a number sets every entry. ``None``: 0 for the
+        smooth problems, log(λ_max/10) for the ℓ1 problems, with λ_max = ‖Xᵀy‖∞/n.
+    hyper : str or None, default=None
+        The hyperparameter's shape for the smooth problems: ``"scalar"`` (one λ),
+        ``"per-feature"`` or ``"per-class"``; the inner objective is
+        L(w) + ½ Σ_j λ_j w_j². ``None``: the problem's default.
+    method : str or None, default=None
+        How ∇F(θ) is computed: ``"exact"`` (dense solve), ``"cg"``, ``"neumann"``,
+        ``"unroll"``, ``"nhgd"``, ``"stocbio"``, ``"amigo"``, ``"soba"`` (smooth problems),
+        ``"implicit-forward"``, ``"implicit"``, ``"forward"`` (ℓ1). ``None``: the
+        problem's default.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where it runs; ``"auto"`` takes CUDA when a device is usable and says why not in
+        ``device_note`` otherwise.
+    **options
+        The command line's other long options with ``_`` for ``-``, e.g. ``inner_tol``
+        (the inner solve's gradient-norm tolerance), ``inner_solver``, ``l2`` (the fixed
+        ridge weight of hyperclean), ``batch_size`` and ``inner_steps`` (the stochastic
+        methods' mini-batch and SGD steps), ``curvature`` (NHGD: ``kfac``, ``dense``,
+        ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
+        ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
+        ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
+        listing every name; ``None`` keeps an option's default.
+    X_test, y_test : array-like or None, default=None
+        Test rows, scored at every step (``test_loss``, ``test_accuracy``).
+    outer_steps : int, default=20
+        Outer steps T (T + 1 hypergradients), or the search's evaluations.
+    outer_opt : str or None, default=None
+        ``"sgd"``, ``"adam"``, ``"maid"``; ``"hoag"``, ``"adam"``, ``"grid"``,
+        ``"random"`` for the ℓ1 problems. ``None``: the problem's default.
+    trace : str, path or None, default=None
+        A JSONL file written as the run goes, one record per step.
+    checkpoint : str, path or None, default=None
+        A file the run saves after every step and resumes from.
+    callback : callable or None, default=None
+        ``callback(record)`` after every outer step (every evaluation of an ℓ1 search) with
+        that step's trace record, a dict, as the run goes. Returning ``False`` (not
+        ``None``) ends the run there, with a result as if that step were the last
+        (``"stopped_by_callback": True``; an ℓ1 search returns its best θ so far); an
+        exception it raises ends the run and propagates. The GIL is taken only to call it.
+    verbose : bool, default=False
+        Draw a progress bar on stderr (one line per step where stderr is not a terminal).
+
+    Returns
+    -------
+    dict
+        That of ``run --json``, plus ``trace`` (the list of per-step records), ``theta``
+        (the final θ, a NumPy array), ``coef`` (the inner solution at that θ),
+        ``outer_loss``, ``stopped_by_callback`` and, with test rows, ``test_loss`` and
+        ``test_accuracy``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C, within about a second.
+    RuntimeError
+        A run that diverges (a non-finite θ, hypergradient, loss or inner iterate), with a
+        one-line message naming the step and the option to lower.
+
+    Warns
+    -----
+    RuntimeWarning
+        Weights σ(θ) that saturate (hyperclean).
     """
     _check_problem(problem)
     if (X_test is None) != (y_test is None):
@@ -273,19 +433,54 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
         # silently report no test_loss.
         raise ValueError("dimension mismatch: X_test has no rows (give test rows, or no X_test)")
     _check_widths([("X", x), ("X_val", x_val)] + ([] if x_test is None else [("X_test", x_test)]))
-    text, trace_text = _native.run(
-        problem,
-        x,
-        _labels(y, "y"),
-        x_val,
-        _labels(y_val, "y_val"),
-        x_test,
-        None if y_test is None else _labels(y_test, "y_test"),
-        _theta(theta),
-        opts,
-    )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    progress = _Progress(outer_steps) if verbose else None
+    said_stop = []
+
+    def on_step(text):
+        record = json.loads(text)
+        if progress is not None:
+            progress.update(record)
+        if callback is None:
+            return None
+        answer = callback(record)
+        if answer is False:
+            said_stop.append(record)
+        return answer is not False
+
+    labels = _labels(y, "y")
+    labels_val = _labels(y_val, "y_val")
+    labels_test = None if y_test is None else _labels(y_test, "y_test")
+    try:
+        text, trace_text = _native.run(
+            problem, x, labels, x_val, labels_val, x_test, labels_test, _theta(theta), opts,
+            on_step if (callback is not None or verbose) else None,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     result = json.loads(text)
-    result["trace"] = json.loads(trace_text)
+    records = json.loads(trace_text)
+    if result is None:
+        # An ℓ1 search the callback stopped: it has no early end of its own, so the result
+        # is its best θ so far (its rule), with the model trained there by a search of no
+        # steps started at that θ.
+        best = _best_record(records)
+        if best is None:
+            raise RuntimeError("the callback stopped the run before its first evaluation")
+        finish = dict(opts, outer_steps=0, trace=None)
+        finish.pop("checkpoint", None)
+        text, _ = _native.run(problem, x, labels, x_val, labels_val, x_test, labels_test,
+                              np.asarray(best["theta"], dtype=np.float64), finish, None)
+        result = json.loads(text)
+        result["best_theta"] = best["theta"]
+        result["best_loss"] = best["outer_loss"]
+        result["outer_loss"] = best["outer_loss"]
+        result["evaluations"] = len(records)
+        result.pop("final", None)
+    result["trace"] = records
+    result["stopped_by_callback"] = bool(said_stop)
     if result.get("saturation_warning"):
         # Saturated weights σ(θ) do not stop a run; the command line warns on stderr.
         warnings.warn(result["saturation_warning"], RuntimeWarning, stacklevel=2)

@@ -62,6 +62,7 @@ fn to_py_err_in(err: Error, stage: Stage, dataset: Option<&str>) -> PyErr {
             message = format!("dataset '{name}': {message}");
         }
     }
+    let message = label_argument(&message);
     match err {
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::UnknownOption { .. } => PyTypeError::new_err(message),
@@ -79,6 +80,23 @@ fn to_py_err(err: Error) -> PyErr {
 
 fn input_err(err: Error) -> PyErr {
     to_py_err_at(err, Stage::Input)
+}
+
+/// The datasets' names as the Python functions call their designs, and the argument that
+/// holds their labels.
+const LABEL_ARGUMENTS: [(&str, &str); 3] = [("X", "y"), ("X_val", "y_val"), ("X_test", "y_test")];
+
+/// A message about a label names the argument that holds it (`y: label inf at row 4 …`), not
+/// the dataset the library built from `X` and `y` (`dataset 'X': label inf …`).
+fn label_argument(message: &str) -> String {
+    let mut out = message.to_string();
+    for (design, labels) in LABEL_ARGUMENTS {
+        out = out.replace(
+            &format!("dataset '{design}': label"),
+            &format!("{labels}: label"),
+        );
+    }
+    out
 }
 
 fn one_line(message: &str) -> String {
@@ -342,8 +360,15 @@ fn hypergradient(
 
 /// `hypergrad run --json` on arrays: `(result, trace)` as JSON text (an object, and an
 /// array of the per-step records).
+///
+/// `callback`, when given, is called with each step's record (its JSON text) as soon as the
+/// step is done, on the worker thread, which takes the GIL for the call only. It answers
+/// `False` to end the run there: the outer loop of the smooth problems ends as if that step
+/// were the last ([`Error::Stopped`]); the ℓ1 searches have no early end of their own, and
+/// the result is then `"null"` with the trace so far (the Python layer finishes it). An
+/// exception raised by the callback ends the run and is raised again here.
 #[pyfunction]
-#[pyo3(signature = (problem, x, y, x_val, y_val, x_test, y_test, theta, options))]
+#[pyo3(signature = (problem, x, y, x_val, y_val, x_test, y_test, theta, options, callback=None))]
 #[allow(clippy::too_many_arguments)]
 fn run(
     py: Python<'_>,
@@ -356,6 +381,7 @@ fn run(
     y_test: Option<&Bound<'_, PyAny>>,
     theta: Option<&Bound<'_, PyAny>>,
     options: Option<&Bound<'_, PyDict>>,
+    callback: Option<Py<PyAny>>,
 ) -> PyResult<(String, String)> {
     let req = request(problem, theta, options)?;
     let test = match (x_test, y_test) {
@@ -372,19 +398,65 @@ fn run(
         val: data(x_val, y_val, "X_val")?,
         test,
     });
-    compute(py, |cancel| {
-        let outcome = api::run(&req, &input, &mut |_record: &serde_json::Value| {
+    // An exception the callback raised, raised again once the worker has stopped.
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let callback = callback.filter(|c| !c.is_none(py));
+    let result = compute(py, |cancel| {
+        let mut seen: Vec<String> = Vec::new();
+        let mut sink = |record: &serde_json::Value| -> hypergrad::Result<()> {
             if cancel.load(Ordering::SeqCst) {
                 return Err(Error::Interrupted);
             }
-            Ok(())
-        })?;
-        let trace: Vec<String> = outcome.trace().iter().map(|r| r.to_string()).collect();
-        Ok((
-            outcome.to_json().to_string(),
-            format!("[{}]", trace.join(",")),
-        ))
-    })
+            seen.push(record.to_string());
+            let Some(callback) = &callback else {
+                return Ok(());
+            };
+            let answer = Python::attach(|py| -> PyResult<bool> {
+                let answer = callback.call1(py, (seen[seen.len() - 1].as_str(),))?;
+                // Only `False` stops (a callback that returns nothing goes on).
+                Ok(!answer.bind(py).is(PyBool::new(py, false).as_any()))
+            });
+            match answer {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::Stopped),
+                Err(err) => {
+                    *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                    Err(Error::Interrupted)
+                }
+            }
+        };
+        match api::run(&req, &input, &mut sink) {
+            Ok(outcome) => {
+                let trace: Vec<String> = outcome.trace().iter().map(|r| r.to_string()).collect();
+                Ok((
+                    outcome.to_json().to_string(),
+                    format!("[{}]", trace.join(",")),
+                ))
+            }
+            // Only an ℓ1 search gets here with it (the outer loop ends with a result).
+            Err(Error::Stopped) => Ok(("null".to_string(), format!("[{}]", seen.join(",")))),
+            Err(err) => Err(err),
+        }
+    });
+    match raised.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(err) => Err(err),
+        None => result,
+    }
+}
+
+/// The rows of each part of the command line's `--split` for `n` rows (`fractions`: 2 or 3
+/// numbers > 0 summing to 1, `seed`): lists of 0-based row indices, in the shuffled order
+/// the library gives them. The held-out split of the estimators.
+#[pyfunction]
+fn split_indices(n: usize, fractions: Vec<f64>, seed: u64) -> PyResult<Vec<Vec<usize>>> {
+    hypergrad::data::split_indices(n, &fractions, seed).map_err(input_err)
+}
+
+/// The K folds of `--folds K` for `n` rows and `seed`: `(fit rows, held-out rows)` per fold,
+/// each sorted, 0-based. The folds of the ℓ1 estimators' `criterion="cv"`.
+#[pyfunction]
+fn fold_indices(n: usize, k: usize, seed: u64) -> PyResult<Vec<(Vec<usize>, Vec<usize>)>> {
+    hypergrad::data::fold_indices(n, k, seed).map_err(input_err)
 }
 
 /// The class probabilities (n×c) of a trained network (`layer_sizes`, `activation` and `coef`
@@ -464,6 +536,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hypergradient, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(split_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(fold_indices, m)?)?;
     m.add_function(wrap_pyfunction!(network_probabilities, m)?)?;
     m.add_function(wrap_pyfunction!(_spin, m)?)?;
     Ok(())

@@ -98,6 +98,8 @@ def test_message_is_the_clis(problem, y, kwargs, flags, cli, tmp_path):
     for flag, keyword in (("--method", "method"), ("--hyper", "hyper")):
         cli_message = cli_message.replace(f"invalid value for {flag}:", f"invalid value for {keyword}:")
     cli_message = re.sub(r"at row (\d+)", lambda m: f"at row {int(m.group(1)) - 1}", cli_message)
+    # and a bad label is named by the argument that holds it (issue 25), not the dataset
+    cli_message = cli_message.replace(f"dataset '{train}': label", "y: label")
     assert str(info.value) == cli_message.replace(train, "X")
 
 

@@ -235,9 +235,11 @@ where
         let value = serde_json::to_value(record)
             .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
         trace_file.write(&value)?;
-        on_step(&value)?;
+        // Kept before the sink's answer: a sink that ends the run here
+        // ([`Error::Stopped`]) still has this step in the trace.
+        let answer = on_step(&value);
         trace.push(value);
-        Ok(())
+        answer
     })?;
     Ok((outcome, trace))
 }

@@ -37,7 +37,9 @@ mod text;
 
 pub use self::csv::read_csv;
 pub use self::libsvm::read_libsvm;
-pub use self::split::{corrupt_labels, parse_split, split, standardize};
+pub use self::split::{
+    corrupt_labels, fold_indices, parse_split, split, split_indices, standardize,
+};
 pub(crate) use self::text::read_text;
 
 /// A labelled dataset held on the host in f64: `x` is n×d row-major, `y` has n labels.

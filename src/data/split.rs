@@ -85,25 +85,67 @@ fn part_bounds(n: usize, fractions: &[f64]) -> Vec<usize> {
 /// Errors ([`Error::InvalidOption`] for `--split`): not 2 or 3 fractions, a fraction that is
 /// not > 0, fractions not summing to 1 within 1e-9, or a part that would have no rows.
 pub fn split(ds: &Dataset, fractions: &[f64], seed: u64) -> Result<Vec<Dataset>> {
+    let parts = split_rows(ds.n(), fractions, seed, &ds.name)?;
+    Ok(parts
+        .iter()
+        .zip(PART_NAMES)
+        .map(|(rows, part_name)| {
+            let mut part = ds.select(rows);
+            part.name = format!("{}[{}]", ds.name, part_name);
+            part
+        })
+        .collect())
+}
+
+const PART_NAMES: [&str; 3] = ["train", "val", "test"];
+
+/// The rows of each part of [`split`] for `n` rows: part k is positions
+/// `[round(n·F_k), round(n·F_{k+1}))` of `Rng::new(seed).permutation(n)`, in that shuffled
+/// order. What the Python package's held-out split takes, so that it is the command line's
+/// `--split` row for row. Errors as [`split`]'s (the dataset called `dataset`).
+pub fn split_indices(n: usize, fractions: &[f64], seed: u64) -> Result<Vec<Vec<usize>>> {
+    split_rows(n, fractions, seed, "X")
+}
+
+fn split_rows(n: usize, fractions: &[f64], seed: u64, dataset: &str) -> Result<Vec<Vec<usize>>> {
     check_fractions(fractions)?;
-    let n = ds.n();
     let bounds = part_bounds(n, fractions);
-    const PART_NAMES: [&str; 3] = ["train", "val", "test"];
     if let Some(k) = (0..fractions.len()).find(|&k| bounds[k + 1] == bounds[k]) {
         return Err(Error::option(
             SPLIT_OPTION,
             format!(
                 "the {} part of dataset '{}' would be empty ({} rows split as {:?}); use larger fractions or more data",
-                PART_NAMES[k], ds.name, n, fractions
+                PART_NAMES[k], dataset, n, fractions
             ),
         ));
     }
     let perm = Rng::new(seed).permutation(n);
     Ok((0..fractions.len())
-        .map(|k| {
-            let mut part = ds.select(&perm[bounds[k]..bounds[k + 1]]);
-            part.name = format!("{}[{}]", ds.name, PART_NAMES[k]);
-            part
+        .map(|k| perm[bounds[k]..bounds[k + 1]].to_vec())
+        .collect())
+}
+
+/// The K folds of cross-validation over `n` rows, as `(fit rows, held-out rows)` per fold,
+/// each sorted: the rows are shuffled by `Rng::new(seed).permutation(n)` and fold k holds
+/// positions `[⌊kn/K⌋, ⌊(k+1)n/K⌋)` of that order, the fit rows being all the others. The
+/// ℓ1 criterion's folds (`l1::cv::kfold`, checked equal in its tests) and the Python package's
+/// `cv_folds`. Errors: [`Error::InvalidOption`] (`--folds`) unless `2 ≤ K ≤ n`.
+pub fn fold_indices(n: usize, k: usize, seed: u64) -> Result<Vec<(Vec<usize>, Vec<usize>)>> {
+    if k < 2 || k > n {
+        return Err(Error::option(
+            "--folds",
+            format!("needs 2 ≤ K ≤ n = {n}, got {k}"),
+        ));
+    }
+    let perm = Rng::new(seed).permutation(n);
+    Ok((0..k)
+        .map(|f| {
+            let (lo, hi) = (f * n / k, (f + 1) * n / k);
+            let mut held: Vec<usize> = perm[lo..hi].to_vec();
+            held.sort_unstable();
+            let mut fit: Vec<usize> = perm[..lo].iter().chain(&perm[hi..]).copied().collect();
+            fit.sort_unstable();
+            (fit, held)
         })
         .collect())
 }

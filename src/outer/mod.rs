@@ -491,10 +491,12 @@ where
             return stop(&mut on_record, record);
         }
         if step == config.outer_steps {
-            on_record(&record)?;
+            sink_result(on_record(&record))?;
             records.push(record);
             break;
         }
+        // θ of this step, for a sink that ends the run here ([`Error::Stopped`]).
+        let theta_now = problem.theta().to_vec();
         // The update, before the record goes out, so that a step whose update diverges says
         // so in its record.
         let next = match config.opt {
@@ -538,7 +540,18 @@ where
         };
         // The record goes out before the checkpoint is written: a run killed between the two
         // resumes from the step before and writes this record again, never skips it.
-        on_record(&record)?;
+        match on_record(&record) {
+            Ok(()) => {}
+            // The sink ended the run at this step (a Python callback returned False): the
+            // run ends as if this step were the last, θ back at the value its record
+            // describes (the update above is undone), and no checkpoint of the update.
+            Err(Error::Stopped) => {
+                problem.set_theta(&theta_now)?;
+                records.push(record);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
         records.push(record);
         if let Some((checkpoint, path)) = checkpoint {
             checkpoint.save(path)?;
@@ -550,6 +563,14 @@ where
         theta: problem.theta().to_vec(),
         resumed_from,
     })
+}
+
+/// A sink's answer on the last step: [`Error::Stopped`] there ends the run as it ends anyway.
+fn sink_result(result: Result<()>) -> Result<()> {
+    match result {
+        Err(Error::Stopped) => Ok(()),
+        other => other,
+    }
 }
 
 /// Ends a run at a step that diverged: its record (which says why in `stopped`) goes out, and
