@@ -12,9 +12,9 @@ mod l1_common;
 use hypergrad::backend::cpu::CpuBackend;
 use hypergrad::backend::cuda::{CudaBackend, Storage};
 use hypergrad::backend::prox::ProxOps;
+use hypergrad::backend::prox::SweepPenalty;
 use hypergrad::backend::Backend;
 use hypergrad::data::rng::Rng;
-use hypergrad::backend::prox::SweepPenalty;
 use hypergrad::l1::{
     hypergradient, hypergradient_resident, L1Data, L1Kind, L1Method, L1Options, L1Problem,
     L1Solver, Penalty, Resident,
@@ -126,17 +126,25 @@ fn run_sweeps<B: ProxOps>(b: &B, data: &L1Data, kind: L1Kind, seed: u64) -> Vec<
     let up = |h: &[f64]| b.upload(h).unwrap();
     let lips_host = hypergrad::l1::solver::coordinate_lipschitz(&data.x);
     let lips = up(&lips_host);
-    let theta = v(kind.hyper_dim(d)).iter().map(|t| -2.0 + 0.3 * t).collect::<Vec<_>>();
+    let theta = v(kind.hyper_dim(d))
+        .iter()
+        .map(|t| -2.0 + 0.3 * t)
+        .collect::<Vec<_>>();
     let pen = Penalty::new(kind, &theta, d).unwrap();
     let l1 = up(&pen.l1);
-    let sp = SweepPenalty { kind, l1: &l1, l2: pen.l2 };
+    let sp = SweepPenalty {
+        kind,
+        l1: &l1,
+        l2: pen.l2,
+    };
     let coords_host: Vec<u32> = (0..d as u32).filter(|j| j % 3 != 1).collect();
     let coords = b.upload_rows(&coords_host, d).unwrap();
     let mut out = Vec::new();
     // X_C v added to a random vector, and X_Cᵀ r.
     let mut acc = up(&v(n));
     let vc = v(coords_host.len());
-    b.cols_gemv(&x, Some(&coords), -0.7, &up(&vc), &mut acc).unwrap();
+    b.cols_gemv(&x, Some(&coords), -0.7, &up(&vc), &mut acc)
+        .unwrap();
     out.push(b.download(&acc).unwrap());
     let mut xtr = b.zeros(d).unwrap();
     b.cols_gemv_t(&x, None, &up(&data.y), &mut xtr).unwrap();
@@ -159,9 +167,14 @@ fn run_sweeps<B: ProxOps>(b: &B, data: &L1Data, kind: L1Kind, seed: u64) -> Vec<
     let live = vec![(kind != L1Kind::Wlasso) as u8 as f64; p];
     let mut live = up(&live);
     for _ in 0..3 {
-        b.cd_forward_sweep(&x, &lips, &sp, &mut w, &mut r, &mut jac, &mut jr, &mut live).unwrap();
+        b.cd_forward_sweep(&x, &lips, &sp, &mut w, &mut r, &mut jac, &mut jr, &mut live)
+            .unwrap();
     }
-    out.extend([b.download(&jac).unwrap(), b.download(&jr).unwrap(), b.download(&live).unwrap()]);
+    out.extend([
+        b.download(&jac).unwrap(),
+        b.download(&jr).unwrap(),
+        b.download(&live).unwrap(),
+    ]);
     // Four Jacobian sweeps on the subset C, two columns.
     let lips_c: Vec<f64> = coords_host.iter().map(|&j| lips_host[j as usize]).collect();
     let s = coords_host.len();
@@ -171,7 +184,15 @@ fn run_sweeps<B: ProxOps>(b: &B, data: &L1Data, kind: L1Kind, seed: u64) -> Vec<
     let mut stats = vec![];
     for _ in 0..4 {
         let (a, m) = b
-            .cd_jacobian_sweep(&x, &coords, &up(&lips_c), &up(&bvec), pen.l2, &mut jac, &mut res)
+            .cd_jacobian_sweep(
+                &x,
+                &coords,
+                &up(&lips_c),
+                &up(&bvec),
+                pen.l2,
+                &mut jac,
+                &mut res,
+            )
             .unwrap();
         stats.extend([a, m]);
     }
@@ -186,7 +207,10 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn sweeps_match_the_host_f64_and_the_stand_in_and_the_gpu() {
-    for (seed, kind) in [L1Kind::Lasso, L1Kind::Enet, L1Kind::Wlasso].into_iter().enumerate() {
+    for (seed, kind) in [L1Kind::Lasso, L1Kind::Enet, L1Kind::Wlasso]
+        .into_iter()
+        .enumerate()
+    {
         let (x, y) = instance(60, 18, 0.5, 90 + seed as u64);
         for data in [dense_data(&x, &y), sparse_data(&x, &y)] {
             let f64r = run_sweeps(&CpuBackend::<f64>::new(), &data, kind, 5);
@@ -200,14 +224,22 @@ fn sweeps_match_the_host_f64_and_the_stand_in_and_the_gpu() {
             // entry a sum of ≤ 60 products, so ~1e-5 relative.
             let f32r = run_sweeps(&CpuBackend::<f32>::new(), &data, kind, 5);
             for (i, (a, b)) in f32r.iter().zip(&f64r).enumerate() {
-                assert!(rel(a, b) <= 1e-4, "{kind:?} output {i}: f32 vs f64 {:e}", rel(a, b));
+                assert!(
+                    rel(a, b) <= 1e-4,
+                    "{kind:?} output {i}: f32 vs f64 {:e}",
+                    rel(a, b)
+                );
             }
             if let Some(g) = gpu() {
                 // CUDA sums each column product in double, the twin sequentially in f32: the
                 // same f32 accuracy, not the same bits.
                 let gr = run_sweeps(&g, &data, kind, 5);
                 for (i, (a, b)) in gr.iter().zip(&f32r).enumerate() {
-                    assert!(rel(a, b) <= 1e-4, "{kind:?} output {i}: cuda vs cpu-f32 {:e}", rel(a, b));
+                    assert!(
+                        rel(a, b) <= 1e-4,
+                        "{kind:?} output {i}: cuda vs cpu-f32 {:e}",
+                        rel(a, b)
+                    );
                 }
             }
         }
@@ -250,7 +282,10 @@ fn every_method_on_every_backend_matches_the_host() {
             reference.inner.tol = 1e-15;
             let host = hypergradient(&pb, &theta, &reference, None).unwrap();
             let scale = max_abs(&host.hypergradient).max(1e-3);
-            for (i, h) in methods_on(&CpuBackend::<f64>::new(), &pb, &theta, 1e-14).iter().enumerate() {
+            for (i, h) in methods_on(&CpuBackend::<f64>::new(), &pb, &theta, 1e-14)
+                .iter()
+                .enumerate()
+            {
                 let e = max_abs_diff(h, &host.hypergradient) / scale;
                 assert!(e <= 1e-6, "{kind:?} sparse={sparse} case {i} f64: {e:e}");
             }
@@ -266,7 +301,10 @@ fn every_method_on_every_backend_matches_the_host() {
                 for (i, h) in methods_on(&g, &pb, &theta, 1e-6).iter().enumerate() {
                     let e = max_abs_diff(h, &f32r[i]) / scale;
                     println!("{kind:?} sparse={sparse} case {i}: cuda vs cpu-f32 {e:.2e}");
-                    assert!(e <= 5e-3, "{kind:?} sparse={sparse} case {i} cuda vs cpu-f32: {e:e}");
+                    assert!(
+                        e <= 5e-3,
+                        "{kind:?} sparse={sparse} case {i} cuda vs cpu-f32: {e:e}"
+                    );
                 }
             }
         }
@@ -280,13 +318,21 @@ fn sweeps_and_prox_reject_bad_shapes() {
     let b = CpuBackend::<f64>::new();
     let cols = b.upload_cols(&data.x).unwrap();
     let l1 = b.zeros(8).unwrap();
-    let sp = SweepPenalty { kind: L1Kind::Lasso, l1: &l1, l2: 0.0 };
+    let sp = SweepPenalty {
+        kind: L1Kind::Lasso,
+        l1: &l1,
+        l2: 0.0,
+    };
     let (mut w, mut r) = (b.zeros(8).unwrap(), b.zeros(29).unwrap());
-    assert!(b.cd_sweep(&cols, None, &b.zeros(8).unwrap(), &sp, &mut w, &mut r).is_err());
+    assert!(b
+        .cd_sweep(&cols, None, &b.zeros(8).unwrap(), &sp, &mut w, &mut r)
+        .is_err());
     assert!(b.upload_rows(&[8], 8).is_err(), "a column index past d");
     let mut short = b.zeros(7).unwrap();
     let mut r = b.zeros(30).unwrap();
-    assert!(b.cd_sweep(&cols, None, &b.zeros(8).unwrap(), &sp, &mut short, &mut r).is_err());
+    assert!(b
+        .cd_sweep(&cols, None, &b.zeros(8).unwrap(), &sp, &mut short, &mut r)
+        .is_err());
     let mut w = b.zeros(4).unwrap();
     assert!(b
         .prox_step(

@@ -404,8 +404,14 @@ fn implicit_forward<B: ProxOps>(
             }
         }
     }
-    let mut jac: Vec<B::Buf> = jac_host.iter().map(|j| b.upload(j)).collect::<Result<_>>()?;
-    let mut res: Vec<B::Buf> = res_host.iter().map(|r| b.upload(r)).collect::<Result<_>>()?;
+    let mut jac: Vec<B::Buf> = jac_host
+        .iter()
+        .map(|j| b.upload(j))
+        .collect::<Result<_>>()?;
+    let mut res: Vec<B::Buf> = res_host
+        .iter()
+        .map(|r| b.upload(r))
+        .collect::<Result<_>>()?;
     let mut sweeps = 0;
     let mut h_prev = vec![f64::INFINITY; cols.len()];
     let mut history: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(ANDERSON_K + 1); cols.len()];
@@ -464,7 +470,13 @@ fn implicit_forward<B: ProxOps>(
                         .map(|(p, j)| p - j)
                         .collect();
                     let mut r_new = duplicate(b, &res[c])?;
-                    b.cols_gemv(&train.x, Some(&on_s.coords), -1.0, &b.upload(&delta)?, &mut r_new)?;
+                    b.cols_gemv(
+                        &train.x,
+                        Some(&on_s.coords),
+                        -1.0,
+                        &b.upload(&delta)?,
+                        &mut r_new,
+                    )?;
                     let (r_old, r_new_host) = (b.download(&res[c])?, b.download(&r_new)?);
                     if energy(&proposal, &r_new_host) < energy(&jac_host[c], &r_old) {
                         jac[c] = b.upload(&proposal)?;
@@ -604,7 +616,16 @@ fn forward_cd<B: ProxOps>(
     let mut converged = false;
     while iters < inner.max_iters {
         iters += 1;
-        b.cd_forward_sweep(&train.x, &train.lips, &sp, &mut w, &mut r, &mut jac, &mut jr, &mut live)?;
+        b.cd_forward_sweep(
+            &train.x,
+            &train.lips,
+            &sp,
+            &mut w,
+            &mut r,
+            &mut jac,
+            &mut jr,
+            &mut live,
+        )?;
         if iters % inner.gap_every.max(1) == 0 || iters == inner.max_iters {
             let (g, w_host, _) = train.gap(b, pen, &w, &r)?;
             if w_host.iter().any(|v| !v.is_finite()) {
@@ -621,7 +642,13 @@ fn forward_cd<B: ProxOps>(
     }
     let jac = b.download(&jac)?;
     let w = b.download(&w)?;
-    Ok((w, iters, gap, converged || gap <= threshold, jac.chunks(d.max(1)).map(<[f64]>::to_vec).collect()))
+    Ok((
+        w,
+        iters,
+        gap,
+        converged || gap <= threshold,
+        jac.chunks(d.max(1)).map(<[f64]>::to_vec).collect(),
+    ))
 }
 
 /// ISTA/FISTA with forward-mode Jacobian, one block of d entries a hyper-parameter column.
@@ -677,7 +704,17 @@ fn forward_pgd<B: ProxOps>(
             b.axpby(pen.l2, &jv[k], 1.0 / nf, &mut dgrad)?;
             let jw_old = duplicate(b, &jw[k])?;
             b.prox_jacobian(
-                &w, &v, &jv[k], &dgrad, &gsm, &l1, &dl1[k], eta, &[deta], &[pen.dl2(k)], &mut jw[k],
+                &w,
+                &v,
+                &jv[k],
+                &dgrad,
+                &gsm,
+                &l1,
+                &dl1[k],
+                eta,
+                &[deta],
+                &[pen.dl2(k)],
+                &mut jw[k],
             )?;
             extrapolate(b, beta, &jw[k], &jw_old, &mut jv[k])?;
         }
@@ -700,5 +737,11 @@ fn forward_pgd<B: ProxOps>(
         }
     }
     let jac = jw.iter().map(|j| b.download(j)).collect::<Result<_>>()?;
-    Ok((b.download(&w)?, iters, gap, converged || gap <= threshold, jac))
+    Ok((
+        b.download(&w)?,
+        iters,
+        gap,
+        converged || gap <= threshold,
+        jac,
+    ))
 }

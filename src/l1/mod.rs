@@ -31,10 +31,10 @@ pub use hypergrad::{
     hypergradient, hypergradient_on, hypergradient_resident, hypergradient_warm, L1Hypergradient,
     L1Method, L1Options,
 };
-pub use resident::Resident;
 pub use problem::{L1Data, L1Kind, L1Problem, Penalty};
+pub use resident::Resident;
 pub use search::{
-    criterion_error_bound, next_to_refine, search, OuterOpt, Refinement, SearchOptions,
+    criterion_error_bound, next_to_refine, search, search_on, OuterOpt, Refinement, SearchOptions,
     SearchResult, TraceEntry, EVALUATES_CRITERION, EVALUATES_GRADIENT, SCREEN_TOL,
 };
 pub use solver::{duality_gap, solve, solve_on, L1Solver, Solution, SolveOptions};

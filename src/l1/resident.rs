@@ -52,7 +52,9 @@ impl<B: ProxOps> Resident<B> {
 
     /// An estimate of `‖X‖₂²` from above ([`super::Design::spectral_norm_sq`], 50 steps).
     pub fn spectral_norm_sq(&self) -> f64 {
-        *self.spectral.get_or_init(|| self.data.x.spectral_norm_sq(50))
+        *self
+            .spectral
+            .get_or_init(|| self.data.x.spectral_norm_sq(50))
     }
 
     /// `r ← y − Xw`.

@@ -221,7 +221,13 @@ fn anderson_step<B: ProxOps>(
         .map(|(&j, p)| p - w_host[j])
         .collect();
     let mut r_new = duplicate(b, r)?;
-    b.cols_gemv(&data.x, Some(active_dev), -1.0, &b.upload(&delta)?, &mut r_new)?;
+    b.cols_gemv(
+        &data.x,
+        Some(active_dev),
+        -1.0,
+        &b.upload(&delta)?,
+        &mut r_new,
+    )?;
     let mut w_new = w_host.clone();
     for (&j, p) in active.iter().zip(&proposal) {
         w_new[j] = *p;
@@ -279,7 +285,9 @@ const ACTIVE_SWEEPS_MAX: usize = 1000;
 pub(crate) fn upload_coords<B: Backend>(b: &B, set: &[usize], d: usize) -> Result<B::Rows> {
     let idx: Vec<u32> = set
         .iter()
-        .map(|&j| u32::try_from(j).map_err(|_| Error::Dimension(format!("column {j} exceeds 32 bits"))))
+        .map(|&j| {
+            u32::try_from(j).map_err(|_| Error::Dimension(format!("column {j} exceeds 32 bits")))
+        })
         .collect::<Result<_>>()?;
     b.upload_rows(&idx, d)
 }
@@ -318,7 +326,8 @@ fn solve_cd<B: ProxOps>(
     while iters < opts.max_iters {
         iters += 1;
         since_gap += 1;
-        let (max_change, max_w) = b.cd_sweep(&data.x, None, &data.lips, &sp, &mut w_dev, &mut r_dev)?;
+        let (max_change, max_w) =
+            b.cd_sweep(&data.x, None, &data.lips, &sp, &mut w_dev, &mut r_dev)?;
         // The gap costs as much as a sweep: check it once a full sweep barely moves w (or
         // at least every `GAP_EVERY_MAX` sweeps, and at the last one).
         let quiet = max_change <= 10.0 * active_tol * max_w || max_w == 0.0;
@@ -352,15 +361,29 @@ fn solve_cd<B: ProxOps>(
         let active_dev = upload_coords(b, &active, d)?;
         let mut history: Vec<Vec<f64>> = Vec::with_capacity(ANDERSON_K + 1);
         for _ in 0..ACTIVE_SWEEPS_MAX {
-            let (max_move, max_a) =
-                b.cd_sweep(&data.x, Some(&active_dev), &data.lips, &sp, &mut w_dev, &mut r_dev)?;
+            let (max_move, max_a) = b.cd_sweep(
+                &data.x,
+                Some(&active_dev),
+                &data.lips,
+                &sp,
+                &mut w_dev,
+                &mut r_dev,
+            )?;
             if max_move <= active_tol * max_a {
                 break;
             }
             let w_host = b.download(&w_dev)?;
             history.push(active.iter().map(|&j| w_host[j]).collect());
             if history.len() == ANDERSON_K + 1 {
-                anderson_step(b, data, pen, (&active, &active_dev), &history, &mut w_dev, &mut r_dev)?;
+                anderson_step(
+                    b,
+                    data,
+                    pen,
+                    (&active, &active_dev),
+                    &history,
+                    &mut w_dev,
+                    &mut r_dev,
+                )?;
                 history.clear();
             }
         }

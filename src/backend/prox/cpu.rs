@@ -214,7 +214,11 @@ impl<T: Real> ProxOps for CpuBackend<T> {
                 let e = k * d + j;
                 let dnew = if new != zero {
                     let du = col_dot(x, j, &jr[k * n..(k + 1) * n]) / nf + lj * jac[e];
-                    let dl1 = if dl1_factor(pen.kind, j, k) { pen.l1[j] } else { zero };
+                    let dl1 = if dl1_factor(pen.kind, j, k) {
+                        pen.l1[j]
+                    } else {
+                        zero
+                    };
                     let dl2 = if dl2_factor(pen.kind, k) { l2 } else { zero };
                     (du - sign(new) * dl1 - new * dl2) / (lj + l2)
                 } else {
