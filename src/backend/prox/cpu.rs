@@ -5,7 +5,8 @@
 //! coordinate descent exactly.
 
 use super::{
-    check_jacobian, check_step, coords_len, dl1_factor, dl2_factor, ProxOps, SweepPenalty,
+    check_forward_sweep, check_jacobian, check_step, check_sweep, coords_len, dl1_factor,
+    dl2_factor, ProxOps, SweepPenalty,
 };
 use crate::backend::cpu::{CpuBackend, Real};
 use crate::backend::shape::check_len;
@@ -61,6 +62,26 @@ fn soft<T: Real>(z: T, t: T) -> T {
     } else {
         zero
     }
+}
+
+/// The coordinate step of both sweeps: `u = x_jᵀr/n + L_j w_j`, `w_j⁺ = ST(u, λ_j)/(L_j + λ₂)`,
+/// `r ← r − x_j(w_j⁺ − w_j)`. Returns `(w_j, w_j⁺)`.
+#[inline]
+fn cd_step<T: Real>(
+    x: &Design,
+    j: usize,
+    (lj, l1j, l2): (T, T, T),
+    w: &mut [T],
+    r: &mut [T],
+) -> (T, T) {
+    let old = w[j];
+    let u = col_dot(x, j, r) / T::from_f64(r.len() as f64) + lj * old;
+    let new = soft(u, l1j) / (lj + l2);
+    if new != old {
+        col_axpy(x, j, old - new, r);
+        w[j] = new;
+    }
+    (old, new)
 }
 
 fn abs<T: Real>(a: T) -> f64 {
@@ -139,26 +160,16 @@ impl<T: Real> ProxOps for CpuBackend<T> {
         w: &mut Vec<T>,
         r: &mut Vec<T>,
     ) -> Result<(f64, f64)> {
-        let (n, d) = (x.n(), x.d());
-        for (what, len) in [("lips", lips.len()), ("l1", pen.l1.len()), ("w", w.len())] {
-            check_len(&format!("cd_sweep {what}"), len, d)?;
-        }
-        check_len("cd_sweep r", r.len(), n)?;
-        let cols = columns(coords, d)?;
-        let (nf, l2, zero) = (T::from_f64(n as f64), T::from_f64(pen.l2), T::from_f64(0.0));
+        check_sweep(self, "cd_sweep", (x.n(), x.d()), [lips, pen.l1, w], r)?;
+        let cols = columns(coords, x.d())?;
+        let (l2, zero) = (T::from_f64(pen.l2), T::from_f64(0.0));
         let (mut max_change, mut max_w) = (0.0f64, 0.0f64);
         for j in cols {
             let lj = lips[j];
             if !(lj > zero) {
                 continue;
             }
-            let old = w[j];
-            let u = col_dot(x, j, r) / nf + lj * old;
-            let new = soft(u, pen.l1[j]) / (lj + l2);
-            if new != old {
-                col_axpy(x, j, old - new, r);
-                w[j] = new;
-            }
+            let (old, new) = cd_step(x, j, (lj, pen.l1[j], l2), w, r);
             max_change = max_change.max(abs(new - old));
             max_w = max_w.max(abs(new));
         }
@@ -177,14 +188,13 @@ impl<T: Real> ProxOps for CpuBackend<T> {
         live: &mut Vec<T>,
     ) -> Result<()> {
         let (n, d) = (x.n(), x.d());
-        let p = pen.kind.hyper_dim(d);
-        for (what, len) in [("lips", lips.len()), ("l1", pen.l1.len()), ("w", w.len())] {
-            check_len(&format!("cd_forward_sweep {what}"), len, d)?;
-        }
-        check_len("cd_forward_sweep r", r.len(), n)?;
-        check_len("cd_forward_sweep jac", jac.len(), p * d)?;
-        check_len("cd_forward_sweep jr", jr.len(), p * n)?;
-        check_len("cd_forward_sweep live", live.len(), p)?;
+        let p = check_forward_sweep(
+            self,
+            pen.kind,
+            (n, d),
+            [lips, pen.l1, w, r],
+            [jac, jr, live],
+        )?;
         let (nf, l2, zero, one) = (
             T::from_f64(n as f64),
             T::from_f64(pen.l2),
@@ -197,13 +207,7 @@ impl<T: Real> ProxOps for CpuBackend<T> {
             if !(lj > zero) {
                 continue;
             }
-            let old = w[j];
-            let u = col_dot(x, j, r) / nf + lj * old;
-            let new = soft(u, pen.l1[j]) / (lj + l2);
-            if new != old {
-                col_axpy(x, j, old - new, r);
-                w[j] = new;
-            }
+            let (_, new) = cd_step(x, j, (lj, pen.l1[j], l2), w, r);
             if wlasso && new != zero {
                 live[j] = one;
             }

@@ -3,7 +3,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::{check_jacobian, check_step, coords_len, ProxOps, SweepPenalty};
+use super::{
+    check_forward_sweep, check_jacobian, check_step, check_sweep, coords_len, ProxOps, SweepPenalty,
+};
 use crate::backend::cuda::{grid_1d, int, Arg, CudaBackend, CudaRows, NULL};
 use crate::backend::shape::check_len;
 use crate::backend::Backend;
@@ -163,10 +165,7 @@ impl ProxOps for CudaBackend {
         w: &mut CudaSlice<f32>,
         r: &mut CudaSlice<f32>,
     ) -> Result<(f64, f64)> {
-        for (what, len) in [("lips", lips.len()), ("l1", pen.l1.len()), ("w", w.len())] {
-            check_len(&format!("cd_sweep {what}"), len, x.d)?;
-        }
-        check_len("cd_sweep r", r.len(), x.n)?;
+        check_sweep(self, "cd_sweep", (x.n, x.d), [lips, pen.l1, w], r)?;
         let m = coords_len(self, coords, x.d);
         let c = self.coords_arg(coords, x.d)?;
         let stats = self.zeros(2)?;
@@ -201,14 +200,13 @@ impl ProxOps for CudaBackend {
         live: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (n, d) = (x.n, x.d);
-        let p = pen.kind.hyper_dim(d);
-        for (what, len) in [("lips", lips.len()), ("l1", pen.l1.len()), ("w", w.len())] {
-            check_len(&format!("cd_forward_sweep {what}"), len, d)?;
-        }
-        check_len("cd_forward_sweep r", r.len(), n)?;
-        check_len("cd_forward_sweep jac", jac.len(), p * d)?;
-        check_len("cd_forward_sweep jr", jr.len(), p * n)?;
-        check_len("cd_forward_sweep live", live.len(), p)?;
+        let p = check_forward_sweep(
+            self,
+            pen.kind,
+            (n, d),
+            [lips, pen.l1, w, r],
+            [jac, jr, live],
+        )?;
         self.launch(
             "hg_cd_forward_sweep",
             one_block(),

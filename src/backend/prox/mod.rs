@@ -86,6 +86,38 @@ pub fn dl2_factor(kind: L1Kind, k: usize) -> bool {
     kind == L1Kind::Enet && k == 1
 }
 
+/// The shapes of [`ProxOps::cd_sweep`]'s operands for an n×d design: `lips`, `λ` and `w` have
+/// d entries, `r` n.
+pub(crate) fn check_sweep<B: Backend + ?Sized>(
+    b: &B,
+    what: &str,
+    (n, d): (usize, usize),
+    [lips, l1, w]: [&B::Buf; 3],
+    r: &B::Buf,
+) -> Result<()> {
+    for (name, buf) in [("lips", lips), ("l1", l1), ("w", w)] {
+        check_len(&format!("{what} {name}"), b.len(buf), d)?;
+    }
+    check_len(&format!("{what} r"), b.len(r), n)
+}
+
+/// The shapes of [`ProxOps::cd_forward_sweep`]'s operands: those of [`check_sweep`], and p
+/// blocks of d in `jac`, of n in `jr`, p entries in `live`. Returns p.
+pub(crate) fn check_forward_sweep<B: Backend + ?Sized>(
+    b: &B,
+    kind: L1Kind,
+    (n, d): (usize, usize),
+    [lips, l1, w, r]: [&B::Buf; 4],
+    [jac, jr, live]: [&B::Buf; 3],
+) -> Result<usize> {
+    let p = kind.hyper_dim(d);
+    check_sweep(b, "cd_forward_sweep", (n, d), [lips, l1, w], r)?;
+    check_len("cd_forward_sweep jac", b.len(jac), p * d)?;
+    check_len("cd_forward_sweep jr", b.len(jr), p * n)?;
+    check_len("cd_forward_sweep live", b.len(live), p)?;
+    Ok(p)
+}
+
 /// The number of columns a coordinate set names: `len(coords)`, or all `d`.
 pub(crate) fn coords_len<B: Backend + ?Sized>(b: &B, coords: Option<&B::Rows>, d: usize) -> usize {
     coords.map_or(d, |c| b.rows_len(c))
