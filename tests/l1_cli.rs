@@ -391,6 +391,18 @@ fn device_choice_auto_stand_in_and_cuda() {
                 let loose = ["--inner-tol", "1e-6", "--linear-tol", "1e-6"];
                 let f32r = with(&[&["--device", "cpu", "--precision", "f32"][..], &loose].concat());
                 assert_eq!(f32r["device"], "cpu-f32");
+                if folds.is_none() && method == "implicit" {
+                    // Without tolerances, f32 gets its own defaults (f64 keeps 1e-12, 1e-10).
+                    let d32 = with(&["--device", "cpu", "--precision", "f32"]);
+                    assert_eq!(
+                        (d32["inner_tol"].as_f64(), d32["linear_tol"].as_f64()),
+                        (Some(1e-6), Some(1e-6))
+                    );
+                    assert_eq!(
+                        (f64r["inner_tol"].as_f64(), f64r["linear_tol"].as_f64()),
+                        (Some(1e-12), Some(1e-10))
+                    );
+                }
                 let (a, b) = (hg(&f32r), hg(&f64r));
                 let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
                 let err = a

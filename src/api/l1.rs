@@ -177,7 +177,7 @@ fn grad_on<B: ProxOps>(
     device_note: Option<String>,
 ) -> Result<L1Report> {
     let device = b.name();
-    let opts = plan.options(settings);
+    let opts = plan.options(settings, b.precision());
     let splits = input.l1(settings)?;
     let kind = plan.kind;
     let d = splits.train.x.d();
@@ -309,7 +309,7 @@ fn run_on<B: ProxOps + Clone>(
     }
     let kind = plan.kind;
     let opt = plan.search_opt(settings)?;
-    let opts = plan.options(settings);
+    let opts = plan.options(settings, b.precision());
     let splits = input.l1(settings)?;
     let d = splits.train.x.d();
     let steps = usize::try_from(settings.outer_steps)
