@@ -25,6 +25,9 @@
 #                (benches/peers/nhgd_mlp_torch.py, eager and --graph) on the same card; targets: the kfac outer
 #                step ≤ 1.5× the plain SGD loop, ≥ 2× faster than the peer's; last, the NHGD
 #                loops' two streams under memcheck --track-stream-ordered-races all
+#  11 l1        the ℓ1 problems on the GPU (issue 22) against this machine's CPU in f64:
+#                lasso, enet, wlasso × forward, implicit, implicit-forward (held-out, then
+#                3-fold CV), and a 10-step HOAG search; the relative differences
 #   7 profile    Nsight Compute, one launch of each kernel that misses its target (the fused
 #                row kernel for HVP k = 1, 8 and the SGD step, and the SGD apply): speed of
 #                light, occupancy, launch statistics
@@ -32,7 +35,7 @@
 # details.tar.gz), summary.txt, and details.tar.gz.
 # The table at the end is what matters if only the output's tail comes back.
 #
-# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 9 10 7") picks
+# HG_BIN (default .bin) is where the binaries are; HG_STAGES (default "1 2 3 4 5 6 8 9 10 11 7") picks
 # stages; HG_LIB_SEARCH (default /) is where the CUDA libraries are looked for.
 # tests/gpu_check_script.sh runs this script against fake binaries on a CPU machine.
 set -uo pipefail
@@ -41,7 +44,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
 bin="${HG_BIN:-.bin}"
 budget="${HG_BUDGET_S:-300}"
-stages="${HG_STAGES:-1 2 3 4 5 6 8 9 10 7}"
+stages="${HG_STAGES:-1 2 3 4 5 6 8 9 10 11 7}"
 python="${HG_PYTHON:-python3}"
 # The parity binaries of stage 2, one per op family (tests/parity_*.rs, tests/l1_device.rs;
 # networks, tests/mlp_cuda_parity.rs, are stage 9's), and the kernel-level ones that stage 6
@@ -372,6 +375,69 @@ EOF
     status=ok
     [[ -z $problems ]] || status="FAIL(${problems%; })"
     report faults "$status" "dense mlp:4000 on the device: exit $rc_oom; $refined"
+fi
+
+# ---- 11 l1 ------------------------------------------------------------------------------
+# The ℓ1 problems on the device (issue 22): every problem × method through the CLI on CUDA
+# and on this machine's CPU in f64 (diabetes, held-out and 3-fold CV; f32 stops the inner
+# solve at a relative gap of 1e-6), and a 10-step HOAG search on each device. The summary
+# gives the largest relative hypergradient difference (expected ≲ 5e-3, the f32 bound of
+# tests/l1_cli.rs) and the two searches' best criteria.
+if want 11; then
+    llog="$detail/l1.log"
+    : > "$llog"
+    rc=0
+    for dev in cuda cpu; do
+        for problem in lasso enet wlasso; do
+            for method in forward implicit implicit-forward; do
+                for folds in 0 3; do
+                    extra=()
+                    ((folds > 0)) && extra=(--folds "$folds")
+                    run_logged "$(stage_limit 20)" "$detail/l1_${problem}_${method}_${folds}_$dev.json" \
+                        "$bin/hypergrad" grad --problem "$problem" --train diabetes --method "$method" \
+                        --inner-tol 1e-6 --linear-tol 1e-6 "${extra[@]}" --device "$dev" --json
+                    r=$?
+                    ((r != 0 && rc == 0)) && rc=$r
+                done
+            done
+        done
+        run_logged "$(stage_limit 60)" "$detail/l1_run_$dev.json" "$bin/hypergrad" run --problem lasso \
+            --train diabetes --outer-opt hoag --outer-steps 10 --inner-tol 1e-6 --device "$dev" --json
+        r=$?
+        ((r != 0 && rc == 0)) && rc=$r
+    done
+    line=$("$python" - "$detail" <<'EOF' 2>> "$llog"
+import json, sys
+d = sys.argv[1]
+def load(name):
+    try:
+        lines = [l for l in open(f"{d}/{name}.json") if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except OSError:
+        return None
+worst, missing = 0.0, []
+for problem in ("lasso", "enet", "wlasso"):
+    for method in ("forward", "implicit", "implicit-forward"):
+        for folds in (0, 3):
+            key = f"l1_{problem}_{method}_{folds}"
+            g, c = load(f"{key}_cuda"), load(f"{key}_cpu")
+            if g is None or c is None:
+                missing.append(key)
+                continue
+            a, b = g["hypergradient"], c["hypergradient"]
+            scale = max([abs(v) for v in b] + [1e-3])
+            worst = max([worst] + [abs(x - y) / scale for x, y in zip(a, b)])
+parts = [f"18 grads, worst rel diff cuda vs cpu-f64 {worst:.1e}"]
+if missing:
+    parts.append(f"no result: {', '.join(missing)}")
+for dev in ("cuda", "cpu"):
+    r = load(f"l1_run_{dev}")
+    parts.append(f"hoag {dev} best {r['best_loss']:.4g}" if r and "best_loss" in r else f"hoag {dev}: no result")
+print("; ".join(parts))
+EOF
+    )
+    cat "$detail"/l1_*.json >> "$llog" 2>/dev/null
+    report l1 "$(status_of $rc)" "${line:-could not summarise (see details.tar.gz l1.log)}"
 fi
 
 # ---- 7 profile -----------------------------------------------------------------------------

@@ -591,7 +591,53 @@ pub fn prox_rows<B: ProxOps>(
         ((4 + 3 * m) * dim * 4) as f64,
         copy_gbps,
     ));
+    drop((v, grad, l1, w, jv, dgrad, dl1, jw));
+    rows.push(cd_sweep_row(backend, cfg, copy_gbps, &mut rng)?);
     Ok(rows)
+}
+
+/// One full sweep of proximal coordinate descent ([`ProxOps::cd_sweep`]) on a dense n×d design
+/// (on CUDA: how a sparse design is held too, densified; see [`crate::backend::prox`]), from
+/// the same start each repetition, against the copy bandwidth with the design's bytes read
+/// once (`n·d·4`): the sweep is d dependent column steps, each a block reduction over n, so
+/// the fraction says how much of the device one block's sequential sweep uses.
+fn cd_sweep_row<B: ProxOps>(
+    backend: &B,
+    cfg: &KernelBenchConfig,
+    copy_gbps: f64,
+    rng: &mut Rng,
+) -> Result<BenchRow> {
+    let (n, d) = (cfg.n, cfg.d);
+    let x = ndarray::Array2::from_shape_vec((n, d), gaussian(n * d, rng))
+        .map_err(|e| crate::Error::Dimension(format!("bench design: {e}")))?;
+    let design = crate::l1::Design::dense(&x)?;
+    let cols = backend.upload_cols(&design)?;
+    let lips = backend.upload(&crate::l1::solver::coordinate_lipschitz(&design))?;
+    let y = backend.upload(&gaussian(n, rng))?;
+    // λ = 0.1 on unit-variance columns and labels: a sweep leaves most coordinates nonzero.
+    let l1 = backend.upload(&vec![0.1; d])?;
+    let pen = crate::backend::prox::SweepPenalty {
+        kind: crate::l1::L1Kind::Lasso,
+        l1: &l1,
+        l2: 0.0,
+    };
+    let mut w = backend.zeros(d)?;
+    let mut r = backend.zeros(n)?;
+    let seconds = time_calls(backend, cfg.reps, || {
+        backend.fill(&mut w, 0.0)?;
+        backend.copy(&y, &mut r)?;
+        backend
+            .cd_sweep(&cols, None, &lips, &pen, &mut w, &mut r)
+            .map(|_| ())
+    })?;
+    Ok(bandwidth_row(
+        "prox",
+        "prox cd sweep (dense columns)",
+        format!("n={n} d={d}"),
+        seconds,
+        (n * d * 4) as f64,
+        copy_gbps,
+    ))
 }
 
 /// Data kept from [`kernel_bench`] for timing further variants.

@@ -134,7 +134,7 @@ check() {
     echo "ok   $name: $(wc -l < "$out/summary.txt") stages; $line"
 }
 
-check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,faults,profile ok
+check all-pass info,parity,main,kernels,nhgd,sanitizer,distill,mlp,faults,l1,profile ok
 check faults-fail faults FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=10
 check info-fails info FAIL env HG_FAKE_FAIL=hypergrad-info
 for suite in $parity_suites; do
@@ -147,6 +147,7 @@ check torch-fails nhgd FAIL env HG_FAKE_FAIL=torch HG_STAGES=5
 check sanitizer-fails sanitizer FAIL env HG_FAKE_FAIL=compute-sanitizer HG_STAGES=6
 check profile-fails profile FAIL env HG_FAKE_FAIL=ncu HG_STAGES=7
 check distill-fails distill FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=8
+check l1-fails l1 FAIL env HG_FAKE_FAIL=hypergrad-grad HG_STAGES=11
 check mlp-parity-fails mlp FAIL env HG_FAKE_FAIL=mlp_cuda_parity HG_STAGES=9
 check mlp-bench-fails mlp FAIL env HG_FAKE_FAIL=hypergrad-bench HG_STAGES=9
 check mlp-torch-fails mlp FAIL env HG_FAKE_FAIL=torch HG_STAGES=9

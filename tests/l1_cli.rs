@@ -352,3 +352,83 @@ fn run_summary_says_what_grid_and_random_compute() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The device choice for ℓ1 (issue 22): `auto` on a machine without a usable GPU runs on the
+/// CPU in f64 and says so; `--device cpu --precision f32` runs the same implementation on the
+/// f32 stand-in of the CUDA path, within f32 accuracy of f64, for every method, CV included;
+/// on a machine with a GPU, `--device cuda` agrees with the stand-in likewise.
+#[test]
+fn device_choice_auto_stand_in_and_cuda() {
+    let dir = std::env::temp_dir().join(format!("hg_l1_dev_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svm, _) = write_data(&dir);
+    let has_gpu =
+        hypergrad::backend::cuda::CudaBackend::new(0, hypergrad::backend::cuda::Storage::F32)
+            .is_ok();
+    for problem in ["lasso", "enet", "wlasso"] {
+        for method in ["forward", "implicit", "implicit-forward"] {
+            for folds in [None, Some("3")] {
+                let mut base = vec!["--problem", problem, "--train", &svm, "--method", method];
+                if let Some(k) = folds {
+                    base.extend(["--folds", k]);
+                }
+                let with = |extra: &[&str]| {
+                    let mut a = base.clone();
+                    a.extend_from_slice(extra);
+                    grad_json(&a)
+                };
+                let f64r = with(&["--device", "cpu"]);
+                assert_eq!(f64r["device"], "cpu-f64");
+                let auto = with(&["--device", "auto"]);
+                if !has_gpu {
+                    assert_eq!(auto["device"], "cpu-f64");
+                    let note = auto["device_note"].as_str().unwrap();
+                    assert!(note.starts_with("auto chose the CPU"), "{note}");
+                    assert_eq!(hg(&auto), hg(&f64r), "auto on the CPU is the CPU run");
+                }
+                // f32: the inner gap stops at 1e-6 relative (below f32 rounding it cannot go),
+                // so the hypergradient carries ~1e-3 relative error, as in tests/l1_device.rs.
+                let loose = ["--inner-tol", "1e-6", "--linear-tol", "1e-6"];
+                let f32r = with(&[&["--device", "cpu", "--precision", "f32"][..], &loose].concat());
+                assert_eq!(f32r["device"], "cpu-f32");
+                if folds.is_none() && method == "implicit" {
+                    // Without tolerances, f32 gets its own defaults (f64 keeps 1e-12, 1e-10).
+                    let d32 = with(&["--device", "cpu", "--precision", "f32"]);
+                    assert_eq!(
+                        (d32["inner_tol"].as_f64(), d32["linear_tol"].as_f64()),
+                        (Some(1e-6), Some(1e-6))
+                    );
+                    assert_eq!(
+                        (f64r["inner_tol"].as_f64(), f64r["linear_tol"].as_f64()),
+                        (Some(1e-12), Some(1e-10))
+                    );
+                }
+                let (a, b) = (hg(&f32r), hg(&f64r));
+                let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                let err = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+                    / scale;
+                assert!(
+                    err <= 5e-3,
+                    "{problem} {method} {folds:?}: cpu-f32 vs cpu-f64 {err:e}"
+                );
+                if has_gpu {
+                    let g = with(&[&["--device", "cuda"][..], &loose].concat());
+                    assert_eq!(g["device"], "cuda-f32");
+                    let e = hg(&g)
+                        .iter()
+                        .zip(&a)
+                        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+                        / scale;
+                    assert!(
+                        e <= 5e-3,
+                        "{problem} {method} {folds:?}: cuda vs cpu-f32 {e:e}"
+                    );
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

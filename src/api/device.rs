@@ -12,7 +12,13 @@ use crate::{Error, Result};
 /// this; see [`Device::dispatch`]).
 pub trait OnBackend {
     type Output;
-    fn on<B: crate::backend::GlmOps + crate::backend::FisherOps + Clone + 'static>(
+    fn on<
+        B: crate::backend::GlmOps
+            + crate::backend::FisherOps
+            + crate::backend::ProxOps
+            + Clone
+            + 'static,
+    >(
         self,
         backend: B,
     ) -> Result<Self::Output>;
@@ -110,26 +116,5 @@ impl Device {
         self.fallback_reason
             .as_ref()
             .map(|r| format!("auto chose the CPU: {r}"))
-    }
-}
-
-/// The ℓ1 problems run on the CPU in f64: refuses what they do not have, and returns the note
-/// `auto` gets.
-pub fn check_l1_device(spec: &DeviceSpec) -> Result<Option<String>> {
-    if spec.precision == Some(PrecisionName::F32) {
-        return Err(Error::option(
-            "--precision",
-            "the ℓ1 problems compute in f64 only",
-        ));
-    }
-    match spec.device {
-        DeviceName::Cuda => Err(Error::option(
-            "--device",
-            "the ℓ1 problems (lasso, enet, wlasso) run on the CPU only",
-        )),
-        DeviceName::Auto => Ok(Some(
-            "auto chose the CPU: the ℓ1 problems run on the CPU".into(),
-        )),
-        DeviceName::Cpu => Ok(None),
     }
 }

@@ -1,15 +1,19 @@
-//! `grad` and `run` for the ℓ1 problems (`lasso`, `enet`, `wlasso`): on the CPU in f64, with
-//! sparse designs kept sparse.
+//! `grad` and `run` for the ℓ1 problems (`lasso`, `enet`, `wlasso`) on the device the settings
+//! choose ([`Device`]): the CPU (f64 by default, sparse designs kept sparse) or CUDA (f32, the
+//! design densified on the device); `auto` falls back to the CPU and says why. The CV folds,
+//! the outer searches and the test-loss refits all run on that device.
 
 use serde_json::json;
 
 use super::data::{Input, L1Splits};
-use super::device::check_l1_device;
+use super::device::{Device, OnBackend};
 use super::plan::L1Plan;
 use super::settings::Settings;
 use super::trace::TraceWriter;
+use crate::backend::{FisherOps, GlmOps, ProxOps};
 use crate::l1::{
-    self, Criterion, L1Hypergradient, L1Kind, L1Options, L1Problem, SearchOptions, SearchResult,
+    self, Criterion, L1Hypergradient, L1Kind, L1Options, L1Problem, Resident, SearchOptions,
+    SearchResult,
 };
 use crate::{Error, Result};
 
@@ -27,6 +31,8 @@ pub struct L1Report {
     pub sparse: bool,
     pub nnz_train: usize,
     pub opts: L1Options,
+    /// The backend that computed it (`cpu-f64`, `cuda-f32`, …).
+    pub device: String,
     pub device_note: Option<String>,
 }
 
@@ -38,7 +44,7 @@ impl L1Report {
             value,
             json!({
                 "problem": self.kind.name(),
-                "device": "cpu-f64",
+                "device": self.device,
                 "device_note": self.device_note,
                 "criterion": self.criterion,
                 "folds": self.folds,
@@ -71,6 +77,8 @@ pub struct L1Outcome {
     pub coef: Vec<f64>,
     /// The trace records, one per evaluation.
     pub trace: Vec<serde_json::Value>,
+    /// The backend that computed it (`cpu-f64`, `cuda-f32`, …).
+    pub device: String,
     pub device_note: Option<String>,
     pub sparse: bool,
     pub n_train: usize,
@@ -90,7 +98,7 @@ impl L1Outcome {
             "evaluates": if result.refinement.is_some() { l1::EVALUATES_CRITERION } else { l1::EVALUATES_GRADIENT },
             "inner_iters": result.inner_iters,
             "refinement": result.refinement,
-            "device": "cpu-f64",
+            "device": self.device,
             "device_note": self.device_note,
             "criterion": self.criterion,
             "outer_steps": self.search.steps,
@@ -134,9 +142,42 @@ fn theta(kind: L1Kind, settings: &Settings, splits: &L1Splits) -> Result<Vec<f64
     settings.theta.values(p, default, kind.name())
 }
 
+/// The hypergradient at θ (held-out, or the mean over `--folds` CV folds) on the chosen
+/// device.
 pub fn grad(plan: &L1Plan, settings: &Settings, input: &Input) -> Result<L1Report> {
-    let device_note = check_l1_device(&settings.device)?;
-    let opts = plan.options(settings);
+    let device = Device::open(&settings.device)?;
+    let device_note = device.note();
+    device.dispatch(Grad {
+        plan,
+        settings,
+        input,
+        device_note,
+    })
+}
+
+struct Grad<'a> {
+    plan: &'a L1Plan,
+    settings: &'a Settings,
+    input: &'a Input,
+    device_note: Option<String>,
+}
+
+impl OnBackend for Grad<'_> {
+    type Output = L1Report;
+    fn on<B: GlmOps + FisherOps + ProxOps + Clone + 'static>(self, b: B) -> Result<L1Report> {
+        grad_on(b, self.plan, self.settings, self.input, self.device_note)
+    }
+}
+
+fn grad_on<B: ProxOps>(
+    b: B,
+    plan: &L1Plan,
+    settings: &Settings,
+    input: &Input,
+    device_note: Option<String>,
+) -> Result<L1Report> {
+    let device = b.name();
+    let opts = plan.options(settings, b.precision());
     let splits = input.l1(settings)?;
     let kind = plan.kind;
     let d = splits.train.x.d();
@@ -144,7 +185,7 @@ pub fn grad(plan: &L1Plan, settings: &Settings, input: &Input) -> Result<L1Repor
     let result = match settings.folds {
         Some(k) => {
             let crit = Criterion::cross_val(kind, &splits.train, k, settings.seed)?;
-            let mut ev = l1::Evaluator::new(crit, opts);
+            let mut ev = l1::Evaluator::on(b, crit, opts)?;
             let started = std::time::Instant::now();
             let e = ev.value_and_grad(&theta)?;
             let mut r = merge_folds(&e.folds, e.value, e.hypergradient);
@@ -152,8 +193,12 @@ pub fn grad(plan: &L1Plan, settings: &Settings, input: &Input) -> Result<L1Repor
             r
         }
         None => {
-            let problem = L1Problem::new(kind, splits.train.clone(), splits.val.clone())?;
-            l1::hypergradient(&problem, &theta, &opts, None)?
+            let pen = l1::Penalty::new(kind, &theta, d)?;
+            let train = Resident::new(&b, &splits.train)?;
+            let mut h =
+                l1::hypergradient_resident(&b, &train, &splits.val, &pen, &opts, None, None)?;
+            h.theta = theta.clone();
+            h
         }
     };
     Ok(L1Report {
@@ -168,6 +213,7 @@ pub fn grad(plan: &L1Plan, settings: &Settings, input: &Input) -> Result<L1Repor
         nnz_train: splits.train.x.nnz(),
         names: splits.names,
         opts,
+        device,
         device_note,
         result,
     })
@@ -207,7 +253,48 @@ pub fn run(
     input: &Input,
     on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
 ) -> Result<L1Outcome> {
-    let device_note = check_l1_device(&settings.device)?;
+    let device = Device::open(&settings.device)?;
+    let device_note = device.note();
+    device.dispatch(Run {
+        plan,
+        settings,
+        input,
+        on_step,
+        device_note,
+    })
+}
+
+struct Run<'a> {
+    plan: &'a L1Plan,
+    settings: &'a Settings,
+    input: &'a Input,
+    on_step: &'a mut dyn FnMut(&serde_json::Value) -> Result<()>,
+    device_note: Option<String>,
+}
+
+impl OnBackend for Run<'_> {
+    type Output = L1Outcome;
+    fn on<B: GlmOps + FisherOps + ProxOps + Clone + 'static>(self, b: B) -> Result<L1Outcome> {
+        run_on(
+            b,
+            self.plan,
+            self.settings,
+            self.input,
+            self.on_step,
+            self.device_note,
+        )
+    }
+}
+
+fn run_on<B: ProxOps + Clone>(
+    b: B,
+    plan: &L1Plan,
+    settings: &Settings,
+    input: &Input,
+    on_step: &mut dyn FnMut(&serde_json::Value) -> Result<()>,
+    device_note: Option<String>,
+) -> Result<L1Outcome> {
+    let device = b.name();
     if settings.corrupt.is_some() {
         return Err(Error::option(
             "--corrupt",
@@ -222,7 +309,7 @@ pub fn run(
     }
     let kind = plan.kind;
     let opt = plan.search_opt(settings)?;
-    let opts = plan.options(settings);
+    let opts = plan.options(settings, b.precision());
     let splits = input.l1(settings)?;
     let d = splits.train.x.d();
     let steps = usize::try_from(settings.outer_steps)
@@ -255,12 +342,13 @@ pub fn run(
     // The test loss of each step's θ: ŵ refit on the training rows (warm-started from the
     // previous step's refit), scored on the test rows. Its time counts in `seconds`.
     let mut test_warm: Option<Vec<f64>> = None;
-    let result = l1::search(criterion, opts, &search, |entry| {
+    let refit = Resident::new(&b, &splits.train)?;
+    let result = l1::search_on(b.clone(), criterion, opts, &search, |entry| {
         let mut value = serde_json::to_value(entry)
             .map_err(|e| Error::Backend(format!("cannot serialise a trace record: {e}")))?;
         if let Some(test) = &splits.test {
             let pen = l1::Penalty::new(kind, &entry.theta, d)?;
-            let sol = l1::solve(&splits.train, &pen, test_warm.as_deref(), &opts.inner)?;
+            let sol = l1::solve_on(&b, &refit, &pen, test_warm.as_deref(), &opts.inner)?;
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("test_loss".into(), json!(test.mse(&sol.w)));
             }
@@ -275,7 +363,7 @@ pub fn run(
         (Vec::new(), None)
     } else {
         let pen = l1::Penalty::new(kind, &result.best_theta, d)?;
-        let w = l1::solve(&splits.train, &pen, None, &opts.inner)?.w;
+        let w = l1::solve_on(&b, &refit, &pen, None, &opts.inner)?.w;
         let test_loss = splits.test.as_ref().map(|test| test.mse(&w));
         (w, test_loss)
     };
@@ -286,6 +374,7 @@ pub fn run(
         test_loss,
         coef,
         trace,
+        device,
         device_note,
         sparse: splits.sparse,
         n_train: splits.train.y.len(),

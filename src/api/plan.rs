@@ -288,6 +288,9 @@ fn check_distill(method: Method, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// The ℓ1 tolerances (relative gap, linear) by default in f32; see [`L1Plan::options`].
+const F32_L1_TOL: f64 = 1e-6;
+
 impl L1Plan {
     fn new(kind: L1Kind, settings: &Settings) -> Result<L1Plan> {
         let method = match settings.method.unwrap_or(MethodName::Implicit) {
@@ -331,12 +334,19 @@ impl L1Plan {
         })
     }
 
-    /// The ℓ1 options: `inner_tol` is the relative duality gap (default 1e-12), `inner_iters`
-    /// the epochs, `linear_tol` (default 1e-10) and `linear_iters` (default 10000) steer the
-    /// support solve / Jacobian sweeps.
-    pub fn options(&self, settings: &Settings) -> L1Options {
+    /// The ℓ1 options for the given precision: `inner_tol` is the relative duality gap
+    /// (default 1e-12 in f64, 1e-6 in f32), `inner_iters` the epochs, `linear_tol` (default
+    /// 1e-10 in f64, 1e-6 in f32) and `linear_iters` (default 10000) steer the support solve /
+    /// Jacobian sweeps. The f32 defaults: a gap or a relative change is computed from sums of
+    /// f32 products whose rounding is ~1e-7 of their size (u = 6e-8), so 1e-12 would never be
+    /// reached and the solve would run to `inner_iters`; 1e-6 leaves a factor ~16 above u.
+    pub fn options(&self, settings: &Settings, precision: Precision) -> L1Options {
         let mut opts = L1Options::new(self.method);
         opts.inner.solver = self.solver;
+        if precision == Precision::F32 {
+            opts.inner.tol = F32_L1_TOL;
+            opts.linear_tol = F32_L1_TOL;
+        }
         if let Some(tol) = settings.inner_tol {
             opts.inner.tol = tol;
         }

@@ -16,7 +16,7 @@
 //! | [`glm`] | [`GlmOps`] | row-streaming kernels of generalised linear models: loss and gradient, curvature, batched HVPs, per-sample gradients, fused SGD, K-FAC factors |
 //! | [`fisher`] | [`FisherOps`] | the dense curvature inverses of NHGD: diagonal shifts, Cholesky solves, K-FAC damping, Woodbury updates |
 //! | [`mlp`] | [`MlpOps`] | the multilayer perceptron's passes, R-passes and K-FAC factors (and [`mlp::MlpInputOps`], its derivatives in the input rows) |
-//! | [`prox`] | [`ProxOps`] | the ℓ1 problems' proximal-gradient step and its Jacobian |
+//! | [`prox`] | [`ProxOps`] | the ℓ1 problems: the proximal-gradient step and its Jacobian, the design by columns, the sweeps of coordinate descent |
 //!
 //! and every backend implements every family (the CUDA parity tests in `tests/` check each
 //! against its CPU twin). The core's own implementations are [`cpu::CpuBackend`], the

@@ -8,9 +8,12 @@
 //! where `ŵ^{(k)}` is trained on every row outside fold `V_k`. An [`Evaluator`] keeps one
 //! warm start per fold between calls, which is what makes an outer search cheap.
 
-use super::hypergrad::{hypergradient_warm, L1Hypergradient, L1Options};
+use super::hypergrad::{hypergradient_resident, L1Hypergradient, L1Options};
 use super::problem::{L1Data, L1Kind, L1Problem, Penalty};
-use super::solver::solve;
+use super::resident::Resident;
+use super::solver::solve_on;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::prox::ProxOps;
 use crate::data::rng::Rng;
 use crate::{Error, Result};
 
@@ -131,23 +134,43 @@ impl ValueEvaluation {
     }
 }
 
-/// Evaluates a [`Criterion`] with warm starts carried between calls.
-pub struct Evaluator {
+/// Evaluates a [`Criterion`] with warm starts carried between calls, on a backend (the CPU
+/// in f64 by default) that holds every fold's training rows from construction on.
+pub struct Evaluator<B: ProxOps = CpuBackend<f64>> {
     pub criterion: Criterion,
     pub opts: L1Options,
+    backend: B,
+    /// Each fold's training rows on the backend, in the order of `criterion.pairs()`.
+    residents: Vec<Resident<B>>,
     warm: Vec<Option<Vec<f64>>>,
     jac: Vec<Option<Vec<Vec<f64>>>>,
 }
 
 impl Evaluator {
+    /// An evaluator on the CPU in f64.
     pub fn new(criterion: Criterion, opts: L1Options) -> Evaluator {
-        let k = criterion.pairs().len();
-        Evaluator {
+        Evaluator::on(CpuBackend::<f64>::new(), criterion, opts)
+            .expect("the CPU backend holds any design the host holds")
+    }
+}
+
+impl<B: ProxOps> Evaluator<B> {
+    /// An evaluator on `backend`. Errors: a fold the backend cannot hold.
+    pub fn on(backend: B, criterion: Criterion, opts: L1Options) -> Result<Evaluator<B>> {
+        let residents = criterion
+            .pairs()
+            .into_iter()
+            .map(|(train, _)| Resident::new(&backend, train))
+            .collect::<Result<Vec<_>>>()?;
+        let k = residents.len();
+        Ok(Evaluator {
             criterion,
             opts,
+            backend,
+            residents,
             warm: vec![None; k],
             jac: vec![None; k],
-        }
+        })
     }
 
     /// Forget the warm starts (the next solves and Jacobian recursions start from 0).
@@ -163,9 +186,10 @@ impl Evaluator {
         let pairs = self.criterion.pairs();
         let k = pairs.len() as f64;
         let mut folds = Vec::with_capacity(pairs.len());
-        for (f, (train, val)) in pairs.into_iter().enumerate() {
-            let mut h = hypergradient_warm(
-                train,
+        for (f, (_, val)) in pairs.into_iter().enumerate() {
+            let mut h = hypergradient_resident(
+                &self.backend,
+                &self.residents[f],
                 val,
                 &pen,
                 &self.opts,
@@ -205,8 +229,14 @@ impl Evaluator {
         let pairs = self.criterion.pairs();
         let k = pairs.len() as f64;
         let mut folds = Vec::with_capacity(pairs.len());
-        for (f, (train, val)) in pairs.into_iter().enumerate() {
-            let sol = solve(train, &pen, self.warm[f].as_deref(), &self.opts.inner)?;
+        for (f, (_, val)) in pairs.into_iter().enumerate() {
+            let sol = solve_on(
+                &self.backend,
+                &self.residents[f],
+                &pen,
+                self.warm[f].as_deref(),
+                &self.opts.inner,
+            )?;
             folds.push(FoldValue {
                 mse: val.mse(&sol.w),
                 gap: sol.gap,

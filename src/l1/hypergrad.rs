@@ -14,6 +14,9 @@
 //! h_k = ∇_S fᵀ ∂ŵ_S/∂θ_k = −b_kᵀ q,     A q = ∇_S f.
 //! ```
 //!
+//! Written once over a backend ([`ProxOps`]; [`hypergradient_resident`]): the CPU in f64
+//! runs it through [`hypergradient`], CUDA through the api's device choice.
+//!
 //! * `implicit` solves `A q = ∇_S f` (dense Cholesky when |S| is small, CG otherwise);
 //! * `implicit-forward` iterates the coordinate-descent Jacobian recursion on S with the signs
 //!   fixed (a Gauss–Seidel iteration on `A J = −B`) after the inner solve;
@@ -26,13 +29,15 @@
 use std::time::Instant;
 
 use super::problem::{L1Data, L1Problem, Penalty};
+use super::resident::Resident;
 use super::solver::{
-    anderson_extrapolate, coordinate_lipschitz, duality_gap, gap_threshold, residual,
-    soft_threshold, solve, L1Solver, Solution, SolveOptions, ANDERSON_K,
+    anderson_extrapolate, extrapolate, gap_threshold, pgd_step, pgd_update, solve_on, start,
+    upload_coords, L1Solver, Solution, SolveOptions, ANDERSON_K,
 };
 use crate::backend::cpu::CpuBackend;
+use crate::backend::prox::{ProxOps, SweepPenalty};
 use crate::hypergrad::{Estimate, MethodName};
-use crate::solver::linear::conjugate_gradient;
+use crate::solver::linear::{conjugate_gradient, duplicate};
 use crate::{Error, Result};
 
 /// The ℓ1 hypergradient methods.
@@ -154,7 +159,8 @@ pub fn hypergradient_on(
 }
 
 /// [`hypergradient_on`] with `implicit-forward`'s Jacobian recursion started from `jac0` (the
-/// `jacobian` of a result at a nearby θ) instead of 0; the fixed point is the same.
+/// `jacobian` of a result at a nearby θ) instead of 0; the fixed point is the same. On the CPU
+/// in f64: [`hypergradient_resident`] on [`CpuBackend`].
 pub fn hypergradient_warm(
     train: &L1Data,
     val: &L1Data,
@@ -163,26 +169,42 @@ pub fn hypergradient_warm(
     w0: Option<&[f64]>,
     jac0: Option<&[Vec<f64>]>,
 ) -> Result<L1Hypergradient> {
+    let b = CpuBackend::<f64>::new();
+    hypergradient_resident(&b, &Resident::new(&b, train)?, val, pen, opts, w0, jac0)
+}
+
+/// [`hypergradient_warm`] on a backend, for training data already on it: the one
+/// implementation of the three methods, every backend's.
+pub fn hypergradient_resident<B: ProxOps>(
+    b: &B,
+    train: &Resident<B>,
+    val: &L1Data,
+    pen: &Penalty,
+    opts: &L1Options,
+    w0: Option<&[f64]>,
+    jac0: Option<&[Vec<f64>]>,
+) -> Result<L1Hypergradient> {
     opts.validate()?;
-    if train.x.d() != val.x.d() {
+    if train.d() != val.x.d() {
         return Err(Error::Dimension(format!(
             "training data has {} features but validation data has {}",
-            train.x.d(),
+            train.d(),
             val.x.d()
         )));
     }
     let started = Instant::now();
     let mut result = match opts.method {
-        L1Method::Forward => forward(train, val, pen, opts, w0)?,
+        L1Method::Forward => forward(b, train, val, pen, opts, w0)?,
         L1Method::Implicit | L1Method::ImplicitForward => {
-            let sol = solve(train, pen, w0, &opts.inner)?;
+            let sol = solve_on(b, train, pen, w0, &opts.inner)?;
             let (outer_loss, grad_f) = val.mse_and_grad(&sol.w);
             let support: Vec<usize> = (0..sol.w.len()).filter(|&j| sol.w[j] != 0.0).collect();
+            let on_s = OnSupport::new(b, train, &support)?;
             let (h, residual_norm, linear_iters, jacobian) = if opts.method == L1Method::Implicit {
-                let (h, r, i) = implicit(train, pen, &sol, &support, &grad_f, opts)?;
+                let (h, r, i) = implicit(b, &on_s, pen, &sol, &grad_f, opts)?;
                 (h, r, i, None)
             } else {
-                implicit_forward(train, pen, &sol, &support, &grad_f, opts, jac0)?
+                implicit_forward(b, &on_s, pen, &sol, &grad_f, opts, jac0)?
             };
             L1Hypergradient {
                 method: opts.method,
@@ -232,101 +254,104 @@ fn b_column(pen: &Penalty, w: &[f64], support: &[usize], k: usize) -> Vec<f64> {
         .collect()
 }
 
-/// `out ← A v = X_Sᵀ(X_S v)/n + λ₂ v` for v on S; `tmp` has length n.
-fn apply_a(
-    train: &L1Data,
-    pen: &Penalty,
-    support: &[usize],
-    v: &[f64],
-    tmp: &mut [f64],
-    out: &mut [f64],
-) {
-    let n = train.y.len() as f64;
-    tmp.iter_mut().for_each(|t| *t = 0.0);
-    for (a, &j) in support.iter().enumerate() {
-        if v[a] != 0.0 {
-            train.x.col_axpy(j, v[a], tmp);
-        }
+/// The support S of ŵ on the backend: its columns' indices, and the training data.
+struct OnSupport<'a, B: ProxOps> {
+    train: &'a Resident<B>,
+    support: Vec<usize>,
+    coords: B::Rows,
+}
+
+impl<'a, B: ProxOps> OnSupport<'a, B> {
+    fn new(b: &B, train: &'a Resident<B>, support: &[usize]) -> Result<Self> {
+        Ok(OnSupport {
+            train,
+            support: support.to_vec(),
+            coords: upload_coords(b, support, train.d())?,
+        })
     }
-    for (a, &j) in support.iter().enumerate() {
-        out[a] = train.x.col_dot(j, tmp) / n + pen.l2 * v[a];
+
+    /// `out ← A v = X_Sᵀ(X_S v)/n + λ₂ v` for v on S.
+    fn apply_a(&self, b: &B, l2: f64, v: &B::Buf, out: &mut B::Buf) -> Result<()> {
+        let x = &self.train.x;
+        let mut tmp = b.zeros(self.train.n())?;
+        b.cols_gemv(x, Some(&self.coords), 1.0, v, &mut tmp)?;
+        b.cols_gemv_t(x, Some(&self.coords), &tmp, out)?;
+        b.axpby(l2, v, 1.0 / self.train.n() as f64, out)
     }
 }
 
 /// `implicit`: `A q = ∇_S f`, then `h_k = −b_kᵀ q`. Returns `(h, ‖Aq − ∇_S f‖, CG iterations)`.
-fn implicit(
-    train: &L1Data,
+fn implicit<B: ProxOps>(
+    b: &B,
+    on_s: &OnSupport<B>,
     pen: &Penalty,
     sol: &Solution,
-    support: &[usize],
     grad_f: &[f64],
     opts: &L1Options,
 ) -> Result<(Vec<f64>, f64, usize)> {
     let p = pen.hyper_dim();
+    let support = &on_s.support;
     let s = support.len();
     let mut h = vec![0.0; p];
     if s == 0 {
         return Ok((h, 0.0, 0));
     }
-    let rhs: Vec<f64> = support.iter().map(|&j| grad_f[j]).collect();
-    let mut tmp = vec![0.0; train.y.len()];
-    let mut q = vec![0.0; s];
+    let rhs_host: Vec<f64> = support.iter().map(|&j| grad_f[j]).collect();
+    let rhs = b.upload(&rhs_host)?;
     let mut iters = 0;
-    // Dense A, column by column (A e_a), factorised by Cholesky when |S| is small; CG when
-    // |S| is large or A is singular (an inexact inner solution can carry more than n
-    // nonzeros, making X_SᵀX_S rank-deficient).
-    let factor = (s <= opts.cholesky_max).then(|| {
+    // Dense A, column by column (A e_a), factorised by Cholesky on the host when |S| is
+    // small; CG on the backend when |S| is large or A is singular (an inexact inner solution
+    // can carry more than n nonzeros, making X_SᵀX_S rank-deficient).
+    let factor = if s <= opts.cholesky_max {
         let mut a = vec![0.0; s * s];
-        let mut e = vec![0.0; s];
-        let mut col = vec![0.0; s];
+        let mut col = b.zeros(s)?;
         for c in 0..s {
+            let mut e = vec![0.0; s];
             e[c] = 1.0;
-            apply_a(train, pen, support, &e, &mut tmp, &mut col);
-            e[c] = 0.0;
-            for r in 0..s {
-                a[r * s + c] = col[r];
+            on_s.apply_a(b, pen.l2, &b.upload(&e)?, &mut col)?;
+            for (r, v) in b.download(&col)?.into_iter().enumerate() {
+                a[r * s + c] = v;
             }
         }
         crate::linalg::cholesky(&mut a, s).ok().map(|_| a)
-    });
-    if let Some(Some(l)) = factor {
-        q.copy_from_slice(&rhs);
-        crate::linalg::cholesky_solve_in_place(&l, s, &mut q);
     } else {
-        let backend = CpuBackend::<f64>::new();
+        None
+    };
+    let q = if let Some(l) = factor {
+        let mut q = rhs_host.clone();
+        crate::linalg::cholesky_solve_in_place(&l, s, &mut q);
+        b.upload(&q)?
+    } else {
+        let mut q = b.zeros(s)?;
         let report = conjugate_gradient(
-            &backend,
-            |v: &Vec<f64>, out: &mut Vec<f64>| {
-                apply_a(train, pen, support, v, &mut tmp, out);
-                Ok(())
-            },
+            b,
+            |v: &B::Buf, out: &mut B::Buf| on_s.apply_a(b, pen.l2, v, out),
             &rhs,
             &mut q,
             opts.linear_tol,
             opts.linear_iters,
         )?;
         iters = report.iters;
-    }
-    let mut aq = vec![0.0; s];
-    apply_a(train, pen, support, &q, &mut tmp, &mut aq);
-    let res = aq
-        .iter()
-        .zip(&rhs)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum::<f64>()
-        .sqrt();
+        q
+    };
+    let mut aq = b.zeros(s)?;
+    on_s.apply_a(b, pen.l2, &q, &mut aq)?;
+    b.axpy(-1.0, &rhs, &mut aq)?;
+    let res = b.nrm2(&aq)?;
+    let q = b.download(&q)?;
     for k in live_columns(pen, support) {
-        let b = b_column(pen, &sol.w, support, k);
-        h[k] = -b.iter().zip(&q).map(|(a, b)| a * b).sum::<f64>();
+        let bk = b_column(pen, &sol.w, support, k);
+        h[k] = -bk.iter().zip(&q).map(|(a, b)| a * b).sum::<f64>();
     }
     Ok((h, res, iters))
 }
 
 /// `implicit-forward`: Gauss–Seidel sweeps of the coordinate-descent Jacobian recursion on S
-/// with the signs fixed, from J = 0 (or `jac0`), until the largest change of J in a sweep, or
-/// of the hypergradient `h = J_Sᵀ∇_S f` between two sweeps, is ≤ `linear_tol` times the
-/// largest entry of J (resp. h); every 5 sweeps an Anderson extrapolation is tried and kept
-/// when it lowers the energy `½JᵀAJ + bᵀJ`:
+/// with the signs fixed ([`ProxOps::cd_jacobian_sweep`], one hyper-parameter column at a time),
+/// from J = 0 (or `jac0`), until the largest change of J in a sweep, or of the hypergradient
+/// `h = J_Sᵀ∇_S f` between two sweeps, is ≤ `linear_tol` times the largest entry of J (resp.
+/// h); every 5 sweeps an Anderson extrapolation is tried and kept when it lowers the energy
+/// `½JᵀAJ + bᵀJ`:
 ///
 /// ```text
 /// J_jk ← (x_jᵀ R_k/n + L_j J_jk − b_jk) / (L_j + λ₂),   R_k ← R_k − x_j ΔJ_jk
@@ -336,51 +361,57 @@ fn implicit(
 /// S when given (lasso/enet), else from 0. Returns `(h = J_Sᵀ ∇_S f, ‖AJ + B‖_F, sweeps,
 /// J as p vectors of length d for lasso/enet)`.
 #[allow(clippy::type_complexity)]
-fn implicit_forward(
-    train: &L1Data,
+fn implicit_forward<B: ProxOps>(
+    b: &B,
+    on_s: &OnSupport<B>,
     pen: &Penalty,
     sol: &Solution,
-    support: &[usize],
     grad_f: &[f64],
     opts: &L1Options,
     jac0: Option<&[Vec<f64>]>,
 ) -> Result<(Vec<f64>, f64, usize, Option<Vec<Vec<f64>>>)> {
+    let train = on_s.train;
+    let support = &on_s.support;
     let p = pen.hyper_dim();
-    let n = train.y.len();
+    let n = train.n();
     let nf = n as f64;
     let mut h = vec![0.0; p];
     let s = support.len();
-    let d = train.x.d();
+    let d = train.d();
     let keep = pen.kind != super::L1Kind::Wlasso;
     if s == 0 {
         return Ok((h, 0.0, 0, keep.then(|| vec![vec![0.0; d]; p])));
     }
-    let lips: Vec<f64> = support
-        .iter()
-        .map(|&j| {
-            let mut e = vec![0.0; n];
-            train.x.col_axpy(j, 1.0, &mut e);
-            e.iter().map(|a| a * a).sum::<f64>() / nf
-        })
-        .collect();
+    let lips_host: Vec<f64> = support.iter().map(|&j| train.lips_host[j]).collect();
+    let lips = b.upload(&lips_host)?;
     let cols = live_columns(pen, support);
     let bs: Vec<Vec<f64>> = cols
         .iter()
         .map(|&k| b_column(pen, &sol.w, support, k))
         .collect();
-    let mut jac = vec![vec![0.0; s]; cols.len()];
-    let mut res = vec![vec![0.0; n]; cols.len()];
+    let bs_dev: Vec<B::Buf> = bs.iter().map(|bk| b.upload(bk)).collect::<Result<_>>()?;
+    let mut jac_host = vec![vec![0.0; s]; cols.len()];
+    let mut res_host = vec![vec![0.0; n]; cols.len()];
     if let Some(j0) = jac0.filter(|j0| keep && j0.len() == p && j0.iter().all(|c| c.len() == d)) {
+        // R_k = −X_S J_k for the warm start, on the host (once a call).
         for (c, &k) in cols.iter().enumerate() {
             for (a, &j) in support.iter().enumerate() {
                 let v = j0[k][j];
                 if v != 0.0 && v.is_finite() {
-                    jac[c][a] = v;
-                    train.x.col_axpy(j, -v, &mut res[c]);
+                    jac_host[c][a] = v;
+                    train.data.x.col_axpy(j, -v, &mut res_host[c]);
                 }
             }
         }
     }
+    let mut jac: Vec<B::Buf> = jac_host
+        .iter()
+        .map(|j| b.upload(j))
+        .collect::<Result<_>>()?;
+    let mut res: Vec<B::Buf> = res_host
+        .iter()
+        .map(|r| b.upload(r))
+        .collect::<Result<_>>()?;
     let mut sweeps = 0;
     let mut h_prev = vec![f64::INFINITY; cols.len()];
     let mut history: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(ANDERSON_K + 1); cols.len()];
@@ -388,29 +419,30 @@ fn implicit_forward(
         sweeps += 1;
         let mut max_change: f64 = 0.0;
         let mut max_entry: f64 = 0.0;
-        for (c, (jk, rk)) in jac.iter_mut().zip(res.iter_mut()).enumerate() {
-            for (a, &j) in support.iter().enumerate() {
-                let new =
-                    (train.x.col_dot(j, rk) / nf + lips[a] * jk[a] - bs[c][a]) / (lips[a] + pen.l2);
-                let delta = new - jk[a];
-                if delta != 0.0 {
-                    train.x.col_axpy(j, -delta, rk);
-                    jk[a] = new;
-                }
-                max_change = max_change.max(delta.abs());
-                max_entry = max_entry.max(new.abs());
-            }
+        for c in 0..cols.len() {
+            let (change, entry) = b.cd_jacobian_sweep(
+                &train.x,
+                &on_s.coords,
+                &lips,
+                &bs_dev[c],
+                pen.l2,
+                &mut jac[c],
+                &mut res[c],
+            )?;
+            max_change = max_change.max(change);
+            max_entry = max_entry.max(entry);
         }
         if !max_entry.is_finite() {
             return Err(Error::Numerical(
                 "the Jacobian recursion on the support diverged".into(),
             ));
         }
+        jac_host = jac.iter().map(|j| b.download(j)).collect::<Result<_>>()?;
         // Stop when the hypergradient h = J_Sᵀ∇_S f (what the outer loop uses) or the whole
         // Jacobian has stopped moving, relative to its size.
         let mut h_change: f64 = 0.0;
         let mut h_size: f64 = 0.0;
-        for (c, jk) in jac.iter().enumerate() {
+        for (c, jk) in jac_host.iter().enumerate() {
             let hk: f64 = support.iter().zip(jk).map(|(&j, v)| grad_f[j] * v).sum();
             h_change = h_change.max((hk - h_prev[c]).abs());
             h_size = h_size.max(hk.abs());
@@ -424,7 +456,7 @@ fn implicit_forward(
         // Anderson extrapolation of the (linear) recursion every K sweeps, kept only when it
         // lowers the energy E(J) = ½ JᵀAJ + bᵀJ that Gauss–Seidel decreases.
         for (c, hist) in history.iter_mut().enumerate() {
-            hist.push(jac[c].clone());
+            hist.push(jac_host[c].clone());
             if hist.len() == ANDERSON_K + 1 {
                 if let Some(proposal) = anderson_extrapolate(hist) {
                     let energy = |jk: &[f64], rk: &[f64]| {
@@ -432,15 +464,23 @@ fn implicit_forward(
                             + pen.l2 * jk.iter().map(|v| v * v).sum::<f64>())
                             + jk.iter().zip(&bs[c]).map(|(a, b)| a * b).sum::<f64>()
                     };
-                    let mut r_new = res[c].clone();
-                    for (a, &j) in support.iter().enumerate() {
-                        let delta = proposal[a] - jac[c][a];
-                        if delta != 0.0 {
-                            train.x.col_axpy(j, -delta, &mut r_new);
-                        }
-                    }
-                    if energy(&proposal, &r_new) < energy(&jac[c], &res[c]) {
-                        jac[c] = proposal;
+                    let delta: Vec<f64> = proposal
+                        .iter()
+                        .zip(&jac_host[c])
+                        .map(|(p, j)| p - j)
+                        .collect();
+                    let mut r_new = duplicate(b, &res[c])?;
+                    b.cols_gemv(
+                        &train.x,
+                        Some(&on_s.coords),
+                        -1.0,
+                        &b.upload(&delta)?,
+                        &mut r_new,
+                    )?;
+                    let (r_old, r_new_host) = (b.download(&res[c])?, b.download(&r_new)?);
+                    if energy(&proposal, &r_new_host) < energy(&jac_host[c], &r_old) {
+                        jac[c] = b.upload(&proposal)?;
+                        jac_host[c] = proposal;
                         res[c] = r_new;
                     }
                 }
@@ -448,29 +488,25 @@ fn implicit_forward(
             }
         }
     }
-    let mut tmp = vec![0.0; n];
-    let mut aj = vec![0.0; s];
+    let mut aj = b.zeros(s)?;
     let mut res2 = 0.0;
     for (c, &k) in cols.iter().enumerate() {
         h[k] = support
             .iter()
-            .zip(&jac[c])
+            .zip(&jac_host[c])
             .map(|(&j, v)| grad_f[j] * v)
             .sum();
-        apply_a(train, pen, support, &jac[c], &mut tmp, &mut aj);
-        res2 += aj
-            .iter()
-            .zip(&bs[c])
-            .map(|(a, b)| (a + b) * (a + b))
-            .sum::<f64>();
+        on_s.apply_a(b, pen.l2, &jac[c], &mut aj)?;
+        b.axpy(1.0, &bs_dev[c], &mut aj)?;
+        res2 += b.dot(&aj, &aj)?;
     }
     let full = keep.then(|| {
-        cols.iter()
-            .enumerate()
-            .map(|(c, _)| {
+        jac_host
+            .iter()
+            .map(|jc| {
                 let mut v = vec![0.0; d];
                 for (a, &j) in support.iter().enumerate() {
-                    v[j] = jac[c][a];
+                    v[j] = jc[a];
                 }
                 v
             })
@@ -487,21 +523,23 @@ const FORWARD_MAX_ENTRIES: usize = 250_000_000;
 ///
 /// Prox-CD, coordinate j (`u = x_jᵀr/n + L_j w_j`, `w_j⁺ = ST(u, λ_j)/(L_j + λ₂)`):
 /// `J_jk⁺ = 1{w_j⁺ ≠ 0}(x_jᵀR_k/n + L_j J_jk − s_j ∂λ_j/∂θ_k − w_j⁺ ∂λ₂/∂θ_k)/(L_j + λ₂)`,
-/// `R_k = −XJ_k` updated with the coordinate.
+/// `R_k = −XJ_k` updated with the coordinate ([`ProxOps::cd_forward_sweep`]).
 ///
 /// ISTA/FISTA (`η = 1/(σ/n + λ₂)`, `G(v) = −Xᵀ(y − Xv)/n + λ₂v`, `z = v − ηG(v)`,
 /// `w⁺ = ST(z, ηλ)`, `v⁺ = w⁺ + β(w⁺ − w)`): with `∂η/∂θ_k = −η² ∂λ₂/∂θ_k`,
 /// `dz = dv − η(XᵀX dv/n + λ₂ dv + v ∂λ₂) − G dη`,
-/// `dw⁺_j = 1{w⁺_j ≠ 0}(dz_j − s_j(λ_j dη + η ∂λ_j))`, `dv⁺ = dw⁺ + β(dw⁺ − dw)`.
-fn forward(
-    train: &L1Data,
+/// `dw⁺_j = 1{w⁺_j ≠ 0}(dz_j − s_j(λ_j dη + η ∂λ_j))`, `dv⁺ = dw⁺ + β(dw⁺ − dw)`
+/// ([`ProxOps::prox_jacobian`]).
+fn forward<B: ProxOps>(
+    b: &B,
+    train: &Resident<B>,
     val: &L1Data,
     pen: &Penalty,
     opts: &L1Options,
     w0: Option<&[f64]>,
 ) -> Result<L1Hypergradient> {
-    let d = train.x.d();
-    let n = train.y.len();
+    let d = train.d();
+    let n = train.n();
     let p = pen.hyper_dim();
     if p.saturating_mul(n + d) > FORWARD_MAX_ENTRIES {
         return Err(Error::option(
@@ -511,19 +549,10 @@ fn forward(
             ),
         ));
     }
-    let mut w = match w0 {
-        Some(w0) if w0.len() != d => {
-            return Err(Error::Dimension(format!(
-                "the warm start has {} entries for {d} features",
-                w0.len()
-            )))
-        }
-        Some(w0) => w0.to_vec(),
-        None => vec![0.0; d],
-    };
-    let (iters, gap, converged, jac) = match opts.inner.solver {
-        L1Solver::Cd => forward_cd(train, pen, &opts.inner, &mut w)?,
-        L1Solver::Pgd | L1Solver::Fista => forward_pgd(train, pen, &opts.inner, &mut w)?,
+    let w = start(w0, d)?;
+    let (w, iters, gap, converged, jac) = match opts.inner.solver {
+        L1Solver::Cd => forward_cd(b, train, pen, &opts.inner, w)?,
+        L1Solver::Pgd | L1Solver::Fista => forward_pgd(b, train, pen, &opts.inner, w)?,
     };
     let (outer_loss, grad_f) = val.mse_and_grad(&w);
     let h: Vec<f64> = jac
@@ -551,159 +580,168 @@ fn forward(
     })
 }
 
-/// Prox-CD with forward-mode Jacobian; returns `(sweeps, gap, converged, J by column)`.
-fn forward_cd(
-    train: &L1Data,
+/// What a forward-mode run returns: `(w, iterations, gap, converged, J by column)`.
+type ForwardRun = (Vec<f64>, usize, f64, bool, Vec<Vec<f64>>);
+
+/// Prox-CD with forward-mode Jacobian, one [`ProxOps::cd_forward_sweep`] a sweep.
+fn forward_cd<B: ProxOps>(
+    b: &B,
+    train: &Resident<B>,
     pen: &Penalty,
     inner: &SolveOptions,
-    w: &mut [f64],
-) -> Result<(usize, f64, bool, Vec<Vec<f64>>)> {
-    let x = &train.x;
-    let d = x.d();
-    let n = train.y.len();
-    let nf = n as f64;
+    w: Vec<f64>,
+) -> Result<ForwardRun> {
+    let d = train.d();
+    let n = train.n();
     let p = pen.hyper_dim();
-    let lips = coordinate_lipschitz(x);
-    let mut r = residual(train, w);
-    let mut jac = vec![vec![0.0; d]; p];
-    let mut jr = vec![vec![0.0; n]; p];
+    let l1 = b.upload(&pen.l1)?;
+    let sp = SweepPenalty {
+        kind: pen.kind,
+        l1: &l1,
+        l2: pen.l2,
+    };
+    let mut w = b.upload(&w)?;
+    let mut r = b.zeros(n)?;
+    train.residual(b, &w, &mut r)?;
+    let mut jac = b.zeros(p * d)?;
+    let mut jr = b.zeros(p * n)?;
     // Column k is identically 0 until something feeds it (wlasso: coordinate k active).
-    let mut live: Vec<bool> = (0..p)
-        .map(|k| pen.kind != super::L1Kind::Wlasso || k >= d)
+    let live: Vec<f64> = (0..p)
+        .map(|k| (pen.kind != super::L1Kind::Wlasso || k >= d) as u8 as f64)
         .collect();
-    let threshold = gap_threshold(train, inner.tol);
+    let mut live = b.upload(&live)?;
+    let threshold = gap_threshold(&train.data, inner.tol);
     let mut gap = f64::INFINITY;
     let mut iters = 0;
+    let mut converged = false;
     while iters < inner.max_iters {
         iters += 1;
-        for j in 0..d {
-            if !(lips[j] > 0.0) {
-                continue;
-            }
-            let old = w[j];
-            let u = x.col_dot(j, &r) / nf + lips[j] * old;
-            let new = soft_threshold(u, pen.l1[j]) / (lips[j] + pen.l2);
-            if new != old {
-                x.col_axpy(j, old - new, &mut r);
-                w[j] = new;
-            }
-            if pen.kind == super::L1Kind::Wlasso && new != 0.0 {
-                live[j] = true;
-            }
-            for k in 0..p {
-                if !live[k] {
-                    continue;
-                }
-                let dnew = if new != 0.0 {
-                    let du = x.col_dot(j, &jr[k]) / nf + lips[j] * jac[k][j];
-                    (du - new.signum() * pen.dl1(j, k) - new * pen.dl2(k)) / (lips[j] + pen.l2)
-                } else {
-                    0.0
-                };
-                let delta = dnew - jac[k][j];
-                if delta != 0.0 {
-                    x.col_axpy(j, -delta, &mut jr[k]);
-                    jac[k][j] = dnew;
-                }
-            }
-        }
+        b.cd_forward_sweep(
+            &train.x,
+            &train.lips,
+            &sp,
+            &mut w,
+            &mut r,
+            &mut jac,
+            &mut jr,
+            &mut live,
+        )?;
         if iters % inner.gap_every.max(1) == 0 || iters == inner.max_iters {
-            if w.iter().any(|v| !v.is_finite()) {
+            let (g, w_host, _) = train.gap(b, pen, &w, &r)?;
+            if w_host.iter().any(|v| !v.is_finite()) {
                 return Err(Error::Numerical(
                     "coordinate descent produced a non-finite iterate".into(),
                 ));
             }
-            gap = duality_gap(train, pen, w, &r);
+            gap = g;
             if gap <= threshold {
-                return Ok((iters, gap, true, jac));
+                converged = true;
+                break;
             }
         }
     }
-    Ok((iters, gap, gap <= threshold, jac))
+    let jac = b.download(&jac)?;
+    let w = b.download(&w)?;
+    Ok((
+        w,
+        iters,
+        gap,
+        converged || gap <= threshold,
+        jac.chunks(d.max(1)).map(<[f64]>::to_vec).collect(),
+    ))
 }
 
-/// ISTA/FISTA with forward-mode Jacobian; returns `(iterations, gap, converged, J by column)`.
-fn forward_pgd(
-    train: &L1Data,
+/// ISTA/FISTA with forward-mode Jacobian, one block of d entries a hyper-parameter column.
+fn forward_pgd<B: ProxOps>(
+    b: &B,
+    train: &Resident<B>,
     pen: &Penalty,
     inner: &SolveOptions,
-    w: &mut [f64],
-) -> Result<(usize, f64, bool, Vec<Vec<f64>>)> {
-    let x = &train.x;
-    let d = x.d();
-    let n = train.y.len();
+    w: Vec<f64>,
+) -> Result<ForwardRun> {
+    let d = train.d();
+    let n = train.n();
     let nf = n as f64;
     let p = pen.hyper_dim();
-    let sigma = x.spectral_norm_sq(50) / nf;
-    let lipschitz = sigma + pen.l2;
-    if !(lipschitz > 0.0) {
+    let Some(eta) = pgd_step(train, pen) else {
         return Err(Error::Numerical(
             "the design is zero: proximal gradient has no step".into(),
         ));
-    }
-    let eta = 1.0 / lipschitz;
+    };
     let accelerate = inner.solver == L1Solver::Fista;
-    let threshold = gap_threshold(train, inner.tol);
-    let mut r = residual(train, w);
-    let mut v = w.to_vec();
-    let mut rv = r.clone();
-    let mut jw = vec![vec![0.0; d]; p];
-    let mut jv = vec![vec![0.0; d]; p];
-    let mut grad = vec![0.0; d];
-    let mut g_smooth = vec![0.0; d];
-    let mut tmp_n = vec![0.0; n];
-    let mut tmp_d = vec![0.0; d];
+    let threshold = gap_threshold(&train.data, inner.tol);
+    let l1 = b.upload(&pen.l1)?;
+    let mut w = b.upload(&w)?;
+    let mut r = b.zeros(n)?;
+    train.residual(b, &w, &mut r)?;
+    let mut v = duplicate(b, &w)?;
+    let mut rv = duplicate(b, &r)?;
+    let mut jw: Vec<B::Buf> = (0..p).map(|_| b.zeros(d)).collect::<Result<_>>()?;
+    let mut jv: Vec<B::Buf> = (0..p).map(|_| b.zeros(d)).collect::<Result<_>>()?;
+    let dl1: Vec<B::Buf> = (0..p)
+        .map(|k| b.upload(&(0..d).map(|j| pen.dl1(j, k)).collect::<Vec<_>>()))
+        .collect::<Result<_>>()?;
+    let mut gsm = b.zeros(d)?;
+    let mut dgrad = b.zeros(d)?;
+    let mut xjv = b.zeros(n)?;
     let mut t = 1.0f64;
     let mut gap = f64::INFINITY;
     let mut iters = 0;
+    let mut converged = false;
     while iters < inner.max_iters {
         iters += 1;
-        x.rmatvec(&rv, &mut grad);
-        for j in 0..d {
-            g_smooth[j] = -grad[j] / nf + pen.l2 * v[j];
-        }
-        let w_old = w.to_vec();
-        for j in 0..d {
-            w[j] = soft_threshold(v[j] - eta * g_smooth[j], eta * pen.l1[j]);
-        }
+        let w_old = duplicate(b, &w)?;
+        pgd_update(b, train, pen, (&l1, eta), (&v, &rv), &mut gsm, &mut w)?;
         let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
         let beta = if accelerate { (t - 1.0) / t_next } else { 0.0 };
         t = t_next;
         for k in 0..p {
             let deta = -eta * eta * pen.dl2(k);
-            // tmp_d = XᵀX dv/n
-            x.matvec(&jv[k], &mut tmp_n);
-            x.rmatvec(&tmp_n, &mut tmp_d);
-            let jw_old = jw[k].clone();
-            for j in 0..d {
-                jw[k][j] = if w[j] != 0.0 {
-                    let dg = tmp_d[j] / nf + pen.l2 * jv[k][j] + v[j] * pen.dl2(k);
-                    let dz = jv[k][j] - eta * dg - g_smooth[j] * deta;
-                    dz - w[j].signum() * (pen.l1[j] * deta + eta * pen.dl1(j, k))
-                } else {
-                    0.0
-                };
-                jv[k][j] = jw[k][j] + beta * (jw[k][j] - jw_old[j]);
-            }
+            // dgrad = XᵀX dv/n + λ₂ dv
+            b.fill(&mut xjv, 0.0)?;
+            b.cols_gemv(&train.x, None, 1.0, &jv[k], &mut xjv)?;
+            b.cols_gemv_t(&train.x, None, &xjv, &mut dgrad)?;
+            b.axpby(pen.l2, &jv[k], 1.0 / nf, &mut dgrad)?;
+            let jw_old = duplicate(b, &jw[k])?;
+            b.prox_jacobian(
+                &w,
+                &v,
+                &jv[k],
+                &dgrad,
+                &gsm,
+                &l1,
+                &dl1[k],
+                eta,
+                &[deta],
+                &[pen.dl2(k)],
+                &mut jw[k],
+            )?;
+            extrapolate(b, beta, &jw[k], &jw_old, &mut jv[k])?;
         }
-        let r_old = std::mem::replace(&mut r, residual(train, w));
-        for j in 0..d {
-            v[j] = w[j] + beta * (w[j] - w_old[j]);
-        }
-        for i in 0..n {
-            rv[i] = r[i] + beta * (r[i] - r_old[i]);
-        }
+        let r_old = duplicate(b, &r)?;
+        train.residual(b, &w, &mut r)?;
+        extrapolate(b, beta, &w, &w_old, &mut v)?;
+        extrapolate(b, beta, &r, &r_old, &mut rv)?;
         if iters % inner.gap_every.max(1) == 0 || iters == inner.max_iters {
-            if w.iter().any(|a| !a.is_finite()) {
+            let (g, w_host, _) = train.gap(b, pen, &w, &r)?;
+            if w_host.iter().any(|a| !a.is_finite()) {
                 return Err(Error::Numerical(
                     "proximal gradient produced a non-finite iterate".into(),
                 ));
             }
-            gap = duality_gap(train, pen, w, &r);
+            gap = g;
             if gap <= threshold {
-                return Ok((iters, gap, true, jw));
+                converged = true;
+                break;
             }
         }
     }
-    Ok((iters, gap, gap <= threshold, jw))
+    let jac = jw.iter().map(|j| b.download(j)).collect::<Result<_>>()?;
+    Ok((
+        b.download(&w)?,
+        iters,
+        gap,
+        converged || gap <= threshold,
+        jac,
+    ))
 }

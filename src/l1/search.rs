@@ -27,6 +27,8 @@ use std::time::Instant;
 use super::cv::{Criterion, Evaluator, ValueEvaluation};
 use super::hypergrad::L1Options;
 use super::problem::L1Kind;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::prox::ProxOps;
 use crate::data::rng::Rng;
 use crate::{Error, Result};
 
@@ -224,6 +226,18 @@ pub fn search(
     criterion: Criterion,
     opts: L1Options,
     search: &SearchOptions,
+    on_step: impl FnMut(&TraceEntry) -> Result<()>,
+) -> Result<SearchResult> {
+    search_on(CpuBackend::<f64>::new(), criterion, opts, search, on_step)
+}
+
+/// [`search()`] with every inner solve and hypergradient on `backend` (each fold's training
+/// rows uploaded once, at the start).
+pub fn search_on<B: ProxOps>(
+    backend: B,
+    criterion: Criterion,
+    opts: L1Options,
+    search: &SearchOptions,
     mut on_step: impl FnMut(&TraceEntry) -> Result<()>,
 ) -> Result<SearchResult> {
     let started = Instant::now();
@@ -254,7 +268,7 @@ pub fn search(
             *t = t.clamp(*lo, *hi);
         }
     };
-    let mut eval = Evaluator::new(criterion, opts);
+    let mut eval = Evaluator::on(backend, criterion, opts)?;
     let mut trace: Vec<TraceEntry> = Vec::new();
     let mut best_loss = f64::INFINITY;
     let mut best_theta = Vec::new();

@@ -21,6 +21,11 @@
 
 use super::design::Design;
 use super::problem::{L1Data, Penalty};
+use super::resident::Resident;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::prox::{ProxOps, SweepPenalty};
+use crate::backend::Backend;
+use crate::solver::linear::duplicate;
 use crate::{Error, Result};
 
 /// Which inner solver.
@@ -101,34 +106,19 @@ pub struct Solution {
     pub converged: bool,
 }
 
-/// `ST(z, t) = sign(z) max(|z| − t, 0)`, the proximal map of `t|·|`.
-#[inline]
-pub fn soft_threshold(z: f64, t: f64) -> f64 {
-    if z > t {
-        z - t
-    } else if z < -t {
-        z + t
-    } else {
-        0.0
-    }
-}
-
-/// `y − Xw`.
-pub fn residual(data: &L1Data, w: &[f64]) -> Vec<f64> {
-    let mut r = vec![0.0; data.y.len()];
-    data.x.matvec(w, &mut r);
-    r.iter_mut()
-        .zip(&data.y)
-        .for_each(|(ri, yi)| *ri = yi - *ri);
-    r
-}
-
 /// The duality gap `P(w) − D(u(r))` of the module documentation, given `r = y − Xw`.
 pub fn duality_gap(data: &L1Data, pen: &Penalty, w: &[f64], r: &[f64]) -> f64 {
+    let mut xtr = vec![0.0; w.len()];
+    data.x.rmatvec(r, &mut xtr);
+    gap_from(data, pen, w, r, &xtr)
+}
+
+/// [`duality_gap`] given `xtr = Xᵀr` as well.
+pub(crate) fn gap_from(data: &L1Data, pen: &Penalty, w: &[f64], r: &[f64], xtr: &[f64]) -> f64 {
     let n = data.y.len() as f64;
     let mut scale: f64 = 1.0;
     for j in 0..w.len() {
-        let c = (data.x.col_dot(j, r) - n * pen.l2 * w[j]).abs();
+        let c = (xtr[j] - n * pen.l2 * w[j]).abs();
         let lam = n * pen.l1[j];
         if c > lam {
             scale = scale.max(if lam > 0.0 { c / lam } else { f64::INFINITY });
@@ -156,62 +146,51 @@ pub fn coordinate_lipschitz(x: &Design) -> Vec<f64> {
     x.col_sq_norms().into_iter().map(|s| s / n).collect()
 }
 
-/// One exact coordinate minimisation of P over `w_j` (`lj = ‖x_j‖²/n > 0`):
-///
-/// ```text
-/// u = x_jᵀr/n + L_j w_j,     w_j ← ST(u, λ_j) / (L_j + λ₂),     r ← r − x_j (Δw_j)
-/// ```
-///
-/// Returns `(u, new w_j)`; the residual is updated in place.
-#[inline]
-pub fn cd_update(
-    x: &Design,
-    pen: &Penalty,
-    lj: f64,
-    j: usize,
-    w: &mut [f64],
-    r: &mut [f64],
-) -> (f64, f64) {
-    let n = r.len() as f64;
-    let old = w[j];
-    let u = x.col_dot(j, r) / n + lj * old;
-    let new = soft_threshold(u, pen.l1[j]) / (lj + pen.l2);
-    if new != old {
-        x.col_axpy(j, old - new, r);
-        w[j] = new;
-    }
-    (u, new)
-}
-
-/// Minimises P from `w0` (zeros if `None`) with the solver in `opts`. Errors: a dimension
-/// mismatch of `w0`, invalid options, or a non-finite iterate ([`Error::Numerical`]).
+/// Minimises P from `w0` (zeros if `None`) with the solver in `opts`, on the CPU in f64
+/// ([`solve_on`] on [`CpuBackend`]). Errors: a dimension mismatch of `w0`, invalid options, or
+/// a non-finite iterate ([`Error::Numerical`]).
 pub fn solve(
     data: &L1Data,
     pen: &Penalty,
     w0: Option<&[f64]>,
     opts: &SolveOptions,
 ) -> Result<Solution> {
+    let b = CpuBackend::<f64>::new();
+    solve_on(&b, &Resident::new(&b, data)?, pen, w0, opts)
+}
+
+/// [`solve`] on a backend, for training data already on it.
+pub fn solve_on<B: ProxOps>(
+    b: &B,
+    data: &Resident<B>,
+    pen: &Penalty,
+    w0: Option<&[f64]>,
+    opts: &SolveOptions,
+) -> Result<Solution> {
     opts.validate()?;
-    let d = data.x.d();
+    let d = data.d();
     if pen.l1.len() != d {
         return Err(Error::Dimension(format!(
             "the penalty has {} entries for {d} features",
             pen.l1.len()
         )));
     }
-    let w = match w0 {
-        Some(w0) if w0.len() != d => {
-            return Err(Error::Dimension(format!(
-                "the warm start has {} entries for {d} features",
-                w0.len()
-            )))
-        }
-        Some(w0) => w0.to_vec(),
-        None => vec![0.0; d],
-    };
+    let w = start(w0, d)?;
     match opts.solver {
-        L1Solver::Cd => solve_cd(data, pen, w, opts),
-        L1Solver::Pgd | L1Solver::Fista => solve_pgd(data, pen, w, opts),
+        L1Solver::Cd => solve_cd(b, data, pen, w, opts),
+        L1Solver::Pgd | L1Solver::Fista => solve_pgd(b, data, pen, w, opts),
+    }
+}
+
+/// The starting point: `w0`, or zeros.
+pub(crate) fn start(w0: Option<&[f64]>, d: usize) -> Result<Vec<f64>> {
+    match w0 {
+        Some(w0) if w0.len() != d => Err(Error::Dimension(format!(
+            "the warm start has {} entries for {d} features",
+            w0.len()
+        ))),
+        Some(w0) => Ok(w0.to_vec()),
+        None => Ok(vec![0.0; d]),
     }
 }
 
@@ -223,30 +202,42 @@ pub(crate) const ANDERSON_K: usize = 5;
 /// `U = [w¹ − w⁰, …, wᴷ − wᴷ⁻¹]`, solve `UᵀU c = 1`, normalise `c` to sum 1, and propose
 /// `Σ_i c_i wⁱ`. The proposal replaces `w` (and the residual) only if it lowers the inner
 /// objective P, so the iteration keeps CD's convergence guarantee.
-fn anderson_step(
-    x: &Design,
+fn anderson_step<B: ProxOps>(
+    b: &B,
+    data: &Resident<B>,
     pen: &Penalty,
-    active: &[usize],
+    (active, active_dev): (&[usize], &B::Rows),
     history: &[Vec<f64>],
-    w: &mut [f64],
-    r: &mut [f64],
-) {
+    w: &mut B::Buf,
+    r: &mut B::Buf,
+) -> Result<()> {
     let Some(proposal) = anderson_extrapolate(history) else {
-        return;
+        return Ok(());
     };
-    let mut r_new = r.to_vec();
-    let mut w_new = w.to_vec();
-    for (a, &j) in active.iter().enumerate() {
-        let delta = proposal[a] - w[j];
-        if delta != 0.0 {
-            x.col_axpy(j, -delta, &mut r_new);
-        }
-        w_new[j] = proposal[a];
+    let w_host = b.download(w)?;
+    let delta: Vec<f64> = active
+        .iter()
+        .zip(&proposal)
+        .map(|(&j, p)| p - w_host[j])
+        .collect();
+    let mut r_new = duplicate(b, r)?;
+    b.cols_gemv(
+        &data.x,
+        Some(active_dev),
+        -1.0,
+        &b.upload(&delta)?,
+        &mut r_new,
+    )?;
+    let mut w_new = w_host.clone();
+    for (&j, p) in active.iter().zip(&proposal) {
+        w_new[j] = *p;
     }
-    if pen.primal(&w_new, &r_new) < pen.primal(w, r) {
-        w.copy_from_slice(&w_new);
-        r.copy_from_slice(&r_new);
+    let (r_host, r_new_host) = (b.download(r)?, b.download(&r_new)?);
+    if pen.primal(&w_new, &r_new_host) < pen.primal(&w_host, &r_host) {
+        *w = b.upload(&w_new)?;
+        *r = r_new;
     }
+    Ok(())
 }
 
 /// The Anderson extrapolation `Σ_i c_i xⁱ` of the iterates `x⁰ … xᴷ` (`c` solves
@@ -290,26 +281,44 @@ const GAP_EVERY_MAX: usize = 10;
 /// Most sweeps over the active set between two full sweeps.
 const ACTIVE_SWEEPS_MAX: usize = 1000;
 
+/// The coordinate indices `set` as the backend's index list (checked below d).
+pub(crate) fn upload_coords<B: Backend>(b: &B, set: &[usize], d: usize) -> Result<B::Rows> {
+    let idx: Vec<u32> = set
+        .iter()
+        .map(|&j| {
+            u32::try_from(j).map_err(|_| Error::Dimension(format!("column {j} exceeds 32 bits")))
+        })
+        .collect::<Result<_>>()?;
+    b.upload_rows(&idx, d)
+}
+
 /// Proximal coordinate descent with an active set (as glmnet): a full cyclic sweep, then
 /// sweeps over the nonzero coordinates only until their largest move is ≤ ε·max|w| (ε from
 /// 1e-4, divided by 10 after each failed gap check), then the next full sweep. The duality gap
 /// is checked after a full sweep that barely moved w (≤ 10ε·max|w|), and at least every 10
 /// full sweeps. Every 5 active sweeps an Anderson extrapolation is tried ([`anderson_step`]),
 /// kept only when it lowers the objective. The fixed point is that of plain cyclic CD.
-/// `iters` counts the full sweeps.
-fn solve_cd(
-    data: &L1Data,
+/// `iters` counts the full sweeps. Each sweep is one [`ProxOps::cd_sweep`].
+fn solve_cd<B: ProxOps>(
+    b: &B,
+    data: &Resident<B>,
     pen: &Penalty,
-    mut w: Vec<f64>,
+    w: Vec<f64>,
     opts: &SolveOptions,
 ) -> Result<Solution> {
-    let x = &data.x;
-    let lips = coordinate_lipschitz(x);
-    let mut r = residual(data, &w);
-    let threshold = gap_threshold(data, opts.tol);
+    let d = data.d();
+    let l1 = b.upload(&pen.l1)?;
+    let sp = SweepPenalty {
+        kind: pen.kind,
+        l1: &l1,
+        l2: pen.l2,
+    };
+    let mut w_dev = b.upload(&w)?;
+    let mut r_dev = b.zeros(data.n())?;
+    data.residual(b, &w_dev, &mut r_dev)?;
+    let threshold = gap_threshold(&data.data, opts.tol);
     let mut gap = f64::INFINITY;
     let mut iters = 0;
-    let mut active: Vec<usize> = Vec::new();
     // Relative accuracy to which the active set is solved between full sweeps; tightened
     // after every gap check that fails.
     let mut active_tol = 1e-4;
@@ -317,22 +326,15 @@ fn solve_cd(
     while iters < opts.max_iters {
         iters += 1;
         since_gap += 1;
-        let mut max_change: f64 = 0.0;
-        let mut max_w: f64 = 0.0;
-        for j in 0..w.len() {
-            if lips[j] > 0.0 {
-                let old = w[j];
-                let (_, new) = cd_update(x, pen, lips[j], j, &mut w, &mut r);
-                max_change = max_change.max((new - old).abs());
-                max_w = max_w.max(new.abs());
-            }
-        }
+        let (max_change, max_w) =
+            b.cd_sweep(&data.x, None, &data.lips, &sp, &mut w_dev, &mut r_dev)?;
         // The gap costs as much as a sweep: check it once a full sweep barely moves w (or
         // at least every `GAP_EVERY_MAX` sweeps, and at the last one).
         let quiet = max_change <= 10.0 * active_tol * max_w || max_w == 0.0;
         if quiet || since_gap >= GAP_EVERY_MAX || iters == opts.max_iters {
             since_gap = 0;
-            gap = duality_gap(data, pen, &w, &r);
+            let (g, w, r) = data.gap(b, pen, &w_dev, &r_dev)?;
+            gap = g;
             if !gap.is_finite() && w.iter().any(|v| !v.is_finite()) {
                 return Err(Error::Numerical(
                     "coordinate descent produced a non-finite iterate".into(),
@@ -352,33 +354,42 @@ fn solve_cd(
             }
         }
         // Sweeps over the active set until the largest move is ≤ active_tol · max|w|.
-        active.clear();
-        active.extend((0..w.len()).filter(|&j| w[j] != 0.0 && lips[j] > 0.0));
+        let w_host = b.download(&w_dev)?;
+        let active: Vec<usize> = (0..d)
+            .filter(|&j| w_host[j] != 0.0 && data.lips_host[j] > 0.0)
+            .collect();
+        let active_dev = upload_coords(b, &active, d)?;
         let mut history: Vec<Vec<f64>> = Vec::with_capacity(ANDERSON_K + 1);
         for _ in 0..ACTIVE_SWEEPS_MAX {
-            let mut max_move: f64 = 0.0;
-            let mut max_a: f64 = 0.0;
-            for &j in &active {
-                let old = w[j];
-                let (_, new) = cd_update(x, pen, lips[j], j, &mut w, &mut r);
-                max_move = max_move.max((new - old).abs());
-                max_a = max_a.max(new.abs());
-            }
+            let (max_move, max_a) = b.cd_sweep(
+                &data.x,
+                Some(&active_dev),
+                &data.lips,
+                &sp,
+                &mut w_dev,
+                &mut r_dev,
+            )?;
             if max_move <= active_tol * max_a {
                 break;
             }
-            history.push(active.iter().map(|&j| w[j]).collect());
+            let w_host = b.download(&w_dev)?;
+            history.push(active.iter().map(|&j| w_host[j]).collect());
             if history.len() == ANDERSON_K + 1 {
-                anderson_step(x, pen, &active, &history, &mut w, &mut r);
+                anderson_step(
+                    b,
+                    data,
+                    pen,
+                    (&active, &active_dev),
+                    &history,
+                    &mut w_dev,
+                    &mut r_dev,
+                )?;
                 history.clear();
             }
         }
     }
-    gap = if gap.is_finite() {
-        duality_gap(data, pen, &w, &r)
-    } else {
-        gap
-    };
+    let (g, w, r) = data.gap(b, pen, &w_dev, &r_dev)?;
+    gap = if gap.is_finite() { g } else { gap };
     Ok(Solution {
         converged: gap <= threshold,
         w,
@@ -388,6 +399,40 @@ fn solve_cd(
     })
 }
 
+/// The step of ISTA/FISTA, `η = 1/L` with `L = ‖X‖₂²/n + λ₂`; `None` when X = 0.
+pub(crate) fn pgd_step<B: ProxOps>(data: &Resident<B>, pen: &Penalty) -> Option<f64> {
+    let lipschitz = data.spectral_norm_sq() / data.n() as f64 + pen.l2;
+    (lipschitz > 0.0).then(|| 1.0 / lipschitz)
+}
+
+/// One ISTA/FISTA step on the backend: `gsm = −Xᵀr_v/n + λ₂v` (the smooth gradient at v,
+/// `r_v = y − Xv`), `w ← ST(v − η gsm, ηλ)`.
+pub(crate) fn pgd_update<B: ProxOps>(
+    b: &B,
+    data: &Resident<B>,
+    pen: &Penalty,
+    (l1, eta): (&B::Buf, f64),
+    (v, rv): (&B::Buf, &B::Buf),
+    gsm: &mut B::Buf,
+    w: &mut B::Buf,
+) -> Result<()> {
+    b.cols_gemv_t(&data.x, None, rv, gsm)?;
+    b.axpby(pen.l2, v, -1.0 / data.n() as f64, gsm)?;
+    b.prox_step(v, gsm, l1, eta, w)
+}
+
+/// `x⁺ ← x + β(x − x_old)`, FISTA's extrapolation (β = 0: ISTA) written into `out`.
+pub(crate) fn extrapolate<B: Backend>(
+    b: &B,
+    beta: f64,
+    x: &B::Buf,
+    x_old: &B::Buf,
+    out: &mut B::Buf,
+) -> Result<()> {
+    b.copy(x, out)?;
+    b.axpby(-beta, x_old, 1.0 + beta, out)
+}
+
 /// ISTA / FISTA with step `1/L`, `L = ‖X‖₂²/n + λ₂` (power-iteration estimate):
 ///
 /// ```text
@@ -395,20 +440,19 @@ fn solve_cd(
 /// ```
 ///
 /// with `β_k = (t_k − 1)/t_{k+1}` (FISTA) or 0 (ISTA).
-fn solve_pgd(
-    data: &L1Data,
+fn solve_pgd<B: ProxOps>(
+    b: &B,
+    data: &Resident<B>,
     pen: &Penalty,
-    mut w: Vec<f64>,
+    w: Vec<f64>,
     opts: &SolveOptions,
 ) -> Result<Solution> {
-    let x = &data.x;
-    let n = data.y.len() as f64;
-    let lipschitz = x.spectral_norm_sq(50) / n + pen.l2;
-    if !(lipschitz > 0.0) {
+    let d = w.len();
+    let Some(eta) = pgd_step(data, pen) else {
         // X = 0: the solution is w = 0.
-        let w = vec![0.0; w.len()];
-        let r = data.y.clone();
-        let gap = duality_gap(data, pen, &w, &r);
+        let w = vec![0.0; d];
+        let r = data.data.y.clone();
+        let gap = duality_gap(&data.data, pen, &w, &r);
         return Ok(Solution {
             w,
             r,
@@ -416,47 +460,43 @@ fn solve_pgd(
             iters: 0,
             converged: true,
         });
-    }
-    let eta = 1.0 / lipschitz;
-    let threshold = gap_threshold(data, opts.tol);
+    };
+    let threshold = gap_threshold(&data.data, opts.tol);
     let accelerate = opts.solver == L1Solver::Fista;
-    let mut r = residual(data, &w); // residual of w
-    let mut v = w.clone();
-    let mut rv = r.clone(); // residual of v
+    let l1 = b.upload(&pen.l1)?;
+    let mut w = b.upload(&w)?;
+    let mut r = b.zeros(data.n())?;
+    data.residual(b, &w, &mut r)?;
+    let mut v = duplicate(b, &w)?;
+    let mut rv = duplicate(b, &r)?; // residual of v
+    let mut gsm = b.zeros(d)?;
     let mut t = 1.0f64;
-    let mut grad = vec![0.0; w.len()];
     let mut gap = f64::INFINITY;
     let mut iters = 0;
     while iters < opts.max_iters {
         iters += 1;
-        x.rmatvec(&rv, &mut grad);
-        let w_old = w.clone();
-        for j in 0..w.len() {
-            let z = v[j] - eta * (-grad[j] / n + pen.l2 * v[j]);
-            w[j] = soft_threshold(z, eta * pen.l1[j]);
-        }
-        let r_old = std::mem::replace(&mut r, residual(data, &w));
+        let w_old = duplicate(b, &w)?;
+        pgd_update(b, data, pen, (&l1, eta), (&v, &rv), &mut gsm, &mut w)?;
+        let r_old = duplicate(b, &r)?;
+        data.residual(b, &w, &mut r)?;
         let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
         let beta = if accelerate { (t - 1.0) / t_next } else { 0.0 };
         t = t_next;
         // v = w + β(w − w_old), and its residual y − Xv = r + β(r − r_old).
-        for j in 0..w.len() {
-            v[j] = w[j] + beta * (w[j] - w_old[j]);
-        }
-        for i in 0..rv.len() {
-            rv[i] = r[i] + beta * (r[i] - r_old[i]);
-        }
+        extrapolate(b, beta, &w, &w_old, &mut v)?;
+        extrapolate(b, beta, &r, &r_old, &mut rv)?;
         if iters % opts.gap_every.max(1) == 0 || iters == opts.max_iters {
-            if w.iter().any(|a| !a.is_finite()) {
+            let (g, w_host, r_host) = data.gap(b, pen, &w, &r)?;
+            if w_host.iter().any(|a| !a.is_finite()) {
                 return Err(Error::Numerical(
                     "proximal gradient produced a non-finite iterate".into(),
                 ));
             }
-            gap = duality_gap(data, pen, &w, &r);
+            gap = g;
             if gap <= threshold {
                 return Ok(Solution {
-                    w,
-                    r,
+                    w: w_host,
+                    r: r_host,
                     gap,
                     iters,
                     converged: true,
@@ -464,6 +504,7 @@ fn solve_pgd(
             }
         }
     }
+    let (w, r) = (b.download(&w)?, b.download(&r)?);
     Ok(Solution {
         converged: gap <= threshold,
         w,

@@ -27,6 +27,9 @@ namespace km {
 namespace kr {
 #include "emu_rows.cu"
 }
+namespace kp {
+#include "emu_prox.cu"
+}
 static std::mt19937_64 rng(12345);
 static double unif(double a = -1, double b = 1) { return std::uniform_real_distribution<double>(a, b)(rng); }
 static int fails = 0, checks = 0;
@@ -452,6 +455,153 @@ static void test_mlp() {
     }
 }
 
+
+// ℓ1 kernels (cuda/prox.cu) against double references of the CPU twins (src/backend/prox/cpu.rs):
+// the prox step and Jacobian and the column gemv bit for bit (same f32 operations per entry),
+// the column products and the sweeps of coordinate descent within f32 accuracy (their dot
+// products are summed in double here, sequentially in f32 there).
+static double soft_d(double z, double t) { return z > t ? z - t : (z < -t ? z + t : 0.0); }
+static double relerr(const std::vector<float>& a, const std::vector<double>& b) {
+    double num = 0, den = 1e-12;
+    for (size_t i = 0; i < a.size(); ++i) { num = std::max(num, std::fabs(a[i] - b[i])); den = std::max(den, std::fabs(b[i])); }
+    return num / den;
+}
+static void test_prox() {
+    const int n = 50, d = 12;
+    // Column-major design with some zero entries (a densified sparse design).
+    std::vector<float> x(n * d);
+    for (auto& v : x) v = unif() < 0.3 ? 0.0f : (float)unif();
+    auto y = randv(n);
+    std::vector<double> xd(x.begin(), x.end());
+    auto col_dot = [&](int j, const std::vector<double>& v) { double s = 0; for (int i = 0; i < n; ++i) s += xd[i + j * n] * v[i]; return s; };
+    auto col_axpy = [&](int j, double a, std::vector<double>& v) { for (int i = 0; i < n; ++i) v[i] += a * xd[i + j * n]; };
+    std::vector<float> lips(d); std::vector<double> lipsd(d);
+    for (int j = 0; j < d; ++j) { double s = 0; for (int i = 0; i < n; ++i) s += xd[i + j * n] * xd[i + j * n]; lipsd[j] = s / n; lips[j] = (float)lipsd[j]; lipsd[j] = lips[j]; }
+    lips[3] = 0.0f; lipsd[3] = 0.0;  // a zero column is skipped
+    std::vector<int> coords = {0, 2, 3, 5, 7, 8, 11};
+    const int m = (int)coords.size();
+    // prox step and Jacobian: bit-exact against the twin's expressions.
+    {
+        auto v = randv(d), g = randv(d), l1 = randv(d, 0, 0.5), jv = randv(2 * d), dg = randv(2 * d), dl1 = randv(2 * d), gsm = randv(d);
+        std::vector<float> w(d), jw(2 * d), coef = {-0.05f, 0.01f, 0.2f, -0.1f};
+        const float eta = 0.7f;
+        launch(g1(1), g1(256), [&] { kp::hg_prox_step(v.data(), g.data(), l1.data(), d, eta, w.data()); });
+        for (int j = 0; j < d; ++j) {
+            float z = v[j] - eta * g[j], t = eta * l1[j];
+            expect(w[j] == (z > t ? z - t : (z < -t ? z + t : 0.0f)), "prox_step bit-exact");
+        }
+        launch(g1(2), g1(256), [&] { kp::hg_prox_jacobian(w.data(), v.data(), jv.data(), dg.data(), gsm.data(), l1.data(), dl1.data(), d, 2, eta, coef.data(), jw.data()); });
+        for (int k = 0; k < 2; ++k) for (int j = 0; j < d; ++j) {
+            int e = k * d + j; float want = 0.0f;
+            if (w[j] != 0.0f) {
+                float s = w[j] > 0 ? 1.0f : -1.0f, gg = dg[e] + coef[2 + k] * v[j];
+                want = (jv[e] - eta * gg - gsm[j] * coef[k]) - s * (l1[j] * coef[k] + eta * dl1[e]);
+            }
+            expect(jw[e] == want, "prox_jacobian bit-exact", jw[e], want);
+        }
+    }
+    // gemv on a coordinate subset: bit-exact (same order per entry); gemv_t within f32.
+    {
+        auto v = randv(m), out = randv(n), out0 = out;
+        v[2] = 0.0f;
+        launch(g1(1), g1(64), [&] { kp::hg_cols_gemv(x.data(), n, coords.data(), m, -0.7f, v.data(), out.data()); });
+        for (int i = 0; i < n; ++i) {
+            float acc = out0[i];
+            for (int a = 0; a < m; ++a) if (v[a] != 0.0f) acc = acc + (-0.7f * v[a]) * x[i + coords[a] * n];
+            expect(out[i] == acc, "cols_gemv bit-exact", out[i], acc);
+        }
+        for (unsigned grid : {1u, 5u}) {
+            std::vector<float> xt(d);
+            launch(g1(grid), g1(64), [&] { kp::hg_cols_gemv_t(x.data(), n, nullptr, d, y.data(), xt.data()); });
+            std::vector<double> yd(y.begin(), y.end()), want(d);
+            for (int j = 0; j < d; ++j) want[j] = col_dot(j, yd);
+            close(relerr(xt, want), 0, 1e-6, "cols_gemv_t");
+        }
+    }
+    auto l1 = randv(d, 0.01, 0.1);
+    for (int kind = 0; kind < 3; ++kind) {
+        const float l2 = kind == 1 ? 0.05f : 0.0f;
+        const int p = kind == 0 ? 1 : (kind == 1 ? 2 : d);
+        // Two full sweeps and one over the subset, against the double loop.
+        for (unsigned block : {64u, 256u}) {
+            std::vector<float> w(d, 0.f), r = y, st(2);
+            std::vector<double> wd(d, 0.0), rd(y.begin(), y.end());
+            for (int pass = 0; pass < 3; ++pass) {
+                const int* c = pass < 2 ? nullptr : coords.data();
+                int cnt = pass < 2 ? d : m;
+                launch(g1(1), g1(block), [&] { kp::hg_cd_sweep(x.data(), n, c, cnt, lips.data(), l1.data(), l2, w.data(), r.data(), st.data()); });
+                double mc = 0, mw = 0;
+                for (int a = 0; a < cnt; ++a) {
+                    int j = c ? c[a] : a;
+                    if (!(lipsd[j] > 0)) continue;
+                    double old = wd[j], u = col_dot(j, rd) / n + lipsd[j] * old;
+                    double nw = soft_d(u, l1[j]) / (lipsd[j] + l2);
+                    col_axpy(j, old - nw, rd); wd[j] = nw;
+                    mc = std::max(mc, std::fabs(nw - old)); mw = std::max(mw, std::fabs(nw));
+                }
+                close(relerr(w, wd), 0, 1e-4, "cd_sweep w");
+                close(relerr(r, rd), 0, 1e-4, "cd_sweep r");
+                close(st[1], mw, 1e-4 * (mw + 1e-12), "cd_sweep max |w|");
+            }
+        }
+        // Three forward sweeps with the Jacobian.
+        {
+            std::vector<float> w(d, 0.f), r = y, jac(p * d, 0.f), jr(p * n, 0.f), live(p, kind == 2 ? 0.f : 1.f);
+            std::vector<double> wd(d, 0.0), rd(y.begin(), y.end()), jd(p * d, 0.0), jrd(p * n, 0.0);
+            std::vector<bool> lived(p, kind != 2);
+            for (int pass = 0; pass < 3; ++pass) {
+                launch(g1(1), g1(64), [&] { kp::hg_cd_forward_sweep(x.data(), n, d, kind, p, lips.data(), l1.data(), l2, w.data(), r.data(), jac.data(), jr.data(), live.data()); });
+                for (int j = 0; j < d; ++j) {
+                    if (!(lipsd[j] > 0)) continue;
+                    double old = wd[j], u = col_dot(j, rd) / n + lipsd[j] * old;
+                    double nw = soft_d(u, l1[j]) / (lipsd[j] + l2);
+                    col_axpy(j, old - nw, rd); wd[j] = nw;
+                    if (kind == 2 && nw != 0) lived[j] = true;
+                    for (int k = 0; k < p; ++k) {
+                        if (!lived[k]) continue;
+                        std::vector<double> rk(jrd.begin() + k * n, jrd.begin() + (k + 1) * n);
+                        double dn = 0;
+                        if (nw != 0) {
+                            double dl1 = ((kind == 2) ? k == j : k == 0) ? (double)l1[j] : 0.0;
+                            double dl2 = (kind == 1 && k == 1) ? (double)l2 : 0.0;
+                            dn = (col_dot(j, rk) / n + lipsd[j] * jd[k * d + j] - (nw > 0 ? 1 : -1) * dl1 - nw * dl2) / (lipsd[j] + l2);
+                        }
+                        double delta = dn - jd[k * d + j];
+                        for (int i = 0; i < n; ++i) jrd[k * n + i] -= delta * xd[i + j * n];
+                        jd[k * d + j] = dn;
+                    }
+                }
+            }
+            close(relerr(w, wd), 0, 1e-4, "cd_forward_sweep w");
+            close(relerr(jac, jd), 0, 1e-3, "cd_forward_sweep J");
+            close(relerr(jr, jrd), 0, 1e-3, "cd_forward_sweep R");
+            for (int k = 0; k < p; ++k) expect((live[k] != 0) == lived[k], "cd_forward_sweep live");
+        }
+    }
+    // Four Jacobian sweeps on the subset, two columns.
+    {
+        std::vector<float> lc(m); std::vector<double> lcd(m);
+        for (int a = 0; a < m; ++a) { lc[a] = lips[coords[a]] > 0 ? lips[coords[a]] : 1.0f; lcd[a] = lc[a]; }
+        auto bv = randv(2 * m);
+        std::vector<float> jac(2 * m, 0.f), res(2 * n, 0.f), st(2);
+        std::vector<double> jd(2 * m, 0.0), rd(2 * n, 0.0);
+        const float l2 = 0.05f;
+        for (int pass = 0; pass < 4; ++pass) {
+            launch(g1(1), g1(64), [&] { kp::hg_cd_jacobian_sweep(x.data(), n, coords.data(), m, 2, lc.data(), bv.data(), l2, jac.data(), res.data(), st.data()); });
+            for (int k = 0; k < 2; ++k) for (int a = 0; a < m; ++a) {
+                int j = coords[a];
+                std::vector<double> rk(rd.begin() + k * n, rd.begin() + (k + 1) * n);
+                double nw = (col_dot(j, rk) / n + lcd[a] * jd[k * m + a] - bv[k * m + a]) / (lcd[a] + l2);
+                double delta = nw - jd[k * m + a];
+                for (int i = 0; i < n; ++i) rd[k * n + i] -= delta * xd[i + j * n];
+                jd[k * m + a] = nw;
+            }
+        }
+        close(relerr(jac, jd), 0, 1e-4, "cd_jacobian_sweep J");
+        close(relerr(res, rd), 0, 1e-4, "cd_jacobian_sweep R");
+    }
+}
+
 // "rows SEED N K0 COUNT": the row stream's kernel (cuda/rows.cu) prints rows k0..k0+count−1
 // (and the advanced offset), for tests/kernel_emulation.rs to compare with
 // src/data/row_stream.rs bit for bit. Grid 3 × 256 threads, so the grid-stride loop wraps.
@@ -474,6 +624,7 @@ int main(int argc, char** argv) {
     test_blas1(); printf("blas1: %d checks, %d fails\n", checks, fails);
     test_fisher(); printf("fisher: %d checks, %d fails\n", checks, fails);
     test_mlp(); printf("mlp: %d checks, %d fails\n", checks, fails);
+    test_prox(); printf("prox: %d checks, %d fails\n", checks, fails);
     glm_suite<1, float>(); glm_suite<8, float>(); glm_suite<32, float>();
     glm_suite<4, unsigned short>();
     if (!quick) {

@@ -53,6 +53,7 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+inline float fabsf(float a) { return std::fabs(a); }
 inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
 // Run `kernel` on grid × block threads; blocks one after another.
 inline void launch(dim3 grid, dim3 block, std::function<void()> kernel) {
