@@ -52,7 +52,15 @@ fn cuda_kernels_match_their_cpu_twins_under_emulation() {
     }
     let work = std::env::temp_dir().join(format!("hypergrad-kernel-emu-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("temp dir");
-    for kernel in ["blas1", "glm_rows", "glm_batch", "fisher", "mlp", "prox", "rows"] {
+    for kernel in [
+        "blas1",
+        "glm_rows",
+        "glm_batch",
+        "fisher",
+        "mlp",
+        "prox",
+        "rows",
+    ] {
         emulation_copy(&root.join("cuda").join(format!("{kernel}.cu")), &work);
     }
     std::fs::copy(root.join("tests/kernel_emu/shim.h"), work.join("shim.h")).expect("copy shim");
