@@ -8,6 +8,7 @@ mod args;
 mod bench;
 mod bench_bounds;
 mod bench_nhgd;
+mod data;
 mod data_args;
 mod grad;
 mod info;
@@ -55,6 +56,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Draw traces (run --trace files) as an SVG or PNG figure.
     Plot(plot::PlotArgs),
+    /// Data files: `data convert IN OUT.npy|OUT.npz` writes the binary inputs.
+    Data(data::DataArgs),
 }
 
 /// Entry point of the binary: parses the command line, runs the command, and turns every
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Data(args) => data::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
