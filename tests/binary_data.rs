@@ -224,3 +224,60 @@ fn broken_binary_files_are_refused_in_one_line() {
         assert_one_line_error(&out, needle);
     }
 }
+
+/// `run --json` of a θ of 24000 per-sample weights: a summary, and the whole vector through
+/// `--theta-out` (the summary's statistics are those of the file's vector); a small θ stays
+/// printed whole.
+#[test]
+fn a_long_theta_is_summarised_and_written_whole_to_npy() {
+    let out_file = scratch("theta.npy");
+    let out = hypergrad(&[
+        "run",
+        "--problem",
+        "hyperclean",
+        "--train",
+        "synthetic:softmax:n=40000,d=10,c=3,seed=1",
+        "--method",
+        "nhgd",
+        "--outer-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "--theta-out",
+        out_file.to_str().unwrap(),
+    ]);
+    let v = json_of(&out);
+    assert!(v.get("theta").is_none(), "θ printed whole");
+    let summary = &v["theta_summary"];
+    let theta = hypergrad::data::npy::read_vector(&out_file).unwrap();
+    assert_eq!(summary["len"], theta.len());
+    assert_eq!(theta.len(), 24_000);
+    let norm = theta.iter().map(|t| t * t).sum::<f64>().sqrt();
+    assert!((summary["norm"].as_f64().unwrap() - norm).abs() <= 1e-12 * norm);
+    let max = theta.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(summary["max"].as_f64().unwrap(), max);
+    assert_eq!(v["theta_file"], out_file.to_str().unwrap());
+
+    let small = json_of(&hypergrad(&[
+        "run",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--outer-steps",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(small["theta"].as_array().unwrap().len(), 1);
+    let zero = hypergrad(&[
+        "run",
+        "--problem",
+        "ridge",
+        "--train",
+        "diabetes",
+        "--checkpoint-every",
+        "0",
+    ]);
+    assert_eq!(zero.status.code(), Some(2));
+}

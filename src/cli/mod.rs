@@ -16,6 +16,7 @@ mod plot;
 mod run;
 mod stochastic_args;
 mod tables;
+mod theta_out;
 
 use std::process::ExitCode;
 

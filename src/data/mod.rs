@@ -280,9 +280,22 @@ pub fn load_all(specs: &[&str]) -> Result<Vec<Dataset>> {
         .collect()
 }
 
-/// The dense rows of a sparse `.npz` dataset; a matrix too large to expand is refused naming
-/// the file.
-fn npz_dense(s: &sparse::SparseDataset, path: &Path) -> Result<Dataset> {
+/// The dense rows of a sparse `.npz` dataset of `file_bytes` bytes. As for LIBSVM, the dense
+/// matrix may hold 2²⁴ entries, or 256 per byte of the file: a small file whose `shape`
+/// claims billions of columns is refused (naming the file) rather than allocated.
+fn npz_dense(s: &sparse::SparseDataset, path: &Path, file_bytes: usize) -> Result<Dataset> {
+    let entries = s.n().saturating_mul(s.d());
+    let limit = libsvm::size_limit(file_bytes);
+    if entries > limit {
+        return Err(npy::invalid(
+            path,
+            format!(
+                "{} rows x {} features = {entries} dense entries, more than a file of {file_bytes} bytes can justify (at most {limit}); the ℓ1 problems (lasso, elasticnet) read it sparse",
+                s.n(),
+                s.d()
+            ),
+        ));
+    }
     let x =
         s.x.to_dense()
             .map_err(|e| npy::invalid(path, format!("{e}; the ℓ1 problems read it sparse")))?;
@@ -305,7 +318,13 @@ fn load_tagged(spec: &str) -> Result<(Dataset, Option<Format>)> {
     let named = format_from_name(path);
     let (mut ds, format) = match named {
         Some(Format::Npy) => (npy::read_npy(path)?, Format::Npy),
-        Some(Format::Npz) => (npz_dense(&npz::read_npz(path)?, path)?, Format::Npz),
+        Some(Format::Npz) => {
+            let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+            (
+                npz_dense(&npz::read_npz(path)?, path, file_bytes)?,
+                Format::Npz,
+            )
+        }
         _ => {
             let bytes = text::read_file_bytes(path)?;
             let format = named.unwrap_or_else(|| sniff_format(&bytes));
@@ -313,7 +332,7 @@ fn load_tagged(spec: &str) -> Result<(Dataset, Option<Format>)> {
                 Format::Csv => read_csv(bytes.as_slice(), path)?,
                 Format::Libsvm => read_libsvm(bytes.as_slice(), path, 0)?,
                 Format::Npy => npy::dataset_from_npy(&bytes, path)?,
-                Format::Npz => npz_dense(&npz::sparse_from_npz(&bytes, path)?, path)?,
+                Format::Npz => npz_dense(&npz::sparse_from_npz(&bytes, path)?, path, bytes.len())?,
             };
             (ds, format)
         }

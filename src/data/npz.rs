@@ -250,6 +250,13 @@ pub(crate) fn sparse_from_npz(bytes: &[u8], path: &Path) -> Result<SparseDataset
     if d == 0 {
         return Err(bad("the matrix has no columns (features)".into()));
     }
+    let limit = super::libsvm::size_limit(bytes.len());
+    if d > limit {
+        return Err(bad(format!(
+            "shape claims {d} features, more than a file of {} bytes can justify (at most {limit}: 2^24, or 256 per byte, as for LIBSVM)",
+            bytes.len()
+        )));
+    }
     if y.len() != n {
         return Err(bad(format!("y has {} labels for {n} rows", y.len())));
     }
