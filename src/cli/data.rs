@@ -27,6 +27,20 @@ pub enum DataCommand {
     /// shape=X.shape, format="csr", y=y) writes the same; scipy.sparse.load_npz reads it). A
     /// LIBSVM input is read sparse for .npz and never expanded.
     Convert(ConvertArgs),
+    /// Load a dataset as --train would and print its rows, features, label range and the
+    /// seconds the load took (to check a file, and how fast it loads).
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A data file (CSV, LIBSVM, .npy, .npz), a bundled dataset or a synthetic spec.
+    #[arg(value_name = "FILE|NAME")]
+    pub input: String,
+
+    /// Print one JSON object instead of the line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Element precision of a written .npy.
@@ -56,7 +70,36 @@ pub struct ConvertArgs {
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::Convert(c) => convert(&c),
+        DataCommand::Info(i) => info(&i),
     }
+}
+
+fn info(args: &InfoArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    let ds = data::load(&args.input)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let (lo, hi) =
+        ds.y.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": ds.name, "rows": ds.n(), "features": ds.d(),
+                "label_min": lo, "label_max": hi, "load_seconds": seconds,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} rows x {} features, labels {lo} .. {hi}, loaded in {seconds:.3} s",
+            ds.name,
+            ds.n(),
+            ds.d()
+        );
+    }
+    Ok(())
 }
 
 fn extension(path: &Path) -> String {

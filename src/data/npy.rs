@@ -20,6 +20,7 @@
 
 use std::path::Path;
 
+use ndarray::Array2;
 use rayon::prelude::*;
 
 use super::Dataset;
@@ -493,7 +494,8 @@ impl FileBytes {
                 // SAFETY: the map is read-only and lives only while the file is read; a file
                 // truncated or rewritten by another process meanwhile is outside what any
                 // reader can defend against (the same holds for NumPy's mmap_mode).
-                if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                // `populate` faults the pages in with one call instead of one fault per page.
+                if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
                     if !map.starts_with(&[0x1f, 0x8b]) {
                         return Ok(FileBytes::Mapped(map));
                     }
@@ -557,23 +559,45 @@ pub(crate) fn dataset_from_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
     );
     plan.check(available_host_bytes(), "host")
         .map_err(|e| invalid(path, e.to_string()))?;
-    let mut x =
-        super::text::zeros_checked(n, d, &name).map_err(|e| invalid(path, e.to_string()))?;
+    let mut values: Vec<f64> = Vec::new();
+    crate::memory::reserve(&mut values, n * d, "the rows")
+        .map_err(|e| invalid(path, e.to_string()))?;
     let mut y =
         crate::memory::try_vec(n, 0.0, "the labels").map_err(|e| invalid(path, e.to_string()))?;
     let size = h.dtype.size();
     let (dtype, big) = (h.dtype, h.big_endian);
-    let xs = x.as_slice_mut().expect("zeros_checked is row-major");
-    if !h.fortran {
+    // The rows are written once, straight from the file's bytes into uninitialised memory
+    // (zeroing 1 GB first would be a second pass over it); every entry is written below
+    // before `set_len`, as the chunks cover the n·d entries exactly.
+    let xs = &mut values.spare_capacity_mut()[..n * d];
+    // The first (row, column) that is not finite, found while the row is in cache.
+    let first_bad = |i: usize, label: f64, row: &[f64]| -> Option<(usize, usize)> {
+        if !label.is_finite() {
+            return Some((i, 0));
+        }
+        row.iter().position(|v| !v.is_finite()).map(|j| (i, j + 1))
+    };
+    let bad = if !h.fortran {
         // Row i is the label then its d features, contiguous: decode whole rows in parallel.
         let row_bytes = cols * size;
         xs.par_chunks_mut(d)
             .zip(y.par_iter_mut())
             .zip(array.data.par_chunks(row_bytes))
-            .for_each(|((row, label), src)| {
-                decode_f64(dtype, big, &src[..size], std::slice::from_mut(label));
-                decode_f64(dtype, big, &src[size..], row);
-            });
+            .enumerate()
+            .with_min_len(256)
+            .map_init(
+                || vec![0.0; d],
+                |buf, (i, ((row, label), src))| {
+                    decode_f64(dtype, big, &src[..size], std::slice::from_mut(label));
+                    decode_f64(dtype, big, &src[size..], buf);
+                    for (o, &v) in row.iter_mut().zip(buf.iter()) {
+                        o.write(v);
+                    }
+                    first_bad(i, *label, buf)
+                },
+            )
+            .flatten()
+            .min()
     } else {
         // Column j is contiguous: the labels are column 0; the features are decoded column by
         // column into blocks of rows (parallel over blocks), each block's writes staying in
@@ -581,12 +605,14 @@ pub(crate) fn dataset_from_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
         let col_bytes = n * size;
         decode_f64(dtype, big, &array.data[..col_bytes], &mut y);
         const BLOCK: usize = 4096;
+        let y = &y;
         xs.par_chunks_mut(BLOCK * d)
             .enumerate()
-            .for_each(|(b, rows)| {
+            .map(|(b, rows)| {
                 let r0 = b * BLOCK;
                 let m = rows.len() / d;
                 let mut column = vec![0.0; m];
+                let mut bad: Option<(usize, usize)> = None;
                 for j in 0..d {
                     let start = (j + 1) * col_bytes + r0 * size;
                     decode_f64(
@@ -596,32 +622,39 @@ pub(crate) fn dataset_from_npy(bytes: &[u8], path: &Path) -> Result<Dataset> {
                         &mut column,
                     );
                     for (i, &v) in column.iter().enumerate() {
-                        rows[i * d + j] = v;
+                        rows[i * d + j].write(v);
+                        let at = (r0 + i, j + 1);
+                        if !v.is_finite() && bad.is_none_or(|b| at < b) {
+                            bad = Some(at);
+                        }
                     }
                 }
-            });
-    }
-    if let Some(k) = xs.par_iter().position_first(|v| !v.is_finite()) {
+                (r0..r0 + m)
+                    .find(|&i| !y[i].is_finite())
+                    .map(|i| (i, 0))
+                    .into_iter()
+                    .chain(bad)
+                    .min()
+            })
+            .flatten()
+            .min()
+    };
+    // SAFETY: both branches wrote every one of the n·d entries (the chunks tile the slice).
+    unsafe { values.set_len(n * d) };
+    if let Some((i, j)) = bad {
+        let what = if j == 0 {
+            format!("the label at row {}", i + 1)
+        } else {
+            format!("the value at row {}, column {}", i + 1, j + 1)
+        };
+        let v = if j == 0 { y[i] } else { values[i * d + j - 1] };
         return Err(invalid(
             path,
-            format!(
-                "the value at row {}, column {} is {} (NaN and infinity are not allowed)",
-                k / d + 1,
-                k % d + 2,
-                xs[k]
-            ),
+            format!("{what} is {v} (NaN and infinity are not allowed)"),
         ));
     }
-    if let Some(i) = y.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(
-            path,
-            format!(
-                "the label at row {} is {} (NaN and infinity are not allowed)",
-                i + 1,
-                y[i]
-            ),
-        ));
-    }
+    let x = Array2::from_shape_vec((n, d), values)
+        .map_err(|e| invalid(path, format!("internal shape error: {e}")))?;
     Ok(Dataset { x, y, name })
 }
 
