@@ -906,7 +906,7 @@ mod tests {
             ),
             (
                 "version.npy",
-                [&MAGIC[..], &[9, 0, 0, 0]].concat(),
+                [MAGIC, &[9, 0, 0, 0]].concat(),
                 "version 9",
             ),
         ];

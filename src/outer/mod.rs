@@ -393,8 +393,8 @@ pub struct RunConfig<'a> {
     /// of another run is refused.
     pub fingerprint: String,
     pub checkpoint: Option<&'a std::path::Path>,
-    /// Write the checkpoint after every `checkpoint_every`-th step (1: every step; at least
-    /// 1) and after the last update; a run killed in between resumes from the last one written
+    /// Write the checkpoint after every `checkpoint_every`-th step (every step when it is 1)
+    /// and after the last update; a run killed in between resumes from the last one written
     /// and computes the same steps again.
     pub checkpoint_every: u64,
 }
