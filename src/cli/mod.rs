@@ -8,6 +8,7 @@ mod args;
 mod bench;
 mod bench_bounds;
 mod bench_nhgd;
+mod bench_scale;
 mod data;
 mod data_args;
 mod grad;

@@ -904,11 +904,7 @@ mod tests {
                 ),
                 "label at row 1 is NaN",
             ),
-            (
-                "version.npy",
-                [MAGIC, &[9, 0, 0, 0]].concat(),
-                "version 9",
-            ),
+            ("version.npy", [MAGIC, &[9, 0, 0, 0]].concat(), "version 9"),
         ];
         for (name, bytes, needle) in cases {
             let p = file(name, &bytes);
