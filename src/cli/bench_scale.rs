@@ -251,7 +251,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     };
     let mut sizes = Vec::new();
     for &n in &a.n {
-        if !(n.is_finite() && n >= 1.0 && n <= 1e12) {
+        if !(1.0..=1e12).contains(&n) {
             bail!("invalid value for --n: {n} is not a row count");
         }
         if a.max_n.is_none_or(|m| n <= m) {
