@@ -61,9 +61,9 @@ fn records(trace: &Path) -> Vec<serde_json::Value> {
 }
 
 fn checkpoint_step(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).expect("a whole checkpoint");
-    value["step"].as_u64()
+    hypergrad::outer::Checkpoint::load(path)
+        .expect("a whole checkpoint")
+        .map(|c| c.step)
 }
 
 /// xorshift64*, seeded: the delays are the same at every run of the test.
@@ -184,17 +184,29 @@ fn a_checkpoint_of_another_version_or_format_is_refused_in_one_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&ck).unwrap()).unwrap();
-    assert_eq!(value["format"], "hypergrad-checkpoint/1");
-    assert_eq!(value["version"], env!("CARGO_PKG_VERSION"));
+    let written = hypergrad::outer::Checkpoint::load(&ck).unwrap().unwrap();
+    assert_eq!(written.format, "hypergrad-checkpoint/2");
+    assert_eq!(written.version, env!("CARGO_PKG_VERSION"));
 
-    value["version"] = "0.0.1".into();
-    std::fs::write(&ck, value.to_string()).unwrap();
+    // Another version's checkpoint: the version in the binary header replaced, same length.
+    let version = format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION"));
+    let other = format!(
+        "\"version\":\"{:<width$}\"",
+        "0.0.1",
+        width = env!("CARGO_PKG_VERSION").len()
+    );
+    let bytes = std::fs::read(&ck).unwrap();
+    let at = bytes
+        .windows(version.len())
+        .position(|w| w == version.as_bytes())
+        .expect("the header names the version");
+    let mut edited = bytes.clone();
+    edited[at..at + other.len()].copy_from_slice(other.as_bytes());
+    std::fs::write(&ck, &edited).unwrap();
     let out = run("3");
     assert_one_line_error(
         &out,
-        "was written by hypergrad 0.0.1 (format hypergrad-checkpoint/1)",
+        "was written by hypergrad 0.0.1 (format hypergrad-checkpoint/2)",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -204,7 +216,13 @@ fn a_checkpoint_of_another_version_or_format_is_refused_in_one_line() {
         "{stderr}"
     );
 
-    // A checkpoint from before the format field (this version's, less the two fields).
+    // An old JSON checkpoint (format 1) of this very version: refused, not read.
+    let mut value = serde_json::to_value(&written).unwrap();
+    value["format"] = "hypergrad-checkpoint/1".into();
+    std::fs::write(&ck, value.to_string()).unwrap();
+    assert_one_line_error(&run("3"), "is a JSON checkpoint written by hypergrad");
+
+    // A checkpoint from before the format field (JSON, less the two fields).
     let object = value.as_object_mut().unwrap();
     object.remove("format");
     object.remove("version");

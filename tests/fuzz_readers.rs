@@ -1,5 +1,5 @@
 //! Fuzzing every reader and parser on stable Rust (issue 21): CSV, LIBSVM (dense and sparse),
-//! sniffed and gzipped data files, checkpoints, θ files, traces, synthetic and quadratic specs,
+//! sniffed and gzipped data files, NumPy's .npy and CSR .npz (issue 24), checkpoints, θ files, traces, synthetic and quadratic specs,
 //! model strings and splits. Inputs are random bytes and mutations of valid inputs (truncation,
 //! bit flips, 1e400, huge indices, invalid UTF-8, NaN, blank lines, CRLF, missing labels,
 //! decreasing and duplicate indices, very long lines). The contract (SPEC §6): never a panic,
@@ -83,6 +83,16 @@ fn fuzz_model_string() {
 #[test]
 fn fuzz_split() {
     fuzz_target(Target::Split);
+}
+
+#[test]
+fn fuzz_npy() {
+    fuzz_target(Target::Npy);
+}
+
+#[test]
+fn fuzz_npz() {
+    fuzz_target(Target::Npz);
 }
 
 /// Every file under `tests/fuzz/regressions/` (named `TARGET-….EXT`) meets the contract: the

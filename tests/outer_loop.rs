@@ -17,6 +17,17 @@ fn adam() -> OuterOpt {
 }
 
 fn nhgd_run(steps: u64, checkpoint: Option<&std::path::Path>) -> Vec<f64> {
+    nhgd_run_every(steps, checkpoint, 1, |_| {})
+}
+
+/// [`nhgd_run`] checkpointing every `every` steps, calling `seen(step)` as each record goes
+/// out (before that step's checkpoint is written).
+fn nhgd_run_every(
+    steps: u64,
+    checkpoint: Option<&std::path::Path>,
+    every: u64,
+    mut seen: impl FnMut(u64),
+) -> Vec<f64> {
     let (train, val) = common::datasets(ProblemKind::Hyperclean, 120, 40, 5, 3);
     let mut problem = GlmBilevel::new(
         B64::new(),
@@ -40,9 +51,39 @@ fn nhgd_run(steps: u64, checkpoint: Option<&std::path::Path>) -> Vec<f64> {
         test: None,
         fingerprint: "test".into(),
         checkpoint,
+        checkpoint_every: every,
     };
-    outer::run(&mut problem, &mut estimator, &config, |_| Ok(())).unwrap();
+    outer::run(&mut problem, &mut estimator, &config, |r| {
+        seen(r.step);
+        Ok(())
+    })
+    .unwrap();
     problem.theta().to_vec()
+}
+
+/// `--checkpoint-every 3` over steps 0..=6: the file holds the state after step 2, then after
+/// step 5 (the last update), and nothing in between; resuming from step 5 ends where the
+/// uninterrupted run does.
+#[test]
+fn checkpoints_every_k_steps_and_after_the_last() {
+    let dir = std::env::temp_dir().join(format!("hg-ckpt-every-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.ckpt");
+    let _ = std::fs::remove_file(&path);
+    let step_on_disk = || outer::Checkpoint::load(&path).unwrap().map(|c| c.step);
+    let mut on_disk = Vec::new();
+    nhgd_run_every(6, Some(&path), 3, |_| on_disk.push(step_on_disk()));
+    // Records of steps 0..=6 go out before their step's checkpoint: the file then holds
+    // the last state saved, after step 2 (3 % 3 == 0) and after step 5 (the last update).
+    assert_eq!(
+        on_disk,
+        [None, None, None, Some(2), Some(2), Some(2), Some(5)]
+    );
+    assert_eq!(step_on_disk(), Some(5));
+    let straight = nhgd_run(9, None);
+    let resumed = nhgd_run_every(9, Some(&path), 3, |_| {});
+    assert!(rel_err(&resumed, &straight) <= 1e-12);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -144,6 +185,7 @@ fn maid_accepts_only_decreasing_steps_and_adapts_its_tolerances() {
         test: None,
         fingerprint: "maid".into(),
         checkpoint: None,
+        checkpoint_every: 1,
     };
     let outcome = outer::run(&mut problem, &mut estimator, &config, |_| Ok(())).unwrap();
     let losses: Vec<f64> = outcome.records.iter().map(|r| r.outer_loss).collect();

@@ -247,7 +247,10 @@ def test_run_that_diverges_raises_with_the_command_lines_line(tmp_path, diabetes
     step = int(re.search(r"outer step (\d+)", message).group(1))
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert records[-1]["step"] == step and message.endswith(records[-1]["stopped"])
-    assert json.loads(ck.read_text())["step"] == step - 1  # the last finite step
+    # The binary checkpoint's header is JSON after 8 magic bytes and a u32 length (issue 24).
+    raw = ck.read_bytes()
+    header = json.loads(raw[12 : 12 + int.from_bytes(raw[8:12], "little")])
+    assert header["step"] == step - 1  # the last finite step
     with pytest.raises(RuntimeError, match=r"outer step 0: the inner iterate is not finite.*--inner-lr"):
         hg.run("ridge", x, y, xv, yv, method="soba", inner_lr=1e10, outer_steps=3)
 

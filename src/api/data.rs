@@ -324,7 +324,7 @@ fn load_dense(source: &DataSource, settings: &Settings) -> Result<DenseSplits> {
 /// each part are those [`load_dense`] picks for the same seed.
 fn load_rows(source: &DataSource, settings: &Settings) -> Result<Splits> {
     let load = |spec: &str| -> Result<Data> {
-        if sparse::is_libsvm_file(spec) {
+        if sparse::is_sparse_file(spec) {
             sparse::load_sparse(spec).map(Data::Sparse)
         } else {
             data::load(spec).map(Data::Dense)

@@ -230,6 +230,7 @@ where
         test,
         fingerprint,
         checkpoint: settings.checkpoint.as_deref(),
+        checkpoint_every: settings.checkpoint_every,
     };
     let outcome = outer::run(problem, estimator, &config, |record| {
         let value = serde_json::to_value(record)

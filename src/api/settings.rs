@@ -245,6 +245,8 @@ pub struct Settings {
     pub corrupt: Option<f64>,
     pub trace: Option<PathBuf>,
     pub checkpoint: Option<PathBuf>,
+    /// Write the checkpoint every K outer steps (and after the last); at least 1.
+    pub checkpoint_every: u64,
     /// `distill`: after the outer loop, train a fresh model from w₀ on the final θ and report
     /// its test accuracy (`retrain_test_accuracy`).
     pub retrain: bool,
@@ -291,6 +293,7 @@ impl Default for Settings {
             corrupt: None,
             trace: None,
             checkpoint: None,
+            checkpoint_every: 1,
             retrain: false,
             device: DeviceSpec::default(),
         }
@@ -338,6 +341,7 @@ pub const OPTION_NAMES: &[(&str, &str)] = &[
     ("corrupt", "--corrupt"),
     ("trace", "--trace"),
     ("checkpoint", "--checkpoint"),
+    ("checkpoint_every", "--checkpoint-every"),
     ("retrain", "--retrain"),
     ("device", "--device"),
     ("precision", "--precision"),
@@ -400,6 +404,15 @@ impl Settings {
             "corrupt" => self.corrupt = v.opt_float()?,
             "trace" => self.trace = v.opt_string()?.map(PathBuf::from),
             "checkpoint" => self.checkpoint = v.opt_string()?.map(PathBuf::from),
+            "checkpoint_every" => match v.count()? {
+                0 => {
+                    return Err(Error::option(
+                        "--checkpoint-every",
+                        "must be at least 1 (every step)",
+                    ))
+                }
+                k => self.checkpoint_every = k as u64,
+            },
             "retrain" => self.retrain = v.flag()?,
             "device" => self.device.device = v.name()?,
             "precision" => self.device.precision = v.opt_name()?,

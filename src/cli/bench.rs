@@ -27,6 +27,10 @@ pub enum BenchCommand {
     /// Ehrhardt & Roberts' quadratic problem: true error, a posteriori and a priori bounds
     /// over CG iterations.
     Bounds(super::bench_bounds::BoundsBenchArgs),
+    /// Time per outer step and peak host memory against the rows n (10⁴ … 10⁷): NHGD kfac
+    /// hyper-cleaning, CG on logistic regression, lasso on sparse rows; log-log slopes, JSON,
+    /// and a plot.
+    Scale(super::bench_scale::ScaleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Kernels(args) => args,
         BenchCommand::Nhgd(args) => return super::bench_nhgd::run(args),
         BenchCommand::Bounds(args) => return super::bench_bounds::run(args),
+        BenchCommand::Scale(args) => return super::bench_scale::run(args),
     };
     let gpu = match Device::open_in(args.device, PrecisionName::F32)?.backend {
         DeviceBackend::Cuda(gpu) => Some(gpu),

@@ -9,7 +9,9 @@ use crate::api::{DataSource, Settings};
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Data")]
 pub struct DataArgs {
-    /// Training data: a CSV or LIBSVM file (optionally .gz), a bundled dataset (digits,
+    /// Training data: a CSV or LIBSVM file (optionally .gz), a NumPy .npy (label in the first
+    /// column, f32/f64, read memory-mapped) or a CSR .npz with labels y (see `hypergrad data
+    /// convert --help`), a bundled dataset (digits,
     /// breast_cancer, diabetes, mnist_5k) or a synthetic spec such as
     /// synthetic:logistic:n=1000,d=20,seed=1. Without --val it is split by --split.
     /// --problem quadratic takes its whole problem from synthetic:quadratic:m=1000,nx=10,nw=10,seed=S.

@@ -8,6 +8,8 @@ mod args;
 mod bench;
 mod bench_bounds;
 mod bench_nhgd;
+mod bench_scale;
+mod data;
 mod data_args;
 mod grad;
 mod info;
@@ -15,6 +17,7 @@ mod plot;
 mod run;
 mod stochastic_args;
 mod tables;
+mod theta_out;
 
 use std::process::ExitCode;
 
@@ -55,6 +58,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Draw traces (run --trace files) as an SVG or PNG figure.
     Plot(plot::PlotArgs),
+    /// Data files: `data convert IN OUT.npy|OUT.npz` writes the binary inputs.
+    Data(data::DataArgs),
 }
 
 /// Entry point of the binary: parses the command line, runs the command, and turns every
@@ -70,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Data(args) => data::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,9 +105,22 @@ pub struct OuterArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     pub trace: Option<PathBuf>,
 
-    /// Save the state after every step to FILE and resume from it when it exists.
+    /// Save the state (θ, the optimiser's moments, the inner iterate) after every step to FILE,
+    /// binary and versioned (format hypergrad-checkpoint/2, flushed to the disk), and resume
+    /// from it when it exists. A JSON checkpoint of an older hypergrad is refused.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
+
+    /// Write the checkpoint every K steps (and after the last) instead of every step: a run
+    /// killed in between repeats at most K − 1 steps on resuming.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+
+    /// Write the final θ to FILE.npy (1-D float64, np.load reads it). With --json, a θ of
+    /// more than 10000 entries is summarised (theta_summary) instead of printed.
+    #[arg(long, value_name = "FILE.npy")]
+    pub theta_out: Option<PathBuf>,
 
     /// distill: after the outer loop, train a fresh model from w₀ to convergence on the final
     /// θ and report its test accuracy (retrain_test_accuracy).
@@ -126,6 +139,7 @@ impl RunArgs {
         s.corrupt = o.corrupt;
         s.trace = o.trace.clone();
         s.checkpoint = o.checkpoint.clone();
+        s.checkpoint_every = o.checkpoint_every;
         s.retrain = o.retrain;
         s
     }
@@ -190,15 +204,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         eprintln!();
     }
     let outcome = outcome?;
+    let theta_file = match &args.outer.theta_out {
+        Some(path) => {
+            crate::data::npy::write_vector(super::theta_out::final_theta(&outcome), path)?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
     if args.json {
         let mut value = outcome.to_json();
         // The command line's JSON is SPEC §6's; the fitted weights are for library callers.
         if let Some(object) = value.as_object_mut() {
             object.remove("coef");
             object.remove("coef_shape");
+            super::theta_out::summarise(object, theta_file.as_deref());
         }
         println!("{value}");
         return Ok(());
+    }
+    if let Some(file) = theta_file {
+        println!("theta written to {file}");
     }
     match &outcome {
         Outcome::Smooth(o) => tables::smooth_outcome(o),

@@ -10,7 +10,8 @@
 //! * a **synthetic** spec `synthetic:KIND:key=val,...` (see [`synthetic::parse_spec`]), e.g.
 //!   `synthetic:logistic:n=1000,d=20,rho=0.5,seed=1`;
 //! * a **file path**: CSV (label first, see [`read_csv`]) or LIBSVM (see [`read_libsvm`]),
-//!   optionally gzipped.
+//!   optionally gzipped; or binary: NumPy `.npy` (label first, see [`npy::read_npy`]),
+//!   memory-mapped, and SciPy-style CSR `.npz` with labels `y` (see [`npz::read_npz`]).
 //!
 //! [`split`] makes seeded train/val(/test) splits, [`standardize`] z-scores features with
 //! training statistics and [`corrupt_labels`] flips a fraction of class labels for
@@ -28,6 +29,8 @@ use crate::{Error, Result};
 mod bundled;
 mod csv;
 mod libsvm;
+pub mod npy;
+pub mod npz;
 pub mod rng;
 pub mod row_stream;
 pub mod sparse;
@@ -183,15 +186,19 @@ pub fn bundled_names() -> &'static [&'static str] {
     bundled::NAMES
 }
 
-/// The text formats a data file can have.
+/// The formats a data file can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     Csv,
     Libsvm,
+    /// NumPy `.npy`: one dense array, label first.
+    Npy,
+    /// A ZIP of `.npy` arrays: a CSR matrix and its labels `y`.
+    Npz,
 }
 
 /// Format from the file name (ignoring a final `.gz`): `.csv` is CSV; `.svm`, `.libsvm`,
-/// `.txt` are LIBSVM; anything else is unknown.
+/// `.txt` are LIBSVM; `.npy` and `.npz` are NumPy's; anything else is unknown.
 pub(crate) fn format_from_name(path: &Path) -> Option<Format> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
@@ -199,13 +206,21 @@ pub(crate) fn format_from_name(path: &Path) -> Option<Format> {
     match ext {
         "csv" => Some(Format::Csv),
         "svm" | "libsvm" | "txt" => Some(Format::Libsvm),
+        "npy" => Some(Format::Npy),
+        "npz" => Some(Format::Npz),
         _ => None,
     }
 }
 
-/// Format from the content: the first line that is not blank or a `#` comment is LIBSVM if
-/// a ':' follows its first token, otherwise CSV.
+/// Format from the content: `.npy` and `.npz` by their magic bytes; otherwise the first line
+/// that is not blank or a `#` comment is LIBSVM if a ':' follows its first token, else CSV.
 pub(crate) fn sniff_format(bytes: &[u8]) -> Format {
+    if bytes.starts_with(npy::MAGIC) {
+        return Format::Npy;
+    }
+    if bytes.starts_with(npz::MAGIC) {
+        return Format::Npz;
+    }
     for line in bytes.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
         let t = line.trim();
@@ -235,6 +250,9 @@ pub(crate) fn sniff_format(bytes: &[u8]) -> Format {
 ///   `.libsvm`, `.txt` (and their `.gz`) as LIBSVM ([`read_libsvm`]); any other name is
 ///   sniffed: if the first data line has a ':' after its label it is LIBSVM, else CSV.
 ///   Files whose name ends in `.gz` (or that start with the gzip magic bytes) are gunzipped.
+///   `.npy` ([`npy::read_npy`]) is read memory-mapped; `.npz` ([`npz::read_npz`], a CSR
+///   matrix) is expanded to dense rows here (the ℓ1 problems keep it sparse through
+///   [`sparse::load_sparse`]). Other names starting with their magic bytes are read as them.
 ///
 /// The dataset's name is the spec string.
 pub fn load(spec: &str) -> Result<Dataset> {
@@ -265,6 +283,32 @@ pub fn load_all(specs: &[&str]) -> Result<Vec<Dataset>> {
         .collect()
 }
 
+/// The dense rows of a sparse `.npz` dataset of `file_bytes` bytes. As for LIBSVM, the dense
+/// matrix may hold 2²⁴ entries, or 256 per byte of the file: a small file whose `shape`
+/// claims billions of columns is refused (naming the file) rather than allocated.
+fn npz_dense(s: &sparse::SparseDataset, path: &Path, file_bytes: usize) -> Result<Dataset> {
+    let entries = s.n().saturating_mul(s.d());
+    let limit = libsvm::size_limit(file_bytes);
+    if entries > limit {
+        return Err(npy::invalid(
+            path,
+            format!(
+                "{} rows x {} features = {entries} dense entries, more than a file of {file_bytes} bytes can justify (at most {limit}); the ℓ1 problems (lasso, elasticnet) read it sparse",
+                s.n(),
+                s.d()
+            ),
+        ));
+    }
+    let x =
+        s.x.to_dense()
+            .map_err(|e| npy::invalid(path, format!("{e}; the ℓ1 problems read it sparse")))?;
+    Ok(Dataset {
+        x,
+        y: s.y.clone(),
+        name: s.name.clone(),
+    })
+}
+
 /// [`load`], also saying which file format was read (`None` for bundled and synthetic data).
 fn load_tagged(spec: &str) -> Result<(Dataset, Option<Format>)> {
     if let Some(result) = bundled::load_bundled(spec) {
@@ -274,11 +318,27 @@ fn load_tagged(spec: &str) -> Result<(Dataset, Option<Format>)> {
         return synthetic::parse_spec(spec).map(|ds| (ds, None));
     }
     let path = Path::new(spec);
-    let bytes = text::read_file_bytes(path)?;
-    let format = format_from_name(path).unwrap_or_else(|| sniff_format(&bytes));
-    let mut ds = match format {
-        Format::Csv => read_csv(bytes.as_slice(), path)?,
-        Format::Libsvm => read_libsvm(bytes.as_slice(), path, 0)?,
+    let named = format_from_name(path);
+    let (mut ds, format) = match named {
+        Some(Format::Npy) => (npy::read_npy(path)?, Format::Npy),
+        Some(Format::Npz) => {
+            let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+            (
+                npz_dense(&npz::read_npz(path)?, path, file_bytes)?,
+                Format::Npz,
+            )
+        }
+        _ => {
+            let bytes = text::read_file_bytes(path)?;
+            let format = named.unwrap_or_else(|| sniff_format(&bytes));
+            let ds = match format {
+                Format::Csv => read_csv(bytes.as_slice(), path)?,
+                Format::Libsvm => read_libsvm(bytes.as_slice(), path, 0)?,
+                Format::Npy => npy::dataset_from_npy(&bytes, path)?,
+                Format::Npz => npz_dense(&npz::sparse_from_npz(&bytes, path)?, path, bytes.len())?,
+            };
+            (ds, format)
+        }
     };
     ds.name = spec.to_string();
     Ok((ds, Some(format)))

@@ -359,10 +359,41 @@ pub fn is_libsvm_file(spec: &str) -> bool {
     }
 }
 
-/// Reads a LIBSVM file (optionally gzipped) as a [`SparseDataset`] named `spec`.
+/// Whether `spec` names a file that [`load_sparse`] keeps sparse: LIBSVM ([`is_libsvm_file`])
+/// or a CSR `.npz` (by its extension or, for other names, its ZIP magic bytes).
+pub fn is_sparse_file(spec: &str) -> bool {
+    if super::bundled_names().contains(&spec) || spec.starts_with("synthetic:") {
+        return false;
+    }
+    match super::format_from_name(Path::new(spec)) {
+        Some(super::Format::Npz) => true,
+        Some(_) => is_libsvm_file(spec),
+        None => {
+            let mut head = [0u8; 4];
+            let npz = std::fs::File::open(spec)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .is_ok()
+                && head == *super::npz::MAGIC;
+            npz || is_libsvm_file(spec)
+        }
+    }
+}
+
+/// Reads a LIBSVM file (optionally gzipped), or a CSR `.npz` ([`super::npz::read_npz`]), as a
+/// [`SparseDataset`] named `spec`.
 pub fn load_sparse(spec: &str) -> Result<SparseDataset> {
     let path = Path::new(spec);
+    if super::format_from_name(path) == Some(super::Format::Npz) {
+        let mut ds = super::npz::read_npz(path)?;
+        ds.name = spec.to_string();
+        return Ok(ds);
+    }
     let bytes = super::text::read_file_bytes(path)?;
+    if bytes.starts_with(super::npz::MAGIC) {
+        let mut ds = super::npz::sparse_from_npz(&bytes, path)?;
+        ds.name = spec.to_string();
+        return Ok(ds);
+    }
     let mut ds = read_libsvm_sparse(bytes.as_slice(), path, 0)?;
     ds.name = spec.to_string();
     Ok(ds)

@@ -386,6 +386,10 @@ pub struct RunConfig<'a> {
     /// of another run is refused.
     pub fingerprint: String,
     pub checkpoint: Option<&'a std::path::Path>,
+    /// Write the checkpoint after every `checkpoint_every`-th step (every step when it is 1)
+    /// and after the last update; a run killed in between resumes from the last one written
+    /// and computes the same steps again.
+    pub checkpoint_every: u64,
 }
 
 /// Result of [`run`].
@@ -397,7 +401,8 @@ pub struct RunOutcome {
 }
 
 /// Runs the outer loop, calling `on_record` as soon as each step's record exists (the trace
-/// writer and the progress bar), and writing the checkpoint after every step.
+/// writer and the progress bar), and writing the checkpoint after every step (or every
+/// `checkpoint_every` steps).
 pub fn run<P: OuterProblem>(
     problem: &mut P,
     estimator: &mut Estimator<P>,
@@ -516,8 +521,12 @@ where
             }
             Err(e) => return Err(e),
         };
+        // The state after step `step` is saved when the next step number is a multiple of K,
+        // and after the last update, so that a finished run resumes at its end.
+        let every = config.checkpoint_every.max(1);
+        let due = (step + 1) % every == 0 || step + 1 == config.outer_steps;
         let checkpoint = match config.checkpoint {
-            Some(path) => {
+            Some(path) if due => {
                 let checkpoint = Checkpoint::new(
                     config.fingerprint.clone(),
                     step,
@@ -536,7 +545,7 @@ where
                 }
                 Some((checkpoint, path))
             }
-            None => None,
+            _ => None,
         };
         // The record goes out before the checkpoint is written: a run killed between the two
         // resumes from the step before and writes this record again, never skips it.

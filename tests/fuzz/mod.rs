@@ -95,10 +95,14 @@ pub enum Target {
     Model,
     /// `data::parse_split` (`--split`).
     Split,
+    /// `data::load` of a `.npy` file (dense, label first; memory-mapped).
+    Npy,
+    /// `data::sparse::load_sparse` and `data::load` of a `.npz` (CSR arrays and labels).
+    Npz,
 }
 
 impl Target {
-    pub const ALL: [Target; 12] = [
+    pub const ALL: [Target; 14] = [
         Target::Csv,
         Target::Libsvm,
         Target::Sparse,
@@ -111,6 +115,8 @@ impl Target {
         Target::Quadratic,
         Target::Model,
         Target::Split,
+        Target::Npy,
+        Target::Npz,
     ];
 
     /// The prefix of its regression files.
@@ -128,6 +134,8 @@ impl Target {
             Target::Quadratic => "quadratic",
             Target::Model => "model",
             Target::Split => "split",
+            Target::Npy => "npy",
+            Target::Npz => "npz",
         }
     }
 
@@ -138,7 +146,9 @@ impl Target {
             Target::Libsvm | Target::Sparse => "svm",
             Target::Sniff => "data",
             Target::Gz => "data.gz",
-            Target::Checkpoint => "json",
+            Target::Checkpoint => "ckpt",
+            Target::Npy => "npy",
+            Target::Npz => "npz",
             Target::Theta => "theta",
             // Not .jsonl: the repository ignores *.jsonl.
             Target::Trace => "trace",
@@ -184,7 +194,32 @@ impl Target {
 
     /// Valid inputs the mutations start from.
     fn seeds(self) -> Vec<Vec<u8>> {
+        let fixture = |name: &str| {
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/numpy")
+                    .join(name),
+            )
+            .expect("the NumPy fixtures exist")
+        };
         let texts: Vec<String> = match self {
+            Target::Npy => return vec![fixture("dense_c_f64.npy"), fixture("dense_f_f32.npy")],
+            // The written seeds are made once (each is a file written and flushed).
+            Target::Npz => {
+                static WRITTEN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+                return vec![
+                    fixture("sparse_compressed.npz"),
+                    fixture("scipy_without_y.npz"),
+                    WRITTEN.get_or_init(written_npz).clone(),
+                ];
+            }
+            Target::Checkpoint => {
+                static WRITTEN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+                return vec![
+                    WRITTEN.get_or_init(checkpoint_binary).clone(),
+                    checkpoint_json().into_bytes(),
+                ];
+            }
             Target::Csv => vec![
                 "label,f1,f2,f3\n0,0.5,1.0,-2\n1,1.5,-0.25,3e-2\n2,-0.5,2.0,0\n0,0.25,0.75,1\n1,1,1,1\n".into(),
                 "1,2,3\n0,4.5,6\n".into(),
@@ -200,7 +235,6 @@ impl Target {
                 "0 1:0.5 3:1\n1 2:1.5\n".into(),
                 "# c\n\n1 4:1e-3\n".into(),
             ],
-            Target::Checkpoint => vec![checkpoint_json(), "{}".into()],
             Target::Theta => vec![
                 "0.1 0.2, 0.3\n# a comment\n1e-3,-4\n".into(),
                 "1\n2\n3 # three\n".into(),
@@ -228,9 +262,38 @@ impl Target {
     }
 }
 
-/// A valid checkpoint, as `run --checkpoint` writes one.
+/// An uncompressed CSR archive as `hypergrad data convert` writes one (stored entries, whose
+/// bytes the mutations reach directly).
+fn written_npz() -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("hg-fuzz-seed-{}.npz", std::process::id()));
+    let svm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpy/sparse.svm");
+    let ds = load_sparse(svm.to_str().unwrap()).expect("the LIBSVM fixture reads");
+    hypergrad::data::npz::write_npz(&ds, &path).expect("the seed archive is written");
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
+/// A valid checkpoint, as `run --checkpoint` writes one (binary, format 2).
+fn checkpoint_binary() -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("hg-fuzz-seed-{}.ckpt", std::process::id()));
+    sample_checkpoint()
+        .save(&path)
+        .expect("the seed checkpoint is written");
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
+/// An old JSON checkpoint (format 1), which is refused in one line.
 fn checkpoint_json() -> String {
-    let checkpoint = Checkpoint::new(
+    let mut value = serde_json::to_value(sample_checkpoint()).expect("a checkpoint serialises");
+    value["format"] = "hypergrad-checkpoint/1".into();
+    value.to_string()
+}
+
+fn sample_checkpoint() -> Checkpoint {
+    Checkpoint::new(
         "softmax|digits|cg|seed=0".into(),
         3,
         1.25,
@@ -245,8 +308,7 @@ fn checkpoint_json() -> String {
             steps_since_tightening: 1,
         },
         (Some(vec![1.0, 2.0]), None),
-    );
-    serde_json::to_string(&checkpoint).expect("a checkpoint serialises")
+    )
 }
 
 // ---------------------------------------------------------------- the mutations
@@ -681,6 +743,28 @@ fn run_reader(target: Target, input: &[u8], path: &Path) -> Outcome {
                 }))
             }
             Err(e) => Outcome::Refused(e),
+        },
+        Target::Npy => match load_all(&[file]) {
+            Ok(all) => done(dataset_ok(&all[0])),
+            Err(e) => Outcome::Refused(e),
+        },
+        Target::Npz => match (load_sparse(file), load_all(&[file])) {
+            (Ok(ds), Ok(dense)) => {
+                let x = &ds.x;
+                let whole = CsrMatrix::from_parts(
+                    x.n,
+                    x.d,
+                    x.indptr.clone(),
+                    x.indices.clone(),
+                    x.values.clone(),
+                )
+                .map(|_| ())
+                .map_err(|e| format!("accepted a malformed CSR matrix: {e}"));
+                done(whole.and_then(|_| dataset_ok(&dense[0])))
+            }
+            (Err(e), Err(_)) => Outcome::Refused(e),
+            (Ok(_), Err(e)) => done(Err(format!("sparse accepted what dense refused: {e}"))),
+            (Err(e), Ok(_)) => done(Err(format!("dense accepted what sparse refused: {e}"))),
         },
         Target::Checkpoint => match Checkpoint::load(path) {
             Ok(_) => done(Ok(())),
