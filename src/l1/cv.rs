@@ -14,30 +14,16 @@ use super::resident::Resident;
 use super::solver::solve_on;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::prox::ProxOps;
-use crate::data::rng::Rng;
 use crate::{Error, Result};
 
-/// K folds of `data`: rows are shuffled by `Rng::new(seed).permutation(n)` and fold k holds
-/// positions `[⌊kn/K⌋, ⌊(k+1)n/K⌋)` of that order. Returns `(train, held-out)` per fold.
-/// Errors: [`Error::InvalidOption`] (`--folds`) unless `2 ≤ K ≤ n`.
+/// K folds of `data`: the rows of [`crate::data::fold_indices`] (shuffled by
+/// `Rng::new(seed).permutation(n)`, fold k holding positions `[⌊kn/K⌋, ⌊(k+1)n/K⌋)` of that
+/// order), so the Python package's `cv_folds` are these folds. Returns `(train, held-out)` per
+/// fold. Errors: [`Error::InvalidOption`] (`--folds`) unless `2 ≤ K ≤ n`.
 pub fn kfold(data: &L1Data, k: usize, seed: u64) -> Result<Vec<(L1Data, L1Data)>> {
-    let n = data.y.len();
-    if k < 2 || k > n {
-        return Err(Error::option(
-            "--folds",
-            format!("needs 2 ≤ K ≤ n = {n}, got {k}"),
-        ));
-    }
-    let perm = Rng::new(seed).permutation(n);
-    Ok((0..k)
-        .map(|f| {
-            let (lo, hi) = (f * n / k, (f + 1) * n / k);
-            let mut held: Vec<usize> = perm[lo..hi].to_vec();
-            held.sort_unstable();
-            let mut fit: Vec<usize> = perm[..lo].iter().chain(&perm[hi..]).copied().collect();
-            fit.sort_unstable();
-            (data.select(&fit), data.select(&held))
-        })
+    Ok(crate::data::fold_indices(data.y.len(), k, seed)?
+        .into_iter()
+        .map(|(fit, held)| (data.select(&fit), data.select(&held)))
         .collect())
 }
 
