@@ -222,16 +222,9 @@ def info():
     return json.loads(_native.info())
 
 
-def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method=None,
-                  device="auto", **options):
-    """One hypergradient ∇F(θ) of the validation loss, ``hypergrad grad --json`` on arrays.
-
-    F(θ) = f(ŵ(θ); X_val, y_val) with ŵ(θ) = argmin_w g(w, θ; X, y), and
-    ∇F(θ) = ∂_θF − ∂²_{θw}g [∂²_{ww}g]⁻¹ ∇_w f, computed by ``method``.
-
-    Parameters
-    ----------
-    problem : str
+# The parameters `hypergradient` and `run` share, written once and put into both docstrings
+# (at their ``%(shared_parameters)s`` marker) below each function.
+_SHARED_PARAMETERS = """    problem : str
         ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
         ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
     X, X_val : ndarray of shape (n, d) or sparse matrix
@@ -264,7 +257,26 @@ def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method
         ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
         ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
         ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
-        listing every name; ``None`` keeps an option's default.
+        listing every name; ``None`` keeps an option's default."""
+
+
+def _with_shared_parameters(function):
+    """``function`` with the shared parameters in its docstring's Parameters section."""
+    function.__doc__ = function.__doc__.replace("    %(shared_parameters)s", _SHARED_PARAMETERS)
+    return function
+
+
+@_with_shared_parameters
+def hypergradient(problem, X, y, X_val, y_val, *, theta=None, hyper=None, method=None,
+                  device="auto", **options):
+    """One hypergradient ∇F(θ) of the validation loss, ``hypergrad grad --json`` on arrays.
+
+    F(θ) = f(ŵ(θ); X_val, y_val) with ŵ(θ) = argmin_w g(w, θ; X, y), and
+    ∇F(θ) = ∂_θF − ∂²_{θw}g [∂²_{ww}g]⁻¹ ∇_w f, computed by ``method``.
+
+    Parameters
+    ----------
+    %(shared_parameters)s
 
     Returns
     -------
@@ -335,6 +347,7 @@ def _best_record(trace):
     return min(candidates, key=lambda r: r["outer_loss"])
 
 
+@_with_shared_parameters
 def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hyper=None,
         method=None, outer_steps=20, outer_opt=None, device="auto", trace=None,
         checkpoint=None, callback=None, verbose=False, **options):
@@ -345,40 +358,7 @@ def run(problem, X, y, X_val, y_val, *, X_test=None, y_test=None, theta=None, hy
 
     Parameters
     ----------
-    problem : str
-        ``"ridge"``, ``"logreg"``, ``"softmax"``, ``"hyperclean"`` (smooth inner problems),
-        ``"lasso"``, ``"enet"``, ``"wlasso"`` (ℓ1), ``"distill"`` or ``"quadratic"``.
-    X, X_val : ndarray of shape (n, d) or sparse matrix
-        Training and validation rows: float32 or float64 (a float32 array is passed without
-        a float64 copy on the Python side), C or Fortran order; SciPy CSR/CSC matrices stay
-        sparse for the ℓ1 problems.
-    y, y_val : array-like of shape (n,)
-        Their labels: targets (ridge, ℓ1), ±1 (logreg), class indices 0…c−1 (softmax,
-        hyperclean).
-    theta : float, array-like of shape (p,) or None, default=None
-        The hyperparameters θ (λ = exp(θ)): a number sets every entry. ``None``: 0 for the
-        smooth problems, log(λ_max/10) for the ℓ1 problems, with λ_max = ‖Xᵀy‖∞/n.
-    hyper : str or None, default=None
-        The hyperparameter's shape for the smooth problems: ``"scalar"`` (one λ),
-        ``"per-feature"`` or ``"per-class"``; the inner objective is
-        L(w) + ½ Σ_j λ_j w_j². ``None``: the problem's default.
-    method : str or None, default=None
-        How ∇F(θ) is computed: ``"exact"`` (dense solve), ``"cg"``, ``"neumann"``,
-        ``"unroll"``, ``"nhgd"``, ``"stocbio"``, ``"amigo"``, ``"soba"`` (smooth problems),
-        ``"implicit-forward"``, ``"implicit"``, ``"forward"`` (ℓ1). ``None``: the
-        problem's default.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        Where it runs; ``"auto"`` takes CUDA when a device is usable and says why not in
-        ``device_note`` otherwise.
-    **options
-        The command line's other long options with ``_`` for ``-``, e.g. ``inner_tol``
-        (the inner solve's gradient-norm tolerance), ``inner_solver``, ``l2`` (the fixed
-        ridge weight of hyperclean), ``batch_size`` and ``inner_steps`` (the stochastic
-        methods' mini-batch and SGD steps), ``curvature`` (NHGD: ``kfac``, ``dense``,
-        ``lowrank``), ``rank``, ``ema``, ``model`` (``"linear"`` or ``"mlp:H1,…"``),
-        ``activation``, ``standardize``, ``precision`` (``"f32"``/``"f64"``), ``seed``,
-        ``folds`` (ℓ1 cross-validation), ``threads``. An unknown name raises ``TypeError``
-        listing every name; ``None`` keeps an option's default.
+    %(shared_parameters)s
     X_test, y_test : array-like or None, default=None
         Test rows, scored at every step (``test_loss``, ``test_accuracy``).
     outer_steps : int, default=20
